@@ -1,0 +1,86 @@
+"""Batched linear-algebra and special-function helpers shared by the families.
+
+Everything works on leading batch dimensions and relies on Cholesky factors:
+no explicit matrix inverse is formed anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+DTYPE = torch.float64
+
+_LOG_PI = math.log(math.pi)
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def as_tensor(x, dtype=DTYPE, device=None) -> torch.Tensor:
+    """Convert arrays, lists, scalars or tensors to a tensor of ``dtype``."""
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype=dtype, device=device if device is not None else x.device)
+    return torch.as_tensor(x, dtype=dtype, device=device)
+
+
+def cholesky(a: torch.Tensor, jitter: float = 1e-10, max_tries: int = 6) -> torch.Tensor:
+    """Lower Cholesky factor of symmetric positive-definite ``a`` (batched).
+
+    Symmetrises first; if the factorisation fails (round-off on a nearly
+    singular matrix), adds ``jitter * mean(diag)`` to the diagonal and retries
+    with ten times more jitter each time.
+    """
+    a = 0.5 * (a + a.transpose(-1, -2))
+    chol, info = torch.linalg.cholesky_ex(a)
+    if not bool((info > 0).any()):
+        return chol
+    scale = a.diagonal(dim1=-2, dim2=-1).abs().mean(-1, keepdim=True).clamp_min(1e-300)
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    eps = jitter
+    for _ in range(max_tries):
+        chol, info = torch.linalg.cholesky_ex(a + (eps * scale)[..., None] * eye)
+        if not bool((info > 0).any()):
+            return chol
+        eps *= 10.0
+    raise ValueError("matrix is not positive definite even after adding jitter")
+
+
+def logdet_from_chol(chol: torch.Tensor) -> torch.Tensor:
+    """log|A| from the lower Cholesky factor of A."""
+    return 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+
+def mahalanobis_sq(chol: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
+    """Squared Mahalanobis distance diff^T A^{-1} diff with A = L L^T.
+
+    ``chol`` has shape (K, d, d), ``diff`` (N, K, d); returns (N, K).
+    Solved with one batched triangular solve per cluster.
+    """
+    # (K, d, N) right-hand sides
+    rhs = diff.permute(1, 2, 0)
+    sol = torch.linalg.solve_triangular(chol, rhs, upper=False)
+    return sol.pow(2).sum(-2).transpose(0, 1)
+
+
+def multigammaln(a: torch.Tensor, d: int) -> torch.Tensor:
+    """Log multivariate gamma function log Gamma_d(a) (elementwise in ``a``)."""
+    return torch.special.multigammaln(a, d) if a.dim() == 0 else _multigammaln_batched(a, d)
+
+
+def _multigammaln_batched(a: torch.Tensor, d: int) -> torch.Tensor:
+    j = torch.arange(d, dtype=a.dtype, device=a.device)
+    return d * (d - 1) / 4.0 * _LOG_PI + torch.lgamma(a[..., None] - j / 2.0).sum(-1)
+
+
+def multidigamma(a: torch.Tensor, d: int) -> torch.Tensor:
+    """sum_{j=0}^{d-1} digamma(a - j/2), the derivative of log Gamma_d."""
+    j = torch.arange(d, dtype=a.dtype, device=a.device)
+    return torch.digamma(a[..., None] - j / 2.0).sum(-1)
+
+
+def log_2pi() -> float:
+    return _LOG_2PI
+
+
+def log_pi() -> float:
+    return _LOG_PI

@@ -1,0 +1,30 @@
+"""What is assumed: conjugate families, weight priors and the Pyro mixture program."""
+
+from .distributions import InverseWishart, MultinomialCounts, NormalInverseWishart
+from .dpmm import DPMixture, gather_params
+from .families import (
+    ConjugateFamily,
+    DiagGaussianParams,
+    DiagonalGaussian,
+    GaussianNIW,
+    GaussianParams,
+    Multinomial,
+    MultinomialParams,
+    SuffStats,
+)
+from .weights import (
+    DirichletProcess,
+    FiniteDirichlet,
+    PitmanYor,
+    WeightPrior,
+    stick_breaking,
+)
+
+__all__ = [
+    "InverseWishart", "NormalInverseWishart", "MultinomialCounts",
+    "DPMixture", "gather_params",
+    "ConjugateFamily", "SuffStats",
+    "GaussianNIW", "GaussianParams", "DiagonalGaussian", "DiagGaussianParams",
+    "Multinomial", "MultinomialParams",
+    "WeightPrior", "DirichletProcess", "PitmanYor", "FiniteDirichlet", "stick_breaking",
+]

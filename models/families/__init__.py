@@ -1,0 +1,17 @@
+"""Conjugate component families: likelihood + conjugate prior, batched over clusters."""
+
+from .base import ConjugateFamily, SuffStats
+from .diag_gaussian import DiagGaussianParams, DiagonalGaussian
+from .gaussian_niw import GaussianNIW, GaussianParams
+from .multinomial import Multinomial, MultinomialParams
+
+__all__ = [
+    "ConjugateFamily",
+    "SuffStats",
+    "GaussianNIW",
+    "GaussianParams",
+    "DiagonalGaussian",
+    "DiagGaussianParams",
+    "Multinomial",
+    "MultinomialParams",
+]

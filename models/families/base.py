@@ -1,0 +1,238 @@
+"""The interface every conjugate component family implements.
+
+A family pairs a component likelihood p(x | theta) with its conjugate prior
+p(theta).  Everything is batched over K clusters: sufficient statistics carry a
+leading cluster dimension, and every method returns one value per cluster (or
+an N x K table for per-point quantities).  Statistics are float64.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from bnpdeep.linalg import DTYPE, as_tensor
+
+
+class SuffStats:
+    """Additive sufficient statistics of K clusters.
+
+    A thin container of named tensors that share a leading cluster dimension.
+    Because every statistic is a sum over points, adding, removing and
+    merging clusters are additions and subtractions.
+    """
+
+    __slots__ = ("fields",)
+
+    def __init__(self, **fields: torch.Tensor):
+        self.fields = fields
+
+    def __getattr__(self, name):
+        try:
+            return self.__getattribute__("fields")[name]
+        except KeyError as err:
+            raise AttributeError(name) from err
+
+    @property
+    def n(self) -> torch.Tensor:
+        """Number of points (or total responsibility) of each cluster, shape (K,)."""
+        return self.fields["n"]
+
+    @property
+    def k(self) -> int:
+        return int(self.fields["n"].shape[0])
+
+    def _map(self, fn, other=None) -> "SuffStats":
+        if other is None:
+            return SuffStats(**{k: fn(v) for k, v in self.fields.items()})
+        return SuffStats(**{k: fn(v, other.fields[k]) for k, v in self.fields.items()})
+
+    def __add__(self, other: "SuffStats") -> "SuffStats":
+        return self._map(torch.add, other)
+
+    def __sub__(self, other: "SuffStats") -> "SuffStats":
+        return self._map(torch.sub, other)
+
+    def __getitem__(self, index) -> "SuffStats":
+        """Select clusters; an integer index keeps the cluster dimension."""
+        if isinstance(index, int):
+            index = slice(index, index + 1) if index != -1 else slice(-1, None)
+        return self._map(lambda v: v[index])
+
+    def total(self) -> "SuffStats":
+        """Statistics of the union of all clusters, as a single cluster."""
+        return self._map(lambda v: v.sum(0, keepdim=True))
+
+    def merge(self, i: int, j: int) -> "SuffStats":
+        """Statistics with cluster j merged into cluster i (j removed)."""
+        keep = [c for c in range(self.k) if c != j]
+        merged = self._map(lambda v: v.clone())
+        for v, src in zip(merged.fields.values(), self.fields.values()):
+            v[i] = v[i] + src[j]
+        return merged[keep]
+
+    @staticmethod
+    def cat(stats: Iterable["SuffStats"]) -> "SuffStats":
+        stats = list(stats)
+        return SuffStats(
+            **{k: torch.cat([s.fields[k] for s in stats], 0) for k in stats[0].fields}
+        )
+
+    def clone(self) -> "SuffStats":
+        return self._map(lambda v: v.clone())
+
+    def to(self, device) -> "SuffStats":
+        return self._map(lambda v: v.to(device))
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.fields.items())
+        return f"SuffStats({shapes})"
+
+
+class ConjugateFamily:
+    """Base class: a component likelihood with its conjugate prior.
+
+    Subclasses define ``_row_stats`` (per-point statistics, summed by the base
+    class into cluster statistics with hard labels or soft responsibilities)
+    and the conjugate algebra: posterior hyperparameters, exact log marginal
+    likelihood, log posterior predictive, MAP, posterior sampling, expected
+    log-likelihood and KL for variational Bayes, log-likelihood under point
+    parameters, and the Pyro prior/likelihood.
+    """
+
+    #: names of the Pyro sample sites this family's prior creates
+    param_sites: tuple[str, ...] = ()
+    #: whether this family has an exact log marginal likelihood (collapsed samplers need it)
+    has_log_marginal = True
+
+    dim: int
+
+    # ---- data -------------------------------------------------------------
+    def validate(self, X, name: str = "X", min_rows: int = 1):
+        """Check data for this family; returns a float64 numpy array."""
+        from bnpdeep.data import check_array
+
+        X = check_array(X, name=name, min_rows=min_rows)
+        if X.shape[1] != self.dim:
+            from bnpdeep.data import DataError
+
+            raise DataError(
+                f"{name} has {X.shape[1]} features but the {type(self).__name__} prior "
+                f"has dimension {self.dim}"
+            )
+        return X
+
+    def _as_data(self, X) -> torch.Tensor:
+        return as_tensor(X, device=self.device)
+
+    @property
+    def device(self):
+        return self._device
+
+    def _row_stats(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def suff_stats(self, X, weights=None) -> SuffStats:
+        """Sufficient statistics of the rows of X.
+
+        ``weights`` None gives one cluster holding every row; a vector (N,)
+        gives one cluster with per-row weights; a matrix (N, K) of
+        responsibilities gives K clusters, cluster k weighting row i by
+        ``weights[i, k]``.
+        """
+        X = self._as_data(X)
+        rows = self._row_stats(X)
+        if weights is None:
+            return SuffStats(**{k: v.sum(0, keepdim=True) for k, v in rows.items()})
+        w = as_tensor(weights, device=X.device)
+        if w.dim() == 1:
+            w = w[:, None]
+        return SuffStats(
+            **{k: torch.tensordot(w, v, dims=([0], [0])) for k, v in rows.items()}
+        )
+
+    def suff_stats_labels(self, X, labels, k: int | None = None) -> SuffStats:
+        """Statistics of K clusters from hard labels 0..K-1 (index_add, no one-hot)."""
+        X = self._as_data(X)
+        z = torch.as_tensor(labels, device=X.device, dtype=torch.long)
+        k = int(z.max()) + 1 if k is None else k
+        rows = self._row_stats(X)
+        out = {}
+        for name, v in rows.items():
+            acc = torch.zeros((k,) + v.shape[1:], dtype=v.dtype, device=v.device)
+            out[name] = acc.index_add_(0, z, v)
+        return SuffStats(**out)
+
+    def empty_stats(self, k: int = 1) -> SuffStats:
+        """Statistics of K empty clusters (the prior)."""
+        X = torch.zeros((1, self.dim), dtype=DTYPE, device=self.device)
+        rows = self._row_stats(X)
+        return SuffStats(**{n: torch.zeros((k,) + v.shape[1:], dtype=v.dtype, device=v.device)
+                            for n, v in rows.items()})
+
+    # ---- conjugate algebra (subclasses) -------------------------------------
+    def posterior(self, stats: SuffStats):
+        """Posterior hyperparameters of each cluster given its statistics."""
+        raise NotImplementedError
+
+    def log_marginal(self, stats: SuffStats) -> torch.Tensor:
+        """Exact log p(X_k) = log of the integral of prod_i p(x_i|theta) p(theta), shape (K,)."""
+        raise NotImplementedError
+
+    def log_predictive(self, X, stats: SuffStats) -> torch.Tensor:
+        """Log posterior predictive log p(x_i | X_k) for every row and cluster, (N, K)."""
+        raise NotImplementedError
+
+    def map_estimate(self, stats: SuffStats):
+        """Joint posterior mode of the component parameters, batched over K."""
+        raise NotImplementedError
+
+    def sample_posterior(self, stats: SuffStats):
+        """One draw of the parameters of each cluster from its conjugate posterior."""
+        raise NotImplementedError
+
+    def expected_log_likelihood(self, X, stats: SuffStats) -> torch.Tensor:
+        """E_q[log p(x_i | theta_k)] with q the conjugate posterior of cluster k, (N, K)."""
+        raise NotImplementedError
+
+    def kl_to_prior(self, stats: SuffStats) -> torch.Tensor:
+        """KL(p(theta | X_k) || p(theta)) per cluster, (K,)."""
+        raise NotImplementedError
+
+    def log_likelihood(self, X, params) -> torch.Tensor:
+        """log p(x_i | theta_k) under point parameters, (N, K)."""
+        raise NotImplementedError
+
+    def sample_prior(self, k: int):
+        """K independent draws of the parameters from the prior."""
+        return self.sample_posterior(self.empty_stats(k))
+
+    def pyro_sample_params(self):
+        """Sample the component parameters as Pyro sites (call inside a components plate)."""
+        raise NotImplementedError
+
+    def params_from_sites(self, values: dict):
+        """Parameter tuple from the values of this family's Pyro sites."""
+        raise NotImplementedError
+
+    def sites_from_params(self, params) -> dict:
+        """Values of this family's Pyro sites for a parameter tuple."""
+        raise NotImplementedError
+
+    def likelihood(self, params) -> torch.distributions.Distribution:
+        """The observation distribution p(x | theta) for batched point parameters."""
+        raise NotImplementedError
+
+    # ---- conveniences --------------------------------------------------------
+    def log_marginal_likelihood(self, X) -> float:
+        """Log marginal likelihood of all rows of X as one cluster."""
+        return float(self.log_marginal(self.suff_stats(self.validate(X)))[0])
+
+    @classmethod
+    def weak(cls, X, **kwargs) -> "ConjugateFamily":
+        """A weakly informative, data-driven default prior for data X."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dim={self.dim})"

@@ -1,0 +1,250 @@
+"""Full-covariance Gaussian components with a Normal-inverse-Wishart prior.
+
+Prior: Sigma ~ IW(nu, Psi), mu | Sigma ~ N(mu0, Sigma / kappa).  With cluster
+statistics n, s = sum x_i, S = sum x_i x_i^T the posterior is NIW with
+(Murphy 2007, "Conjugate Bayesian analysis of the Gaussian distribution", eq. 250-254)
+
+    kappa_n = kappa + n,   nu_n = nu + n,   mu_n = (kappa mu0 + s) / kappa_n,
+    Psi_n   = Psi + S + kappa mu0 mu0^T - kappa_n mu_n mu_n^T.
+
+Every determinant, quadratic form and trace goes through Cholesky factors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import pyro
+import pyro.distributions as pdist
+import torch
+
+from bnpdeep.linalg import (
+    DTYPE,
+    as_tensor,
+    cholesky,
+    log_2pi,
+    log_pi,
+    logdet_from_chol,
+    mahalanobis_sq,
+    multidigamma,
+    multigammaln,
+)
+
+from ..distributions import InverseWishart
+from .base import ConjugateFamily, SuffStats
+
+
+class GaussianParams(NamedTuple):
+    """Point parameters of K Gaussian components: means (K, d), covariances (K, d, d)."""
+
+    mean: torch.Tensor
+    cov: torch.Tensor
+
+
+class NIWPosterior(NamedTuple):
+    mu: torch.Tensor      # (K, d)
+    kappa: torch.Tensor   # (K,)
+    nu: torch.Tensor      # (K,)
+    psi: torch.Tensor     # (K, d, d)
+    chol: torch.Tensor    # (K, d, d) lower Cholesky factor of psi
+
+
+class GaussianNIW(ConjugateFamily):
+    """Gaussian likelihood, Normal-inverse-Wishart prior NIW(mu0, kappa, nu, psi).
+
+    Parameters
+    ----------
+    mu0 : (d,) prior mean of the component means.
+    kappa : prior pseudo-count on the mean (> 0).
+    nu : degrees of freedom of the inverse-Wishart (> d - 1).
+    psi : (d, d) positive-definite scale matrix; E[Sigma] = psi / (nu - d - 1).
+    """
+
+    param_sites = ("cov", "loc")
+
+    def __init__(self, mu0, kappa, nu, psi, device=None):
+        self.mu0 = as_tensor(mu0, device=device).reshape(-1)
+        self._device = self.mu0.device
+        d = self.mu0.shape[0]
+        self.dim = d
+        self.kappa = as_tensor(kappa, device=self._device).reshape(())
+        self.nu = as_tensor(nu, device=self._device).reshape(())
+        self.psi = as_tensor(psi, device=self._device).reshape(d, d)
+        if float(self.kappa) <= 0:
+            raise ValueError(f"kappa must be positive, got {float(self.kappa)}")
+        if float(self.nu) <= d - 1:
+            raise ValueError(f"nu must exceed d - 1 = {d - 1}, got {float(self.nu)}")
+        try:
+            self.psi_chol = cholesky(self.psi, max_tries=0)
+        except ValueError:
+            raise ValueError("psi must be symmetric positive definite") from None
+        self._psi_logdet = logdet_from_chol(self.psi_chol)
+
+    @classmethod
+    def weak(cls, X, kappa: float = 0.01, nu_offset: float = 2.0, scale: float = 0.1,
+             device=None) -> "GaussianNIW":
+        """Weak data-driven prior: mu0 = mean(X), nu = d + ``nu_offset``,
+        psi = ``scale`` * cov(X) (so E[Sigma] = psi / (nu - d - 1) is a fraction of the
+        data covariance), small ``kappa``.  Zero-variance columns get a variance floor
+        so that psi stays positive definite.
+        """
+        X = as_tensor(X, device=device)
+        d = X.shape[1]
+        cov = torch.cov(X.T).reshape(d, d) if X.shape[0] > 1 else torch.eye(d, dtype=DTYPE)
+        var = cov.diagonal()
+        floor = 1e-6 * (float(var.mean()) if float(var.mean()) > 0 else 1.0)
+        cov = cov + torch.diag(torch.where(var > floor, 0.0, floor))
+        # keep psi well-conditioned when d is large relative to N
+        cov = cov + 1e-6 * float(cov.diagonal().mean()) * torch.eye(d, dtype=DTYPE,
+                                                                      device=cov.device)
+        return cls(X.mean(0), kappa, d + nu_offset, scale * cov, device=device)
+
+    def to(self, device) -> "GaussianNIW":
+        return GaussianNIW(self.mu0, self.kappa, self.nu, self.psi, device=device)
+
+    def _row_stats(self, X):
+        return {"n": torch.ones(X.shape[0], dtype=X.dtype, device=X.device),
+                "sx": X, "sxx": X[:, :, None] * X[:, None, :]}
+
+    def suff_stats(self, X, weights=None) -> SuffStats:
+        # avoid materialising the N x d x d outer products for soft weights
+        X = self._as_data(X)
+        if weights is None:
+            return SuffStats(n=torch.tensor([X.shape[0]], dtype=DTYPE, device=X.device),
+                             sx=X.sum(0, keepdim=True), sxx=(X.T @ X)[None])
+        w = as_tensor(weights, device=X.device)
+        if w.dim() == 1:
+            w = w[:, None]
+        wx = w.T @ X
+        sxx = torch.einsum("nk,ni,nj->kij", w, X, X)
+        return SuffStats(n=w.sum(0), sx=wx, sxx=sxx)
+
+    def suff_stats_labels(self, X, labels, k=None) -> SuffStats:
+        X = self._as_data(X)
+        z = torch.as_tensor(labels, device=X.device, dtype=torch.long)
+        k = int(z.max()) + 1 if k is None else k
+        onehot = torch.zeros((X.shape[0], k), dtype=X.dtype, device=X.device)
+        onehot[torch.arange(X.shape[0], device=X.device), z] = 1.0
+        return self.suff_stats(X, onehot)
+
+    # ---- conjugate algebra ------------------------------------------------
+    def posterior(self, stats: SuffStats) -> NIWPosterior:
+        n, sx, sxx = stats.n, stats.sx, stats.sxx
+        kappa_n = self.kappa + n
+        nu_n = self.nu + n
+        mu_n = (self.kappa * self.mu0 + sx) / kappa_n[:, None]
+        psi_n = (self.psi + sxx + self.kappa * torch.outer(self.mu0, self.mu0)
+                 - kappa_n[:, None, None] * mu_n[:, :, None] * mu_n[:, None, :])
+        psi_n = 0.5 * (psi_n + psi_n.transpose(-1, -2))
+        return NIWPosterior(mu_n, kappa_n, nu_n, psi_n, cholesky(psi_n))
+
+    def log_marginal(self, stats: SuffStats) -> torch.Tensor:
+        """log p(X_k) = -n d/2 log pi + log G_d(nu_n/2) - log G_d(nu/2)
+        + nu/2 log|Psi| - nu_n/2 log|Psi_n| + d/2 (log kappa - log kappa_n)
+        (Murphy 2007, eq. 266)."""
+        d = self.dim
+        post = self.posterior(stats)
+        return (
+            -0.5 * stats.n * d * log_pi()
+            + multigammaln(0.5 * post.nu, d) - multigammaln(0.5 * self.nu, d)
+            + 0.5 * self.nu * self._psi_logdet - 0.5 * post.nu * logdet_from_chol(post.chol)
+            + 0.5 * d * (torch.log(self.kappa) - torch.log(post.kappa))
+        )
+
+    def log_predictive(self, X, stats: SuffStats) -> torch.Tensor:
+        """Multivariate Student-t: df = nu_n - d + 1, location mu_n,
+        scale Psi_n (kappa_n + 1) / (kappa_n df) (Murphy 2007, eq. 258)."""
+        X = self._as_data(X)
+        d = self.dim
+        post = self.posterior(stats)
+        df = post.nu - d + 1
+        c = (post.kappa + 1) / (post.kappa * df)
+        maha = mahalanobis_sq(post.chol, X[:, None, :] - post.mu[None]) / c
+        logdet = logdet_from_chol(post.chol) + d * torch.log(c)
+        return (
+            torch.lgamma(0.5 * (df + d)) - torch.lgamma(0.5 * df)
+            - 0.5 * d * torch.log(df * math.pi) - 0.5 * logdet
+            - 0.5 * (df + d) * torch.log1p(maha / df)
+        )
+
+    def map_estimate(self, stats: SuffStats) -> GaussianParams:
+        """Joint NIW mode: mu = mu_n, Sigma = Psi_n / (nu_n + d + 2)."""
+        post = self.posterior(stats)
+        return GaussianParams(post.mu, post.psi / (post.nu + self.dim + 2)[:, None, None])
+
+    def posterior_mean(self, stats: SuffStats) -> GaussianParams:
+        post = self.posterior(stats)
+        return GaussianParams(post.mu, post.psi / (post.nu - self.dim - 1)[:, None, None])
+
+    def sample_posterior(self, stats: SuffStats) -> GaussianParams:
+        post = self.posterior(stats)
+        cov = InverseWishart(post.nu, post.psi).sample()
+        chol = cholesky(cov / post.kappa[:, None, None])
+        eps = torch.randn_like(post.mu)
+        mean = post.mu + (chol @ eps[..., None])[..., 0]
+        return GaussianParams(mean, cov)
+
+    def _expected_logdet(self, post: NIWPosterior) -> torch.Tensor:
+        d = self.dim
+        return logdet_from_chol(post.chol) - multidigamma(0.5 * post.nu, d) - d * math.log(2.0)
+
+    def expected_log_likelihood(self, X, stats: SuffStats) -> torch.Tensor:
+        """E[log N(x | mu, Sigma)] = -d/2 log 2pi - E[log|Sigma|]/2
+        - (nu_n (x - mu_n)^T Psi_n^{-1} (x - mu_n) + d / kappa_n) / 2."""
+        X = self._as_data(X)
+        post = self.posterior(stats)
+        maha = mahalanobis_sq(post.chol, X[:, None, :] - post.mu[None])
+        return (-0.5 * self.dim * log_2pi() - 0.5 * self._expected_logdet(post)
+                - 0.5 * (post.nu * maha + self.dim / post.kappa))
+
+    def kl_to_prior(self, stats: SuffStats) -> torch.Tensor:
+        """KL(NIW_n || NIW_0): the inverse-Wishart KL plus the expected KL of the
+        conditional Gaussians of the mean."""
+        d = self.dim
+        post = self.posterior(stats)
+        nu0, nu1 = self.nu, post.nu
+        e_logdet = self._expected_logdet(post)
+        # tr(Psi_0 Psi_1^{-1}) = ||L_1^{-1} C_0||_F^2
+        sol = torch.linalg.solve_triangular(post.chol, self.psi_chol.expand_as(post.chol),
+                                            upper=False)
+        trace = sol.pow(2).sum((-2, -1))
+        kl_iw = (0.5 * nu1 * logdet_from_chol(post.chol) - 0.5 * nu0 * self._psi_logdet
+                 - 0.5 * (nu1 - nu0) * d * math.log(2.0)
+                 - multigammaln(0.5 * nu1, d) + multigammaln(0.5 * nu0, d)
+                 - 0.5 * (nu1 - nu0) * e_logdet - 0.5 * nu1 * (d - trace))
+        diff = (post.mu - self.mu0)[:, None, :]
+        maha = mahalanobis_sq(post.chol, diff.transpose(0, 1)).reshape(-1)
+        ratio = self.kappa / post.kappa
+        kl_mean = 0.5 * (d * ratio - d - d * torch.log(ratio) + self.kappa * nu1 * maha)
+        return kl_iw + kl_mean
+
+    def log_likelihood(self, X, params: GaussianParams) -> torch.Tensor:
+        X = self._as_data(X)
+        chol = cholesky(as_tensor(params.cov, device=X.device))
+        mean = as_tensor(params.mean, device=X.device)
+        maha = mahalanobis_sq(chol, X[:, None, :] - mean[None])
+        return -0.5 * (self.dim * log_2pi() + logdet_from_chol(chol) + maha)
+
+    # ---- Pyro ---------------------------------------------------------------
+    def prior_distribution(self) -> InverseWishart:
+        return InverseWishart(self.nu, self.psi)
+
+    def pyro_sample_params(self) -> GaussianParams:
+        cov = pyro.sample("cov", InverseWishart(self.nu, self.psi))
+        loc = pyro.sample("loc", pdist.MultivariateNormal(
+            self.mu0, scale_tril=cholesky(cov / self.kappa)))
+        return GaussianParams(loc, cov)
+
+    def params_from_sites(self, values):
+        return GaussianParams(values["loc"], values["cov"])
+
+    def sites_from_params(self, params):
+        return {"loc": params.mean, "cov": params.cov}
+
+    def likelihood(self, params: GaussianParams) -> pdist.MultivariateNormal:
+        return pdist.MultivariateNormal(params.mean, scale_tril=cholesky(params.cov))
+
+    def __repr__(self) -> str:
+        return (f"GaussianNIW(dim={self.dim}, kappa={float(self.kappa):.4g}, "
+                f"nu={float(self.nu):.4g})")

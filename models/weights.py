@@ -1,0 +1,241 @@
+"""Priors on the mixture weights: Dirichlet process, Pitman-Yor, finite Dirichlet.
+
+Each prior offers what the inference algorithms need, in one interface:
+
+* stick-breaking: pi_j = v_j prod_{l<j} (1 - v_l) with v_j ~ Beta(a_j, b_j)
+  (:meth:`stick_prior`, :meth:`sample_weights`, :meth:`pyro_sample_weights`);
+  a truncation T fixes v_T = 1 so that the T weights sum to one;
+* the exchangeable partition probability function, log p(partition) for a
+  partition with block sizes n_1..n_K (:meth:`log_eppf`), and its one-step
+  predictive rule (:meth:`log_crp_weights`), used by collapsed samplers and by
+  split/merge Hastings ratios;
+* the conditional law of the weights given a partition,
+  (pi_1, .., pi_K, pi_rest) ~ Dirichlet(:meth:`weight_concentration`), used by
+  samplers that instantiate the weights;
+* variational quantities: the conjugate Beta posterior of the sticks given
+  expected counts and E[log pi_j] (:meth:`stick_posterior`,
+  :meth:`expected_log_weights`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as pdist
+import torch
+
+from bnpdeep.linalg import DTYPE, as_tensor
+
+
+def stick_breaking(v: torch.Tensor) -> torch.Tensor:
+    """Weights pi_j = v_j prod_{l<j}(1 - v_l) from T - 1 sticks; the last weight takes
+    the remaining mass, so the T weights sum to one."""
+    one = torch.ones(v.shape[:-1] + (1,), dtype=v.dtype, device=v.device)
+    rest = torch.cumprod(torch.cat([one, 1 - v], -1), -1)
+    return torch.cat([v, one], -1) * rest
+
+
+def _counts(counts) -> torch.Tensor:
+    c = as_tensor(counts).reshape(-1)
+    return c[c > 0]
+
+
+class WeightPrior:
+    """Base class of the weight priors."""
+
+    #: largest number of occupied clusters the prior allows
+    max_clusters: float = math.inf
+
+    def stick_prior(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Beta parameters (a_j, b_j) of the sticks v_1..v_{T-1}."""
+        raise NotImplementedError
+
+    def log_eppf(self, counts) -> float:
+        """log p(partition) for a partition whose blocks have sizes ``counts``."""
+        raise NotImplementedError
+
+    def log_crp_weights(self, counts) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unnormalised log p(next point joins block k) for each block (K,) and for a
+        new block (scalar): the ratio EPPF(counts + e_k) / EPPF(counts)."""
+        raise NotImplementedError
+
+    def weight_concentration(self, counts) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dirichlet parameters of (pi_1..pi_K, pi_rest) given a partition."""
+        raise NotImplementedError
+
+    # -- shared -----------------------------------------------------------------
+    def sample_weights(self, t: int) -> torch.Tensor:
+        a, b = self.stick_prior(t)
+        return stick_breaking(torch.distributions.Beta(a, b).sample())
+
+    def pyro_sample_weights(self, t: int) -> torch.Tensor:
+        """Sample the sticks as the Pyro site ``v`` (plate ``sticks``) and return pi."""
+        a, b = self.stick_prior(t)
+        with pyro.plate("sticks", t - 1):
+            v = pyro.sample("v", pdist.Beta(a, b))
+        return stick_breaking(v)
+
+    def stick_posterior(self, counts) -> tuple[torch.Tensor, torch.Tensor]:
+        """Beta posterior of the T - 1 sticks given (expected) counts N_1..N_T:
+        a_j + N_j and b_j + sum_{l>j} N_l."""
+        n = as_tensor(counts).reshape(-1)
+        a, b = self.stick_prior(n.shape[0])
+        tail = n.flip(0).cumsum(0).flip(0)
+        return a + n[:-1], b + tail[1:]
+
+    @staticmethod
+    def expected_log_weights(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """E[log pi_j] under independent Beta(a_j, b_j) sticks, j < T, and v_T = 1:
+        E log v_j + sum_{l<j} E log(1 - v_l) (Blei & Jordan 2006, eq. 14)."""
+        tot = torch.digamma(a + b)
+        elog_v = torch.digamma(a) - tot
+        elog_1mv = torch.digamma(b) - tot
+        zero = torch.zeros(1, dtype=a.dtype, device=a.device)
+        prefix = torch.cat([zero, elog_1mv.cumsum(0)])
+        return torch.cat([elog_v, zero]) + prefix
+
+    def sample_partition(self, n: int) -> torch.Tensor:
+        """Labels 0..K-1 of n points drawn sequentially from the predictive rule."""
+        labels = torch.empty(n, dtype=torch.long)
+        counts: list[float] = []
+        for i in range(n):
+            if not counts:          # the first point always opens block 0
+                counts.append(1.0)
+                labels[i] = 0
+                continue
+            old, new = self.log_crp_weights(counts)
+            logits = torch.cat([old.reshape(-1), new.reshape(1)])
+            k = int(torch.distributions.Categorical(logits=logits).sample())
+            if k == len(counts):
+                counts.append(1.0)
+            else:
+                counts[k] += 1.0
+            labels[i] = k
+        return labels
+
+
+class DirichletProcess(WeightPrior):
+    """DP(alpha) weights: GEM(alpha) sticks v_j ~ Beta(1, alpha).
+
+    EPPF (Ewens): alpha^K Gamma(alpha) / Gamma(alpha + N) prod_k Gamma(n_k).
+    """
+
+    def __init__(self, alpha: float = 1.0):
+        if alpha <= 0:
+            raise ValueError(f"alpha must be positive, got {alpha}")
+        self.alpha = float(alpha)
+
+    def stick_prior(self, t):
+        one = torch.ones(t - 1, dtype=DTYPE)
+        return one, self.alpha * one
+
+    def log_eppf(self, counts) -> float:
+        c = _counts(counts)
+        a = torch.tensor(self.alpha, dtype=DTYPE)
+        return float(c.numel() * torch.log(a) + torch.lgamma(a) - torch.lgamma(a + c.sum())
+                     + torch.lgamma(c).sum())
+
+    def log_crp_weights(self, counts):
+        c = as_tensor(counts).reshape(-1)
+        return torch.log(c), torch.tensor(math.log(self.alpha), dtype=DTYPE)
+
+    def weight_concentration(self, counts):
+        return as_tensor(counts).reshape(-1), torch.tensor(self.alpha, dtype=DTYPE)
+
+    def __repr__(self):
+        return f"DirichletProcess(alpha={self.alpha:g})"
+
+
+class PitmanYor(WeightPrior):
+    """Pitman-Yor PY(discount d, strength alpha): sticks v_j ~ Beta(1 - d, alpha + j d).
+
+    EPPF (Pitman 1995): prod_{i=1}^{K-1}(alpha + i d) / (alpha + 1)_{N-1}
+    prod_k (1 - d)_{n_k - 1}, with (x)_m the rising factorial.
+    """
+
+    def __init__(self, discount: float = 0.1, alpha: float = 1.0):
+        if not 0 <= discount < 1:
+            raise ValueError(f"discount must lie in [0, 1), got {discount}")
+        if alpha <= -discount:
+            raise ValueError(f"alpha must exceed -discount, got {alpha}")
+        self.discount = float(discount)
+        self.alpha = float(alpha)
+
+    def stick_prior(self, t):
+        j = torch.arange(1, t, dtype=DTYPE)
+        return torch.full((t - 1,), 1 - self.discount, dtype=DTYPE), self.alpha + j * self.discount
+
+    def log_eppf(self, counts) -> float:
+        c = _counts(counts)
+        d, a = self.discount, self.alpha
+        k = c.numel()
+        i = torch.arange(1, k, dtype=DTYPE)
+        n = c.sum()
+        at = torch.tensor(a, dtype=DTYPE)
+        return float(torch.log(a + i * d).sum()
+                     + (torch.lgamma(c - d) - math.lgamma(1 - d)).sum()
+                     - (torch.lgamma(at + n) - torch.lgamma(at + 1)))
+
+    def log_crp_weights(self, counts):
+        c = as_tensor(counts).reshape(-1)
+        k = int((c > 0).sum())
+        return torch.log(c - self.discount), torch.tensor(
+            math.log(self.alpha + k * self.discount), dtype=DTYPE)
+
+    def weight_concentration(self, counts):
+        c = as_tensor(counts).reshape(-1)
+        return c - self.discount, torch.tensor(self.alpha + c.numel() * self.discount,
+                                               dtype=DTYPE)
+
+    def __repr__(self):
+        return f"PitmanYor(discount={self.discount:g}, alpha={self.alpha:g})"
+
+
+class FiniteDirichlet(WeightPrior):
+    """Symmetric finite Dirichlet: pi ~ Dirichlet(alpha / k, ..., alpha / k) over k components.
+
+    EPPF of the induced partition (blocks unlabelled, K <= k):
+    k! / (k - K)! Gamma(alpha) / Gamma(alpha + N) prod_j Gamma(n_j + alpha/k) / Gamma(alpha/k).
+    As k grows it tends to the DP(alpha) EPPF.
+    """
+
+    def __init__(self, k: int, alpha: float = 1.0):
+        if int(k) < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if alpha <= 0:
+            raise ValueError(f"alpha must be positive, got {alpha}")
+        self.k = int(k)
+        self.alpha = float(alpha)
+        self.max_clusters = self.k
+
+    def stick_prior(self, t):
+        # generalised-Dirichlet sticks: v_j ~ Beta(alpha/k, (k - j) alpha / k)
+        j = torch.arange(1, t, dtype=DTYPE)
+        g = self.alpha / self.k
+        return torch.full((t - 1,), g, dtype=DTYPE), (self.k - j).clamp_min(0) * g
+
+    def log_eppf(self, counts) -> float:
+        c = _counts(counts)
+        kk = c.numel()
+        if kk > self.k:
+            return -math.inf
+        g = self.alpha / self.k
+        return float(math.lgamma(self.k + 1) - math.lgamma(self.k - kk + 1)
+                     + math.lgamma(self.alpha) - torch.lgamma(self.alpha + c.sum())
+                     + (torch.lgamma(c + g) - math.lgamma(g)).sum())
+
+    def log_crp_weights(self, counts):
+        c = as_tensor(counts).reshape(-1)
+        g = self.alpha / self.k
+        free = self.k - int((c > 0).sum())
+        new = math.log(free * g) if free > 0 else -math.inf
+        return torch.log(c + g), torch.tensor(new, dtype=DTYPE)
+
+    def weight_concentration(self, counts):
+        c = as_tensor(counts).reshape(-1)
+        g = self.alpha / self.k
+        return c + g, torch.tensor(max(self.k - c.numel(), 0) * g, dtype=DTYPE)
+
+    def __repr__(self):
+        return f"FiniteDirichlet(k={self.k}, alpha={self.alpha:g})"

@@ -1,0 +1,115 @@
+"""The Pyro program: prior predictive, Predictive, SVI, log joint."""
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Predictive, TraceEnum_ELBO, config_enumerate
+from pyro.infer.autoguide import AutoDelta, AutoNormal
+
+from bnpdeep.models import (
+    DiagonalGaussian,
+    DirichletProcess,
+    DPMixture,
+    FiniteDirichlet,
+    GaussianNIW,
+    Multinomial,
+    PitmanYor,
+)
+
+
+def _families(d=2):
+    X = np.random.default_rng(0).normal(size=(30, d))
+    counts = np.random.default_rng(0).integers(0, 6, size=(30, 4)).astype(float)
+    return [GaussianNIW.weak(X), DiagonalGaussian.weak(X), Multinomial.weak(counts)]
+
+
+@pytest.mark.parametrize("family", _families(), ids=lambda f: type(f).__name__)
+@pytest.mark.parametrize("weights", [DirichletProcess(1.0), PitmanYor(0.2, 1.0),
+                                     FiniteDirichlet(4, 1.0)], ids=repr)
+def test_prior_predictive_shapes(family, weights):
+    m = DPMixture(family, weights, truncation=6)
+    out = m.sample_prior_predictive(40, seed=1)
+    assert out["X"].shape == (40, family.dim)
+    assert out["z"].shape == (40,) and int(out["z"].max()) < m.truncation
+    assert out["weights"].shape == (m.truncation,)
+    assert float(out["weights"].sum()) == pytest.approx(1.0)
+
+
+def test_predictive_runs():
+    fam = _families()[0]
+    m = DPMixture(fam, truncation=5)
+    pred = Predictive(m.model, num_samples=7)
+    samples = pred(n=12)
+    assert samples["obs"].shape == (7, 12, 2)
+    assert samples["z"].shape == (7, 12)
+    assert samples["cov"].shape == (7, 5, 2, 2)
+    assert samples["v"].shape == (7, 4)
+
+
+@pytest.mark.parametrize("family", _families(), ids=lambda f: type(f).__name__)
+def test_svi_with_an_autoguide(family):
+    """A few SVI steps, z enumerated out, every other site in an AutoNormal guide."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    m = DPMixture(family, truncation=4)
+    out = m.sample_prior_predictive(50, seed=2)
+    X = out["X"]
+    model = config_enumerate(m.model)
+    guide = AutoNormal(poutine.block(model, hide=["z"]))
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.02}), TraceEnum_ELBO(max_plate_nesting=1))
+    losses = [svi.step(X) for _ in range(15)]
+    assert np.all(np.isfinite(losses))
+    # subsampled data plate
+    losses = [svi.step(X, subsample_size=16) for _ in range(3)]
+    assert np.all(np.isfinite(losses))
+
+
+def test_map_fit_by_svi_improves_the_loss():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    g = np.random.default_rng(0)
+    X = np.concatenate([g.normal(-4, 0.5, size=(60, 2)), g.normal(4, 0.5, size=(60, 2))])
+    m = DPMixture(GaussianNIW.weak(X), truncation=3)
+    model = config_enumerate(m.model)
+    guide = AutoDelta(poutine.block(model, hide=["z"]))
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), TraceEnum_ELBO(max_plate_nesting=1))
+    Xt = torch.as_tensor(X)
+    first = svi.step(Xt)
+    for _ in range(200):
+        last = svi.step(Xt)
+    assert last < first
+
+
+def test_log_joint_matches_manual_computation():
+    fam = _families()[0]
+    m = DPMixture(fam, truncation=3)
+    out = m.sample_prior_predictive(20, seed=3)
+    v = torch.tensor([0.6, 0.5], dtype=torch.float64)
+    lj = m.log_joint(out["X"], out["z"], v, out["params"])
+    pi = torch.tensor([0.6, 0.2, 0.2], dtype=torch.float64)
+    manual = (torch.distributions.Beta(1.0, 1.0).log_prob(v).sum()
+              + sum(float(fam.prior_distribution().log_prob(c)) for c in out["params"].cov)
+              + sum(float(torch.distributions.MultivariateNormal(
+                  fam.mu0, c / fam.kappa).log_prob(mu))
+                  for mu, c in zip(out["params"].mean, out["params"].cov))
+              + pi.log()[out["z"]].sum()
+              + fam.log_likelihood(out["X"], out["params"]).gather(
+                  1, out["z"][:, None]).sum())
+    assert lj == pytest.approx(float(manual))
+
+
+def test_collapsed_log_joint_is_label_invariant():
+    fam = _families()[0]
+    m = DPMixture(fam)
+    X = np.random.default_rng(1).normal(size=(10, 2))
+    z = np.array([0, 0, 1, 1, 2, 2, 0, 1, 2, 0])
+    perm = np.array([2, 0, 1])[z]
+    assert m.log_joint_collapsed(X, z) == pytest.approx(m.log_joint_collapsed(X, perm))
+
+
+def test_constructor_checks():
+    with pytest.raises(TypeError, match="ConjugateFamily"):
+        DPMixture("gaussian")
+    assert DPMixture(_families()[0], FiniteDirichlet(7)).truncation == 7
