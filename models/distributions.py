@@ -92,7 +92,8 @@ def _bartlett_factor(df: torch.Tensor, d: int, batch_shape, dtype, device) -> to
     shape = tuple(batch_shape) + (d, d)
     a = torch.randn(shape, dtype=dtype, device=device).tril(-1)
     dof = df[..., None] - torch.arange(d, dtype=dtype, device=device)
-    chi2 = torch.distributions.Chi2(dof.expand(tuple(batch_shape) + (d,))).sample()
+    # chi-square(k) = 2 Gamma(k / 2, 1)
+    chi2 = 2.0 * torch._standard_gamma(0.5 * dof.expand(tuple(batch_shape) + (d,)).contiguous())
     return a + torch.diag_embed(chi2.sqrt())
 
 

@@ -55,6 +55,19 @@ class WeightPrior:
         """log p(partition) for a partition whose blocks have sizes ``counts``."""
         raise NotImplementedError
 
+    def log_block_weight(self, n: torch.Tensor) -> torch.Tensor:
+        """log W(n) of the Gibbs-type factorisation EPPF = V(N, K) prod_k W(n_k)."""
+        raise NotImplementedError
+
+    def log_new_block_ratio(self, k) -> torch.Tensor:
+        """log V(N, K + 1) - log V(N, K): the EPPF cost of one more block when there are K.
+
+        With :meth:`log_block_weight` this gives split and merge ratios for any
+        number of candidate moves at once:
+        log EPPF(split k into n1, n2) - log EPPF = ratio(K) + W(n1) + W(n2) - W(n).
+        """
+        raise NotImplementedError
+
     def log_crp_weights(self, counts) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised log p(next point joins block k) for each block (K,) and for a
         new block (scalar): the ratio EPPF(counts + e_k) / EPPF(counts)."""
@@ -136,6 +149,12 @@ class DirichletProcess(WeightPrior):
         return float(c.numel() * torch.log(a) + torch.lgamma(a) - torch.lgamma(a + c.sum())
                      + torch.lgamma(c).sum())
 
+    def log_block_weight(self, n):
+        return torch.lgamma(as_tensor(n))
+
+    def log_new_block_ratio(self, k):
+        return torch.full_like(as_tensor(k), math.log(self.alpha))
+
     def log_crp_weights(self, counts):
         c = as_tensor(counts).reshape(-1)
         return torch.log(c), torch.tensor(math.log(self.alpha), dtype=DTYPE)
@@ -176,6 +195,12 @@ class PitmanYor(WeightPrior):
         return float(torch.log(a + i * d).sum()
                      + (torch.lgamma(c - d) - math.lgamma(1 - d)).sum()
                      - (torch.lgamma(at + n) - torch.lgamma(at + 1)))
+
+    def log_block_weight(self, n):
+        return torch.lgamma(as_tensor(n) - self.discount) - math.lgamma(1 - self.discount)
+
+    def log_new_block_ratio(self, k):
+        return torch.log(self.alpha + as_tensor(k) * self.discount)
 
     def log_crp_weights(self, counts):
         c = as_tensor(counts).reshape(-1)
@@ -224,6 +249,15 @@ class FiniteDirichlet(WeightPrior):
         return float(math.lgamma(self.k + 1) - math.lgamma(self.k - kk + 1)
                      + math.lgamma(self.alpha) - torch.lgamma(self.alpha + c.sum())
                      + (torch.lgamma(c + g) - math.lgamma(g)).sum())
+
+    def log_block_weight(self, n):
+        g = self.alpha / self.k
+        return torch.lgamma(as_tensor(n) + g) - math.lgamma(g)
+
+    def log_new_block_ratio(self, k):
+        free = self.k - as_tensor(k)
+        return torch.where(free > 0, torch.log(free.clamp_min(1e-300)),
+                           torch.full_like(free, -math.inf))
 
     def log_crp_weights(self, counts):
         c = as_tensor(counts).reshape(-1)

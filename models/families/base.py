@@ -109,11 +109,11 @@ class ConjugateFamily:
     dim: int
 
     # ---- data -------------------------------------------------------------
-    def validate(self, X, name: str = "X", min_rows: int = 1):
+    def validate(self, X, name: str = "X", min_rows: int = 1, warn: bool = True):
         """Check data for this family; returns a float64 numpy array."""
         from bnpdeep.data import check_array
 
-        X = check_array(X, name=name, min_rows=min_rows)
+        X = check_array(X, name=name, min_rows=min_rows, warn=warn)
         if X.shape[1] != self.dim:
             from bnpdeep.data import DataError
 
@@ -227,7 +227,7 @@ class ConjugateFamily:
     # ---- conveniences --------------------------------------------------------
     def log_marginal_likelihood(self, X) -> float:
         """Log marginal likelihood of all rows of X as one cluster."""
-        return float(self.log_marginal(self.suff_stats(self.validate(X)))[0])
+        return float(self.log_marginal(self.suff_stats(self.validate(X, warn=False)))[0])
 
     @classmethod
     def weak(cls, X, **kwargs) -> "ConjugateFamily":

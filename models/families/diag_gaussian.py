@@ -118,7 +118,7 @@ class DiagonalGaussian(ConjugateFamily):
 
     def sample_posterior(self, stats: SuffStats) -> DiagGaussianParams:
         p = self.posterior(stats)
-        prec = torch.distributions.Gamma(p.a, p.b).sample().clamp_min(1e-300)
+        prec = (torch._standard_gamma(p.a.contiguous()) / p.b).clamp_min(1e-300)
         mean = p.mu + torch.randn_like(p.mu) / torch.sqrt(p.kappa * prec)
         return DiagGaussianParams(mean, 1.0 / prec)
 

@@ -117,16 +117,20 @@ class GaussianNIW(ConjugateFamily):
         if w.dim() == 1:
             w = w[:, None]
         wx = w.T @ X
-        sxx = torch.einsum("nk,ni,nj->kij", w, X, X)
+        sxx = (w.T[:, :, None] * X[None]).transpose(1, 2) @ X
         return SuffStats(n=w.sum(0), sx=wx, sxx=sxx)
 
     def suff_stats_labels(self, X, labels, k=None) -> SuffStats:
         X = self._as_data(X)
         z = torch.as_tensor(labels, device=X.device, dtype=torch.long)
         k = int(z.max()) + 1 if k is None else k
-        onehot = torch.zeros((X.shape[0], k), dtype=X.dtype, device=X.device)
-        onehot[torch.arange(X.shape[0], device=X.device), z] = 1.0
-        return self.suff_stats(X, onehot)
+        d = self.dim
+        n = torch.zeros(k, dtype=X.dtype, device=X.device).index_add_(
+            0, z, torch.ones_like(X[:, 0]))
+        sx = torch.zeros((k, d), dtype=X.dtype, device=X.device).index_add_(0, z, X)
+        sxx = torch.zeros((k, d * d), dtype=X.dtype, device=X.device).index_add_(
+            0, z, (X[:, :, None] * X[:, None, :]).reshape(-1, d * d))
+        return SuffStats(n=n, sx=sx, sxx=sxx.reshape(k, d, d))
 
     # ---- conjugate algebra ------------------------------------------------
     def posterior(self, stats: SuffStats) -> NIWPosterior:
@@ -179,7 +183,7 @@ class GaussianNIW(ConjugateFamily):
 
     def sample_posterior(self, stats: SuffStats) -> GaussianParams:
         post = self.posterior(stats)
-        cov = InverseWishart(post.nu, post.psi).sample()
+        cov = InverseWishart(post.nu, post.psi, validate_args=False).sample()
         chol = cholesky(cov / post.kappa[:, None, None])
         eps = torch.randn_like(post.mu)
         mean = post.mu + (chol @ eps[..., None])[..., 0]

@@ -57,7 +57,7 @@ class Multinomial(ConjugateFamily):
     def to(self, device) -> "Multinomial":
         return Multinomial(self.concentration, self.sample_total_count, device=device)
 
-    def validate(self, X, name: str = "X", min_rows: int = 1):
+    def validate(self, X, name: str = "X", min_rows: int = 1, warn: bool = True):
         from bnpdeep.data import DataError, check_counts
 
         X = check_counts(X, name=name, min_rows=min_rows)

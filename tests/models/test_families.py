@@ -11,6 +11,7 @@ from bnpdeep.models import (
     DiagonalGaussian,
     GaussianNIW,
     Multinomial,
+    MultinomialParams,
     NormalInverseWishart,
 )
 
@@ -155,7 +156,7 @@ def test_multinomial_against_scipy():
         ref = st.dirichlet_multinomial.logpmf(row, alpha, row.sum())
         assert fam.log_marginal_likelihood(row[None]) == pytest.approx(ref)
     probs = np.random.default_rng(0).dirichlet(np.ones(4), size=3)
-    ll = fam.log_likelihood(X, (torch.as_tensor(probs),)).numpy()
+    ll = fam.log_likelihood(X, MultinomialParams(torch.as_tensor(probs))).numpy()
     ref = np.array([[st.multinomial.logpmf(x, x.sum(), p) for p in probs] for x in X])
     np.testing.assert_allclose(ll, ref)
 

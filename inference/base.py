@@ -1,0 +1,76 @@
+"""The estimator base every bnpdeep clustering method shares (scikit-learn conventions).
+
+* the constructor stores its arguments and nothing else;
+* ``fit(X)`` validates X, times ``_fit`` and returns self;
+* fitted attributes end in ``_``: ``labels_``, ``n_clusters_``, ``fit_time_``,
+  ``n_features_in_``;
+* ``predict`` before ``fit`` raises ``NotFittedError``; with another number of
+  features it raises :class:`bnpdeep.data.DataError`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.exceptions import NotFittedError
+
+
+class ClusterEstimator(ClusterMixin, BaseEstimator):
+    """Base class: subclasses implement ``_fit(X)`` and ``_predict(X)``."""
+
+    method_name = "base"
+
+    def _validate_fit_data(self, X) -> np.ndarray:
+        model = getattr(self, "model", None)
+        family = getattr(model, "family", None)
+        if family is not None:
+            X = family.validate(X, min_rows=2)
+        else:
+            from bnpdeep.data import check_array
+
+            X = check_array(X)
+        self.n_features_in_ = X.shape[1]
+        return X
+
+    def _validate_predict_data(self, X) -> np.ndarray:
+        from bnpdeep.data import check_array
+
+        self._check_is_fitted()
+        return check_array(X, min_rows=1, n_features=self.n_features_in_)
+
+    def _check_is_fitted(self):
+        if not hasattr(self, "labels_"):
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet; call fit(X) first.")
+
+    def fit(self, X, y=None):
+        X = self._validate_fit_data(X)
+        start = time.perf_counter()
+        self._fit(X)
+        self.fit_time_ = time.perf_counter() - start
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        return np.asarray(self._predict(self._validate_predict_data(X)))
+
+    def result(self, y_true=None):
+        """The fit as a :class:`bnpdeep.results.ClusteringResult`."""
+        from bnpdeep.results import ClusteringResult
+
+        self._check_is_fitted()
+        metrics = None
+        if y_true is not None:
+            from bnpdeep.metrics import evaluate
+
+            metrics = evaluate(y_true, self.labels_)
+        return ClusteringResult(method=self.method_name, labels=np.asarray(self.labels_),
+                                n_clusters=int(self.n_clusters_), time_s=float(self.fit_time_),
+                                metrics=metrics)
+
+    def _fit(self, X):
+        raise NotImplementedError
+
+    def _predict(self, X):
+        raise NotImplementedError

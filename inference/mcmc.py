@@ -1,0 +1,216 @@
+"""Shared machinery of the MCMC clusterers (sub-cluster sampler, collapsed Gibbs).
+
+A sampler is written BlackJAX-style: ``init(X) -> state`` and
+``step(state) -> (state, info)``; ``info`` fields use ArviZ's sample_stats
+names.  :class:`MCMCClusterer` runs chains of it, keeps the draws after burn-in
+and exposes them with scikit-learn conventions and as ArviZ InferenceData.
+
+What a draw records is label-invariant (K, log joint, alpha, weights sorted by
+size), plus the labels themselves (``label_draws_``) and the pointwise
+log-likelihood log p(x_i | pi, theta) with z summed out, which is what
+``az.loo`` needs.  The mass of the components no point occupies (pi_rest under
+a DP) enters that sum through the prior predictive density.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bnpdeep.linalg import as_tensor
+
+from ..models import DirichletProcess, DPMixture, GaussianNIW
+from .base import ClusterEstimator
+
+
+def default_model(X) -> DPMixture:
+    """The default model: DP(alpha = 1) mixture of full Gaussians, weak NIW prior."""
+    return DPMixture(GaussianNIW.weak(X), DirichletProcess(1.0))
+
+
+def relabel(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Map labels onto 0..K-1 in order of first use; returns (new labels, old ids kept)."""
+    ids, inv = torch.unique(z, return_inverse=True)
+    return inv, ids
+
+
+def pointwise_log_likelihood(family, X, log_pi, params, log_pi_rest=None) -> torch.Tensor:
+    """log p(x_i | pi, theta) = log [sum_k pi_k f(x_i | theta_k) + pi_rest p0(x_i)], (N,)."""
+    terms = family.log_likelihood(X, params) + log_pi[None]
+    if log_pi_rest is not None and math.isfinite(float(log_pi_rest)):
+        prior_pred = family.log_predictive(X, family.empty_stats(1))[:, 0]
+        terms = torch.cat([terms, (prior_pred + log_pi_rest)[:, None]], 1)
+    return torch.logsumexp(terms, 1)
+
+
+def sample_categorical(logits: torch.Tensor) -> torch.Tensor:
+    """One categorical draw per row from unnormalised log-probabilities (inverse CDF)."""
+    cdf = torch.softmax(logits, -1).cumsum_(-1)
+    u = torch.rand(cdf.shape[:-1] + (1,), dtype=cdf.dtype, device=cdf.device) * cdf[..., -1:]
+    return (cdf < u).sum(-1).clamp_max_(logits.shape[-1] - 1)
+
+
+def dirichlet_log(conc: torch.Tensor) -> torch.Tensor:
+    """log of a Dirichlet draw (last axis), via Gamma variables; zero concentration -> -inf."""
+    pos = conc > 0
+    g = torch._standard_gamma(torch.where(pos, conc, torch.ones_like(conc)).contiguous())
+    g = torch.where(pos, g.clamp_min(1e-300), torch.zeros_like(g))
+    return torch.log(g) - torch.log(g.sum(-1, keepdim=True))
+
+
+@dataclass
+class ChainRecord:
+    """Per-iteration trace and kept draws of one chain."""
+
+    k_trace: list = field(default_factory=list)
+    lp_trace: list = field(default_factory=list)
+    k: list = field(default_factory=list)
+    lp: list = field(default_factory=list)
+    alpha: list = field(default_factory=list)
+    weights: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    log_lik: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+
+class MCMCClusterer(ClusterEstimator):
+    """Base estimator for samplers.  Subclasses provide ``_init_state(X, model, chain)``
+    and ``_step(state) -> (state, info)``; states carry ``X``, ``z``, ``k``, ``alpha``."""
+
+    _stat_names: tuple[str, ...] = ()
+
+    def _resolve_model(self, X) -> DPMixture:
+        model = default_model(X) if self.model is None else self.model
+        if not isinstance(model, DPMixture):
+            raise TypeError(f"model must be a DPMixture, got {type(model).__name__}")
+        if not getattr(model.family, "has_log_marginal", False):
+            raise TypeError(f"{type(self).__name__} needs a conjugate family with an exact "
+                            f"log marginal likelihood; {type(model.family).__name__} has none")
+        return model
+
+    def _burn_in(self) -> int:
+        return self.max_iter // 2 if self.burn_in is None else int(self.burn_in)
+
+    def _fit(self, X):
+        if self.max_iter < 1:
+            raise ValueError(f"max_iter must be at least 1, got {self.max_iter}")
+        if self.n_chains < 1:
+            raise ValueError(f"n_chains must be at least 1, got {self.n_chains}")
+        burn = self._burn_in()
+        if burn >= self.max_iter:
+            raise ValueError(f"burn_in ({burn}) must be smaller than max_iter ({self.max_iter})")
+        model = self._resolve_model(X)
+        model.family.validate(X)
+        self.model_ = model
+        Xt = as_tensor(X, device=model.family.device)
+        self._X_train = Xt
+        seed = 0 if self.random_state is None else int(self.random_state)
+        self.chains_ = []
+        for chain in range(self.n_chains):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed * 1000 + chain)
+                self.chains_.append(self._run_chain(Xt, model, chain, burn))
+        self._collect()
+        return self
+
+    def _run_chain(self, X, model, chain, burn) -> ChainRecord:
+        rec = ChainRecord()
+        state = self._init_state(X, model, chain)
+        desc = f"{self.method_name} chain {chain + 1}/{self.n_chains}"
+        bar = tqdm(range(self.max_iter), desc=desc, disable=not self.progress, leave=False)
+        for it in bar:
+            state, info = self._step(state)
+            rec.k_trace.append(int(info["k"]))
+            rec.lp_trace.append(float(info["lp"]))
+            for name in self._stat_names:
+                rec.stats.setdefault(name, []).append(float(info[name]))
+            if it >= burn and (it - burn) % self.thin == 0:
+                draw = self._draw(state)
+                rec.k.append(int(info["k"]))
+                rec.lp.append(float(info["lp"]))
+                rec.alpha.append(float(draw["alpha"]))
+                w = torch.exp(draw["log_pi"]).cpu().numpy()
+                rec.weights.append(np.sort(w)[::-1])
+                rec.labels.append(draw["labels"].cpu().numpy().astype(np.int32))
+                if self.store_log_likelihood:
+                    rec.log_lik.append(pointwise_log_likelihood(
+                        model.family, X, draw["log_pi"], draw["params"],
+                        draw["log_pi_rest"]).cpu().numpy())
+            if self.progress:
+                bar.set_postfix(K=int(info["k"]), lp=f"{float(info['lp']):.1f}")
+        return rec
+
+    def _weights_for(self, alpha):
+        return self._model.weights
+
+    def _draw(self, state) -> dict:
+        """Weights and parameters drawn from their conditionals given the labels."""
+        fam = self._model.family
+        weights = self._weights_for(state.alpha)
+        stats = fam.suff_stats_labels(state.X, state.z, state.k)
+        conc, rest = weights.weight_concentration(stats.n)
+        log_w = dirichlet_log(torch.cat([conc, rest.reshape(1)]))
+        return {"labels": state.z, "log_pi": log_w[:-1], "log_pi_rest": log_w[-1],
+                "params": fam.sample_posterior(stats), "alpha": state.alpha}
+
+    def _collect(self):
+        recs = self.chains_
+        lp = np.array([r.lp for r in recs])
+        c, d = np.unravel_index(np.argmax(lp), lp.shape)
+        best = recs[c].labels[d]
+        _, self.labels_ = np.unique(best, return_inverse=True)
+        self.n_clusters_ = int(self.labels_.max()) + 1
+        self.label_draws_ = np.concatenate([np.stack(r.labels) for r in recs])
+        self.k_draws_ = np.array([r.k for r in recs])
+        self.lp_draws_ = lp
+        self.k_trace_ = np.array([r.k_trace for r in recs])
+        self.lp_trace_ = np.array([r.lp_trace for r in recs])
+        fam = self.model_.family
+        Xt = self._X_train
+        stats = fam.suff_stats_labels(Xt, torch.as_tensor(self.labels_), self.n_clusters_)
+        self._predict_stats = stats
+
+    def _predict(self, X):
+        """Posterior predictive assignment: argmax_k log N_k + log p(x | X_k)."""
+        fam = self.model_.family
+        stats = self._predict_stats
+        scores = torch.log(stats.n)[None] + fam.log_predictive(as_tensor(X), stats)
+        return scores.argmax(1).cpu().numpy()
+
+    def posterior_arrays(self) -> dict:
+        """Draws as chain x draw arrays for :func:`bnpdeep.diagnostics.to_inference_data`."""
+        self._check_is_fitted()
+        recs = self.chains_
+        kmax = max(max(len(w) for w in r.weights) for r in recs)
+        weights = np.zeros((len(recs), len(recs[0].weights), kmax))
+        for c, r in enumerate(recs):
+            for d, w in enumerate(r.weights):
+                weights[c, d, :len(w)] = w
+        out = {
+            "posterior": {"K": self.k_draws_, "alpha": np.array([r.alpha for r in recs]),
+                          "log_joint": self.lp_draws_, "weights": weights},
+            "sample_stats": {"lp": self.lp_draws_},
+            "observed_data": self._X_train.cpu().numpy(),
+            "dims": {"weights": ["component"]},
+        }
+        for name in self._stat_names:
+            burn = self._burn_in()
+            out["sample_stats"][name] = np.array(
+                [r.stats[name][burn::self.thin] for r in recs])
+        if self.store_log_likelihood:
+            out["log_likelihood"] = np.array([np.stack(r.log_lik) for r in recs])
+        return out
+
+    def to_inference_data(self):
+        """The fit as ArviZ InferenceData (chain/draw dims)."""
+        from bnpdeep.diagnostics import to_inference_data
+
+        return to_inference_data(self)
+
+
+__all__ = ["MCMCClusterer", "ChainRecord", "default_model", "relabel",
+           "pointwise_log_likelihood", "sample_categorical", "dirichlet_log"]

@@ -1,0 +1,92 @@
+"""Split and merge Metropolis-Hastings ratios, shared by every algorithm that changes K.
+
+For a weight prior with EPPF p(n_1..n_K) and a conjugate family with marginal
+likelihood f, splitting cluster k (N points) into k1 and k2 (N1 + N2 = N) has
+posterior ratio
+
+    log H_split = [log EPPF(.., N1, N2, ..) - log EPPF(.., N, ..)]
+                  + log f(X_k1) + log f(X_k2) - log f(X_k).
+
+For the Dirichlet process the EPPF term is log alpha + lgamma(N1) + lgamma(N2)
+- lgamma(N) (Chang & Fisher 2013, eq. 15; Ronen et al. 2022, eq. 7); for
+Pitman-Yor and the finite Dirichlet it follows from their EPPFs, with no special
+cases here.  A merge is the reverse move, log H_merge = -log H_split, plus --
+for the sub-cluster sampler -- the probability of the sub-cluster split that
+would undo the merge (Chang & Fisher 2013, Sec. 5.2).
+
+Every function is vectorised over candidate moves.
+"""
+
+from __future__ import annotations
+
+
+import torch
+
+from bnpdeep.linalg import DTYPE
+
+
+def log_eppf_split_ratio(weights, k_blocks, n1, n2) -> torch.Tensor:
+    """log EPPF after splitting a block of n1 + n2 points into n1 and n2, minus before,
+    in a partition of ``k_blocks`` blocks (vectorised over candidate splits):
+    log V(N, K+1) - log V(N, K) + log W(n1) + log W(n2) - log W(n1 + n2)."""
+    n1, n2 = torch.as_tensor(n1, dtype=DTYPE), torch.as_tensor(n2, dtype=DTYPE)
+    return (weights.log_new_block_ratio(torch.as_tensor(k_blocks, dtype=DTYPE))
+            + weights.log_block_weight(n1) + weights.log_block_weight(n2)
+            - weights.log_block_weight(n1 + n2))
+
+
+def log_split_ratio(weights, family, k_blocks, stats, stats_1, stats_2) -> torch.Tensor:
+    """log H_split for splitting clusters with statistics ``stats`` into ``stats_1`` and
+    ``stats_2`` (batched over candidates), in a partition of ``k_blocks`` blocks."""
+    b = stats.k
+    lm = family.log_marginal(type(stats).cat([stats, stats_1, stats_2]))
+    lm = lm[b:2 * b] + lm[2 * b:] - lm[:b]
+    return log_eppf_split_ratio(weights, k_blocks, stats_1.n, stats_2.n) + lm
+
+
+def log_merge_ratio(weights, family, k_blocks, stats_1, stats_2) -> torch.Tensor:
+    """log H_merge = -log H_split of the reverse split, for merging clusters 1 and 2 of a
+    partition of ``k_blocks`` blocks (batched over candidate pairs)."""
+    return -log_split_ratio(weights, family, torch.as_tensor(k_blocks) - 1,
+                            stats_1 + stats_2, stats_1, stats_2)
+
+
+def log_marginal_split_terms(family, stats, sub_stats) -> torch.Tensor:
+    """log f(X_k1) + log f(X_k2) - log f(X_k) for every cluster k at once.
+
+    ``stats``: K clusters; ``sub_stats``: 2K sub-clusters ordered (k, 0), (k, 1).
+    """
+    sub = family.log_marginal(sub_stats).reshape(-1, 2).sum(-1)
+    return sub - family.log_marginal(stats)
+
+
+def log_subcluster_merge_proposal(alpha: float, n1: torch.Tensor, n2: torch.Tensor):
+    """Log probability term of the sub-cluster proposal in the merge ratio of
+    Chang & Fisher (2013): with sub-cluster weights Dirichlet(alpha/2, alpha/2), the
+    Dirichlet-multinomial probability of the sub-cluster sizes (n1, n2) that the
+    reverse split would propose, up to the binomial coefficient:
+
+        lgamma(alpha) - 2 lgamma(alpha/2) + lgamma(n1 + alpha/2) + lgamma(n2 + alpha/2)
+        - lgamma(n1 + n2 + alpha).
+    """
+    a = torch.as_tensor(alpha, dtype=DTYPE)
+    half = a / 2
+    return (torch.lgamma(a) - 2 * torch.lgamma(half) + torch.lgamma(n1 + half)
+            + torch.lgamma(n2 + half) - torch.lgamma(n1 + n2 + a))
+
+
+def mh_accept(log_ratio, uniform=None, generator: torch.Generator | None = None):
+    """Metropolis-Hastings accept: True with probability min(1, exp(log_ratio)).
+
+    Works elementwise on tensors.  ``uniform`` supplies the U(0, 1) draws (for
+    reproducible tests); otherwise they come from ``generator``.
+    """
+    log_ratio = torch.as_tensor(log_ratio, dtype=DTYPE)
+    if uniform is None:
+        uniform = torch.rand(log_ratio.shape, dtype=DTYPE, generator=generator)
+    uniform = torch.as_tensor(uniform, dtype=DTYPE)
+    return torch.log(uniform.clamp_min(1e-300)) < log_ratio
+
+
+__all__ = ["log_eppf_split_ratio", "log_split_ratio", "log_merge_ratio", "log_marginal_split_terms",
+           "log_subcluster_merge_proposal", "mh_accept"]

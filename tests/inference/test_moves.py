@@ -1,0 +1,103 @@
+"""Split/merge Hastings ratios: reverse moves cancel, and match the EPPF and marginals."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bnpdeep.inference import moves
+from bnpdeep.inference.subcluster import SubclusterSampler, two_means
+from bnpdeep.models import (
+    DiagonalGaussian,
+    DirichletProcess,
+    FiniteDirichlet,
+    GaussianNIW,
+    PitmanYor,
+)
+
+PRIORS = [DirichletProcess(0.8), PitmanYor(0.4, 1.5), FiniteDirichlet(6, 2.0)]
+
+
+def _setup(seed=0):
+    g = np.random.default_rng(seed)
+    X = np.concatenate([g.normal(-2, 1, size=(7, 3)), g.normal(2, 1, size=(5, 3))])
+    return X, np.r_[np.zeros(7, int), np.ones(5, int)]
+
+
+@pytest.mark.parametrize("weights", PRIORS, ids=repr)
+@pytest.mark.parametrize("family", [GaussianNIW, DiagonalGaussian], ids=lambda f: f.__name__)
+def test_split_then_merge_cancels(weights, family):
+    X, side = _setup()
+    fam = family.weak(X)
+    s = fam.suff_stats_labels(X, side, 2)
+    whole = s[0] + s[1]
+    k = 3                                   # the split cluster lives among 3 clusters
+    up = moves.log_split_ratio(weights, fam, k, whole, s[0], s[1])
+    down = moves.log_merge_ratio(weights, fam, k + 1, s[0], s[1])
+    assert float(up + down) == pytest.approx(0.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("weights", PRIORS, ids=repr)
+def test_split_ratio_is_the_posterior_ratio(weights):
+    """log H_split equals log p(z') - log p(z) computed from the EPPF and marginals."""
+    X, side = _setup(1)
+    fam = GaussianNIW.weak(X)
+    others = np.array([4.0, 2.0])          # two more clusters in the partition
+    s = fam.suff_stats_labels(X, side, 2)
+    lm = fam.log_marginal(s)
+    whole = s[0] + s[1]
+    before = weights.log_eppf(np.r_[others, 12.0]) + float(fam.log_marginal(whole)[0])
+    after = weights.log_eppf(np.r_[others, 7.0, 5.0]) + float(lm.sum())
+    got = moves.log_split_ratio(weights, fam, 3, whole, s[0], s[1])
+    assert float(got) == pytest.approx(after - before, abs=1e-10)
+
+
+def test_subcluster_split_and_merge_hastings_ratios_cancel():
+    """With the same sub-cluster responsibilities, the sampler's full split ratio
+    (posterior ratio minus log proposal) and its reverse merge ratio sum to zero."""
+    X, side = _setup(2)
+    fam = GaussianNIW.weak(X)
+    w = DirichletProcess(1.0)
+    log_q = torch.log_softmax(torch.randn(12, 2, dtype=torch.float64), 1)
+    side_b = torch.as_tensor(side == 1)
+    i, j = 0, 11
+    lq = SubclusterSampler._log_split_proposal(log_q, side_b, i, j)
+    s = fam.suff_stats_labels(X, side, 2)
+    split = moves.log_split_ratio(w, fam, 2, s[0] + s[1], s[0], s[1]) - lq
+    merge = moves.log_merge_ratio(w, fam, 3, s[0], s[1]) + lq
+    assert float(split + merge) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_split_proposal_probabilities_sum_to_one():
+    """Q over every split that puts the anchors apart is a distribution."""
+    n = 6
+    log_q = torch.log_softmax(torch.randn(n, 2, dtype=torch.float64), 1)
+    i, j = 1, 4
+    total = 0.0
+    for mask in range(2 ** n):
+        b = torch.tensor([(mask >> t) & 1 for t in range(n)], dtype=torch.bool)
+        if b[i] or not b[j]:
+            continue                        # i on side A, j on side B
+        total += math.exp(float(SubclusterSampler._log_split_proposal(log_q, b, i, j)))
+    assert total == pytest.approx(1.0, abs=1e-12)
+
+
+def test_two_means_is_order_invariant_and_separates_blobs():
+    X, side = _setup(3)
+    Xt = torch.as_tensor(X)
+    h = two_means(Xt)
+    perm = torch.randperm(12)
+    h_perm = two_means(Xt[perm])
+    same = torch.equal(h[perm], h_perm) or torch.equal(h[perm], 1 - h_perm)
+    assert same
+    assert torch.equal(h, torch.as_tensor(side)) or torch.equal(h, 1 - torch.as_tensor(side))
+
+
+def test_mh_accept():
+    assert bool(moves.mh_accept(0.0, uniform=0.999))
+    assert not bool(moves.mh_accept(math.log(0.5), uniform=0.6))
+    assert bool(moves.mh_accept(math.log(0.5), uniform=0.4))
+    g = torch.Generator().manual_seed(0)
+    acc = moves.mh_accept(torch.full((20000,), math.log(0.3)), generator=g)
+    assert abs(float(acc.double().mean()) - 0.3) < 0.015

@@ -1,0 +1,126 @@
+"""The samplers as estimators: K recovery, predictions, draws, InferenceData."""
+
+import arviz as az
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import adjusted_rand_score
+
+from bnpdeep.data import DataError
+from bnpdeep.diagnostics import k_summary, to_inference_data
+from bnpdeep.inference.gibbs import CollapsedGibbs
+from bnpdeep.inference.subcluster import SubclusterSampler
+from bnpdeep.models import (
+    DiagonalGaussian,
+    DirichletProcess,
+    DPMixture,
+    GaussianNIW,
+    Multinomial,
+    PitmanYor,
+)
+
+
+def _blobs(n=600, k=4, seed=0, spread=6.0):
+    g = np.random.default_rng(seed)
+    angles = 2 * np.pi * np.arange(k) / k
+    means = spread * np.c_[np.cos(angles), np.sin(angles)]
+    y = g.integers(0, k, n)
+    return means[y] + g.normal(scale=0.7, size=(n, 2)), y
+
+
+@pytest.mark.parametrize("init_k", [1, 12])
+def test_subcluster_recovers_k_from_one_and_from_too_many(init_k):
+    X, y = _blobs()
+    est = SubclusterSampler(max_iter=60, init_k=init_k, random_state=0).fit(X)
+    assert est.n_clusters_ == 4
+    assert adjusted_rand_score(y, est.labels_) > 0.95
+    # draws after burn-in: draws x N labels, K per draw
+    assert est.label_draws_.shape == (30, 600)
+    assert np.all(est.k_draws_ == 4)
+
+
+def test_subcluster_predict_matches_training_labels_and_new_points():
+    X, y = _blobs(seed=1)
+    est = SubclusterSampler(max_iter=40).fit(X)
+    assert (est.predict(X) == est.labels_).mean() > 0.99
+    Xnew, ynew = _blobs(n=200, seed=2)
+    assert adjusted_rand_score(ynew, est.predict(Xnew)) > 0.95
+
+
+def test_inference_data_schema_loo_and_multichain_diagnostics():
+    X, _ = _blobs(n=300, seed=3)
+    est = SubclusterSampler(max_iter=40, n_chains=2, random_state=0).fit(X)
+    idata = est.to_inference_data()
+    assert {"posterior", "sample_stats", "log_likelihood", "observed_data"} <= set(
+        idata.groups())
+    assert idata.posterior["K"].shape == (2, 20)
+    assert idata.log_likelihood["x"].shape == (2, 20, 300)
+    assert "split_acceptance" in idata.sample_stats
+    w = idata.posterior["weights"].values
+    assert np.allclose(w.sum(-1), 1.0, atol=0.1)  # the rest mass is the remainder
+    assert np.all(np.diff(w, axis=-1) <= 1e-12)      # sorted by size
+    loo = az.loo(idata)
+    assert np.isfinite(loo.elpd_loo)
+    summary = k_summary(idata)
+    assert summary["k_mean"] == pytest.approx(4.0)
+    assert "rhat_lp" in summary and np.isfinite(summary["ess_lp"])
+    # the pointwise log-likelihood integrates the rest mass: it is a density, finite
+    assert np.isfinite(idata.log_likelihood["x"].values).all()
+    same = to_inference_data(est)
+    assert np.array_equal(same.posterior["K"].values, idata.posterior["K"].values)
+
+
+def test_gibbs_estimator_on_a_small_mixture():
+    X, y = _blobs(n=120, seed=4)
+    est = CollapsedGibbs(max_iter=30, random_state=0).fit(X)
+    assert est.n_clusters_ == 4
+    assert adjusted_rand_score(y, est.labels_) > 0.95
+    assert est.to_inference_data().posterior["K"].shape == (1, 15)
+
+
+@pytest.mark.parametrize("make_model", [
+    lambda X: DPMixture(DiagonalGaussian.weak(X), DirichletProcess(1.0)),
+    lambda X: DPMixture(GaussianNIW.weak(X), PitmanYor(0.2, 1.0)),
+], ids=["diagonal", "pitman-yor"])
+def test_subcluster_with_other_models(make_model):
+    X, y = _blobs(n=400, seed=5)
+    est = SubclusterSampler(model=make_model(X), max_iter=40).fit(X)
+    assert est.n_clusters_ == 4
+    assert adjusted_rand_score(y, est.labels_) > 0.9
+
+
+def test_subcluster_multinomial_mixture():
+    g = np.random.default_rng(6)
+    probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7], [0.1, 0.7, 0.1, 0.1]])
+    y = g.integers(0, 3, 300)
+    X = np.stack([g.multinomial(40, probs[c]) for c in y]).astype(float)
+    est = SubclusterSampler(model=DPMixture(Multinomial.weak(X)), max_iter=40).fit(X)
+    assert est.n_clusters_ == 3
+    assert adjusted_rand_score(y, est.labels_) > 0.95
+
+
+def test_escobar_west_alpha_moves():
+    X, _ = _blobs(n=300, seed=7)
+    est = SubclusterSampler(max_iter=40, alpha_prior=(1.0, 1.0)).fit(X)
+    alpha = est.to_inference_data().posterior["alpha"].values
+    assert np.unique(alpha).size > 5 and np.all(alpha > 0)
+
+
+def test_estimator_conventions_and_errors():
+    est = SubclusterSampler(max_iter=5, init_k=2)
+    assert clone(est).get_params()["init_k"] == 2
+    with pytest.raises(NotFittedError):
+        est.predict(np.zeros((3, 2)))
+    X, _ = _blobs(n=100)
+    est.fit(X)
+    with pytest.raises(DataError, match="features"):
+        est.predict(np.zeros((3, 5)))
+    with pytest.raises(TypeError, match="DPMixture"):
+        SubclusterSampler(model="gaussian").fit(X)
+    with pytest.raises(ValueError, match="burn_in"):
+        SubclusterSampler(max_iter=5, burn_in=5).fit(X)
+    bad = X.copy()
+    bad[[3, 17]] = np.nan
+    with pytest.raises(DataError, match="3"):
+        SubclusterSampler(max_iter=5).fit(bad)
