@@ -12,19 +12,30 @@ posterior invariant, which an exact enumeration on six points exposes:
 * sub-cluster labels that evolve with the chain make the split proposal depend on
   the chain's history, and its probability never enters the Hastings ratio.
 
-This sampler keeps the structure -- instantiated weights and parameters, a
-batched restricted Gibbs step over an N x K table, two sub-clusters per cluster
-proposing splits, merges -- and makes every step exact:
+This sampler runs in two phases.
+
+Warm-up (the burn-in iterations): Chang & Fisher's moves as published, which
+find K fast from any start -- persistent sub-cluster labels resampled with the
+labels, restricted Gibbs that may empty clusters, every cluster proposing to
+split along its sub-clusters in parallel, merges of all pairs with their
+sub-cluster proposal term.  Its draws are discarded.
+
+Sampling (the kept draws): a kernel in which every step leaves the posterior
+exactly invariant, with the same structure -- instantiated weights and
+parameters, a batched restricted Gibbs step over an N x K table, two
+sub-clusters per cluster proposing splits, merges:
 
 1. (pi_1..pi_K, pi_rest) ~ Dir(weight concentration | partition) and
    theta_k ~ p(theta | X_k): the exact conditionals.
-2. z_i ~ pi_k f(x_i | theta_k) for all i at once, conditioned on no cluster
-   emptying (rejection sampling): exact for the K-preserving restricted update.
+2. z_i ~ pi_k f(x_i | theta_k) for all i at once (or, every other iteration on
+   average, for a random half of the points), conditioned on no cluster emptying
+   (rejection sampling): exact for the K-preserving restricted update.
 3. Split/merge moves with anchors (Jain & Neal 2004): two distinct points i, j are
    drawn by a rule that depends on the data only (uniform, or j near x_i).  If they share cluster c, propose splitting c; otherwise
-   propose merging their clusters.  The sub-clusters of a cluster are a function
-   of its data alone: a deterministic 2-means sub-partition (initialised on the
-   principal axis), sub-cluster weights and parameters drawn from their conjugate
+   propose merging their clusters.  The sub-clusters of a cluster are drawn from a
+   distribution that depends on its data alone: a 2-means sub-partition
+   (initialised on the principal axis or, half the time, on a random axis),
+   sub-cluster weights and parameters drawn from their conjugate
    posterior given it.  A split draws each point's side from the sub-cluster
    responsibilities q_l(h), with i and j on different sides; its proposal
    probability is
@@ -44,6 +55,8 @@ The posterior ratios come from :mod:`bnpdeep.inference.moves`, so any weight
 prior with a Gibbs-type EPPF (DP, Pitman-Yor, finite Dirichlet) and any conjugate
 family work.  There is no burn-out period: sub-clusters are re-derived from the
 cluster's data at every proposal, so a new cluster needs no time to settle.
+The exact-posterior tests (tests/inference/test_exact_posterior.py) run both
+phases and compare the kept draws with the enumerated posterior.
 """
 
 from __future__ import annotations
@@ -64,18 +77,20 @@ class SubclusterState:
     z: torch.Tensor          # (N,) labels 0..K-1, every cluster occupied
     alpha: float
     iteration: int = 0
+    zs: torch.Tensor | None = None   # (N,) warm-up sub-labels 0/1
 
     @property
     def k(self) -> int:
         return int(self.z.max()) + 1
 
 
-def two_means(X: torch.Tensor, n_iter: int = 5) -> torch.Tensor:
-    """Deterministic 2-means sub-partition of the rows of X (0/1 labels).
+def two_means(X: torch.Tensor, n_iter: int = 5, axis: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """2-means sub-partition of the rows of X (0/1 labels).
 
-    Initialised at mean -/+ one standard deviation along the principal axis, then
-    Lloyd iterations.  Depends only on the set of rows (not their order); flipping
-    the axis only swaps the two labels.
+    Initialised at mean -/+ one standard deviation along ``axis`` (default: the
+    principal axis), then Lloyd iterations.  Depends only on the set of rows (not
+    their order) and the axis; flipping the axis only swaps the two labels.
     """
     n = X.shape[0]
     if n < 2:
@@ -83,8 +98,12 @@ def two_means(X: torch.Tensor, n_iter: int = 5) -> torch.Tensor:
     mean = X.mean(0)
     xc = X - mean
     cov = xc.T @ xc / n
-    evals, evecs = torch.linalg.eigh(cov)
-    v = evecs[:, -1] * evals[-1].clamp_min(0).sqrt()
+    if axis is None:
+        evals, evecs = torch.linalg.eigh(cov)
+        v = evecs[:, -1] * evals[-1].clamp_min(0).sqrt()
+    else:
+        u = axis / axis.norm().clamp_min(1e-300)
+        v = u * (u @ cov @ u).clamp_min(0).sqrt()
     c0, c1 = mean - v, mean + v
     total = X.sum(0)
     h = torch.zeros(n, dtype=X.dtype)
@@ -117,7 +136,10 @@ class SubclusterSampler(MCMCClusterer):
     thin : int, default 1
     n_chains : int, default 1
     moves_per_iter : int, optional
-        Split/merge proposals per iteration (default max(3, K // 2)).
+        Exact-phase split/merge proposals per iteration (default max(3, K // 2)).
+    warmup : int, optional
+        Iterations of Chang & Fisher's fast warm-up moves (default: all of the
+        burn-in).  Must not exceed the burn-in: kept draws come from the exact kernel.
     alpha_prior : (shape, rate), optional
         Gamma hyperprior on the DP concentration, updated by Escobar & West.
     store_log_likelihood : bool, default True
@@ -138,7 +160,8 @@ class SubclusterSampler(MCMCClusterer):
     _stat_names = ("split_acceptance", "merge_acceptance")
 
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 200, burn_in=None,
-                 thin: int = 1, n_chains: int = 1, moves_per_iter=None, alpha_prior=None,
+                 thin: int = 1, n_chains: int = 1, moves_per_iter=None, warmup=None,
+                 alpha_prior=None,
                  store_log_likelihood: bool = True, max_label_tries: int = 10,
                  random_state=0, device="cpu", progress: bool = False):
         self.model = model
@@ -148,6 +171,7 @@ class SubclusterSampler(MCMCClusterer):
         self.thin = thin
         self.n_chains = n_chains
         self.moves_per_iter = moves_per_iter
+        self.warmup = warmup
         self.alpha_prior = alpha_prior
         self.store_log_likelihood = store_log_likelihood
         self.max_label_tries = max_label_tries
@@ -165,9 +189,14 @@ class SubclusterSampler(MCMCClusterer):
         n = X.shape[0]
         z, _ = relabel(torch.randint(0, min(int(self.init_k), n), (n,)))
         self.label_rejections_ = 0
+        burn = self._burn_in()
+        self._warmup = burn if self.warmup is None else int(self.warmup)
+        if not 0 <= self._warmup <= burn:
+            raise ValueError(f"warmup must lie in [0, burn_in={burn}], got {self._warmup}")
         # kernel bandwidth of the local anchor choice: a tenth of the data's scale
         self._bandwidth2 = max(float(X.var(0).mean()) * 0.01, 1e-12)
-        return SubclusterState(X, z, float(getattr(weights, "alpha", 1.0)))
+        return SubclusterState(X, z, float(getattr(weights, "alpha", 1.0)),
+                               zs=torch.randint(0, 2, (n,)))
 
     def _weights_for(self, alpha):
         w = self._model.weights
@@ -176,6 +205,11 @@ class SubclusterSampler(MCMCClusterer):
         return w
 
     def _step(self, state: SubclusterState):
+        if state.iteration < self._warmup:
+            return self._warmup_step(state)
+        return self._exact_step(state)
+
+    def _exact_step(self, state: SubclusterState):
         fam = self._model.family
         weights = self._weights_for(state.alpha)
         X = state.X
@@ -217,13 +251,88 @@ class SubclusterSampler(MCMCClusterer):
 
     def _sample_labels(self, logits, z_old, k):
         """Labels from prod_i pi_{z_i} f(x_i | theta_{z_i}) conditioned on every cluster
-        keeping at least one point (exact rejection sampling)."""
+        keeping at least one point (exact rejection sampling).  With probability 1/2
+        only a random half of the points is resampled (the block is chosen without
+        looking at the labels), which lets the step succeed when a cluster is at risk
+        of emptying."""
+        n = z_old.shape[0]
+        block = torch.rand(n) < 0.5 if float(torch.rand(())) < 0.5 else None
         for _ in range(self.max_label_tries):
-            z = sample_categorical(logits)
+            z = sample_categorical(logits if block is None else logits[block])
+            if block is not None:
+                z = z_old.clone().index_put_((block,), z)
             if int(torch.bincount(z, minlength=k).min()) > 0:
                 return z
         self.label_rejections_ += 1
         return z_old
+
+    # -- warm-up: Chang & Fisher's moves as published (draws discarded) -----------
+    def _warmup_step(self, state: SubclusterState):
+        fam = self._model.family
+        weights = self._weights_for(state.alpha)
+        X, k = state.X, state.k
+        zs = state.zs if state.zs is not None else torch.randint(0, 2, (X.shape[0],))
+        sub = fam.suff_stats_labels(X, 2 * state.z + zs, 2 * k)
+        stats = sub._map(lambda v: v.reshape((k, 2) + v.shape[1:]).sum(1))
+        conc, rest = weights.weight_concentration(stats.n)
+        log_pi = dirichlet_log(torch.cat([conc, rest.reshape(1)]))[:k]
+        log_pibar = dirichlet_log(sub.n.reshape(k, 2) + self._sub_alpha / 2)
+        params, sub_params = fam.sample_posterior(stats), fam.sample_posterior(sub)
+        z = sample_categorical(fam.log_likelihood(X, params) + log_pi[None])
+        sub_ll = fam.log_likelihood(X, sub_params).reshape(X.shape[0], k, 2)
+        zs = sample_categorical(sub_ll.gather(1, z[:, None, None].expand(-1, 1, 2))[:, 0]
+                                + log_pibar[z])
+        z, _ = relabel(z)                          # empty clusters are dropped
+        k = int(z.max()) + 1
+        sub = fam.suff_stats_labels(X, 2 * z + zs, 2 * k)
+        stats = sub._map(lambda v: v.reshape((k, 2) + v.shape[1:]).sum(1))
+        # parallel splits along the sub-clusters (Chang & Fisher eq. 15)
+        n1, n2 = sub.n.reshape(k, 2).unbind(1)
+        log_h = (moves.log_eppf_split_ratio(weights, torch.tensor(float(k)), n1, n2)
+                 + moves.log_marginal_split_terms(fam, stats, sub))
+        split = moves.mh_accept(log_h) & (n1 > 0) & (n2 > 0)
+        n_split = int(split.sum())
+        if n_split:
+            target = torch.full((k,), -1, dtype=torch.long)
+            target[split] = torch.arange(k, k + n_split)
+            moving = split[z] & (zs == 1)
+            fresh = split[z]
+            z = z.clone()
+            z[moving] = target[z[moving]]
+            zs = zs.clone()
+            zs[fresh] = torch.randint(0, 2, (int(fresh.sum()),))
+        elif k > 1:
+            z, zs = self._warmup_merges(z, zs, stats, weights)
+        state = SubclusterState(X, z, state.alpha, state.iteration, zs)
+        if self.alpha_prior is not None and isinstance(self._model.weights, DirichletProcess):
+            state.alpha = self._escobar_west(state.alpha, state.k, X.shape[0])
+            weights = self._weights_for(state.alpha)
+        stats = fam.suff_stats_labels(X, state.z, state.k)
+        lp = float(weights.log_eppf(stats.n) + fam.log_marginal(stats).sum())
+        state.iteration += 1
+        return state, {"k": state.k, "lp": lp, "split_acceptance": n_split / k,
+                       "merge_acceptance": 0.0}
+
+    def _warmup_merges(self, z, zs, stats, weights):
+        """All pairs in random order, each cluster merging at most once, with the
+        merge ratio plus Chang & Fisher's sub-cluster proposal term."""
+        fam = self._model.family
+        k = stats.k
+        i, j = torch.triu_indices(k, k, 1)
+        s1, s2 = stats[i], stats[j]
+        log_h = (moves.log_merge_ratio(weights, fam, float(k), s1, s2)
+                 + moves.log_subcluster_merge_proposal(self._sub_alpha, s1.n, s2.n))
+        accept = moves.mh_accept(log_h)
+        used = torch.zeros(k, dtype=torch.bool)
+        z, zs = z.clone(), zs.clone()
+        for p in torch.randperm(i.shape[0]).tolist():
+            a, b = int(i[p]), int(j[p])
+            if accept[p] and not used[a] and not used[b]:
+                used[a] = used[b] = True
+                zs[z == a], zs[z == b] = 0, 1
+                z[z == b] = a
+        z, _ = relabel(z)
+        return z, zs
 
     # -- moves -------------------------------------------------------------------
     def _anchors(self, X) -> tuple[int, int]:
@@ -249,7 +358,8 @@ class SubclusterSampler(MCMCClusterer):
         Sub-clusters: deterministic 2-means sub-partition, then weights
         Dir(n_h + a/2) and parameters from their conjugate posterior."""
         fam = self._model.family
-        h = two_means(Xc)
+        axis = torch.randn(Xc.shape[1], dtype=Xc.dtype) if float(torch.rand(())) < 0.5 else None
+        h = two_means(Xc, axis=axis)
         sub = fam.suff_stats_labels(Xc, h, 2)
         log_w = dirichlet_log(sub.n + self._sub_alpha / 2)
         ll = fam.log_likelihood(Xc, fam.sample_posterior(sub)) + log_w[None]
