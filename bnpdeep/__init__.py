@@ -1,0 +1,64 @@
+"""bnpdeep: Dirichlet-process mixture models in Pyro, with interchangeable inference.
+
+The flat public API::
+
+    from bnpdeep import DPMixture, GaussianNIW, DirichletProcess, SubclusterSampler
+    model = DPMixture(GaussianNIW.weak(X), DirichletProcess(1.0))
+    est = SubclusterSampler(model=model).fit(X)
+    est.labels_, est.n_clusters_, est.to_inference_data()
+"""
+
+__version__ = "0.1.0"
+
+from bnpdeep.data import (
+    DataError,
+    DataWarning,
+    check_array,
+    check_counts,
+    demo_data,
+    load,
+    load_benchmark,
+    load_dataset,
+    load_labels,
+    make_mixture,
+    standardize,
+)
+from bnpdeep.diagnostics import k_summary, save_inference_data, to_inference_data
+from bnpdeep.inference import (
+    DBSCAN,
+    BayesianGMM,
+    CollapsedGibbs,
+    GaussianMixtureEM,
+    KMeans,
+    SubclusterSampler,
+    exact_partition_posterior,
+)
+from bnpdeep.methods import METHODS, make_estimator
+from bnpdeep.metrics import accuracy, ari, evaluate, k_error, nmi
+from bnpdeep.models import (
+    DiagonalGaussian,
+    DirichletProcess,
+    DPMixture,
+    FiniteDirichlet,
+    GaussianNIW,
+    InverseWishart,
+    Multinomial,
+    NormalInverseWishart,
+    PitmanYor,
+    stick_breaking,
+)
+from bnpdeep.results import ClusteringResult
+from bnpdeep.runs import RunFolder
+
+__all__ = [
+    "__version__",
+    "DataError", "DataWarning", "check_array", "check_counts", "demo_data", "load",
+    "load_benchmark", "load_dataset", "load_labels", "make_mixture", "standardize",
+    "accuracy", "ari", "evaluate", "k_error", "nmi",
+    "DPMixture", "GaussianNIW", "DiagonalGaussian", "Multinomial", "NormalInverseWishart",
+    "InverseWishart", "DirichletProcess", "PitmanYor", "FiniteDirichlet", "stick_breaking",
+    "KMeans", "GaussianMixtureEM", "DBSCAN", "BayesianGMM", "CollapsedGibbs",
+    "SubclusterSampler", "exact_partition_posterior",
+    "to_inference_data", "k_summary", "save_inference_data",
+    "METHODS", "make_estimator", "ClusteringResult", "RunFolder",
+]

@@ -137,8 +137,9 @@ def standardize(X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # -- files ---------------------------------------------------------------------------
-_TEXT = (".txt", ".dat", ".data", ".csv", ".tsv")
-SUPPORTED = (".npy", ".npz", ".csv", ".txt", ".dat", ".data", ".tsv", "(any of them + .gz)")
+_TEXT = (".txt", ".dat", ".data", ".labels", ".csv", ".tsv")
+SUPPORTED = (".npy", ".npz", ".csv", ".txt", ".dat", ".data", ".labels", ".tsv",
+             "(any of them + .gz)")
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -1,0 +1,15 @@
+"""How the posterior is approximated: samplers, split/merge moves, baselines."""
+
+from .base import ClusterEstimator
+from .classical import CLASSICAL_METHODS, DBSCAN, BayesianGMM, GaussianMixtureEM, KMeans
+from .exact import exact_partition_posterior, set_partitions, total_variation
+from .gibbs import CollapsedGibbs
+from .mcmc import MCMCClusterer
+from .subcluster import SubclusterSampler
+
+__all__ = [
+    "ClusterEstimator", "MCMCClusterer",
+    "KMeans", "GaussianMixtureEM", "DBSCAN", "BayesianGMM", "CLASSICAL_METHODS",
+    "CollapsedGibbs", "SubclusterSampler",
+    "exact_partition_posterior", "set_partitions", "total_variation",
+]

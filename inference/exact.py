@@ -50,7 +50,7 @@ def exact_partition_posterior(mixture, X) -> dict[tuple[int, ...], float]:
     logp -= logp.max()
     prob = np.exp(logp)
     prob /= prob.sum()
-    return dict(zip(parts, prob))
+    return dict(zip(parts, prob, strict=True))
 
 
 def total_variation(p: dict, q: dict) -> float:

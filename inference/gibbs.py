@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .mcmc import MCMCClusterer, sample_categorical, relabel
+from .mcmc import MCMCClusterer, relabel, sample_categorical
 
 
 @dataclass

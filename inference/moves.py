@@ -19,7 +19,6 @@ Every function is vectorised over candidate moves.
 
 from __future__ import annotations
 
-
 import torch
 
 from bnpdeep.linalg import DTYPE

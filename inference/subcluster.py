@@ -14,11 +14,15 @@ posterior invariant, which an exact enumeration on six points exposes:
 
 This sampler runs in two phases.
 
-Warm-up (the burn-in iterations): Chang & Fisher's moves as published, which
-find K fast from any start -- persistent sub-cluster labels resampled with the
-labels, restricted Gibbs that may empty clusters, every cluster proposing to
-split along its sub-clusters in parallel, merges of all pairs with their
-sub-cluster proposal term.  Its draws are discarded.
+Warm-up (the burn-in iterations): Chang & Fisher's moves, which find K fast
+from any start -- persistent sub-cluster labels resampled with the labels,
+restricted Gibbs that may empty clusters, every cluster proposing to split along
+its sub-clusters in parallel, merges of all pairs of clusters that did not split.
+Two changes make it faster still from a bad start: new clusters get their
+sub-labels from a 2-means split of their data instead of at random, and merges
+are accepted on the posterior ratio alone (the published sub-cluster term all
+but forbids merging the halves of an over-split cluster).  Its draws are
+discarded.
 
 Sampling (the kept draws): a kernel in which every step leaves the posterior
 exactly invariant, with the same structure -- instantiated weights and
@@ -31,8 +35,9 @@ sub-clusters per cluster proposing splits, merges:
    average, for a random half of the points), conditioned on no cluster emptying
    (rejection sampling): exact for the K-preserving restricted update.
 3. Split/merge moves with anchors (Jain & Neal 2004): two distinct points i, j are
-   drawn by a rule that depends on the data only (uniform, or j near x_i).  If they share cluster c, propose splitting c; otherwise
-   propose merging their clusters.  The sub-clusters of a cluster are drawn from a
+   drawn by a rule that depends on the data only (uniform, or j near x_i).  If
+   they share cluster c, propose splitting c; otherwise propose merging their
+   clusters.  The sub-clusters of a cluster are drawn from a
    distribution that depends on its data alone: a 2-means sub-partition
    (initialised on the principal axis or, half the time, on a random axis),
    sub-cluster weights and parameters drawn from their conjugate
@@ -68,7 +73,7 @@ import torch
 
 from ..models import DirichletProcess
 from . import moves
-from .mcmc import MCMCClusterer, dirichlet_log, sample_categorical, relabel
+from .mcmc import MCMCClusterer, dirichlet_log, relabel, sample_categorical
 
 
 @dataclass
@@ -195,8 +200,9 @@ class SubclusterSampler(MCMCClusterer):
             raise ValueError(f"warmup must lie in [0, burn_in={burn}], got {self._warmup}")
         # kernel bandwidth of the local anchor choice: a tenth of the data's scale
         self._bandwidth2 = max(float(X.var(0).mean()) * 0.01, 1e-12)
-        return SubclusterState(X, z, float(getattr(weights, "alpha", 1.0)),
-                               zs=torch.randint(0, 2, (n,)))
+        zs = self._warmup_sublabels(X, z, torch.ones(int(z.max()) + 1, dtype=torch.bool),
+                                    torch.zeros(n, dtype=torch.long))
+        return SubclusterState(X, z, float(getattr(weights, "alpha", 1.0)), zs=zs)
 
     def _weights_for(self, alpha):
         w = self._model.weights
@@ -296,13 +302,14 @@ class SubclusterSampler(MCMCClusterer):
             target = torch.full((k,), -1, dtype=torch.long)
             target[split] = torch.arange(k, k + n_split)
             moving = split[z] & (zs == 1)
-            fresh = split[z]
             z = z.clone()
             z[moving] = target[z[moving]]
-            zs = zs.clone()
-            zs[fresh] = torch.randint(0, 2, (int(fresh.sum()),))
-        elif k > 1:
-            z, zs = self._warmup_merges(z, zs, stats, weights)
+            fresh_clusters = torch.zeros(k + n_split, dtype=torch.bool)
+            fresh_clusters[split.nonzero().flatten()] = True
+            fresh_clusters[k:] = True
+            zs = self._warmup_sublabels(X, z, fresh_clusters, zs)
+        if int((~split).sum()) > 1:               # clusters that did not split may merge
+            z, zs = self._warmup_merges(z, zs, stats, weights, ~split, k + n_split)
         state = SubclusterState(X, z, state.alpha, state.iteration, zs)
         if self.alpha_prior is not None and isinstance(self._model.weights, DirichletProcess):
             state.alpha = self._escobar_west(state.alpha, state.k, X.shape[0])
@@ -313,15 +320,35 @@ class SubclusterSampler(MCMCClusterer):
         return state, {"k": state.k, "lp": lp, "split_acceptance": n_split / k,
                        "merge_acceptance": 0.0}
 
-    def _warmup_merges(self, z, zs, stats, weights):
-        """All pairs in random order, each cluster merging at most once, with the
-        merge ratio plus Chang & Fisher's sub-cluster proposal term."""
+    @staticmethod
+    def _warmup_sublabels(X, z, clusters, zs):
+        """Warm-up sub-labels of the flagged clusters from a 2-means split of their data.
+
+        Chang & Fisher start new sub-clusters at random, and a symmetric start takes
+        many iterations to break; a 2-means start lets the next split be proposed at
+        once.  (Warm-up only: its draws are discarded.)"""
+        zs = zs.clone()
+        for c in clusters.nonzero().flatten().tolist():
+            members = (z == c).nonzero().flatten()
+            if members.numel():
+                zs[members] = two_means(X[members])
+        return zs
+
+    def _warmup_merges(self, z, zs, stats, weights, eligible, k_now):
+        """All pairs of eligible clusters in random order, each cluster merging at most
+        once, accepted on the posterior ratio."""
         fam = self._model.family
         k = stats.k
         i, j = torch.triu_indices(k, k, 1)
+        keep = eligible[i] & eligible[j]
+        i, j = i[keep], j[keep]
         s1, s2 = stats[i], stats[j]
-        log_h = (moves.log_merge_ratio(weights, fam, float(k), s1, s2)
-                 + moves.log_subcluster_merge_proposal(self._sub_alpha, s1.n, s2.n))
+        # The posterior ratio alone: Chang & Fisher's sub-cluster proposal term
+        # (moves.log_subcluster_merge_proposal) is about -(n1 + n2) log 2 and all but
+        # forbids merging two large halves of one true cluster, which a random or
+        # over-split start produces.  Warm-up draws are discarded, so this heuristic
+        # costs no exactness.
+        log_h = moves.log_merge_ratio(weights, fam, float(k_now), s1, s2)
         accept = moves.mh_accept(log_h)
         used = torch.zeros(k, dtype=torch.bool)
         z, zs = z.clone(), zs.clone()

@@ -68,7 +68,7 @@ class SuffStats:
         """Statistics with cluster j merged into cluster i (j removed)."""
         keep = [c for c in range(self.k) if c != j]
         merged = self._map(lambda v: v.clone())
-        for v, src in zip(merged.fields.values(), self.fields.values()):
+        for v, src in zip(merged.fields.values(), self.fields.values(), strict=True):
             v[i] = v[i] + src[j]
         return merged[keep]
 

@@ -10,7 +10,6 @@ up here.  (Sampling noise alone is about 0.02-0.03 at these chain lengths.)
 import numpy as np
 import pytest
 import torch
-
 from bnpdeep.inference.exact import (
     empirical_partition_distribution,
     exact_partition_posterior,

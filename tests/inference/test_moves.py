@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from bnpdeep.inference import moves
 from bnpdeep.inference.subcluster import SubclusterSampler, two_means
 from bnpdeep.models import (

@@ -3,12 +3,6 @@
 import arviz as az
 import numpy as np
 import pytest
-from sklearn.base import clone
-from sklearn.exceptions import NotFittedError
-from sklearn.metrics import adjusted_rand_score
-
-from bnpdeep.data import DataError
-from bnpdeep.diagnostics import k_summary, to_inference_data
 from bnpdeep.inference.gibbs import CollapsedGibbs
 from bnpdeep.inference.subcluster import SubclusterSampler
 from bnpdeep.models import (
@@ -19,6 +13,12 @@ from bnpdeep.models import (
     Multinomial,
     PitmanYor,
 )
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import adjusted_rand_score
+
+from bnpdeep.data import DataError
+from bnpdeep.diagnostics import k_summary, to_inference_data
 
 
 def _blobs(n=600, k=4, seed=0, spread=6.0):

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import scipy.stats as st
 import torch
-
 from bnpdeep.models import InverseWishart, MultinomialCounts, NormalInverseWishart
 
 
@@ -45,7 +44,7 @@ def test_normal_inverse_wishart_log_prob_and_samples():
     assert v.shape == (3000, d + 1, d)
     ref = np.array([st.invwishart.logpdf(s, df=nu, scale=psi)
                     + st.multivariate_normal.logpdf(m, mu0, s / kappa)
-                    for m, s in zip(mu[:10].numpy(), sigma[:10].numpy())])
+                    for m, s in zip(mu[:10].numpy(), sigma[:10].numpy(), strict=True)])
     np.testing.assert_allclose(niw.log_prob(v[:10]).numpy(), ref)
     # marginal of mu is a multivariate t with nu - d + 1 dof, scale psi / (kappa (nu - d + 1))
     df = nu - d + 1

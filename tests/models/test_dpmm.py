@@ -4,10 +4,6 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from pyro import poutine
-from pyro.infer import SVI, Predictive, TraceEnum_ELBO, config_enumerate
-from pyro.infer.autoguide import AutoDelta, AutoNormal
-
 from bnpdeep.models import (
     DiagonalGaussian,
     DirichletProcess,
@@ -17,6 +13,9 @@ from bnpdeep.models import (
     Multinomial,
     PitmanYor,
 )
+from pyro import poutine
+from pyro.infer import SVI, Predictive, TraceEnum_ELBO, config_enumerate
+from pyro.infer.autoguide import AutoDelta, AutoNormal
 
 
 def _families(d=2):
@@ -93,7 +92,7 @@ def test_log_joint_matches_manual_computation():
               + sum(float(fam.prior_distribution().log_prob(c)) for c in out["params"].cov)
               + sum(float(torch.distributions.MultivariateNormal(
                   fam.mu0, c / fam.kappa).log_prob(mu))
-                  for mu, c in zip(out["params"].mean, out["params"].cov))
+                  for mu, c in zip(out["params"].mean, out["params"].cov, strict=True))
               + pi.log()[out["z"]].sum()
               + fam.log_likelihood(out["X"], out["params"]).gather(
                   1, out["z"][:, None]).sum())

@@ -4,9 +4,6 @@ import numpy as np
 import pytest
 import scipy.stats as st
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as hs
-
 from bnpdeep.models import (
     DiagonalGaussian,
     GaussianNIW,
@@ -14,6 +11,8 @@ from bnpdeep.models import (
     MultinomialParams,
     NormalInverseWishart,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 
 def _gaussian(d, seed):

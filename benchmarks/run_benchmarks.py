@@ -1,0 +1,196 @@
+"""Accuracy and speed benchmarks (``make bench``); results go to benchmarks/README.md.
+
+    python benchmarks/run_benchmarks.py                       # everything
+    python benchmarks/run_benchmarks.py accuracy --sets r15 wine
+    python benchmarks/run_benchmarks.py speed
+    python benchmarks/run_benchmarks.py scale
+
+Each section prints a markdown table and writes JSON into bench_out/.  Every
+method runs in the same process, one after the other, so ratios between them
+are measured under the same load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+from bnpdeep.inference import (
+    DBSCAN,
+    BayesianGMM,
+    CollapsedGibbs,
+    GaussianMixtureEM,
+    KMeans,
+    SubclusterSampler,
+)
+
+from bnpdeep import data
+from bnpdeep.metrics import evaluate, k_within
+
+OUT = Path("bench_out")
+GIBBS_MAX_N = 700          # collapsed Gibbs sweeps point by point: small sets only
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
+            f"threads, Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def timed_fit(est, X):
+    start = time.perf_counter()
+    est.fit(X)
+    return est, time.perf_counter() - start
+
+
+def accuracy_methods(k_true: int, n: int, seed: int, iters: int):
+    methods = {
+        "kmeans (K given)": KMeans(n_clusters=k_true, random_state=seed),
+        "gmm (K given)": GaussianMixtureEM(n_clusters=k_true, random_state=seed),
+        "dbscan": DBSCAN(),
+        "bgm": BayesianGMM(truncation=max(2 * k_true, 30), random_state=seed),
+        "subcluster": SubclusterSampler(max_iter=iters, random_state=seed,
+                                        store_log_likelihood=False),
+    }
+    if n <= GIBBS_MAX_N:
+        methods["gibbs"] = CollapsedGibbs(max_iter=60, random_state=seed,
+                                          store_log_likelihood=False)
+    return methods
+
+
+def run_accuracy(sets, seed: int, iters: int) -> list[dict]:
+    rows = []
+    for name in sets:
+        X, y = data.load_benchmark(name)
+        k_true = int(np.unique(y).size)
+        for method, est in accuracy_methods(k_true, X.shape[0], seed, iters).items():
+            est, secs = timed_fit(est, X)
+            m = evaluate(y, est.labels_)
+            rows.append({"data": name, "method": method, "N": X.shape[0], "d": X.shape[1],
+                         "k_true": k_true, "k": int(est.n_clusters_), "nmi": m["nmi"],
+                         "ari": m["ari"], "acc": m["acc"], "seconds": secs})
+            print(f"  {name:<12} {method:<18} K={est.n_clusters_:<3d} (true {k_true:<3d}) "
+                  f"NMI={m['nmi']:.3f} {secs:7.2f} s", file=sys.stderr, flush=True)
+    return rows
+
+
+def accuracy_table(rows) -> str:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    sets = list(dict.fromkeys(r["data"] for r in rows))
+    head = "| data | true K | " + " | ".join(f"{m} K / NMI / s" for m in methods) + " |"
+    lines = [head, "|" + "---|" * (len(methods) + 2)]
+    for s in sets:
+        cells = []
+        k_true = next(r["k_true"] for r in rows if r["data"] == s)
+        for m in methods:
+            r = next((r for r in rows if r["data"] == s and r["method"] == m), None)
+            cells.append("-" if r is None else f"{r['k']} / {r['nmi']:.3f} / {r['seconds']:.1f}")
+        lines.append(f"| {s} | {k_true} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        hits = sum(k_within(r["k"], r["k_true"]) for r in rs)
+        lines.append(f"- {m}: K within max(1, 10%) on {hits}/{len(rs)} sets, mean NMI "
+                     f"{np.mean([r['nmi'] for r in rs]):.3f}, median time "
+                     f"{np.median([r['seconds'] for r in rs]):.2f} s")
+    return "\n".join(lines)
+
+
+def run_speed(seed: int, repeats: int) -> list[dict]:
+    """Sub-cluster sampler (100 iterations) against BGM on the same data, same run."""
+    cases = {"synthetic N=10000 d=2 K=10": data.make_mixture(10_000, 2, 10, seed=seed),
+             "a1 (N=3000, K=20)": data.load_benchmark("a1"),
+             "synthetic N=20000 d=2 K=50": data.make_mixture(20_000, 2, 50, seed=seed)}
+    rows = []
+    for case, (X, y) in cases.items():
+        k_true = int(np.unique(y).size)
+        for rep in range(repeats):
+            for method, est in {
+                "subcluster (100 it)": SubclusterSampler(max_iter=100, random_state=seed + rep,
+                                                         store_log_likelihood=False),
+                "bgm": BayesianGMM(truncation=max(2 * k_true, 30), random_state=seed + rep),
+            }.items():
+                est, secs = timed_fit(est, X)
+                m = evaluate(y, est.labels_)
+                rows.append({"case": case, "method": method, "rep": rep, "seconds": secs,
+                             "k": int(est.n_clusters_), "k_true": k_true, "nmi": m["nmi"]})
+                print(f"  {case:<28} {method:<20} {secs:7.2f} s K={est.n_clusters_}",
+                      file=sys.stderr, flush=True)
+    return rows
+
+
+def speed_table(rows) -> str:
+    lines = ["| case | subcluster median s | bgm median s | speed-up | subcluster K / NMI "
+             "| bgm K / NMI | true K |", "|---|---|---|---|---|---|---|"]
+    for case in dict.fromkeys(r["case"] for r in rows):
+        sc = [r for r in rows if r["case"] == case and r["method"].startswith("subcluster")]
+        bg = [r for r in rows if r["case"] == case and r["method"] == "bgm"]
+        ts, tb = np.median([r["seconds"] for r in sc]), np.median([r["seconds"] for r in bg])
+        # the ratio of medians of paired runs
+        ratio = np.median([b["seconds"] / s["seconds"] for s, b in zip(sc, bg, strict=True)])
+        lines.append(
+            f"| {case} | {ts:.2f} | {tb:.2f} | {ratio:.1f}x | "
+            f"{'/'.join(str(r['k']) for r in sc)} / {np.median([r['nmi'] for r in sc]):.3f} | "
+            f"{'/'.join(str(r['k']) for r in bg)} / {np.median([r['nmi'] for r in bg]):.3f} "
+            f"| {sc[0]['k_true']} |")
+    return "\n".join(lines)
+
+
+def run_scale(seed: int, n: int, iters: int) -> dict:
+    """N=1e6, d=16, K=32: time per iteration and peak resident memory."""
+    X, y = data.make_mixture(n, 16, 32, seed=seed)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    est = SubclusterSampler(max_iter=iters, random_state=seed, store_log_likelihood=False,
+                            progress=True)
+    est, secs = timed_fit(est, X)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    m = evaluate(y, est.labels_)
+    return {"N": n, "d": 16, "k_true": 32, "iters": iters, "seconds": secs,
+            "s_per_iter": secs / iters, "k": int(est.n_clusters_), "nmi": m["nmi"],
+            "peak_rss_gib": peak, "rss_before_fit_gib": before}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("sections", nargs="*", default=["accuracy", "speed", "scale"],
+                   choices=["accuracy", "speed", "scale"])
+    p.add_argument("--sets", nargs="+", default=data.BENCHMARK_NAMES)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iters", type=int, default=200, help="sampler iterations (accuracy)")
+    p.add_argument("--repeats", type=int, default=3, help="paired repeats (speed)")
+    p.add_argument("--scale-n", type=int, default=1_000_000)
+    p.add_argument("--scale-iters", type=int, default=20)
+    args = p.parse_args(argv)
+    if data.benchmark_root() is None:
+        sys.exit("benchmark data not found: set BNPDEEP_DATASETS or place it in "
+                 "../shared/datasets")
+    OUT.mkdir(exist_ok=True)
+    header = f"{date.today().isoformat()}, {machine()}"
+    print(f"# bnpdeep benchmarks, {header}\n")
+    if "accuracy" in args.sections:
+        rows = run_accuracy(args.sets, args.seed, args.iters)
+        (OUT / "accuracy.json").write_text(json.dumps(rows, indent=1))
+        print(f"## Accuracy (standardised, init_k=1, seed {args.seed}, sampler "
+              f"{args.iters} iterations)\n\n{accuracy_table(rows)}\n")
+    if "speed" in args.sections:
+        rows = run_speed(args.seed, args.repeats)
+        (OUT / "speed.json").write_text(json.dumps(rows, indent=1))
+        print(f"## Speed (paired runs, {args.repeats} repeats)\n\n{speed_table(rows)}\n")
+    if "scale" in args.sections:
+        res = run_scale(args.seed, args.scale_n, args.scale_iters)
+        (OUT / "scale.json").write_text(json.dumps(res, indent=1))
+        print(f"## Scale\n\nN={res['N']}, d=16, K=32: {res['s_per_iter']:.2f} s per iteration "
+              f"over {res['iters']} iterations, K found {res['k']}, NMI {res['nmi']:.3f}, peak "
+              f"RSS {res['peak_rss_gib']:.2f} GiB ({res['rss_before_fit_gib']:.2f} GiB before "
+              f"the fit, data included)\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The ``bnpdeep`` command: fit, datasets, demo.
+
+Bad input becomes one line on stderr and exit code 2; progress goes to stderr,
+results to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+EXIT_USAGE = 2
+
+
+def _log(msg: str):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _load_input(spec: str, labels: str | None, standardize: bool):
+    """DATA is a file, or the name of an embedded or benchmark data set."""
+    from bnpdeep import data
+
+    y = None
+    path = Path(spec)
+    if path.exists():
+        X = data.load(path)
+    elif spec in data.EMBEDDED_DATASETS:
+        X, y = data.load_dataset(spec)
+    elif spec in data.BENCHMARK_NAMES + data.PAPER_NAMES:
+        X, y = data.load_benchmark(spec, standardize=False)
+    else:
+        raise data.DataError(f"'{spec}' is neither a file nor a known data set "
+                             f"(see `bnpdeep datasets`)")
+    if labels is not None:
+        y = data.load_labels(labels)
+    if y is not None and y.shape[0] != X.shape[0]:
+        raise data.DataError(f"the labels hold {y.shape[0]} entries but the data has "
+                             f"{X.shape[0]} rows")
+    if standardize:
+        X = data.standardize(X)[0]
+    return X, y
+
+
+def fit_one(name: str, X, y=None, *, k=None, seed: int = 0, iters=None, progress=False):
+    """Fit method ``name`` on X and return its :class:`ClusteringResult`."""
+    from bnpdeep.methods import METHODS, make_estimator
+
+    if k is None and y is not None and METHODS[name].needs_k:
+        k = int(np.unique(y).size)
+    est = make_estimator(name, k=k, seed=seed, iters=iters, progress=progress)
+    est.fit(X)
+    result = est.result(y)
+    if METHODS[name].bayesian:
+        result.idata = est.to_inference_data()
+    for attr in ("eps_", "noise_fraction_", "converged_"):
+        if hasattr(est, attr):
+            result.info[attr.rstrip("_")] = getattr(est, attr)
+    return result
+
+
+def _cmd_fit(args) -> int:
+    from bnpdeep.runs import RunFolder
+
+    _log(f"loading {args.data}")
+    X, y = _load_input(args.data, args.labels, args.standardize)
+    _log(f"fitting {args.method} on {X.shape[0]} x {X.shape[1]}")
+    result = fit_one(args.method, X, y, k=args.k, seed=args.seed, iters=args.iters,
+                     progress=not args.quiet)
+    folder = RunFolder(args.out).save(result, extra={"data": str(args.data)})
+    print(result.row())
+    _log(f"wrote {folder}")
+    return 0
+
+
+def _cmd_datasets(args) -> int:
+    from bnpdeep import data
+
+    print("embedded (no download):")
+    for name, desc in data.EMBEDDED_DATASETS.items():
+        print(f"  {name:<14} {desc}")
+    root = data.benchmark_root()
+    if root is None:
+        print("benchmark sets: not found (set BNPDEEP_DATASETS)")
+        return 0
+    print(f"benchmark sets in {root}:")
+    for name in data.BENCHMARK_NAMES + data.PAPER_NAMES:
+        folder = root / "paper" if name in data.PAPER_NAMES else root
+        mark = "" if (folder / f"{name}.data.gz").exists() else "  (missing)"
+        print(f"  {name}{mark}")
+    return 0
+
+
+DEMO_METHODS = ("kmeans", "gmm", "dbscan", "bgm", "subcluster")
+
+
+def run_demo(methods=DEMO_METHODS, seed: int = 0, out=None) -> list:
+    """Fit each method on the embedded demo data and print a table; returns results."""
+    from bnpdeep import data
+
+    out = sys.stdout if out is None else out
+    X, y = data.demo_data()
+    k_true = int(np.unique(y).size)
+    print(f"digits (scikit-learn), standardised, PCA to 10 dims: {X.shape[0]} x "
+          f"{X.shape[1]}, true K = {k_true}", file=out)
+    print(f"{'method':<12}{'K':>4}{'NMI':>8}{'ARI':>8}{'ACC':>8}{'seconds':>10}", file=out)
+    results = []
+    for name in methods:
+        _log(f"demo: fitting {name}")
+        start = time.perf_counter()
+        r = fit_one(name, X, y, seed=seed)
+        wall = time.perf_counter() - start
+        m = r.metrics
+        print(f"{name:<12}{r.n_clusters:>4}{m['nmi']:>8.3f}{m['ari']:>8.3f}{m['acc']:>8.3f}"
+              f"{wall:>10.2f}", file=out, flush=True)
+        results.append(r)
+    print("kmeans and gmm are told K; dbscan, bgm and subcluster find it.", file=out)
+    return results
+
+
+def _cmd_demo(args) -> int:
+    run_demo(methods=args.methods or DEMO_METHODS, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bnpdeep.methods import METHODS
+
+    p = argparse.ArgumentParser(prog="bnpdeep", description="Clustering with an unknown "
+                                "number of clusters: Dirichlet-process mixtures and baselines.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fit", help="fit one method to a data file",
+                       description="Fit one method; writes labels.npy and summary.json "
+                       "(and idata.nc for Bayesian methods) into --out.")
+    f.add_argument("data", help="a .npy/.npz/.csv/.txt file (optionally .gz), or the name "
+                   "of an embedded or benchmark data set")
+    f.add_argument("--method", required=True, choices=list(METHODS),
+                   help="; ".join(f"{m.name}: {m.description}" for m in METHODS.values()))
+    f.add_argument("--out", required=True, help="run folder to write")
+    f.add_argument("--labels", help="true labels, one integer per row (adds NMI/ARI/ACC)")
+    f.add_argument("--k", type=int, help="number of clusters, for methods told K")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--iters", type=int, help="iterations for the samplers")
+    f.add_argument("--standardize", action="store_true", help="zero mean, unit variance")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(run=_cmd_fit)
+
+    d = sub.add_parser("datasets", help="list embedded and benchmark data sets")
+    d.set_defaults(run=_cmd_datasets)
+
+    m = sub.add_parser("demo", help="compare methods on the embedded digits data")
+    m.add_argument("--methods", nargs="+", choices=list(METHODS))
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(run=_cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    from bnpdeep.data import DataError, DataWarning
+
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        warnings.showwarning = lambda msg, cat, *a, **kw: _log(f"warning: {msg}")
+        try:
+            return args.run(args)
+        except (DataError, ValueError, TypeError, OSError) as err:
+            _log(f"bnpdeep {args.command}: error: {err}")
+            return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The registry of clustering methods the CLI, the demo and the benchmarks share.
+
+Each entry builds an estimator from a few common options, so that a new method
+(DeepDPM, moVB, SVI ...) joins the command line and the demo by adding one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    build: Callable          # (k, seed, iters, progress) -> estimator
+    needs_k: bool = False
+    bayesian: bool = False
+
+
+def _classical(cls_name):
+    def build(k=None, seed=0, iters=None, progress=False):
+        from bnpdeep.inference import classical
+
+        cls = getattr(classical, cls_name)
+        if cls_name == "DBSCAN":
+            return cls()
+        if cls_name == "BayesianGMM":
+            return cls(random_state=seed)
+        return cls(n_clusters=k, random_state=seed)
+    return build
+
+
+def _subcluster(k=None, seed=0, iters=None, progress=False):
+    from bnpdeep.inference import SubclusterSampler
+
+    return SubclusterSampler(max_iter=iters or 200, random_state=seed, progress=progress)
+
+
+def _gibbs(k=None, seed=0, iters=None, progress=False):
+    from bnpdeep.inference import CollapsedGibbs
+
+    return CollapsedGibbs(max_iter=iters or 50, random_state=seed, progress=progress)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("kmeans", "k-means, k-means++ seeding (given K)", _classical("KMeans"), needs_k=True),
+    Method("gmm", "EM Gaussian mixture, full covariances (given K)",
+           _classical("GaussianMixtureEM"), needs_k=True),
+    Method("dbscan", "DBSCAN, eps from the k-distance knee", _classical("DBSCAN")),
+    Method("bgm", "scikit-learn variational DP Gaussian mixture (truncation 30)",
+           _classical("BayesianGMM")),
+    Method("subcluster", "DP mixture, sub-cluster split/merge sampler (Chang & Fisher 2013)",
+           _subcluster, bayesian=True),
+    Method("gibbs", "DP mixture, collapsed Gibbs (Neal 2000, algorithm 3)", _gibbs,
+           bayesian=True),
+]}
+
+
+def make_estimator(name: str, *, k: int | None = None, seed: int = 0, iters: int | None = None,
+                   progress: bool = False):
+    """An unfitted estimator for method ``name``; raises ValueError for unknown names or
+    a missing K."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method '{name}'; choose from {', '.join(METHODS)}")
+    method = METHODS[name]
+    if method.needs_k and k is None:
+        raise ValueError(f"method '{name}' needs the number of clusters: pass --k "
+                         f"(or true labels with --labels to use their K)")
+    return method.build(k=k, seed=seed, iters=iters, progress=progress)

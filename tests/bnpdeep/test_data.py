@@ -1,0 +1,132 @@
+"""Validation messages, file loading, embedded and synthetic data."""
+
+import gzip
+
+import numpy as np
+import pytest
+from bnpdeep.inference import KMeans, SubclusterSampler
+from bnpdeep.models import Multinomial
+
+from bnpdeep.data import (
+    DataError,
+    DataWarning,
+    check_array,
+    check_counts,
+    demo_data,
+    load,
+    load_dataset,
+    load_labels,
+    make_mixture,
+    standardize,
+)
+
+
+def test_nan_and_inf_rows_are_named():
+    X = np.ones((10, 2))
+    X[3, 1] = np.nan
+    X[7, 0] = np.inf
+    with pytest.raises(DataError, match=r"NaN in row 3 .*infinite values in row 7"):
+        check_array(X)
+
+
+def test_many_nan_rows_are_abbreviated():
+    X = np.zeros((20, 2))
+    X[2:12, 0] = np.nan
+    with pytest.raises(DataError, match=r"rows 2, 3, 4, 5, 6 and 5 more"):
+        check_array(X)
+
+
+@pytest.mark.parametrize("X, pattern", [
+    (np.arange(5.0), "1-D"),
+    (np.zeros((2, 3, 4)), "3 dimensions"),
+    (np.zeros((1, 3)), "1 rows; at least 2"),
+    (np.zeros((4, 0)), "no columns"),
+    (np.array([["1", "a"], ["2", "b"]], dtype=object), "non-numeric values in columns 1"),
+])
+def test_shape_and_type_errors(X, pattern):
+    with pytest.raises(DataError, match=pattern):
+        check_array(X)
+
+
+def test_constant_column_and_wide_data_warn_and_still_fit():
+    g = np.random.default_rng(0)
+    X = g.normal(size=(30, 3))
+    X[:, 1] = 5.0
+    with pytest.warns(DataWarning, match="zero-variance columns 1"):
+        check_array(X)
+    with pytest.warns(DataWarning, match="zero-variance columns 1"):
+        est = SubclusterSampler(max_iter=6).fit(X)
+    assert np.isfinite(est.lp_draws_).all()
+    with pytest.warns(DataWarning, match="more features"):
+        check_array(g.normal(size=(4, 6)))
+
+
+def test_predict_with_other_number_of_features():
+    X = np.random.default_rng(1).normal(size=(40, 3))
+    est = KMeans(n_clusters=2, random_state=0).fit(X)
+    with pytest.raises(DataError, match="has 2 features but the model was fitted on 3"):
+        est.predict(X[:, :2])
+
+
+def test_counts_validation():
+    with pytest.raises(DataError, match="negative counts in row 1"):
+        check_counts(np.array([[1, 2], [-1, 3]]))
+    with pytest.raises(DataError, match="non-integer counts in row 0"):
+        check_counts(np.array([[1.5, 2], [1, 3]]))
+    with pytest.raises(DataError, match="negative counts"):
+        Multinomial([1.0, 1.0]).validate(np.array([[1, 2], [-1, 3]]))
+
+
+def test_standardize_handles_constant_columns():
+    X = np.c_[np.arange(10.0), np.full(10, 3.0)]
+    Z, mean, scale = standardize(X)
+    assert np.allclose(Z[:, 0].mean(), 0) and np.allclose(Z[:, 0].std(), 1)
+    assert np.all(Z[:, 1] == 0) and scale[1] == 1
+
+
+def test_file_formats_round_trip(tmp_path):
+    X = np.random.default_rng(2).normal(size=(12, 3))
+    y = np.arange(12) % 3 + 1
+    np.save(tmp_path / "x.npy", X)
+    np.savez(tmp_path / "x.npz", X=X, y=y)
+    np.savetxt(tmp_path / "x.csv", X, delimiter=",", header="a,b,c", comments="")
+    with gzip.open(tmp_path / "x.data.gz", "wt") as fh:
+        np.savetxt(fh, X)
+    with gzip.open(tmp_path / "y.labels.gz", "wt") as fh:
+        np.savetxt(fh, y, fmt="%d")
+    for name in ("x.npy", "x.npz", "x.csv", "x.data.gz"):
+        assert np.allclose(load(tmp_path / name), X), name
+    assert np.array_equal(load_labels(tmp_path / "y.labels.gz"), y)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load(tmp_path / "missing.npy")
+    (tmp_path / "x.xyz").write_text("1 2\n")
+    with pytest.raises(DataError, match="unsupported file type"):
+        load(tmp_path / "x.xyz")
+    (tmp_path / "nan.csv").write_text("1,2\n3,nan\n4,5\n")
+    with pytest.raises(DataError, match="nan.csv has NaN in row 1"):
+        load(tmp_path / "nan.csv")
+    (tmp_path / "lab.txt").write_text("1\n2.5\n")
+    with pytest.raises(DataError, match="integer labels"):
+        load_labels(tmp_path / "lab.txt")
+
+
+def test_embedded_data_and_demo_input():
+    X, y = demo_data()
+    assert X.shape == (1797, 10) and np.unique(y).size == 10
+    X, y = load_dataset("iris", standardize=True)
+    assert X.shape == (150, 4) and np.allclose(X.std(0), 1)
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_dataset("cifar")
+
+
+def test_make_mixture_labels_and_separation():
+    X, y = make_mixture(2000, 3, 5, weights=[5, 1, 1, 1, 2], separation=6.0, seed=0)
+    assert X.shape == (2000, 3) and set(np.unique(y)) == set(range(5))
+    freq = np.bincount(y) / y.size
+    assert freq[0] == pytest.approx(0.5, abs=0.05)
+    means = np.stack([X[y == c].mean(0) for c in range(5)])
+    gaps = np.linalg.norm(means[:, None] - means[None], axis=-1) + np.eye(5) * 1e9
+    assert gaps.min() > 4.0
