@@ -46,8 +46,10 @@ def _load_input(spec: str, labels: str | None, standardize: bool):
     return X, y
 
 
-def fit_one(name: str, X, y=None, *, k=None, seed: int = 0, iters=None, progress=False):
-    """Fit method ``name`` on X and return its :class:`ClusteringResult`."""
+def fit_one(name: str, X, y=None, *, k=None, seed: int = 0, iters=None, progress=False,
+            return_estimator: bool = False):
+    """Fit method ``name`` on X and return its :class:`ClusteringResult` (and the
+    fitted estimator if ``return_estimator``)."""
     from bnpdeep.methods import METHODS, make_estimator
 
     if k is None and y is not None and METHODS[name].needs_k:
@@ -60,18 +62,23 @@ def fit_one(name: str, X, y=None, *, k=None, seed: int = 0, iters=None, progress
     for attr in ("eps_", "noise_fraction_", "converged_"):
         if hasattr(est, attr):
             result.info[attr.rstrip("_")] = getattr(est, attr)
-    return result
+    return (result, est) if return_estimator else result
 
 
 def _cmd_fit(args) -> int:
+    from bnpdeep.methods import METHODS
     from bnpdeep.runs import RunFolder
 
     _log(f"loading {args.data}")
     X, y = _load_input(args.data, args.labels, args.standardize)
     _log(f"fitting {args.method} on {X.shape[0]} x {X.shape[1]}")
-    result = fit_one(args.method, X, y, k=args.k, seed=args.seed, iters=args.iters,
-                     progress=not args.quiet)
+    if args.draws and not METHODS[args.method].bayesian:
+        raise ValueError(f"--draws needs a sampler; '{args.method}' has no posterior draws")
+    result, est = fit_one(args.method, X, y, k=args.k, seed=args.seed, iters=args.iters,
+                          progress=not args.quiet, return_estimator=True)
     folder = RunFolder(args.out).save(result, extra={"data": str(args.data)})
+    if args.draws:
+        np.save(folder / "label_draws.npy", est.label_draws_)
     print(result.row())
     _log(f"wrote {folder}")
     return 0
@@ -146,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--k", type=int, help="number of clusters, for methods told K")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--iters", type=int, help="iterations for the samplers")
+    f.add_argument("--draws", action="store_true",
+                   help="samplers: also write the kept label draws to label_draws.npy")
     f.add_argument("--standardize", action="store_true", help="zero mean, unit variance")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(run=_cmd_fit)

@@ -62,6 +62,31 @@ def mahalanobis_sq(chol: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
     return sol.pow(2).sum(-2).transpose(0, 1)
 
 
+def mahalanobis_points(chol: torch.Tensor, X: torch.Tensor, mean: torch.Tensor,
+                       chunk_elems: int = 1 << 22) -> torch.Tensor:
+    """(x_n - m_k)^T A_k^{-1} (x_n - m_k) for all points and clusters, (N, K).
+
+    With W_k = L_k^{-1} (a triangular solve against I on the small (K, d, d)
+    factors), W_k x_n for every k is one (N, d) x (d, K d) product, and the
+    squared norms a second one; no (N, K, d) difference tensor is built for all
+    N at once: rows go in chunks of at most ``chunk_elems / (K d)``.  This is
+    several times faster than a batched triangular solve with N right-hand sides.
+    """
+    k, d = mean.shape
+    eye = torch.eye(d, dtype=chol.dtype, device=chol.device).expand_as(chol)
+    w = torch.linalg.solve_triangular(chol, eye, upper=False)           # (K, d, d)
+    a = w.transpose(1, 2).permute(1, 0, 2).reshape(d, k * d)            # [i, k d + j] = W_k[j, i]
+    m = (w @ mean[..., None])[..., 0]                                    # (K, d)
+    ones = torch.ones(d, dtype=X.dtype, device=X.device)
+    n = X.shape[0]
+    step = max(1, chunk_elems // max(k * d, 1))
+    out = torch.empty((n, k), dtype=X.dtype, device=X.device)
+    for start in range(0, n, step):
+        y = (X[start:start + step] @ a).view(-1, k, d).sub_(m)
+        out[start:start + step] = (y * y) @ ones
+    return out
+
+
 def multigammaln(a: torch.Tensor, d: int) -> torch.Tensor:
     """Log multivariate gamma function log Gamma_d(a) (elementwise in ``a``)."""
     return torch.special.multigammaln(a, d) if a.dim() == 0 else _multigammaln_batched(a, d)

@@ -48,10 +48,17 @@ def pointwise_log_likelihood(family, X, log_pi, params, log_pi_rest=None) -> tor
 
 
 def sample_categorical(logits: torch.Tensor) -> torch.Tensor:
-    """One categorical draw per row from unnormalised log-probabilities (inverse CDF)."""
-    cdf = torch.softmax(logits, -1).cumsum_(-1)
-    u = torch.rand(cdf.shape[:-1] + (1,), dtype=cdf.dtype, device=cdf.device) * cdf[..., -1:]
-    return (cdf < u).sum(-1).clamp_max_(logits.shape[-1] - 1)
+    """One categorical draw per row from unnormalised log-probabilities.
+
+    Inverse CDF: shift by the row maximum, exponentiate, cumulate, and locate a
+    uniform draw scaled to the row total with a binary search.
+    """
+    p = (logits - logits.amax(-1, keepdim=True)).exp_()
+    cdf = p.cumsum_(-1)
+    u = torch.rand(cdf.shape[:-1] + (1,), dtype=cdf.dtype, device=cdf.device)
+    u.mul_(cdf[..., -1:])
+    idx = torch.searchsorted(cdf, u, right=True).squeeze(-1)
+    return idx.clamp_max_(logits.shape[-1] - 1)
 
 
 def dirichlet_log(conc: torch.Tensor) -> torch.Tensor:

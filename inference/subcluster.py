@@ -71,7 +71,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import DirichletProcess
+from ..models import DirichletProcess, gather_params
 from . import moves
 from .mcmc import MCMCClusterer, dirichlet_log, relabel, sample_categorical
 
@@ -285,9 +285,7 @@ class SubclusterSampler(MCMCClusterer):
         log_pibar = dirichlet_log(sub.n.reshape(k, 2) + self._sub_alpha / 2)
         params, sub_params = fam.sample_posterior(stats), fam.sample_posterior(sub)
         z = sample_categorical(fam.log_likelihood(X, params) + log_pi[None])
-        sub_ll = fam.log_likelihood(X, sub_params).reshape(X.shape[0], k, 2)
-        zs = sample_categorical(sub_ll.gather(1, z[:, None, None].expand(-1, 1, 2))[:, 0]
-                                + log_pibar[z])
+        zs = sample_categorical(self._own_sub_loglik(X, z, k, sub_params) + log_pibar[z])
         z, _ = relabel(z)                          # empty clusters are dropped
         k = int(z.max()) + 1
         sub = fam.suff_stats_labels(X, 2 * z + zs, 2 * k)
@@ -319,6 +317,20 @@ class SubclusterSampler(MCMCClusterer):
         state.iteration += 1
         return state, {"k": state.k, "lp": lp, "split_acceptance": n_split / k,
                        "merge_acceptance": 0.0}
+
+    def _own_sub_loglik(self, X, z, k, sub_params) -> torch.Tensor:
+        """log f(x_i | theta_{z_i, h}) for h = 0, 1: each point against the two
+        sub-clusters of its own cluster only, (N, 2).  One call per cluster on its
+        rows: N x 2 densities instead of N x 2K."""
+        fam = self._model.family
+        order = torch.argsort(z, stable=True)
+        out = torch.empty((X.shape[0], 2), dtype=X.dtype, device=X.device)
+        counts = torch.bincount(z, minlength=k).tolist()
+        for c, members in enumerate(torch.split(order, counts)):
+            if members.numel():
+                pair = torch.tensor([2 * c, 2 * c + 1], device=X.device)
+                out[members] = fam.log_likelihood(X[members], gather_params(sub_params, pair))
+        return out
 
     @staticmethod
     def _warmup_sublabels(X, z, clusters, zs):

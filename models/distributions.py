@@ -97,6 +97,21 @@ def _bartlett_factor(df: torch.Tensor, d: int, batch_shape, dtype, device) -> to
     return a + torch.diag_embed(chi2.sqrt())
 
 
+def inverse_wishart_root(df: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
+    """F with F F^T ~ IW(df, C C^T), batched over leading dimensions of ``scale_tril``.
+
+    F = C A^{-T} with Bartlett's A (one triangular solve).  F is a square root of
+    the draw, not its Cholesky factor; F eps with eps ~ N(0, I) has covariance
+    F F^T, which is all a Gaussian draw needs.  The fast path the samplers use:
+    no distribution object, no broadcasting checks.
+    """
+    d = scale_tril.shape[-1]
+    shape = scale_tril.shape[:-2]
+    a = _bartlett_factor(df.expand(shape), d, shape, scale_tril.dtype, scale_tril.device)
+    f = torch.linalg.solve_triangular(a, scale_tril.transpose(-1, -2), upper=False)
+    return f.transpose(-1, -2)
+
+
 class InverseWishart(TorchDistribution):
     """Inverse-Wishart IW(df, scale) with density
 
@@ -135,12 +150,8 @@ class InverseWishart(TorchDistribution):
         d = self.event_shape[-1]
         shape = torch.Size(sample_shape) + self.batch_shape
         with torch.no_grad():
-            a = _bartlett_factor(self.df.expand(shape), d, shape, self.scale.dtype,
-                                 self.scale.device)
-            c = self._scale_tril.expand(shape + (d, d))
-            # F = C A^{-T} = (A^{-1} C^T)^T
-            f = torch.linalg.solve_triangular(a, c.transpose(-1, -2), upper=False)
-            f = f.transpose(-1, -2)
+            f = inverse_wishart_root(self.df.expand(shape),
+                                     self._scale_tril.expand(shape + (d, d)))
             s = f @ f.transpose(-1, -2)
             return 0.5 * (s + s.transpose(-1, -2))
 

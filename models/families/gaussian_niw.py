@@ -26,12 +26,13 @@ from bnpdeep.linalg import (
     log_2pi,
     log_pi,
     logdet_from_chol,
+    mahalanobis_points,
     mahalanobis_sq,
     multidigamma,
     multigammaln,
 )
 
-from ..distributions import InverseWishart
+from ..distributions import InverseWishart, inverse_wishart_root
 from .base import ConjugateFamily, SuffStats
 
 
@@ -164,7 +165,7 @@ class GaussianNIW(ConjugateFamily):
         post = self.posterior(stats)
         df = post.nu - d + 1
         c = (post.kappa + 1) / (post.kappa * df)
-        maha = mahalanobis_sq(post.chol, X[:, None, :] - post.mu[None]) / c
+        maha = mahalanobis_points(post.chol, X, post.mu) / c
         logdet = logdet_from_chol(post.chol) + d * torch.log(c)
         return (
             torch.lgamma(0.5 * (df + d)) - torch.lgamma(0.5 * df)
@@ -182,11 +183,14 @@ class GaussianNIW(ConjugateFamily):
         return GaussianParams(post.mu, post.psi / (post.nu - self.dim - 1)[:, None, None])
 
     def sample_posterior(self, stats: SuffStats) -> GaussianParams:
+        """Sigma ~ IW(nu_n, Psi_n), mu | Sigma ~ N(mu_n, Sigma / kappa_n)."""
         post = self.posterior(stats)
-        cov = InverseWishart(post.nu, post.psi, validate_args=False).sample()
-        chol = cholesky(cov / post.kappa[:, None, None])
-        eps = torch.randn_like(post.mu)
-        mean = post.mu + (chol @ eps[..., None])[..., 0]
+        with torch.no_grad():
+            root = inverse_wishart_root(post.nu, post.chol)
+            cov = root @ root.transpose(-1, -2)
+            cov = 0.5 * (cov + cov.transpose(-1, -2))
+            eps = torch.randn_like(post.mu)
+            mean = post.mu + (root @ eps[..., None])[..., 0] / post.kappa.sqrt()[:, None]
         return GaussianParams(mean, cov)
 
     def _expected_logdet(self, post: NIWPosterior) -> torch.Tensor:
@@ -198,7 +202,7 @@ class GaussianNIW(ConjugateFamily):
         - (nu_n (x - mu_n)^T Psi_n^{-1} (x - mu_n) + d / kappa_n) / 2."""
         X = self._as_data(X)
         post = self.posterior(stats)
-        maha = mahalanobis_sq(post.chol, X[:, None, :] - post.mu[None])
+        maha = mahalanobis_points(post.chol, X, post.mu)
         return (-0.5 * self.dim * log_2pi() - 0.5 * self._expected_logdet(post)
                 - 0.5 * (post.nu * maha + self.dim / post.kappa))
 
@@ -227,7 +231,7 @@ class GaussianNIW(ConjugateFamily):
         X = self._as_data(X)
         chol = cholesky(as_tensor(params.cov, device=X.device))
         mean = as_tensor(params.mean, device=X.device)
-        maha = mahalanobis_sq(chol, X[:, None, :] - mean[None])
+        maha = mahalanobis_points(chol, X, mean)
         return -0.5 * (self.dim * log_2pi() + logdet_from_chol(chol) + maha)
 
     # ---- Pyro ---------------------------------------------------------------

@@ -31,8 +31,10 @@ def test_bayesian_fit_writes_inference_data(tmp_path):
     X = np.r_[g.normal(size=(60, 2)), g.normal(size=(60, 2)) + 8]
     np.save(tmp_path / "x.npy", X)
     rc = main(["fit", str(tmp_path / "x.npy"), "--method", "subcluster", "--iters", "20",
-               "--out", str(tmp_path / "run"), "--quiet"])
+               "--out", str(tmp_path / "run"), "--quiet", "--draws"])
     assert rc == 0
+    draws = np.load(tmp_path / "run" / "label_draws.npy")
+    assert draws.shape == (10, 120)
     import arviz as az
 
     idata = az.from_netcdf(str(tmp_path / "run" / "idata.nc"))
@@ -61,6 +63,8 @@ def test_missing_file_and_unknown_dataset(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "nope.npy"), "--method", "bgm",
                  "--out", str(tmp_path)]) == 2
     assert "neither a file nor a known data set" in capsys.readouterr().err
+    assert main(["fit", "iris", "--method", "bgm", "--draws", "--out", str(tmp_path)]) == 2
+    assert "--draws needs a sampler" in capsys.readouterr().err
 
 
 def test_datasets_lists_embedded(capsys):
