@@ -36,7 +36,7 @@ from bnpdeep import data
 from bnpdeep.metrics import evaluate, k_within
 
 OUT = Path("bench_out")
-GIBBS_MAX_N = 700          # collapsed Gibbs sweeps point by point: small sets only
+GIBBS_MAX_ND = 5000        # collapsed Gibbs sweeps point by point: small N x d only
 
 
 def machine() -> str:
@@ -50,7 +50,7 @@ def timed_fit(est, X):
     return est, time.perf_counter() - start
 
 
-def accuracy_methods(k_true: int, n: int, seed: int, iters: int):
+def accuracy_methods(k_true: int, n: int, d: int, seed: int, iters: int):
     methods = {
         "kmeans (K given)": KMeans(n_clusters=k_true, random_state=seed),
         "gmm (K given)": GaussianMixtureEM(n_clusters=k_true, random_state=seed),
@@ -59,7 +59,7 @@ def accuracy_methods(k_true: int, n: int, seed: int, iters: int):
         "subcluster": SubclusterSampler(max_iter=iters, random_state=seed,
                                         store_log_likelihood=False),
     }
-    if n <= GIBBS_MAX_N:
+    if n * d <= GIBBS_MAX_ND:
         methods["gibbs"] = CollapsedGibbs(max_iter=60, random_state=seed,
                                           store_log_likelihood=False)
     return methods
@@ -70,7 +70,7 @@ def run_accuracy(sets, seed: int, iters: int) -> list[dict]:
     for name in sets:
         X, y = data.load_benchmark(name)
         k_true = int(np.unique(y).size)
-        for method, est in accuracy_methods(k_true, X.shape[0], seed, iters).items():
+        for method, est in accuracy_methods(k_true, X.shape[0], X.shape[1], seed, iters).items():
             est, secs = timed_fit(est, X)
             m = evaluate(y, est.labels_)
             rows.append({"data": name, "method": method, "N": X.shape[0], "d": X.shape[1],

@@ -17,12 +17,20 @@ This sampler runs in two phases.
 Warm-up (the burn-in iterations): Chang & Fisher's moves, which find K fast
 from any start -- persistent sub-cluster labels resampled with the labels,
 restricted Gibbs that may empty clusters, every cluster proposing to split along
-its sub-clusters in parallel, merges of all pairs of clusters that did not split.
-Two changes make it faster still from a bad start: new clusters get their
-sub-labels from a 2-means split of their data instead of at random, and merges
-are accepted on the posterior ratio alone (the published sub-cluster term all
-but forbids merging the halves of an over-split cluster).  Its draws are
-discarded.
+its sub-clusters in parallel, merges of pairs of clusters -- with three changes
+that make it robust from a bad start:
+
+* new clusters get their sub-labels from a 2-means split of their data instead
+  of at random, so they can split again at once;
+* merges are accepted on the posterior ratio alone (the published sub-cluster
+  term, about -(N1 + N2) log 2, all but forbids merging the halves of an
+  over-split cluster), and only between clusters past a burn-out of ``burnout``
+  iterations since they were created (a coarse split of many overlapping blobs
+  is only mildly favoured and would otherwise be undone at once);
+* the exact anchored moves below run as well: on such data they make progress
+  where the parallel sub-cluster splits stall.
+
+Its draws are discarded.
 
 Sampling (the kept draws): a kernel in which every step leaves the posterior
 exactly invariant, with the same structure -- instantiated weights and
@@ -83,6 +91,7 @@ class SubclusterState:
     alpha: float
     iteration: int = 0
     zs: torch.Tensor | None = None   # (N,) warm-up sub-labels 0/1
+    born: torch.Tensor | None = None  # (K,) warm-up: iteration each cluster was created
 
     @property
     def k(self) -> int:
@@ -145,6 +154,10 @@ class SubclusterSampler(MCMCClusterer):
     warmup : int, optional
         Iterations of Chang & Fisher's fast warm-up moves (default: all of the
         burn-in).  Must not exceed the burn-in: kept draws come from the exact kernel.
+    burnout : int, default 5
+        Warm-up iterations after a cluster is created by a split or merge before it
+        may merge again: on data whose coarse splits are only mildly favoured (15
+        blobs split in two), an immediate merge would undo them.
     alpha_prior : (shape, rate), optional
         Gamma hyperprior on the DP concentration, updated by Escobar & West.
     store_log_likelihood : bool, default True
@@ -166,7 +179,7 @@ class SubclusterSampler(MCMCClusterer):
 
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 200, burn_in=None,
                  thin: int = 1, n_chains: int = 1, moves_per_iter=None, warmup=None,
-                 alpha_prior=None,
+                 burnout: int = 5, alpha_prior=None,
                  store_log_likelihood: bool = True, max_label_tries: int = 10,
                  random_state=0, device="cpu", progress: bool = False):
         self.model = model
@@ -177,6 +190,7 @@ class SubclusterSampler(MCMCClusterer):
         self.n_chains = n_chains
         self.moves_per_iter = moves_per_iter
         self.warmup = warmup
+        self.burnout = burnout
         self.alpha_prior = alpha_prior
         self.store_log_likelihood = store_log_likelihood
         self.max_label_tries = max_label_tries
@@ -202,7 +216,8 @@ class SubclusterSampler(MCMCClusterer):
         self._bandwidth2 = max(float(X.var(0).mean()) * 0.01, 1e-12)
         zs = self._warmup_sublabels(X, z, torch.ones(int(z.max()) + 1, dtype=torch.bool),
                                     torch.zeros(n, dtype=torch.long))
-        return SubclusterState(X, z, float(getattr(weights, "alpha", 1.0)), zs=zs)
+        born = torch.zeros(int(z.max()) + 1, dtype=torch.long)
+        return SubclusterState(X, z, float(getattr(weights, "alpha", 1.0)), zs=zs, born=born)
 
     def _weights_for(self, alpha):
         w = self._model.weights
@@ -233,14 +248,8 @@ class SubclusterSampler(MCMCClusterer):
         state = SubclusterState(X, z, state.alpha, state.iteration)
 
         # 3. anchored split/merge moves
-        n_moves = self.moves_per_iter if self.moves_per_iter is not None else max(3, k // 2)
-        counts = {"split": [0, 0], "merge": [0, 0]}
+        state, counts = self._anchored_moves(state, weights)
         n = X.shape[0]
-        for _ in range(int(n_moves) if n > 1 else 0):
-            i, j = self._anchors(X)
-            kind, accepted, state = self._move(state, i, j, weights)
-            counts[kind][0] += 1
-            counts[kind][1] += int(accepted)
 
         # 4. concentration
         if self.alpha_prior is not None and isinstance(self._model.weights, DirichletProcess):
@@ -254,6 +263,24 @@ class SubclusterSampler(MCMCClusterer):
                 "split_acceptance": counts["split"][1] / max(counts["split"][0], 1),
                 "merge_acceptance": counts["merge"][1] / max(counts["merge"][0], 1)}
         return state, info
+
+    def _anchored_moves(self, state: SubclusterState, weights, on_accept=None):
+        """``moves_per_iter`` anchored split/merge proposals (default max(3, K // 2)),
+        each an exact Metropolis-Hastings step; returns the state and, per kind of
+        move, [proposed, accepted].  ``on_accept(kind, state, (a, b))`` is called after
+        each accepted move: (parent, new cluster) for a split, (kept, removed) for a
+        merge."""
+        k = state.k
+        n_moves = self.moves_per_iter if self.moves_per_iter is not None else max(3, k // 2)
+        counts = {"split": [0, 0], "merge": [0, 0]}
+        for _ in range(int(n_moves) if state.X.shape[0] > 1 else 0):
+            i, j = self._anchors(state.X)
+            kind, accepted, state, pair = self._move(state, i, j, weights)
+            counts[kind][0] += 1
+            counts[kind][1] += int(accepted)
+            if accepted and on_accept is not None:
+                on_accept(kind, state, pair)
+        return state, counts
 
     def _sample_labels(self, logits, z_old, k):
         """Labels from prod_i pi_{z_i} f(x_i | theta_{z_i}) conditioned on every cluster
@@ -278,6 +305,8 @@ class SubclusterSampler(MCMCClusterer):
         weights = self._weights_for(state.alpha)
         X, k = state.X, state.k
         zs = state.zs if state.zs is not None else torch.randint(0, 2, (X.shape[0],))
+        born = state.born if state.born is not None else torch.zeros(k, dtype=torch.long)
+        it = state.iteration
         sub = fam.suff_stats_labels(X, 2 * state.z + zs, 2 * k)
         stats = sub._map(lambda v: v.reshape((k, 2) + v.shape[1:]).sum(1))
         conc, rest = weights.weight_concentration(stats.n)
@@ -286,7 +315,8 @@ class SubclusterSampler(MCMCClusterer):
         params, sub_params = fam.sample_posterior(stats), fam.sample_posterior(sub)
         z = sample_categorical(fam.log_likelihood(X, params) + log_pi[None])
         zs = sample_categorical(self._own_sub_loglik(X, z, k, sub_params) + log_pibar[z])
-        z, _ = relabel(z)                          # empty clusters are dropped
+        z, kept = relabel(z)                       # empty clusters are dropped
+        born = born[kept]
         k = int(z.max()) + 1
         sub = fam.suff_stats_labels(X, 2 * z + zs, 2 * k)
         stats = sub._map(lambda v: v.reshape((k, 2) + v.shape[1:]).sum(1))
@@ -306,17 +336,46 @@ class SubclusterSampler(MCMCClusterer):
             fresh_clusters[split.nonzero().flatten()] = True
             fresh_clusters[k:] = True
             zs = self._warmup_sublabels(X, z, fresh_clusters, zs)
-        if int((~split).sum()) > 1:               # clusters that did not split may merge
-            z, zs = self._warmup_merges(z, zs, stats, weights, ~split, k + n_split)
-        state = SubclusterState(X, z, state.alpha, state.iteration, zs)
+            born = torch.cat([torch.where(split, it, born), torch.full((n_split,), it)])
+        # clusters that did not split and are past their burn-out may merge
+        eligible = ~split & (it - born[:k] >= self.burnout)
+        if int(eligible.sum()) > 1:
+            z, zs, born = self._warmup_merges(z, zs, born, stats, weights, eligible,
+                                              k + n_split, it)
+        state = SubclusterState(X, z, state.alpha, state.iteration, zs, born)
+        # the exact anchored moves too: they make progress where the posterior gains
+        # little from coarse splits (many overlapping blobs)
+        state, counts = self._anchored_moves(state, weights, self._warmup_bookkeeping)
         if self.alpha_prior is not None and isinstance(self._model.weights, DirichletProcess):
             state.alpha = self._escobar_west(state.alpha, state.k, X.shape[0])
             weights = self._weights_for(state.alpha)
         stats = fam.suff_stats_labels(X, state.z, state.k)
         lp = float(weights.log_eppf(stats.n) + fam.log_marginal(stats).sum())
         state.iteration += 1
-        return state, {"k": state.k, "lp": lp, "split_acceptance": n_split / k,
-                       "merge_acceptance": 0.0}
+        return state, {"k": state.k, "lp": lp,
+                       "split_acceptance": (n_split + counts["split"][1])
+                       / (k + counts["split"][0]),
+                       "merge_acceptance": counts["merge"][1] / max(counts["merge"][0], 1)}
+
+    def _warmup_bookkeeping(self, kind, state, pair):
+        """Keep the warm-up sub-labels and birth iterations in step with an accepted
+        anchored move (the moves build a fresh state without them)."""
+        a, b = pair
+        it = state.iteration
+        zs, born = state.zs, state.born.clone()       # as they were before the move
+        if kind == "split":
+            born = torch.cat([born, torch.tensor([it])])
+            born[a] = it
+            flags = torch.zeros(state.k, dtype=torch.bool)
+            flags[[a, b]] = True
+        else:
+            born = torch.cat([born[:b], born[b + 1:]])
+            a = a - int(b < a)
+            born[a] = it
+            flags = torch.zeros(state.k, dtype=torch.bool)
+            flags[a] = True
+        state.zs = self._warmup_sublabels(state.X, state.z, flags, zs)
+        state.born = born
 
     def _own_sub_loglik(self, X, z, k, sub_params) -> torch.Tensor:
         """log f(x_i | theta_{z_i, h}) for h = 0, 1: each point against the two
@@ -346,7 +405,7 @@ class SubclusterSampler(MCMCClusterer):
                 zs[members] = two_means(X[members])
         return zs
 
-    def _warmup_merges(self, z, zs, stats, weights, eligible, k_now):
+    def _warmup_merges(self, z, zs, born, stats, weights, eligible, k_now, it):
         """All pairs of eligible clusters in random order, each cluster merging at most
         once, accepted on the posterior ratio."""
         fam = self._model.family
@@ -362,7 +421,7 @@ class SubclusterSampler(MCMCClusterer):
         # costs no exactness.
         log_h = moves.log_merge_ratio(weights, fam, float(k_now), s1, s2)
         accept = moves.mh_accept(log_h)
-        used = torch.zeros(k, dtype=torch.bool)
+        used = torch.zeros(born.shape[0], dtype=torch.bool)
         z, zs = z.clone(), zs.clone()
         for p in torch.randperm(i.shape[0]).tolist():
             a, b = int(i[p]), int(j[p])
@@ -370,8 +429,9 @@ class SubclusterSampler(MCMCClusterer):
                 used[a] = used[b] = True
                 zs[z == a], zs[z == b] = 0, 1
                 z[z == b] = a
-        z, _ = relabel(z)
-        return z, zs
+        born = torch.where(used, it, born)
+        z, kept = relabel(z)
+        return z, zs, born[kept]
 
     # -- moves -------------------------------------------------------------------
     def _anchors(self, X) -> tuple[int, int]:
@@ -439,8 +499,9 @@ class SubclusterSampler(MCMCClusterer):
             if bool(moves.mh_accept(log_h)):
                 z = z.clone()
                 z[members[side_b]] = k
-                return "split", True, SubclusterState(X, z, state.alpha, state.iteration)
-            return "split", False, state
+                return ("split", True, SubclusterState(X, z, state.alpha, state.iteration,
+                                                       state.zs, state.born), (zi, k))
+            return "split", False, state, None
         members = torch.nonzero((z == zi) | (z == zj)).flatten()
         Xc = X[members]
         side_b = z[members] == zj
@@ -455,8 +516,9 @@ class SubclusterSampler(MCMCClusterer):
             z = z.clone()
             z[z == zj] = zi
             z, _ = relabel(z)
-            return "merge", True, SubclusterState(X, z, state.alpha, state.iteration)
-        return "merge", False, state
+            return ("merge", True, SubclusterState(X, z, state.alpha, state.iteration,
+                                                   state.zs, state.born), (zi, zj))
+        return "merge", False, state, None
 
     def _escobar_west(self, alpha, k, n):
         """alpha | K, N under a Gamma(a, b) prior (Escobar & West 1995, eq. 13)."""

@@ -129,8 +129,13 @@ class GaussianNIW(ConjugateFamily):
         n = torch.zeros(k, dtype=X.dtype, device=X.device).index_add_(
             0, z, torch.ones_like(X[:, 0]))
         sx = torch.zeros((k, d), dtype=X.dtype, device=X.device).index_add_(0, z, X)
-        sxx = torch.zeros((k, d * d), dtype=X.dtype, device=X.device).index_add_(
-            0, z, (X[:, :, None] * X[:, None, :]).reshape(-1, d * d))
+        sxx = torch.zeros((k, d * d), dtype=X.dtype, device=X.device)
+        # outer products in row chunks: never an N x d x d tensor for all N at once
+        step = max(1, (1 << 22) // (d * d))
+        for start in range(0, X.shape[0], step):
+            xs = X[start:start + step]
+            sxx.index_add_(0, z[start:start + step],
+                           (xs[:, :, None] * xs[:, None, :]).reshape(-1, d * d))
         return SuffStats(n=n, sx=sx, sxx=sxx.reshape(k, d, d))
 
     # ---- conjugate algebra ------------------------------------------------
