@@ -451,14 +451,51 @@ class SubclusterSampler(MCMCClusterer):
             return i, j + (j >= i)
         return i, int(torch.multinomial(w, 1))
 
-    def _subcluster_responsibilities(self, Xc: torch.Tensor) -> torch.Tensor:
+    def _carve(self, Xc: torch.Tensor, li: int, n_iter: int = 3) -> torch.Tensor:
+        """Sub-partition that carves a local group around anchor row ``li`` out of a
+        cluster: start from its max(d + 2, n / 20) nearest rows, then a few hard
+        reassignments by the MAP components' likelihood.  A deterministic function of
+        the cluster's rows (as a set) and the anchor point, so its proposal
+        probability is computable for the split and for the reverse of a merge.
+
+        Coarse 2-means halves of many tight clusters are barely favoured by the
+        posterior (the partition's entropy cost eats the likelihood gain); carving
+        one tight group out is, so this proposal is what leaves K = 1 on data such
+        as r15."""
+        fam = self._model.family
+        n = Xc.shape[0]
+        m = max(Xc.shape[1] + 2, n // 20)
+        if n < 2 * m:
+            return two_means(Xc)
+        dist = (Xc - Xc[li]).pow(2).sum(1)
+        h = torch.ones(n, dtype=torch.long, device=Xc.device)
+        h[torch.topk(dist, m, largest=False).indices] = 0
+        for _ in range(n_iter):
+            stats = fam.suff_stats_labels(Xc, h, 2)
+            if bool((stats.n < 1).any()):
+                break
+            ll = fam.log_likelihood(Xc, fam.map_estimate(stats)) + torch.log(stats.n)[None]
+            new_h = ll.argmax(1)
+            if torch.equal(new_h, h) or int(new_h.sum()) in (0, n):
+                break
+            h = new_h
+        return h
+
+    def _subcluster_responsibilities(self, Xc: torch.Tensor, li: int) -> torch.Tensor:
         """log q_l(h): sub-cluster responsibilities of the rows of one cluster, (n, 2).
 
-        Sub-clusters: deterministic 2-means sub-partition, then weights
-        Dir(n_h + a/2) and parameters from their conjugate posterior."""
+        Sub-clusters: a deterministic sub-partition -- 2-means from the principal
+        axis, 2-means from a random axis, or a group carved around anchor ``li``
+        (:meth:`_carve`), each with probability 1/3 whatever the state -- then
+        weights Dir(n_h + a/2) and parameters from their conjugate posterior."""
         fam = self._model.family
-        axis = torch.randn(Xc.shape[1], dtype=Xc.dtype) if float(torch.rand(())) < 0.5 else None
-        h = two_means(Xc, axis=axis)
+        u = float(torch.rand(()))
+        if u < 1 / 3:
+            h = two_means(Xc)
+        elif u < 2 / 3:
+            h = two_means(Xc, axis=torch.randn(Xc.shape[1], dtype=Xc.dtype))
+        else:
+            h = self._carve(Xc, li)
         sub = fam.suff_stats_labels(Xc, h, 2)
         log_w = dirichlet_log(sub.n + self._sub_alpha / 2)
         ll = fam.log_likelihood(Xc, fam.sample_posterior(sub)) + log_w[None]
@@ -485,7 +522,7 @@ class SubclusterSampler(MCMCClusterer):
             Xc = X[members]
             li = int((members == i).nonzero()[0, 0])
             lj = int((members == j).nonzero()[0, 0])
-            log_q = self._subcluster_responsibilities(Xc)
+            log_q = self._subcluster_responsibilities(Xc, li)
             side = sample_categorical(log_q) == 1
             # anchors on opposite sides: (i, j) = (0, 1) or (1, 0)
             pair = torch.stack([log_q[li, 0] + log_q[lj, 1], log_q[li, 1] + log_q[lj, 0]])
@@ -507,7 +544,7 @@ class SubclusterSampler(MCMCClusterer):
         side_b = z[members] == zj
         li = int((members == i).nonzero()[0, 0])
         lj = int((members == j).nonzero()[0, 0])
-        log_q = self._subcluster_responsibilities(Xc)
+        log_q = self._subcluster_responsibilities(Xc, li)
         s_ab = fam.suff_stats_labels(Xc, side_b.long(), 2)
         s_a, s_b = s_ab[0], s_ab[1]
         log_h = moves.log_merge_ratio(weights, fam, float(k), s_a, s_b)[0]
