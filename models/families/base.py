@@ -15,6 +15,26 @@ import torch
 from bnpdeep.linalg import DTYPE, as_tensor
 
 
+def volume_scale(cov: torch.Tensor, expected_clusters: float = 10.0) -> float:
+    """Default ratio of a cluster's prior covariance to the data covariance.
+
+    If ``expected_clusters`` = K0 clusters share the data's volume, each one's linear
+    extent is K0**(-1/d) of the data's, so its variance is K0**(-2/d) of the data's.
+    ``d`` is the covariance's effective dimension, the participation ratio
+    (sum lambda)**2 / sum lambda**2 of its eigenvalues, so that many correlated
+    features do not count as many independent directions.  Gives 0.1 for isotropic
+    2-d data and grows towards 1 as the effective dimension grows, which keeps the
+    per-cluster Occam penalty of the marginal likelihood (it grows with nu * d)
+    from forbidding every split in higher dimensions.
+    """
+    lam = torch.linalg.eigvalsh(cov.double()).clamp_min(0.0)
+    total = float(lam.sum())
+    if total <= 0.0:
+        return 1.0 / expected_clusters
+    d_eff = total ** 2 / float(lam.pow(2).sum())
+    return float(expected_clusters) ** (-2.0 / d_eff)
+
+
 class SuffStats:
     """Additive sufficient statistics of K clusters.
 

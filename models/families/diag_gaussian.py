@@ -21,7 +21,7 @@ import torch
 
 from bnpdeep.linalg import as_tensor, log_2pi
 
-from .base import ConjugateFamily, SuffStats
+from .base import ConjugateFamily, SuffStats, volume_scale
 
 
 class DiagGaussianParams(NamedTuple):
@@ -59,15 +59,19 @@ class DiagonalGaussian(ConjugateFamily):
                 raise ValueError(f"{name} must be positive, got {v.tolist()}")
 
     @classmethod
-    def weak(cls, X, kappa: float = 0.01, a: float = 1.5, scale: float = 0.1,
-             device=None) -> "DiagonalGaussian":
+    def weak(cls, X, kappa: float = 0.01, a: float = 1.5, scale: float | None = None,
+             expected_clusters: float = 10.0, device=None) -> "DiagonalGaussian":
         """Weak data-driven prior: mu0 = mean(X), a = 1.5, b = scale * var(X) / 2, small
         kappa.  In one dimension this is GaussianNIW.weak's prior: IW(3, psi) on a
-        variance is InvGamma(3/2, psi/2)."""
+        variance is InvGamma(3/2, psi/2).  ``scale=None`` takes the volume rule of
+        :func:`~bnpdeep.models.families.base.volume_scale` on the diagonal covariance
+        (independent dimensions: the effective dimension is that of the variances)."""
         X = as_tensor(X, device=device)
         var = X.var(0) if X.shape[0] > 1 else torch.ones(X.shape[1], dtype=X.dtype)
         floor = 1e-6 * (float(var.mean()) if float(var.mean()) > 0 else 1.0)
         var = var.clamp_min(floor)
+        if scale is None:
+            scale = volume_scale(torch.diag(var), expected_clusters)
         return cls(X.mean(0), kappa, a, 0.5 * scale * var, device=device)
 
     def to(self, device) -> "DiagonalGaussian":

@@ -33,7 +33,7 @@ from bnpdeep.linalg import (
 )
 
 from ..distributions import InverseWishart, inverse_wishart_root
-from .base import ConjugateFamily, SuffStats
+from .base import ConjugateFamily, SuffStats, volume_scale
 
 
 class GaussianParams(NamedTuple):
@@ -83,12 +83,14 @@ class GaussianNIW(ConjugateFamily):
         self._psi_logdet = logdet_from_chol(self.psi_chol)
 
     @classmethod
-    def weak(cls, X, kappa: float = 0.01, nu_offset: float = 2.0, scale: float = 0.1,
-             device=None) -> "GaussianNIW":
+    def weak(cls, X, kappa: float = 0.01, nu_offset: float = 2.0, scale: float | None = None,
+             expected_clusters: float = 10.0, device=None) -> "GaussianNIW":
         """Weak data-driven prior: mu0 = mean(X), nu = d + ``nu_offset``,
-        psi = ``scale`` * cov(X) (so E[Sigma] = psi / (nu - d - 1) is a fraction of the
-        data covariance), small ``kappa``.  Zero-variance columns get a variance floor
-        so that psi stays positive definite.
+        psi = ``scale`` * cov(X), so E[Sigma] = psi / (nu - d - 1) is a fraction of the
+        data covariance, and small ``kappa``.  ``scale=None`` takes the volume rule
+        :func:`~bnpdeep.models.families.base.volume_scale` (0.1 on isotropic 2-d data,
+        larger in higher effective dimension).  Zero-variance columns get a variance
+        floor so that psi stays positive definite.
         """
         X = as_tensor(X, device=device)
         d = X.shape[1]
@@ -99,6 +101,8 @@ class GaussianNIW(ConjugateFamily):
         # keep psi well-conditioned when d is large relative to N
         cov = cov + 1e-6 * float(cov.diagonal().mean()) * torch.eye(d, dtype=DTYPE,
                                                                       device=cov.device)
+        if scale is None:
+            scale = volume_scale(cov, expected_clusters)
         return cls(X.mean(0), kappa, d + nu_offset, scale * cov, device=device)
 
     def to(self, device) -> "GaussianNIW":

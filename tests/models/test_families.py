@@ -239,3 +239,18 @@ def test_hyperparameters_accept_lists_arrays_tensors():
         GaussianNIW([0, 0], 1.0, 4.0, [[1.0, 2.0], [2.0, 1.0]])
     with pytest.raises(ValueError, match="nu"):
         GaussianNIW([0, 0], 1.0, 0.5, np.eye(2))
+
+
+def test_volume_scale_uses_effective_dimension():
+    from bnpdeep.models.families.base import volume_scale
+
+    # isotropic: effective dimension d, scale K0 ** (-2 / d)
+    assert volume_scale(torch.eye(2)) == pytest.approx(0.1)
+    assert volume_scale(torch.eye(8), expected_clusters=4.0) == pytest.approx(4.0 ** -0.25)
+    # ten copies of one feature are one direction, not ten
+    v = torch.ones(10, 1, dtype=torch.float64)
+    assert volume_scale(v @ v.T) == pytest.approx(0.01)
+    X = np.random.default_rng(1).normal(size=(400, 2))
+    fam = GaussianNIW.weak(X)
+    expected = volume_scale(torch.cov(torch.as_tensor(X).T))
+    np.testing.assert_allclose(fam.psi.numpy(), expected * np.cov(X.T), rtol=1e-4)
