@@ -150,7 +150,11 @@ class SubclusterSampler(MCMCClusterer):
     thin : int, default 1
     n_chains : int, default 1
     moves_per_iter : int, optional
-        Exact-phase split/merge proposals per iteration (default max(3, K // 2)).
+        Exact-phase anchored split/merge proposals per iteration (default
+        max(2, K // 8)).
+    warmup_moves : int, default 1
+        Anchored proposals per warm-up iteration, on top of Chang & Fisher's parallel
+        splits and merges (they carve tight groups that coarse splits miss).
     warmup : int, optional
         Iterations of Chang & Fisher's fast warm-up moves (default: all of the
         burn-in).  Must not exceed the burn-in: kept draws come from the exact kernel.
@@ -175,10 +179,12 @@ class SubclusterSampler(MCMCClusterer):
     """
 
     method_name = "subcluster"
+    _BATCHED_SUB_FLOPS = 5e7
     _stat_names = ("split_acceptance", "merge_acceptance")
 
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 200, burn_in=None,
-                 thin: int = 1, n_chains: int = 1, moves_per_iter=None, warmup=None,
+                 thin: int = 1, n_chains: int = 1, moves_per_iter=None, warmup_moves: int = 1,
+                 warmup=None,
                  burnout: int = 5, alpha_prior=None,
                  store_log_likelihood: bool = True, max_label_tries: int = 10,
                  random_state=0, device="cpu", progress: bool = False):
@@ -189,6 +195,7 @@ class SubclusterSampler(MCMCClusterer):
         self.thin = thin
         self.n_chains = n_chains
         self.moves_per_iter = moves_per_iter
+        self.warmup_moves = warmup_moves
         self.warmup = warmup
         self.burnout = burnout
         self.alpha_prior = alpha_prior
@@ -264,14 +271,16 @@ class SubclusterSampler(MCMCClusterer):
                 "merge_acceptance": counts["merge"][1] / max(counts["merge"][0], 1)}
         return state, info
 
-    def _anchored_moves(self, state: SubclusterState, weights, on_accept=None):
-        """``moves_per_iter`` anchored split/merge proposals (default max(3, K // 2)),
+    def _anchored_moves(self, state: SubclusterState, weights, on_accept=None, n_moves=None):
+        """``n_moves`` anchored split/merge proposals (default ``moves_per_iter``, else
+        max(2, K // 8)),
         each an exact Metropolis-Hastings step; returns the state and, per kind of
         move, [proposed, accepted].  ``on_accept(kind, state, (a, b))`` is called after
         each accepted move: (parent, new cluster) for a split, (kept, removed) for a
         merge."""
         k = state.k
-        n_moves = self.moves_per_iter if self.moves_per_iter is not None else max(3, k // 2)
+        if n_moves is None:
+            n_moves = self.moves_per_iter if self.moves_per_iter is not None else max(2, k // 8)
         counts = {"split": [0, 0], "merge": [0, 0]}
         for _ in range(int(n_moves) if state.X.shape[0] > 1 else 0):
             i, j = self._anchors(state.X)
@@ -345,7 +354,8 @@ class SubclusterSampler(MCMCClusterer):
         state = SubclusterState(X, z, state.alpha, state.iteration, zs, born)
         # the exact anchored moves too: they make progress where the posterior gains
         # little from coarse splits (many overlapping blobs)
-        state, counts = self._anchored_moves(state, weights, self._warmup_bookkeeping)
+        state, counts = self._anchored_moves(state, weights, self._warmup_bookkeeping,
+                                             n_moves=self.warmup_moves)
         if self.alpha_prior is not None and isinstance(self._model.weights, DirichletProcess):
             state.alpha = self._escobar_west(state.alpha, state.k, X.shape[0])
             weights = self._weights_for(state.alpha)
@@ -382,6 +392,11 @@ class SubclusterSampler(MCMCClusterer):
         sub-clusters of its own cluster only, (N, 2).  One call per cluster on its
         rows: N x 2 densities instead of N x 2K."""
         fam = self._model.family
+        n, d = X.shape
+        if 2 * k * n * d * d <= self._BATCHED_SUB_FLOPS:
+            # small problems: one batched N x 2K evaluation beats K small calls
+            full = fam.log_likelihood(X, sub_params)
+            return full.gather(1, torch.stack([2 * z, 2 * z + 1], 1))
         order = torch.argsort(z, stable=True)
         out = torch.empty((X.shape[0], 2), dtype=X.dtype, device=X.device)
         counts = torch.bincount(z, minlength=k).tolist()
