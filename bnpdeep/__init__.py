@@ -28,6 +28,7 @@ from bnpdeep.inference import (
     DBSCAN,
     BayesianGMM,
     CollapsedGibbs,
+    DeepDPM,
     GaussianMixtureEM,
     KMeans,
     SubclusterSampler,
@@ -58,7 +59,7 @@ __all__ = [
     "DPMixture", "GaussianNIW", "DiagonalGaussian", "Multinomial", "NormalInverseWishart",
     "InverseWishart", "DirichletProcess", "PitmanYor", "FiniteDirichlet", "stick_breaking",
     "KMeans", "GaussianMixtureEM", "DBSCAN", "BayesianGMM", "CollapsedGibbs",
-    "SubclusterSampler", "exact_partition_posterior",
+    "SubclusterSampler", "DeepDPM", "exact_partition_posterior",
     "to_inference_data", "k_summary", "save_inference_data",
     "METHODS", "make_estimator", "ClusteringResult", "RunFolder",
 ]

@@ -44,6 +44,12 @@ def _gibbs(k=None, seed=0, iters=None, progress=False):
     return CollapsedGibbs(max_iter=iters or 50, random_state=seed, progress=progress)
 
 
+def _deepdpm(k=None, seed=0, iters=None, progress=False):
+    from bnpdeep.inference import DeepDPM
+
+    return DeepDPM(max_epochs=iters or 60, random_state=seed, progress=progress)
+
+
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("kmeans", "k-means, k-means++ seeding (given K)", _classical("KMeans"), needs_k=True),
     Method("gmm", "EM Gaussian mixture, full covariances (given K)",
@@ -55,6 +61,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            _subcluster, bayesian=True),
     Method("gibbs", "DP mixture, collapsed Gibbs (Neal 2000, algorithm 3)", _gibbs,
            bayesian=True),
+    Method("deepdpm", "DP mixture, DeepDPM nets with split/merge (Ronen et al. 2022)",
+           _deepdpm, bayesian=True),
 ]}
 
 

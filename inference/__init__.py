@@ -2,6 +2,7 @@
 
 from .base import ClusterEstimator
 from .classical import CLASSICAL_METHODS, DBSCAN, BayesianGMM, GaussianMixtureEM, KMeans
+from .deepdpm import DeepDPM
 from .exact import exact_partition_posterior, set_partitions, total_variation
 from .gibbs import CollapsedGibbs
 from .mcmc import MCMCClusterer
@@ -10,6 +11,6 @@ from .subcluster import SubclusterSampler
 __all__ = [
     "ClusterEstimator", "MCMCClusterer",
     "KMeans", "GaussianMixtureEM", "DBSCAN", "BayesianGMM", "CLASSICAL_METHODS",
-    "CollapsedGibbs", "SubclusterSampler",
+    "CollapsedGibbs", "SubclusterSampler", "DeepDPM",
     "exact_partition_posterior", "set_partitions", "total_variation",
 ]
