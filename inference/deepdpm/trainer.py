@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
+from bnpdeep.models import DPMixture
+from bnpdeep.models.dpmm import gather_params
 from pyro.infer import TraceEnum_ELBO
 
 from bnpdeep.linalg import DTYPE, as_tensor
-from bnpdeep.models import DirichletProcess, DPMixture
-from bnpdeep.models.dpmm import gather_params
 
 from .. import moves
 from ..base import ClusterEstimator

@@ -5,12 +5,13 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from bnpdeep.data import make_mixture
 from bnpdeep.inference import DeepDPM
 from bnpdeep.inference.deepdpm import ClusterNet, DeepDPMGuide, SubclusterNets, stick_fractions
-from bnpdeep.metrics import evaluate
 from bnpdeep.models import DPMixture, GaussianNIW, stick_breaking
 from pyro.infer import SVI, TraceEnum_ELBO
+
+from bnpdeep.data import make_mixture
+from bnpdeep.metrics import evaluate
 
 
 def _easy(n=1200, k=4, seed=0):
