@@ -27,6 +27,7 @@ from bnpdeep.inference import (
     DBSCAN,
     BayesianGMM,
     CollapsedGibbs,
+    DeepDPM,
     GaussianMixtureEM,
     KMeans,
     SubclusterSampler,
@@ -59,6 +60,8 @@ def accuracy_methods(k_true: int, n: int, d: int, seed: int, iters: int):
         "subcluster": SubclusterSampler(max_iter=iters, random_state=seed,
                                         store_log_likelihood=False),
     }
+    methods["deepdpm"] = DeepDPM(random_state=seed, device="cpu")
+    methods["deepdpm (init 3K)"] = DeepDPM(init_k=3 * k_true, random_state=seed, device="cpu")
     if n * d <= GIBBS_MAX_ND:
         methods["gibbs"] = CollapsedGibbs(max_iter=60, random_state=seed,
                                           store_log_likelihood=False)
@@ -143,6 +146,72 @@ def speed_table(rows) -> str:
     return "\n".join(lines)
 
 
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 matrix-multiply rate (median of ``repeats``)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / np.median(times) / 1e9
+
+
+def run_deepdpm_speed(seed: int, n: int = 100_000, d: int = 32, k: int = 20,
+                      target: float = 0.95) -> dict:
+    """Seconds to NMI >= target, DeepDPM against the sub-cluster sampler, and the
+    E-step's rate as a fraction of the float32 matmul rate."""
+    from bnpdeep.metrics import nmi
+
+    X, y = data.make_mixture(n, d, k, seed=seed)
+    out = {"N": n, "d": d, "k_true": k, "target_nmi": target}
+    # DeepDPM: wall time at the end of each epoch (the NMI evaluation is excluded)
+    clock = {"spent": 0.0, "hit": None, "t0": time.perf_counter()}
+
+    def callback(est, epoch, Xt):
+        now = time.perf_counter()
+        clock["spent"] += now - clock["t0"]
+        if clock["hit"] is None and nmi(y, est.current_labels(Xt)) >= target:
+            clock["hit"] = (epoch, clock["spent"])
+        clock["t0"] = time.perf_counter()
+
+    est = DeepDPM(random_state=seed, device="cpu", callback=callback, max_epochs=30)
+    est.fit(X)
+    out["deepdpm"] = {"epochs_to_target": clock["hit"][0] if clock["hit"] else None,
+                      "seconds_to_target": clock["hit"][1] if clock["hit"] else None,
+                      "seconds_total": clock["spent"], "k": int(est.n_clusters_),
+                      "nmi": nmi(y, est.labels_)}
+    print(f"  deepdpm N={n}: {out['deepdpm']}", file=sys.stderr, flush=True)
+    # sampler: fresh fits of growing length until the target is met
+    sampler = {"seconds_to_target": None}
+    for iters in (10, 20, 40, 80):
+        sc, secs = timed_fit(SubclusterSampler(max_iter=iters, random_state=seed,
+                                               store_log_likelihood=False), X)
+        score = nmi(y, sc.labels_)
+        print(f"  subcluster {iters} it: {secs:.1f} s NMI {score:.3f} K={sc.n_clusters_}",
+              file=sys.stderr, flush=True)
+        sampler = {"iters": iters, "seconds": secs, "nmi": score, "k": int(sc.n_clusters_),
+                   "seconds_to_target": secs if score >= target else None}
+        if score >= target:
+            break
+    out["subcluster"] = sampler
+    # E-step rate: log pi_k + log N(x_i | theta_k) over all rows, K components
+    times = []
+    Xt = torch.as_tensor(X)
+    for _ in range(3):
+        start = time.perf_counter()
+        est._log_targets(Xt)
+        times.append(time.perf_counter() - start)
+    kk = est._mixture.k
+    flops = 2.0 * n * kk * d * d      # the GEMM-based Mahalanobis terms dominate
+    out["estep"] = {"seconds": float(np.median(times)), "k": kk,
+                    "gflops": flops / np.median(times) / 1e9,
+                    "matmul_f32_gflops": matmul_gflops()}
+    out["estep"]["fraction_of_matmul"] = out["estep"]["gflops"] / out["estep"]["matmul_f32_gflops"]
+    return out
+
+
 def run_scale(seed: int, n: int, iters: int) -> dict:
     """N=1e6, d=16, K=32: time per iteration and peak resident memory."""
     X, y = data.make_mixture(n, 16, 32, seed=seed)
@@ -159,8 +228,8 @@ def run_scale(seed: int, n: int, iters: int) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sections", nargs="*", default=["accuracy", "speed", "scale"],
-                   choices=["accuracy", "speed", "scale"])
+    p.add_argument("sections", nargs="*", default=["accuracy", "speed", "deepdpm", "scale"],
+                   choices=["accuracy", "speed", "deepdpm", "scale"])
     p.add_argument("--sets", nargs="+", default=data.BENCHMARK_NAMES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iters", type=int, default=200, help="sampler iterations (accuracy)")
@@ -183,6 +252,20 @@ def main(argv=None):
         rows = run_speed(args.seed, args.repeats)
         (OUT / "speed.json").write_text(json.dumps(rows, indent=1))
         print(f"## Speed (paired runs, {args.repeats} repeats)\n\n{speed_table(rows)}\n")
+    if "deepdpm" in args.sections:
+        res = run_deepdpm_speed(args.seed)
+        (OUT / "deepdpm_speed.json").write_text(json.dumps(res, indent=1))
+        dd, sc, es = res["deepdpm"], res["subcluster"], res["estep"]
+        print(f"## DeepDPM speed (N={res['N']}, d={res['d']}, K={res['k_true']})\n\n"
+              f"- DeepDPM: NMI >= {res['target_nmi']} after {dd['epochs_to_target']} epochs, "
+              f"{dd['seconds_to_target']} s; 30 epochs {dd['seconds_total']:.1f} s, K "
+              f"{dd['k']}, NMI {dd['nmi']:.3f}\n"
+              f"- sub-cluster sampler: {sc.get('iters')} iterations, {sc.get('seconds', 0):.1f} s, "
+              f"NMI {sc.get('nmi', 0):.3f}, K {sc.get('k')} (target met: "
+              f"{sc['seconds_to_target'] is not None})\n"
+              f"- E-step (float64, K={es['k']}): {es['seconds']:.3f} s per pass, "
+              f"{es['gflops']:.1f} GFLOP/s = {100 * es['fraction_of_matmul']:.1f}% of the "
+              f"float32 matmul rate ({es['matmul_f32_gflops']:.1f} GFLOP/s)\n")
     if "scale" in args.sections:
         res = run_scale(args.seed, args.scale_n, args.scale_iters)
         (OUT / "scale.json").write_text(json.dumps(res, indent=1))

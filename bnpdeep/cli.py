@@ -72,7 +72,7 @@ def _cmd_fit(args) -> int:
     _log(f"loading {args.data}")
     X, y = _load_input(args.data, args.labels, args.standardize)
     _log(f"fitting {args.method} on {X.shape[0]} x {X.shape[1]}")
-    if args.draws and not METHODS[args.method].bayesian:
+    if args.draws and not METHODS[args.method].mcmc:
         raise ValueError(f"--draws needs a sampler; '{args.method}' has no posterior draws")
     result, est = fit_one(args.method, X, y, k=args.k, seed=args.seed, iters=args.iters,
                           progress=not args.quiet, return_estimator=True)
@@ -102,7 +102,7 @@ def _cmd_datasets(args) -> int:
     return 0
 
 
-DEMO_METHODS = ("kmeans", "gmm", "dbscan", "bgm", "subcluster")
+DEMO_METHODS = ("kmeans", "gmm", "dbscan", "bgm", "subcluster", "deepdpm")
 
 
 def run_demo(methods=DEMO_METHODS, seed: int = 0, out=None) -> list:
@@ -125,7 +125,7 @@ def run_demo(methods=DEMO_METHODS, seed: int = 0, out=None) -> list:
         print(f"{name:<12}{r.n_clusters:>4}{m['nmi']:>8.3f}{m['ari']:>8.3f}{m['acc']:>8.3f}"
               f"{wall:>10.2f}", file=out, flush=True)
         results.append(r)
-    print("kmeans and gmm are told K; dbscan, bgm and subcluster find it.", file=out)
+    print("kmeans and gmm are told K; the others find it.", file=out)
     return results
 
 

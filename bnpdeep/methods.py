@@ -17,6 +17,7 @@ class Method:
     build: Callable          # (k, seed, iters, progress) -> estimator
     needs_k: bool = False
     bayesian: bool = False
+    mcmc: bool = False       # keeps label draws (--draws)
 
 
 def _classical(cls_name):
@@ -58,9 +59,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("bgm", "scikit-learn variational DP Gaussian mixture (truncation 30)",
            _classical("BayesianGMM")),
     Method("subcluster", "DP mixture, sub-cluster split/merge sampler (Chang & Fisher 2013)",
-           _subcluster, bayesian=True),
+           _subcluster, bayesian=True, mcmc=True),
     Method("gibbs", "DP mixture, collapsed Gibbs (Neal 2000, algorithm 3)", _gibbs,
-           bayesian=True),
+           bayesian=True, mcmc=True),
     Method("deepdpm", "DP mixture, DeepDPM nets with split/merge (Ronen et al. 2022)",
            _deepdpm, bayesian=True),
 ]}

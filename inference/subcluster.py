@@ -152,9 +152,10 @@ class SubclusterSampler(MCMCClusterer):
     moves_per_iter : int, optional
         Exact-phase anchored split/merge proposals per iteration (default
         max(2, K // 8)).
-    warmup_moves : int, default 1
-        Anchored proposals per warm-up iteration, on top of Chang & Fisher's parallel
-        splits and merges (they carve tight groups that coarse splits miss).
+    warmup_moves : int, optional
+        Anchored proposals per warm-up iteration (default max(3, K // 2)), on top of
+        Chang & Fisher's parallel splits and merges: they carve out tight groups
+        that coarse splits miss, and resolve overlapping clusters (s3, s4).
     warmup : int, optional
         Iterations of Chang & Fisher's fast warm-up moves (default: all of the
         burn-in).  Must not exceed the burn-in: kept draws come from the exact kernel.
@@ -183,7 +184,7 @@ class SubclusterSampler(MCMCClusterer):
     _stat_names = ("split_acceptance", "merge_acceptance")
 
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 200, burn_in=None,
-                 thin: int = 1, n_chains: int = 1, moves_per_iter=None, warmup_moves: int = 1,
+                 thin: int = 1, n_chains: int = 1, moves_per_iter=None, warmup_moves=None,
                  warmup=None,
                  burnout: int = 5, alpha_prior=None,
                  store_log_likelihood: bool = True, max_label_tries: int = 10,
@@ -355,7 +356,8 @@ class SubclusterSampler(MCMCClusterer):
         # the exact anchored moves too: they make progress where the posterior gains
         # little from coarse splits (many overlapping blobs)
         state, counts = self._anchored_moves(state, weights, self._warmup_bookkeeping,
-                                             n_moves=self.warmup_moves)
+                                             n_moves=self.warmup_moves if self.warmup_moves
+                                             is not None else max(3, state.k // 2))
         if self.alpha_prior is not None and isinstance(self._model.weights, DirichletProcess):
             state.alpha = self._escobar_west(state.alpha, state.k, X.shape[0])
             weights = self._weights_for(state.alpha)

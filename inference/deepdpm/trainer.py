@@ -114,6 +114,9 @@ class DeepDPM(ClusterEstimator):
         Epochs between checkpoints when ``fit(..., checkpoint_dir=...)``.
     n_samples : int, default 100
         Draws kept by :meth:`to_inference_data`.
+    callback : callable, optional
+        ``callback(estimator, epoch, X)`` after every epoch (e.g. to log or time);
+        ``estimator.current_labels(X)`` gives the labels at that point.
     device : {"auto", "cpu", "cuda", ...}, default "auto"
         "auto" uses a GPU when one is present.
     random_state : int, default 0
@@ -128,7 +131,7 @@ class DeepDPM(ClusterEstimator):
                  kl_direction: str = "forward", hidden: int = 50, lr: float = 0.005,
                  sub_lr: float = 0.005, burn_in_epochs: int = 5, move_every: int = 4,
                  min_steps: int = 25, checkpoint_every: int = 5, n_samples: int = 100,
-                 device="auto",
+                 callback=None, device="auto",
                  random_state=0, progress: bool = False):
         self.model = model
         self.init_k = init_k
@@ -144,6 +147,7 @@ class DeepDPM(ClusterEstimator):
         self.min_steps = min_steps
         self.checkpoint_every = checkpoint_every
         self.n_samples = n_samples
+        self.callback = callback
         self.device = device
         self.random_state = random_state
         self.progress = progress
@@ -500,6 +504,8 @@ class DeepDPM(ClusterEstimator):
                 print(f"deepdpm epoch {epoch + 1}/{self.max_epochs}: K={self._mixture.k} "
                       f"loss={loss:.4f} splits={splits} merges={merges}", file=sys.stderr,
                       flush=True)
+            if self.callback is not None:
+                self.callback(self, epoch + 1, Xt)
             if self._checkpoint_dir is not None and (epoch + 1) % int(self.checkpoint_every) == 0:
                 self._save_checkpoint(epoch + 1)
         self._finish(Xt)
@@ -524,6 +530,10 @@ class DeepDPM(ClusterEstimator):
         self.labels_ = log_r.argmax(1).cpu().numpy()
         self.n_clusters_ = int(np.unique(self.labels_).size)
         self._X = X
+
+    def current_labels(self, X) -> np.ndarray:
+        """argmax_k r_ik of the clustering net as it is now (usable mid-training)."""
+        return self._log_r(as_tensor(X, device=self._device)).argmax(1).cpu().numpy()
 
     def _predict(self, X):
         return self._log_r(as_tensor(X, device=self._device)).argmax(1).cpu().numpy()

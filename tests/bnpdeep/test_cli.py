@@ -93,3 +93,17 @@ def test_demo_prints_a_table(capsys):
     row = next(line for line in out.splitlines() if line.startswith("kmeans"))
     k, nmi_value = row.split()[1:3]
     assert k == "10" and 0.5 < float(nmi_value) < 1.0
+
+
+def test_deepdpm_from_the_command_line(tmp_path):
+    g = np.random.default_rng(0)
+    X = np.r_[g.normal(size=(150, 2)), g.normal(size=(150, 2)) + 10]
+    np.save(tmp_path / "x.npy", X)
+    rc = main(["fit", str(tmp_path / "x.npy"), "--method", "deepdpm", "--iters", "20",
+               "--out", str(tmp_path / "run"), "--quiet"])
+    assert rc == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["n_clusters"] == 2
+    assert (tmp_path / "run" / "idata.nc").exists()
+    # amortized fits keep no label draws
+    assert main(["fit", str(tmp_path / "x.npy"), "--method", "deepdpm", "--draws",
+                 "--out", str(tmp_path / "r2"), "--quiet"]) == 2
