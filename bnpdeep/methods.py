@@ -48,7 +48,7 @@ def _gibbs(k=None, seed=0, iters=None, progress=False):
 def _deepdpm(k=None, seed=0, iters=None, progress=False):
     from bnpdeep.inference import DeepDPM
 
-    return DeepDPM(max_epochs=iters or 60, random_state=seed, progress=progress)
+    return DeepDPM(max_epochs=iters or 100, random_state=seed, progress=progress)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [

@@ -134,6 +134,35 @@ def two_means(X: torch.Tensor, n_iter: int = 5, axis: torch.Tensor | None = None
     return h.long()
 
 
+def carve(family, Xc: torch.Tensor, li: int, n_iter: int = 3) -> torch.Tensor:
+    """Sub-partition that carves a local group around anchor row ``li`` out of a
+    cluster's rows Xc: start from its max(d + 2, n / 20) nearest rows (label 0), then a
+    few hard reassignments by the two MAP components' likelihood.  A deterministic
+    function of the rows (as a set) and the anchor, so a proposal built on it has a
+    computable probability for the split and for the reverse of a merge.
+
+    Coarse 2-means halves of many tight clusters are barely favoured by the DP
+    posterior (the partition's entropy cost eats the likelihood gain); carving one
+    tight group out is, so this is what leaves K = 1 on data such as r15."""
+    n = Xc.shape[0]
+    m = max(Xc.shape[1] + 2, n // 20)
+    if n < 2 * m:
+        return two_means(Xc)
+    dist = (Xc - Xc[li]).pow(2).sum(1)
+    h = torch.ones(n, dtype=torch.long, device=Xc.device)
+    h[torch.topk(dist, m, largest=False).indices] = 0
+    for _ in range(n_iter):
+        stats = family.suff_stats_labels(Xc, h, 2)
+        if bool((stats.n < 1).any()):
+            break
+        ll = family.log_likelihood(Xc, family.map_estimate(stats)) + torch.log(stats.n)[None]
+        new_h = ll.argmax(1)
+        if torch.equal(new_h, h) or int(new_h.sum()) in (0, n):
+            break
+        h = new_h
+    return h
+
+
 class SubclusterSampler(MCMCClusterer):
     """Sub-cluster split/merge sampler for DP (and Pitman-Yor, finite Dirichlet) mixtures.
 
@@ -468,42 +497,13 @@ class SubclusterSampler(MCMCClusterer):
             return i, j + (j >= i)
         return i, int(torch.multinomial(w, 1))
 
-    def _carve(self, Xc: torch.Tensor, li: int, n_iter: int = 3) -> torch.Tensor:
-        """Sub-partition that carves a local group around anchor row ``li`` out of a
-        cluster: start from its max(d + 2, n / 20) nearest rows, then a few hard
-        reassignments by the MAP components' likelihood.  A deterministic function of
-        the cluster's rows (as a set) and the anchor point, so its proposal
-        probability is computable for the split and for the reverse of a merge.
-
-        Coarse 2-means halves of many tight clusters are barely favoured by the
-        posterior (the partition's entropy cost eats the likelihood gain); carving
-        one tight group out is, so this proposal is what leaves K = 1 on data such
-        as r15."""
-        fam = self._model.family
-        n = Xc.shape[0]
-        m = max(Xc.shape[1] + 2, n // 20)
-        if n < 2 * m:
-            return two_means(Xc)
-        dist = (Xc - Xc[li]).pow(2).sum(1)
-        h = torch.ones(n, dtype=torch.long, device=Xc.device)
-        h[torch.topk(dist, m, largest=False).indices] = 0
-        for _ in range(n_iter):
-            stats = fam.suff_stats_labels(Xc, h, 2)
-            if bool((stats.n < 1).any()):
-                break
-            ll = fam.log_likelihood(Xc, fam.map_estimate(stats)) + torch.log(stats.n)[None]
-            new_h = ll.argmax(1)
-            if torch.equal(new_h, h) or int(new_h.sum()) in (0, n):
-                break
-            h = new_h
-        return h
 
     def _subcluster_responsibilities(self, Xc: torch.Tensor, li: int) -> torch.Tensor:
         """log q_l(h): sub-cluster responsibilities of the rows of one cluster, (n, 2).
 
         Sub-clusters: a deterministic sub-partition -- 2-means from the principal
         axis, 2-means from a random axis, or a group carved around anchor ``li``
-        (:meth:`_carve`), each with probability 1/3 whatever the state -- then
+        (:func:`carve`), each with probability 1/3 whatever the state -- then
         weights Dir(n_h + a/2) and parameters from their conjugate posterior."""
         fam = self._model.family
         u = float(torch.rand(()))
@@ -512,7 +512,7 @@ class SubclusterSampler(MCMCClusterer):
         elif u < 2 / 3:
             h = two_means(Xc, axis=torch.randn(Xc.shape[1], dtype=Xc.dtype))
         else:
-            h = self._carve(Xc, li)
+            h = carve(self._model.family, Xc, li)
         sub = fam.suff_stats_labels(Xc, h, 2)
         log_w = dirichlet_log(sub.n + self._sub_alpha / 2)
         ll = fam.log_likelihood(Xc, fam.sample_posterior(sub)) + log_w[None]

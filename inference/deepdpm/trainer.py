@@ -41,7 +41,7 @@ from bnpdeep.linalg import DTYPE, as_tensor
 from .. import moves
 from ..base import ClusterEstimator
 from ..mcmc import default_model, pointwise_log_likelihood, relabel
-from ..subcluster import two_means
+from ..subcluster import carve, two_means
 from .guide import DeepDPMGuide
 from .nets import ClusterNet, SubclusterNets
 
@@ -87,9 +87,9 @@ class DeepDPM(ClusterEstimator):
         Default: DP(alpha=1) mixture of full Gaussians with ``GaussianNIW.weak(X)``.
     init_k : int, default 1
         Clusters of the k-means initialisation.
-    max_epochs : int, default 60
+    max_epochs : int, default 100
         Passes over the data.  The reference code trains 500 epochs at batch 128
-        and learning rate 5e-4; ten times the learning rate lets 60 epochs do
+        and learning rate 5e-4; ten times the learning rate lets 100 epochs do
         (timings and accuracy in benchmarks/README.md).
     batch_size : int, default 128
     loss : {"deepdpm", "elbo"}, default "deepdpm"
@@ -114,6 +114,16 @@ class DeepDPM(ClusterEstimator):
         Epochs between checkpoints when ``fit(..., checkpoint_dir=...)``.
     n_samples : int, default 100
         Draws kept by :meth:`to_inference_data`.
+    settle_epochs : int, default 2
+        Epochs after an accepted split or merge without M-step: the clustering
+        net starts the new clusters from duplicated (or averaged) rows, and an
+        M-step weighted by its not-yet-separated r would pull the new clusters'
+        parameters back together.
+    carve : bool, default True
+        When a cluster's sub-net split is rejected, also propose carving a local
+        group around a random member out of it (accepted on the same H_s).  Not in
+        the paper: without it a start from one cluster stays there on data whose
+        coarse 2-way split the DP posterior rejects (s1, r15; benchmarks/README.md).
     callback : callable, optional
         ``callback(estimator, epoch, X)`` after every epoch (e.g. to log or time);
         ``estimator.current_labels(X)`` gives the labels at that point.
@@ -126,12 +136,13 @@ class DeepDPM(ClusterEstimator):
 
     method_name = "deepdpm"
 
-    def __init__(self, model=None, init_k: int = 1, max_epochs: int = 60,
+    def __init__(self, model=None, init_k: int = 1, max_epochs: int = 100,
                  batch_size: int = 128, loss: str = "deepdpm",
                  kl_direction: str = "forward", hidden: int = 50, lr: float = 0.005,
                  sub_lr: float = 0.005, burn_in_epochs: int = 5, move_every: int = 4,
                  min_steps: int = 25, checkpoint_every: int = 5, n_samples: int = 100,
-                 callback=None, device="auto",
+                 settle_epochs: int = 2, carve: bool = True, callback=None,
+                 device="auto",
                  random_state=0, progress: bool = False):
         self.model = model
         self.init_k = init_k
@@ -147,6 +158,8 @@ class DeepDPM(ClusterEstimator):
         self.min_steps = min_steps
         self.checkpoint_every = checkpoint_every
         self.n_samples = n_samples
+        self.settle_epochs = settle_epochs
+        self.carve = carve
         self.callback = callback
         self.device = device
         self.random_state = random_state
@@ -364,13 +377,50 @@ class DeepDPM(ClusterEstimator):
                                       sub[0::2], sub[1::2])
         ok = (sub.n[0::2] >= 2) & (sub.n[1::2] >= 2)
         accept = moves.mh_accept(log_h) & ok
+        carved = {}
+        if self.carve:
+            for c in (~accept).nonzero().flatten().tolist():
+                h = self._carve_proposal(X, z, c, k)
+                if h is not None:
+                    carved[c] = h
         for c in accept.nonzero().flatten().tolist():
             self._split(X, z, zs, c)
-        return int(accept.sum())
+        for c, h in carved.items():
+            rows = (z == c).nonzero().flatten()
+            zs[rows] = h
+            self._split(X, z, zs, c, sub_stats=self._family.suff_stats_labels(X[rows], h, 2))
+        return int(accept.sum()) + len(carved)
 
-    def _split(self, X, z, zs, c: int):
-        """Cluster c -> c (sub-cluster 0) and K (sub-cluster 1); z and zs are updated."""
+    def _carve_proposal(self, X, z, c: int, k: int):
+        """A carved sub-partition of cluster c around a random member (see
+        :func:`bnpdeep.inference.subcluster.carve`), accepted with probability
+        min(1, H_s) of the same DP posterior ratio; None when rejected."""
+        rows = (z == c).nonzero().flatten()
+        if rows.numel() < 4 * (X.shape[1] + 2):
+            return None
+        anchor = int(torch.randint(rows.numel(), (1,), generator=self._gen))
+        h = carve(self._family, X[rows], anchor).to(self._device)
+        sub = self._family.suff_stats_labels(X[rows], h, 2)
+        if bool((sub.n < 2).any()):
+            return None
+        whole = sub[[0]] + sub[[1]]
+        log_h = moves.log_split_ratio(self._weights, self._family, float(k), whole,
+                                      sub[[0]], sub[[1]])
+        return h if bool(moves.mh_accept(log_h)[0]) else None
+
+    def _split(self, X, z, zs, c: int, sub_stats=None):
+        """Cluster c -> c (sub-cluster 0) and K (sub-cluster 1); z and zs are updated.
+        The halves start from the sub-clusters' parameters, or from the MAP of
+        ``sub_stats`` when given (a carved split)."""
         m, fam = self._mixture, self._family
+        if sub_stats is not None:
+            n_sub = sub_stats.n
+            sub_log_pi = m.sub_log_pi.clone()
+            sub_log_pi[c] = torch.log(n_sub) - torch.log(n_sub.sum())
+            sub_params = type(m.sub_params)(*(p.clone() for p in m.sub_params))
+            for p, q in zip(sub_params, fam.map_estimate(sub_stats), strict=True):
+                p[2 * c:2 * c + 2] = q
+            m = Mixture(m.log_pi, m.params, sub_log_pi, sub_params, m.sub_centres)
         new = m.k
         rows = (z == c).nonzero().flatten()
         moving = rows[zs[rows] == 1]
@@ -486,8 +536,11 @@ class DeepDPM(ClusterEstimator):
             since = epoch + 1 - int(self.burn_in_epochs)
             move = (since > 0 and since % int(self.move_every) == 0
                     and epoch < int(self.max_epochs) - int(self.move_every))
-            if since >= 0:
-                # before the burn-in ends the nets learn the k-means start, held fixed
+            changed = [h["epoch"] for h in self.history_ if h["splits"] or h["merges"]]
+            settling = bool(changed) and epoch + 1 - changed[-1] <= int(self.settle_epochs)
+            if since >= 0 and (move or not settling):
+                # before the burn-in ends, and for settle_epochs after a move, the
+                # mixture is held while the nets learn it
                 z, zs = self._m_step(Xt, prune=move)
             if move:
                 n_moves = since // int(self.move_every)
