@@ -124,6 +124,9 @@ class DeepDPM(ClusterEstimator):
         group around a random member out of it (accepted on the same H_s).  Not in
         the paper: without it a start from one cluster stays there on data whose
         coarse 2-way split the DP posterior rejects (s1, r15; benchmarks/README.md).
+    carves_per_step : int, default 3
+        Carved groups a cluster may shed in one split step (each accepted on its
+        own H_s; the first rejection ends the cluster's turn).
     callback : callable, optional
         ``callback(estimator, epoch, X)`` after every epoch (e.g. to log or time);
         ``estimator.current_labels(X)`` gives the labels at that point.
@@ -141,7 +144,8 @@ class DeepDPM(ClusterEstimator):
                  kl_direction: str = "forward", hidden: int = 50, lr: float = 0.005,
                  sub_lr: float = 0.005, burn_in_epochs: int = 5, move_every: int = 4,
                  min_steps: int = 25, checkpoint_every: int = 5, n_samples: int = 100,
-                 settle_epochs: int = 2, carve: bool = True, callback=None,
+                 settle_epochs: int = 2, carve: bool = True, carves_per_step: int = 3,
+                 callback=None,
                  device="auto",
                  random_state=0, progress: bool = False):
         self.model = model
@@ -160,6 +164,7 @@ class DeepDPM(ClusterEstimator):
         self.n_samples = n_samples
         self.settle_epochs = settle_epochs
         self.carve = carve
+        self.carves_per_step = carves_per_step
         self.callback = callback
         self.device = device
         self.random_state = random_state
@@ -377,19 +382,24 @@ class DeepDPM(ClusterEstimator):
                                       sub[0::2], sub[1::2])
         ok = (sub.n[0::2] >= 2) & (sub.n[1::2] >= 2)
         accept = moves.mh_accept(log_h) & ok
-        carved = {}
-        if self.carve:
-            for c in (~accept).nonzero().flatten().tolist():
-                h = self._carve_proposal(X, z, c, k)
-                if h is not None:
-                    carved[c] = h
         for c in accept.nonzero().flatten().tolist():
             self._split(X, z, zs, c)
-        for c, h in carved.items():
-            rows = (z == c).nonzero().flatten()
-            zs[rows] = h
-            self._split(X, z, zs, c, sub_stats=self._family.suff_stats_labels(X[rows], h, 2))
-        return int(accept.sum()) + len(carved)
+        n_carved = 0
+        if self.carve:
+            # clusters whose sub-net split was rejected: up to carves_per_step local
+            # groups carved out of each, one after the other
+            for c in (~accept).nonzero().flatten().tolist():
+                for _ in range(int(self.carves_per_step)):
+                    h = self._carve_proposal(X, z, c, self._mixture.k)
+                    if h is None:
+                        break
+                    # the carved group (h = 0) becomes the new cluster, c keeps the rest
+                    rows = (z == c).nonzero().flatten()
+                    zs[rows] = 1 - h
+                    self._split(X, z, zs, c,
+                                sub_stats=self._family.suff_stats_labels(X[rows], 1 - h, 2))
+                    n_carved += 1
+        return int(accept.sum()) + n_carved
 
     def _carve_proposal(self, X, z, c: int, k: int):
         """A carved sub-partition of cluster c around a random member (see
