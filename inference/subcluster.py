@@ -347,7 +347,7 @@ class SubclusterSampler(MCMCClusterer):
         born = state.born if state.born is not None else torch.zeros(k, dtype=torch.long)
         it = state.iteration
         sub = fam.suff_stats_labels(X, 2 * state.z + zs, 2 * k)
-        stats = sub._map(lambda v: v.reshape((k, 2) + v.shape[1:]).sum(1))
+        stats = sub.pair_sums()
         conc, rest = weights.weight_concentration(stats.n)
         log_pi = dirichlet_log(torch.cat([conc, rest.reshape(1)]))[:k]
         log_pibar = dirichlet_log(sub.n.reshape(k, 2) + self._sub_alpha / 2)
@@ -358,7 +358,7 @@ class SubclusterSampler(MCMCClusterer):
         born = born[kept]
         k = int(z.max()) + 1
         sub = fam.suff_stats_labels(X, 2 * z + zs, 2 * k)
-        stats = sub._map(lambda v: v.reshape((k, 2) + v.shape[1:]).sum(1))
+        stats = sub.pair_sums()
         # parallel splits along the sub-clusters (Chang & Fisher eq. 15)
         n1, n2 = sub.n.reshape(k, 2).unbind(1)
         log_h = (moves.log_eppf_split_ratio(weights, torch.tensor(float(k)), n1, n2)

@@ -252,7 +252,7 @@ class DeepDPM(ClusterEstimator):
             zs[rows] = two_means(X[rows]).to(self._device)
         fam = self._family
         sub = fam.suff_stats_labels(X, 2 * z + zs, 2 * k)
-        stats = sub._map(lambda v: v.reshape((k, 2) + v.shape[1:]).sum(1))
+        stats = sub.pair_sums()
         self._mixture = self._mixture_from_stats(stats, sub)
         self._cluster_net = ClusterNet(X.shape[1], k, self.hidden).to(self._device)
         self._sub_nets = SubclusterNets(X.shape[1], k, self.hidden).to(self._device)
@@ -285,8 +285,8 @@ class DeepDPM(ClusterEstimator):
         return torch.log_softmax(ll, -1)
 
     # -- training --------------------------------------------------------------
-    def _cluster_loss(self, X, Xs) -> torch.Tensor:
-        log_r = self._cluster_net(Xs)
+    def _cluster_loss(self, X, log_r) -> torch.Tensor:
+        """The clustering net's loss on a batch X whose net output is log_r."""
         if self.loss == "elbo":
             return self._elbo(X)
         log_t = self._log_targets(X).to(log_r.dtype)
@@ -321,12 +321,12 @@ class DeepDPM(ClusterEstimator):
         for idx in torch.split(order, int(self.batch_size)):
             xb = X[idx]
             xs = self._scale(xb)
-            loss = self._cluster_loss(xb, xs)
+            log_r = self._cluster_net(xs)
+            loss = self._cluster_loss(xb, log_r)
             self._opt.zero_grad()
             loss.backward()
             self._opt.step()
-            with torch.no_grad():
-                z = self._cluster_net(xs).argmax(1)
+            z = log_r.detach().argmax(1)            # each point's sub-net
             sub_loss = self._sub_loss(xb, xs, z)
             self._sub_opt.zero_grad()
             sub_loss.backward()
@@ -372,7 +372,7 @@ class DeepDPM(ClusterEstimator):
     def _hard_stats(self, X, z, zs):
         k = self._mixture.k
         sub = self._family.suff_stats_labels(X, 2 * z + zs, 2 * k)
-        stats = sub._map(lambda v: v.reshape((k, 2) + v.shape[1:]).sum(1))
+        stats = sub.pair_sums()
         return stats, sub
 
     def _split_step(self, X, z, zs) -> int:
@@ -473,18 +473,20 @@ class DeepDPM(ClusterEstimator):
         dist = torch.cdist(centres, centres)
         dist.fill_diagonal_(float("inf"))
         nn = dist.topk(min(3, k - 1), largest=False).indices
-        pairs = {(min(a, b), max(a, b)) for a in range(k) for b in nn[a].tolist()}
-        pairs = sorted(pairs)
-        order = torch.randperm(len(pairs), generator=self._gen).tolist()
+        pairs = torch.stack([torch.arange(k).repeat_interleave(nn.shape[1]), nn.flatten().cpu()])
+        pairs = torch.unique(pairs.sort(0).values, dim=1)          # (2, P), a < b
+        a_idx, b_idx = pairs[0].to(self._device), pairs[1].to(self._device)
+        # every candidate's ratio and MH draw at once; then each cluster merges at most
+        # once, candidates taken in random order
+        log_h = moves.log_merge_ratio(self._weights, self._family, float(k),
+                                      stats[a_idx], stats[b_idx])
+        accept = moves.mh_accept(log_h).tolist()
+        order = torch.randperm(pairs.shape[1], generator=self._gen).tolist()
         used: set[int] = set()
         merges = []
         for p in order:
-            a, b = pairs[p]
-            if a in used or b in used:
-                continue
-            log_h = moves.log_merge_ratio(self._weights, self._family, float(k),
-                                          stats[[a]], stats[[b]])
-            if bool(moves.mh_accept(log_h)[0]):
+            a, b = int(pairs[0, p]), int(pairs[1, p])
+            if accept[p] and a not in used and b not in used:
                 used.update((a, b))
                 merges.append((a, b))
         # apply from the highest removed index down so that indices stay valid
@@ -515,10 +517,7 @@ class DeepDPM(ClusterEstimator):
         sub_keep = [j for i in keep for j in (2 * i, 2 * i + 1)]
         self._mixture = Mixture(log_pi[keep], _take(params, keep), sub_log_pi[keep],
                                 _take(sub_params, sub_keep), sub_centres[keep])
-        merged_soft = soft.clone()
-        for name, v in merged_soft.fields.items():
-            v[a] = union.fields[name][0]
-        self._soft = merged_soft[keep]
+        self._soft = soft.merge(a, b)
         self._cluster_net.merge(a, b)
         self._sub_nets.merge(a, b)
 

@@ -84,6 +84,11 @@ class SuffStats:
         """Statistics of the union of all clusters, as a single cluster."""
         return self._map(lambda v: v.sum(0, keepdim=True))
 
+    def pair_sums(self) -> "SuffStats":
+        """Statistics of K clusters from those of their 2K sub-clusters, ordered
+        (k, 0), (k, 1)."""
+        return self._map(lambda v: v.reshape((-1, 2) + v.shape[1:]).sum(1))
+
     def merge(self, i: int, j: int) -> "SuffStats":
         """Statistics with cluster j merged into cluster i (j removed)."""
         keep = [c for c in range(self.k) if c != j]

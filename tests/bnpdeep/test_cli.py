@@ -14,7 +14,8 @@ from bnpdeep.data import benchmark_root
 def test_fit_end_to_end_on_a_benchmark_file(tmp_path, capsys):
     root = benchmark_root()
     if root is None:
-        pytest.skip("benchmark data not available")
+        pytest.skip("benchmark files are not shipped with the package: ../shared/datasets "
+                    "is absent and BNPDEEP_DATASETS is unset")
     out = tmp_path / "run"
     rc = main(["fit", str(root / "r15.data.gz"), "--labels", str(root / "r15.labels.gz"),
                "--method", "gmm", "--standardize", "--out", str(out), "--quiet"])
