@@ -102,7 +102,7 @@ def _cmd_datasets(args) -> int:
     return 0
 
 
-DEMO_METHODS = ("kmeans", "gmm", "dbscan", "bgm", "subcluster", "deepdpm")
+DEMO_METHODS = ("kmeans", "gmm", "dbscan", "bgm", "subcluster", "deepdpm", "movb")
 
 
 def run_demo(methods=DEMO_METHODS, seed: int = 0, out=None) -> list:

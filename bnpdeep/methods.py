@@ -51,6 +51,12 @@ def _deepdpm(k=None, seed=0, iters=None, progress=False):
     return DeepDPM(max_epochs=iters or 100, random_state=seed, progress=progress)
 
 
+def _movb(k=None, seed=0, iters=None, progress=False):
+    from bnpdeep.inference import MemoizedVB
+
+    return MemoizedVB(max_laps=iters or 100, random_state=seed, progress=progress)
+
+
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("kmeans", "k-means, k-means++ seeding (given K)", _classical("KMeans"), needs_k=True),
     Method("gmm", "EM Gaussian mixture, full covariances (given K)",
@@ -64,6 +70,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            bayesian=True, mcmc=True),
     Method("deepdpm", "DP mixture, DeepDPM nets with split/merge (Ronen et al. 2022)",
            _deepdpm, bayesian=True),
+    Method("movb", "DP mixture, memoized online VB with birth/merge/delete (Hughes & "
+           "Sudderth 2013)", _movb, bayesian=True),
 ]}
 
 

@@ -6,11 +6,12 @@ from .deepdpm import DeepDPM
 from .exact import exact_partition_posterior, set_partitions, total_variation
 from .gibbs import CollapsedGibbs
 from .mcmc import MCMCClusterer
+from .movb import MemoizedVB
 from .subcluster import SubclusterSampler
 
 __all__ = [
     "ClusterEstimator", "MCMCClusterer",
     "KMeans", "GaussianMixtureEM", "DBSCAN", "BayesianGMM", "CLASSICAL_METHODS",
-    "CollapsedGibbs", "SubclusterSampler", "DeepDPM",
+    "CollapsedGibbs", "SubclusterSampler", "DeepDPM", "MemoizedVB",
     "exact_partition_posterior", "set_partitions", "total_variation",
 ]

@@ -40,7 +40,8 @@ from bnpdeep.linalg import DTYPE, as_tensor
 
 from .. import moves
 from ..base import ClusterEstimator
-from ..mcmc import default_model, pointwise_log_likelihood, relabel
+from ..draws import approximate_posterior_arrays
+from ..mcmc import default_model, relabel
 from ..subcluster import carve, two_means
 from .guide import DeepDPMGuide
 from .nets import ClusterNet, SubclusterNets
@@ -657,31 +658,13 @@ class DeepDPM(ClusterEstimator):
         for c, lr in zip(torch.split(X, _CHUNK), torch.split(log_r, _CHUNK), strict=True):
             stats = stats + fam.suff_stats(c, weights=lr.exp())
         k = stats.k
-        gen_state = torch.get_rng_state()
-        torch.manual_seed(0 if self.random_state is None else int(self.random_state))
-        ks, lps, ll, wts, lj = [], [], [], [], []
-        for _ in range(int(self.n_samples)):
-            conc = stats.n + self._alpha / k
-            log_pi = torch.log(torch.distributions.Dirichlet(conc).sample().clamp_min(1e-300))
-            params = fam.sample_posterior(stats)
-            z = torch.distributions.Categorical(logits=log_r).sample()
-            counts = torch.bincount(z, minlength=k)
-            zz, _ = relabel(z)
-            ks.append(int((counts > 0).sum()))
-            point = pointwise_log_likelihood(fam, X, log_pi, params)
-            ll.append(point.cpu().numpy())
-            lps.append(float(point.sum()))
-            w = np.sort(log_pi.exp().cpu().numpy())[::-1]
-            wts.append(w)
-            zstats = fam.suff_stats_labels(X, zz, int(zz.max()) + 1)
-            lj.append(float(self._weights.log_eppf(zstats.n) + fam.log_marginal(zstats).sum()))
-        torch.set_rng_state(gen_state)
-        s = len(ks)
-        return {"posterior": {"K": np.array(ks)[None], "alpha": np.full((1, s), self._alpha),
-                              "log_joint": np.array(lj)[None], "weights": np.stack(wts)[None]},
-                "sample_stats": {"lp": np.array(lps)[None]},
-                "log_likelihood": np.stack(ll)[None],
-                "observed_data": X.cpu().numpy(),
-                "dims": {"weights": ["component"]},
-                "draw_kind": "sample"}
+        conc = stats.n + self._alpha / k
+
+        def sample_log_pi():
+            pi = torch.distributions.Dirichlet(conc).sample().clamp_min(1e-300)
+            return torch.log(pi), None
+
+        return approximate_posterior_arrays(
+            fam, self._weights, X, log_r, sample_log_pi, lambda: fam.sample_posterior(stats),
+            self.n_samples, self.random_state, self._alpha)
 

@@ -108,3 +108,14 @@ def test_deepdpm_from_the_command_line(tmp_path):
     # amortized fits keep no label draws
     assert main(["fit", str(tmp_path / "x.npy"), "--method", "deepdpm", "--draws",
                  "--out", str(tmp_path / "r2"), "--quiet"]) == 2
+
+
+def test_movb_from_the_command_line(tmp_path):
+    g = np.random.default_rng(1)
+    X = np.r_[g.normal(size=(200, 2)), g.normal(size=(200, 2)) + 10, g.normal(size=(200, 2)) - 10]
+    np.save(tmp_path / "x.npy", X)
+    rc = main(["fit", str(tmp_path / "x.npy"), "--method", "movb", "--out",
+               str(tmp_path / "run"), "--quiet"])
+    assert rc == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["n_clusters"] == 3
+    assert (tmp_path / "run" / "idata.nc").exists()

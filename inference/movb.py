@@ -1,0 +1,539 @@
+"""Memoized online variational Bayes for DP mixtures, with birth, merge and delete moves
+(Hughes & Sudderth, "Memoized online variational inference for Dirichlet process
+mixture models", NeurIPS 2013).
+
+The variational family is mean-field over K active components (a nested
+truncation: q(z_i = k) = 0 for k > K, sticks beyond K keep their prior):
+
+    q(v_k) = Beta(a_k, b_k),  q(theta_k) = the family's conjugate posterior,
+    q(z_i) = Categorical(r_i),  k = 1..K.
+
+Given r, the optimal global factors are closed-form in the soft sufficient
+statistics S_k = sum_i r_ik t(x_i): q(theta_k) = p(theta | S_k), and
+a_k = a0_k + N_k, b_k = b0_k + sum_{l>k} N_l (Blei & Jordan 2006, eq. 19 for
+the DP; the same with Pitman-Yor's stick priors).  At these optima the ELBO
+reduces to quantities of S and of the assignment entropy alone:
+
+    L = sum_k log Z(S_k) + sum_k N_k E[log pi_k] - sum_k KL(q(v_k) || p(v_k)) + H[r],
+
+where log Z(S_k) = E_q[log p(X | theta_k)^r] - KL(q(theta_k) || p(theta_k)) is the
+family's log marginal likelihood evaluated at the soft statistics, and
+E[log pi_k] = E[log v_k] + sum_{l<k} E[log(1 - v_l)].  (The test suite checks this
+identity against the family's expected log-likelihood and KL terms.)
+
+Memoization (Hughes & Sudderth, Sec. 3): the data are split once into B batches;
+each batch b keeps its statistics S^b and entropy H^b.  Visiting a batch computes
+new responsibilities under the current q (the local step), replaces S^b and H^b
+in the global totals S = sum_b S^b, and re-optimises q from S (the global step).
+Every visit is an exact coordinate-ascent step on L, so L never decreases, and
+one lap over all batches equals one full-batch VB iteration.
+
+Moves, proposed at the end of every lap and accepted iff L increases, all
+evaluated exactly from statistics:
+
+* **birth** (split-style, as the later bnpy births): the mass r_ik of a target
+  component is divided between two children by a restricted VB on its members,
+  initialised by 2-means (and, if that is rejected, by a local group carved
+  around a random member, :func:`~bnpdeep.inference.subcluster.carve`);
+* **merge**: components j and l become one with r_ij + r_il; candidate pairs are
+  ranked by the gain in log Z (an upper bound on the gain in L, since merging
+  lowers the entropy);
+* **delete**: a small component's mass is reassigned to the others by the local
+  step without it;
+* **reorder**: components sorted by decreasing size (the stick-breaking prior is
+  not exchangeable).
+
+The responsibilities of every batch are kept (N x K float64), so that moves
+change them exactly and the memoized statistics always equal a fresh
+recomputation from them (tested).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from bnpdeep.linalg import DTYPE, as_tensor
+
+from ..models import ConjugateFamily, FiniteDirichlet, SuffStats, WeightPrior
+from .base import ClusterEstimator
+from .draws import approximate_posterior_arrays
+from .mcmc import default_model
+from .subcluster import carve, two_means
+
+_MIN_MASS = 1e-8     # rows whose responsibility for a birth target is below this stay put
+
+
+def stick_terms(weights: WeightPrior, n: torch.Tensor):
+    """Stick-breaking terms of the ELBO at the optimal q(v) for expected counts n (K,):
+    (E[log pi_k] for k <= K, E[log pi_rest] of the mass beyond K,
+    sum_k KL(q(v_k) || p(v_k)))."""
+    counts = torch.cat([n, n.new_zeros(1)])
+    a, b = weights.stick_posterior(counts)
+    a0, b0 = weights.stick_prior(counts.shape[0])
+    elog = WeightPrior.expected_log_weights(a, b)
+    beta = torch.distributions.Beta
+    kl = torch.distributions.kl_divergence(beta(a, b, validate_args=False),
+                                           beta(a0, b0, validate_args=False)).sum()
+    return elog[:-1], elog[-1], kl
+
+
+def elbo_from_stats(family, weights: WeightPrior, stats: SuffStats, entropy) -> torch.Tensor:
+    """L = sum_k log Z(S_k) + sum_k N_k E[log pi_k] - KL(q(v) || p(v)) + H[r], with q(theta)
+    and q(v) at their optima given the soft statistics S (module docstring)."""
+    elog, _, kl = stick_terms(weights, stats.n)
+    return family.log_marginal(stats).sum() + (stats.n * elog).sum() - kl + entropy
+
+
+def _entropy(r: torch.Tensor) -> torch.Tensor:
+    """-sum r log r over all entries (0 log 0 = 0)."""
+    return -torch.special.xlogy(r, r).sum()
+
+
+class MemoizedVB(ClusterEstimator):
+    """Memoized online VB for DP (and Pitman-Yor) mixtures with birth/merge/delete moves.
+
+    Parameters
+    ----------
+    model : DPMixture, optional
+        Default: DP(alpha=1) mixture of full Gaussians with ``GaussianNIW.weak(X)``.
+        Any conjugate family (GaussianNIW, DiagonalGaussian, Multinomial) with a
+        DirichletProcess or PitmanYor weight prior.
+    n_batches : int, default 5
+        Fixed batches of the data (a random partition, drawn once).
+    max_laps : int, default 100
+        Passes over all batches.
+    init_k : int, default 1
+        Components at the start: 1, or a k-means++ hard partition into ``init_k``.
+    tol : float, default 1e-7
+        Stop when a lap raises L by less than ``tol * |L|`` and no move was accepted
+        in the last ``patience`` laps.
+    patience : int, default 3
+    births, merges, deletes : bool, default True
+        Which moves to propose.  With all three off this is plain memoized VB.
+    birth_iters : int, default 10
+        Restricted VB iterations that refine a birth proposal.
+    max_merge_pairs : int, optional
+        Merge candidates evaluated per lap; default 2 K.
+    max_deletes : int, default 2
+        Delete candidates (the smallest components) per lap.
+    n_samples : int, default 100
+        Draws from q kept by :meth:`to_inference_data`.
+    random_state : int, default 0
+    progress : bool, default False
+        One line per lap on stderr.
+
+    Attributes
+    ----------
+    labels_, n_clusters_, elbo_history_ (L after each lap's moves), history_ (per lap:
+    K, L, accepted births / merges / deletes), moves_ (every accepted move with L
+    before and after), resp_ (N, K) final responsibilities, n_laps_, converged_.
+    """
+
+    method_name = "movb"
+
+    def __init__(self, model=None, n_batches: int = 5, max_laps: int = 100, init_k: int = 1,
+                 tol: float = 1e-7, patience: int = 3, births: bool = True, merges: bool = True,
+                 deletes: bool = True, birth_iters: int = 10, max_merge_pairs: int | None = None,
+                 max_deletes: int = 2, n_samples: int = 100, random_state=0,
+                 progress: bool = False):
+        self.model = model
+        self.n_batches = n_batches
+        self.max_laps = max_laps
+        self.init_k = init_k
+        self.tol = tol
+        self.patience = patience
+        self.births = births
+        self.merges = merges
+        self.deletes = deletes
+        self.birth_iters = birth_iters
+        self.max_merge_pairs = max_merge_pairs
+        self.max_deletes = max_deletes
+        self.n_samples = n_samples
+        self.random_state = random_state
+        self.progress = progress
+
+    # ------------------------------------------------------------------ the objective
+    def _stick_terms(self, n: torch.Tensor):
+        return stick_terms(self._weights, n)
+
+    def _elbo_parts(self, stats: SuffStats, entropy) -> torch.Tensor:
+        return elbo_from_stats(self._family, self._weights, stats, entropy)
+
+    def elbo(self) -> float:
+        """L at the current memoized statistics, with q at its optimum given them."""
+        return float(self._elbo_parts(self._stats, self._entropy))
+
+    def _log_resp(self, X: torch.Tensor, stats: SuffStats, elog: torch.Tensor) -> torch.Tensor:
+        """Local step: log r_ik = E[log pi_k] + E[log p(x_i | theta_k)] - normaliser."""
+        return torch.log_softmax(self._family.expected_log_likelihood(X, stats) + elog[None], 1)
+
+    # ------------------------------------------------------------------ set-up
+    def _check_model(self, X):
+        model = default_model(X) if self.model is None else self.model
+        if isinstance(model.weights, FiniteDirichlet):
+            raise ValueError("MemoizedVB needs a DirichletProcess or PitmanYor weight prior "
+                             "(its truncation grows through birth moves); for a finite "
+                             "Dirichlet use BayesianGMM or GaussianMixtureEM")
+        fam = model.family
+        for name in ("expected_log_likelihood", "log_marginal"):
+            if getattr(type(fam), name) is getattr(ConjugateFamily, name):
+                raise ValueError(f"MemoizedVB needs a conjugate family with {name}; "
+                                 f"{type(fam).__name__} has none")
+        if int(self.n_batches) < 1:
+            raise ValueError(f"n_batches must be at least 1, got {self.n_batches}")
+        if int(self.init_k) < 1:
+            raise ValueError(f"init_k must be at least 1, got {self.init_k}")
+        if int(self.max_laps) < 0:
+            raise ValueError(f"max_laps must be non-negative, got {self.max_laps}")
+        return model
+
+    def _setup(self, X):
+        self.model_ = model = self._check_model(X)
+        self._family, self._weights = model.family, model.weights
+        self._alpha = float(getattr(model.weights, "alpha", 1.0))
+        self._gen = np.random.default_rng(self.random_state)
+        torch.manual_seed(int(self._gen.integers(2**31)))
+        self._X = X = as_tensor(X, device=self._family.device)
+        n = X.shape[0]
+        b = min(int(self.n_batches), n)
+        perm = torch.as_tensor(self._gen.permutation(n), device=X.device)
+        self._batches = list(torch.tensor_split(perm, b))
+        k = min(int(self.init_k), n)
+        if k == 1:
+            labels = np.zeros(n, dtype=np.int64)
+        else:
+            from sklearn.cluster import KMeans as SkKMeans
+
+            labels = SkKMeans(k, n_init=3, random_state=int(self._gen.integers(2**31))
+                              ).fit_predict(X.cpu().numpy())
+            labels = np.unique(labels, return_inverse=True)[1]
+        self._resp = torch.nn.functional.one_hot(
+            torch.as_tensor(labels, device=X.device), int(labels.max()) + 1).to(DTYPE)
+        self._ids = list(range(self._resp.shape[1]))
+        self._next_id = len(self._ids)
+        self._cooldown: dict[int, int] = {}
+        self._rebuild_memos()
+
+    def _rebuild_memos(self):
+        """Per-batch statistics and entropies from the stored responsibilities."""
+        fam = self._family
+        self._memo_stats, self._memo_entropy = [], []
+        for idx in self._batches:
+            r = self._resp[idx]
+            self._memo_stats.append(fam.suff_stats(self._X[idx], weights=r))
+            self._memo_entropy.append(_entropy(r))
+        self._resync()
+
+    def _resync(self):
+        """Global totals as the sum of the batch memos (removes round-off drift)."""
+        total = self._memo_stats[0]
+        for s in self._memo_stats[1:]:
+            total = total + s
+        self._stats = total
+        self._entropy = torch.stack(self._memo_entropy).sum()
+        self._elog = self._stick_terms(self._stats.n)[0]
+
+    def fresh_statistics(self) -> tuple[SuffStats, float]:
+        """Statistics and entropy recomputed from scratch over all batches with the
+        stored responsibilities (the memoized totals must equal these)."""
+        stats = self._family.suff_stats(self._X, weights=self._resp)
+        return stats, float(_entropy(self._resp))
+
+    # ------------------------------------------------------------------ the lap
+    def _visit(self, b: int):
+        """Local step on batch b, memo replacement, global step."""
+        idx = self._batches[b]
+        log_r = self._log_resp(self._X[idx], self._stats, self._elog)
+        r = log_r.exp()
+        new_stats = self._family.suff_stats(self._X[idx], weights=r)
+        new_h = -(r * log_r).sum()
+        self._stats = self._stats - self._memo_stats[b] + new_stats
+        self._entropy = self._entropy - self._memo_entropy[b] + new_h
+        self._memo_stats[b], self._memo_entropy[b] = new_stats, new_h
+        self._resp[idx] = r
+        self._elog = self._stick_terms(self._stats.n)[0]       # global step (sticks)
+
+    def lap(self):
+        """One pass over all batches (no moves)."""
+        for b in range(len(self._batches)):
+            self._visit(b)
+        self._resync()
+
+    # ------------------------------------------------------------------ moves
+    def _record(self, kind: str, before: float):
+        after = self.elbo()
+        self.moves_.append({"lap": self._lap, "move": kind, "elbo_before": before,
+                            "elbo_after": after, "K": self._stats.k})
+        return after
+
+    def _replace_columns(self, resp: torch.Tensor, cols: list[int], ids: list[int]):
+        """Adopt responsibilities that differ from the current ones only in ``cols``
+        (and possibly in K); memos of the other columns are kept."""
+        fam = self._family
+        keep = [c for c in range(resp.shape[1]) if c not in cols]
+        for b, idx in enumerate(self._batches):
+            r = resp[idx]
+            new = fam.suff_stats(self._X[idx], weights=r[:, cols])
+            fields = {}
+            for name, v in self._memo_stats[b].fields.items():
+                out = torch.empty((resp.shape[1],) + v.shape[1:], dtype=v.dtype, device=v.device)
+                out[keep] = v[keep]
+                out[cols] = new.fields[name]
+                fields[name] = out
+            self._memo_stats[b] = SuffStats(**fields)
+            self._memo_entropy[b] = _entropy(r)
+        self._resp = resp
+        self._ids = ids
+        self._resync()
+
+    def _birth_stats(self, k: int, X: torch.Tensor, w: torch.Tensor, s: torch.Tensor):
+        """Statistics with component k's mass divided by shares s (rows X, mass w):
+        child a replaces k, child b is appended."""
+        child_b = self._family.suff_stats(X, weights=w * s[:, 1])
+        child_a = self._stats[k] - child_b
+        stats = SuffStats.cat([self._stats, child_b])
+        for name, v in stats.fields.items():
+            v[k] = child_a.fields[name][0]
+        return stats, SuffStats.cat([child_a, child_b])
+
+    def _birth_split(self, k: int, labels: torch.Tensor, sel: torch.Tensor):
+        """Restricted VB: divide component k's mass between children a (at k) and b
+        (appended), starting from hard labels of the rows ``sel`` (the others stay
+        with a).  Each iteration is the local step restricted to the two children,
+        then their global step.  Returns (stats, entropy, s) of the proposal, s the
+        rows' shares (n_sel, 2)."""
+        X, w = self._X[sel], self._resp[sel, k]
+        s = torch.nn.functional.one_hot(labels, 2).to(DTYPE)
+        pos = torch.tensor([k, self._stats.k])
+        for _ in range(int(self.birth_iters)):
+            stats, children = self._birth_stats(k, X, w, s)
+            elog = self._stick_terms(stats.n)[0]
+            s_new = self._log_resp(X, children, elog[pos]).exp()
+            done = torch.allclose(s_new, s, atol=1e-6, rtol=0)
+            s = s_new
+            if done:
+                break
+        stats, _ = self._birth_stats(k, X, w, s)
+        entropy = self._entropy + (w * _entropy_rows(s)).sum()
+        return stats, entropy, s
+
+    def _try_birth(self, k: int, how: str) -> bool:
+        d = self._X.shape[1]
+        rk = self._resp[:, k]
+        if float(self._stats.n[k]) < 2 * (d + 2):
+            return False
+        sel = (rk > _MIN_MASS).nonzero().squeeze(1)
+        Xs = self._X[sel]
+        if how == "two_means":
+            labels = two_means(Xs)
+        else:
+            p = (rk[sel] / rk[sel].sum()).cpu().numpy()
+            anchor = int(self._gen.choice(len(sel), p=p))
+            labels = carve(self._family, Xs, anchor)
+        if int(labels.sum()) in (0, len(sel)):
+            return False
+        stats, entropy, s = self._birth_split(k, labels, sel)
+        before = self.elbo()
+        if not float(self._elbo_parts(stats, entropy)) > before:
+            return False
+        resp = torch.cat([self._resp, torch.zeros_like(rk)[:, None]], 1)
+        resp[sel, k] = rk[sel] * s[:, 0]
+        resp[sel, -1] = rk[sel] * s[:, 1]
+        ids = list(self._ids)
+        ids[k] = self._next_id
+        ids.append(self._next_id + 1)
+        self._next_id += 2
+        self._replace_columns(resp, [k, resp.shape[1] - 1], ids)
+        self._born.update(ids[k:k + 1] + ids[-1:])
+        self._record("birth", before)
+        return True
+
+    def _birth_step(self) -> int:
+        accepted = 0
+        order = torch.argsort(self._stats.n, descending=True).tolist()
+        targets = [self._ids[k] for k in order
+                   if self._cooldown.get(self._ids[k], -1) < self._lap]
+        for cid in targets:
+            if cid in self._born or cid not in self._ids:
+                continue
+            done = False
+            for how in ("two_means", "carve"):
+                if self._try_birth(self._ids.index(cid), how):
+                    done = True
+                    break
+            if done:
+                accepted += 1
+            else:
+                self._cooldown[cid] = self._lap + int(self._gen.integers(1, 4))
+        return accepted
+
+    def _merge_step(self) -> int:
+        k = self._stats.k
+        if k < 2:
+            return 0
+        fam = self._family
+        log_z = fam.log_marginal(self._stats)
+        i, j = torch.triu_indices(k, k, 1)
+        pair = SuffStats(**{name: v[i] + v[j] for name, v in self._stats.fields.items()})
+        gain = fam.log_marginal(pair) - log_z[i] - log_z[j]
+        n_pairs = int(self.max_merge_pairs) if self.max_merge_pairs is not None else 2 * k
+        order = torch.argsort(gain, descending=True)[:n_pairs].tolist()
+        candidates = [(self._ids[int(i[o])], self._ids[int(j[o])]) for o in order]
+        used: set[int] = set()
+        accepted = 0
+        for ci, cj in candidates:
+            if ci in used or cj in used:
+                continue
+            a, b = self._ids.index(ci), self._ids.index(cj)
+            ra, rb = self._resp[:, a], self._resp[:, b]
+            d_entropy = (torch.special.xlogy(ra, ra) + torch.special.xlogy(rb, rb)
+                         - torch.special.xlogy(ra + rb, ra + rb)).sum()
+            stats = self._stats.merge(a, b)
+            before = self.elbo()
+            if not float(self._elbo_parts(stats, self._entropy + d_entropy)) > before:
+                continue
+            resp = self._resp.clone()
+            resp[:, a] += resp[:, b]
+            keep = [c for c in range(k) if c != b]
+            resp = resp[:, keep]
+            ids = [self._ids[c] for c in keep]
+            ids[keep.index(a)] = self._next_id
+            self._next_id += 1
+            self._memo_stats = [s.merge(a, b) for s in self._memo_stats]
+            self._memo_entropy = [_entropy(resp[idx]) for idx in self._batches]
+            self._resp, self._ids = resp, ids
+            self._resync()
+            self._record("merge", before)
+            used.update((ci, cj))
+            accepted += 1
+            k -= 1
+        return accepted
+
+    def _delete_step(self) -> int:
+        accepted = 0
+        n_total = float(self._stats.n.sum())
+        order = torch.argsort(self._stats.n).tolist()[:int(self.max_deletes)]
+        for cid in [self._ids[c] for c in order]:
+            k = self._stats.k
+            c = self._ids.index(cid)
+            if k < 2 or float(self._stats.n[c]) > 0.05 * n_total:
+                continue
+            keep = [x for x in range(k) if x != c]
+            rest = self._stats[keep]
+            rc = self._resp[:, c]
+            rows = (rc > 0).nonzero().squeeze(1)
+            p = self._log_resp(self._X[rows], rest, self._stick_terms(rest.n)[0]).exp()
+            moved = rc[rows, None] * p
+            stats = rest + self._family.suff_stats(self._X[rows], weights=moved)
+            resp = self._resp[:, keep].clone()
+            resp[rows] += moved
+            entropy = _entropy(resp)
+            before = self.elbo()
+            if not float(self._elbo_parts(stats, entropy)) > before:
+                continue
+            self._replace_columns(resp, list(range(k - 1)), [self._ids[x] for x in keep])
+            self._record("delete", before)
+            accepted += 1
+        return accepted
+
+    def _reorder(self):
+        perm = torch.argsort(self._stats.n, descending=True)
+        if torch.equal(perm, torch.arange(self._stats.k, device=perm.device)):
+            return
+        before = self.elbo()
+        if not float(self._elbo_parts(self._stats[perm], self._entropy)) > before:
+            return
+        self._memo_stats = [s[perm] for s in self._memo_stats]
+        self._resp = self._resp[:, perm]
+        self._ids = [self._ids[int(p)] for p in perm]
+        self._resync()
+        self._record("reorder", before)
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, X):
+        self._setup(X)
+        self.elbo_history_, self.history_, self.moves_ = [], [], []
+        self.converged_ = False
+        quiet, prev = 0, self.elbo()
+        self._lap = 0
+        for lap in range(int(self.max_laps)):
+            self._lap = lap
+            self._born: set[int] = set()
+            self.lap()
+            births = self._birth_step() if self.births else 0
+            merges = self._merge_step() if self.merges else 0
+            deletes = self._delete_step() if self.deletes else 0
+            if self.births or self.merges or self.deletes:
+                self._reorder()
+            value = self.elbo()
+            self.elbo_history_.append(value)
+            self.history_.append({"lap": lap, "K": self._stats.k, "elbo": value,
+                                  "births": births, "merges": merges, "deletes": deletes})
+            if self.progress:
+                print(f"movb lap {lap + 1}/{self.max_laps}: K={self._stats.k} L={value:.6g} "
+                      f"births={births} merges={merges} deletes={deletes}",
+                      file=sys.stderr, flush=True)
+            moved = births + merges + deletes
+            quiet = 0 if moved else quiet + 1
+            if abs(value - prev) <= float(self.tol) * abs(value) and quiet >= int(self.patience):
+                self.converged_ = True
+                prev = value
+                break
+            prev = value
+        self.n_laps_ = len(self.elbo_history_)
+        self._finish()
+
+    def _finish(self):
+        log_r = self._log_resp(self._X, self._stats, self._elog)
+        labels = log_r.argmax(1)
+        self.resp_ = self._resp.cpu().numpy()
+        self.labels_ = np.unique(labels.cpu().numpy(), return_inverse=True)[1]
+        self.n_clusters_ = int(np.unique(self.labels_).size)
+        self.weights_ = self._elog.exp().cpu().numpy()
+
+    # ------------------------------------------------------------------ public
+    def predict_proba(self, X) -> np.ndarray:
+        """q(z = k | x) under the fitted q: softmax of E[log pi_k] + E[log p(x | theta_k)]."""
+        X = self._validate_predict_data(X)
+        X = as_tensor(X, device=self._X.device)
+        return self._log_resp(X, self._stats, self._elog).exp().cpu().numpy()
+
+    def _predict(self, X):
+        X = as_tensor(X, device=self._X.device)
+        return self._log_resp(X, self._stats, self._elog).argmax(1).cpu().numpy()
+
+    def posterior_arrays(self) -> dict:
+        """Draws (``sample``) from q: sticks from their Beta factors (the mass beyond K
+        goes to the prior predictive), parameters from their conjugate posteriors,
+        z from r; pointwise log-likelihood with z summed out."""
+        self._check_is_fitted()
+        a, b = self._weights.stick_posterior(torch.cat([self._stats.n,
+                                                        self._stats.n.new_zeros(1)]))
+        beta = torch.distributions.Beta(a, b)
+
+        def sample_log_pi():
+            v = beta.sample().clamp(1e-300, 1 - 1e-16)
+            log_rest = torch.cat([torch.zeros(1, dtype=DTYPE), torch.log1p(-v).cumsum(0)])
+            return torch.log(v) + log_rest[:-1], log_rest[-1]
+
+        log_r = self._log_resp(self._X, self._stats, self._elog)
+        return approximate_posterior_arrays(
+            self._family, self._weights, self._X, log_r, sample_log_pi,
+            lambda: self._family.sample_posterior(self._stats), self.n_samples,
+            self.random_state, self._alpha)
+
+    def to_inference_data(self):
+        from bnpdeep.diagnostics import to_inference_data
+
+        return to_inference_data(self)
+
+
+def _entropy_rows(s: torch.Tensor) -> torch.Tensor:
+    """Entropy of each row of a probability table."""
+    return -torch.special.xlogy(s, s).sum(1)
+
+
+__all__ = ["MemoizedVB", "elbo_from_stats", "stick_terms"]

@@ -1,0 +1,174 @@
+"""Memoized online VB: the exact ELBO, monotone laps, exact moves, memo bookkeeping."""
+
+import arviz as az
+import numpy as np
+import pytest
+import torch
+from bnpdeep.inference import MemoizedVB
+from bnpdeep.inference.movb import elbo_from_stats, stick_terms
+from bnpdeep.models import (
+    DiagonalGaussian,
+    DirichletProcess,
+    DPMixture,
+    FiniteDirichlet,
+    GaussianNIW,
+    Multinomial,
+    PitmanYor,
+)
+from scipy.special import betaln
+
+from bnpdeep.data import make_mixture
+from bnpdeep.metrics import nmi
+
+
+def _counts(n=600, k=3, v=8, total=40, seed=0):
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.full(v, 0.3), size=k)
+    z = rng.integers(0, k, n)
+    X = np.stack([rng.multinomial(total, probs[c]) for c in z]).astype(float)
+    return X, z
+
+
+def _models(X_gauss, X_counts):
+    return {
+        "niw-dp": (DPMixture(GaussianNIW.weak(X_gauss), DirichletProcess(1.0)), X_gauss),
+        "diag-py": (DPMixture(DiagonalGaussian.weak(X_gauss), PitmanYor(0.2, 1.0)), X_gauss),
+        "multinomial-dp": (DPMixture(Multinomial.weak(X_counts), DirichletProcess(2.0)),
+                           X_counts),
+    }
+
+
+MODELS = _models(make_mixture(500, 3, 4, seed=1)[0], _counts()[0])
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_elbo_from_statistics_equals_explicit_expectations(name):
+    """The closed form from memoised statistics equals the ELBO written term by term:
+    E_q[log p(x|theta)] weighted by r, minus KL(q(theta)||p(theta)), plus the stick and
+    entropy terms -- for q(theta) the conjugate posterior of soft statistics."""
+    model, X = MODELS[name]
+    fam = model.family
+    gen = torch.Generator().manual_seed(0)
+    r = torch.softmax(3 * torch.randn(X.shape[0], 5, generator=gen, dtype=torch.float64), 1)
+    stats = fam.suff_stats(X, weights=r)
+    entropy = -(r * r.log()).sum()
+    elog, _, kl_v = stick_terms(model.weights, stats.n)
+    explicit = ((r * fam.expected_log_likelihood(X, stats)).sum() - fam.kl_to_prior(stats).sum()
+                + (stats.n * elog).sum() - kl_v + entropy)
+    closed = elbo_from_stats(fam, model.weights, stats, entropy)
+    assert float(closed) == pytest.approx(float(explicit), rel=1e-10)
+
+
+@pytest.mark.parametrize("weights", [DirichletProcess(1.5), PitmanYor(0.3, 0.7)])
+def test_stick_terms_equal_the_beta_integral(weights):
+    """At the optimal q(v), sum_k N_k E[log pi_k] - KL(q(v)||p(v)) is the log of
+    the integral of prod_k pi_k^{N_k} under the stick prior: a product of Beta functions."""
+    n = torch.tensor([30.5, 12.25, 7.0, 0.5], dtype=torch.float64)
+    elog, _, kl = stick_terms(weights, n)
+    a0, b0 = weights.stick_prior(5)
+    a, b = weights.stick_posterior(torch.cat([n, torch.zeros(1, dtype=torch.float64)]))
+    exact = (betaln(a.numpy(), b.numpy()) - betaln(a0.numpy(), b0.numpy())).sum()
+    assert float((n * elog).sum() - kl) == pytest.approx(exact, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_elbo_never_decreases_over_laps_without_moves(name):
+    model, X = MODELS[name]
+    est = MemoizedVB(model, n_batches=4, init_k=6, births=False, merges=False, deletes=False,
+                     max_laps=0, random_state=0)
+    est.fit(X)
+    values = [est.elbo()]
+    for _ in range(25):
+        est.lap()
+        values.append(est.elbo())
+    diffs = np.diff(values)
+    assert np.all(diffs >= -1e-8 * np.abs(values[1:])), diffs.min()
+    assert values[-1] > values[0] + 1.0          # the laps did something
+
+
+def test_every_visit_is_an_ascent_step():
+    model, X = MODELS["niw-dp"]
+    est = MemoizedVB(model, n_batches=5, init_k=5, max_laps=0, random_state=1).fit(X)
+    prev = est.elbo()
+    for _ in range(3):
+        for b in range(5):
+            est._visit(b)
+            value = est.elbo()
+            assert value >= prev - 1e-8 * abs(prev)
+            prev = value
+
+
+def test_memoised_totals_equal_fresh_recomputation():
+    model, X = MODELS["niw-dp"]
+    est = MemoizedVB(model, n_batches=4, init_k=5, max_laps=3, random_state=0).fit(X)
+    # incremental updates mid-lap, without the end-of-lap resummation
+    est._visit(2)
+    est._visit(0)
+    fresh, entropy = est.fresh_statistics()
+    for name, value in fresh.fields.items():
+        torch.testing.assert_close(est._stats.fields[name], value, rtol=1e-10, atol=1e-8)
+    assert float(est._entropy) == pytest.approx(entropy, rel=1e-10)
+    for b, idx in enumerate(est._batches):
+        batch = est._family.suff_stats(est._X[idx], weights=est._resp[idx])
+        torch.testing.assert_close(est._memo_stats[b].sxx, batch.sxx, rtol=1e-10, atol=1e-8)
+
+
+def test_recovers_k_from_one_component_and_every_move_raises_the_elbo():
+    X, y = make_mixture(3000, 2, 6, separation=6.0, seed=3)
+    est = MemoizedVB(random_state=0).fit(X)
+    assert est.n_clusters_ == 6
+    assert nmi(y, est.labels_) > 0.97
+    kinds = {m["move"] for m in est.moves_}
+    assert "birth" in kinds
+    for move in est.moves_:
+        assert move["elbo_after"] > move["elbo_before"], move
+    assert est.history_[0]["K"] <= 2 and est.converged_
+
+
+def test_merges_shrink_an_overcomplete_start():
+    X, y = make_mixture(2000, 2, 4, separation=8.0, seed=4)
+    est = MemoizedVB(init_k=16, births=False, random_state=0).fit(X)
+    assert est.n_clusters_ == 4
+    merges = [m for m in est.moves_ if m["move"] in ("merge", "delete")]
+    assert len(merges) >= 10
+    for move in est.moves_:
+        assert move["elbo_after"] > move["elbo_before"]
+
+
+def test_multinomial_and_diagonal_families_recover_k():
+    X, z = _counts(900, 4, seed=5)
+    est = MemoizedVB(DPMixture(Multinomial.weak(X)), random_state=0).fit(X)
+    assert est.n_clusters_ == 4 and nmi(z, est.labels_) > 0.95
+    Xg, y = make_mixture(1500, 4, 5, separation=8.0, seed=6)
+    est = MemoizedVB(DPMixture(DiagonalGaussian.weak(Xg), PitmanYor(0.1, 1.0)),
+                     random_state=0).fit(Xg)
+    assert est.n_clusters_ == 5 and nmi(y, est.labels_) > 0.95
+
+
+def test_predict_and_inference_data():
+    X, y = make_mixture(800, 2, 3, separation=8.0, seed=7)
+    est = MemoizedVB(n_samples=20, random_state=0).fit(X)
+    np.testing.assert_array_equal(est.predict(X), est.labels_)
+    proba = est.predict_proba(X[:10])
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    assert proba.shape == (10, len(est.weights_))
+    idata = est.to_inference_data()
+    assert idata.posterior["K"].shape == (1, 20)
+    assert idata.posterior.attrs["draw_kind"] == "sample"
+    assert idata.log_likelihood["x"].shape == (1, 20, 800)
+    assert np.isfinite(az.loo(idata).elpd_loo)
+    assert np.all(idata.posterior["K"].values >= 3)
+
+
+def test_options_and_priors_are_checked():
+    X, _ = make_mixture(100, 2, 2, seed=0)
+    with pytest.raises(ValueError, match="DirichletProcess or PitmanYor"):
+        MemoizedVB(DPMixture(GaussianNIW.weak(X), FiniteDirichlet(5))).fit(X)
+    with pytest.raises(ValueError, match="n_batches"):
+        MemoizedVB(n_batches=0).fit(X)
+    with pytest.raises(ValueError, match="init_k"):
+        MemoizedVB(init_k=0).fit(X)
+    bad = X.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        MemoizedVB().fit(bad)
