@@ -31,6 +31,7 @@ from bnpdeep.inference import (
     DeepDPM,
     GaussianMixtureEM,
     KMeans,
+    MeanFieldSVI,
     MemoizedVB,
     SubclusterSampler,
     exact_partition_posterior,
@@ -60,7 +61,7 @@ __all__ = [
     "DPMixture", "GaussianNIW", "DiagonalGaussian", "Multinomial", "NormalInverseWishart",
     "InverseWishart", "DirichletProcess", "PitmanYor", "FiniteDirichlet", "stick_breaking",
     "KMeans", "GaussianMixtureEM", "DBSCAN", "BayesianGMM", "CollapsedGibbs",
-    "SubclusterSampler", "DeepDPM", "MemoizedVB", "exact_partition_posterior",
+    "SubclusterSampler", "DeepDPM", "MemoizedVB", "MeanFieldSVI", "exact_partition_posterior",
     "to_inference_data", "k_summary", "save_inference_data",
     "METHODS", "make_estimator", "ClusteringResult", "RunFolder",
 ]

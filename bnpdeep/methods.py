@@ -57,6 +57,12 @@ def _movb(k=None, seed=0, iters=None, progress=False):
     return MemoizedVB(max_laps=iters or 100, random_state=seed, progress=progress)
 
 
+def _svi(k=None, seed=0, iters=None, progress=False):
+    from bnpdeep.inference import MeanFieldSVI
+
+    return MeanFieldSVI(max_epochs=iters or 100, random_state=seed, progress=progress)
+
+
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("kmeans", "k-means, k-means++ seeding (given K)", _classical("KMeans"), needs_k=True),
     Method("gmm", "EM Gaussian mixture, full covariances (given K)",
@@ -72,6 +78,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            _deepdpm, bayesian=True),
     Method("movb", "DP mixture, memoized online VB with birth/merge/delete (Hughes & "
            "Sudderth 2013)", _movb, bayesian=True),
+    Method("svi", "DP mixture at truncation 30, mean-field SVI in Pyro (AutoNormal, z "
+           "enumerated)", _svi, bayesian=True),
 ]}
 
 

@@ -8,10 +8,11 @@ from .gibbs import CollapsedGibbs
 from .mcmc import MCMCClusterer
 from .movb import MemoizedVB
 from .subcluster import SubclusterSampler
+from .svi import MeanFieldSVI
 
 __all__ = [
     "ClusterEstimator", "MCMCClusterer",
     "KMeans", "GaussianMixtureEM", "DBSCAN", "BayesianGMM", "CLASSICAL_METHODS",
-    "CollapsedGibbs", "SubclusterSampler", "DeepDPM", "MemoizedVB",
+    "CollapsedGibbs", "SubclusterSampler", "DeepDPM", "MemoizedVB", "MeanFieldSVI",
     "exact_partition_posterior", "set_partitions", "total_variation",
 ]

@@ -39,7 +39,8 @@ evaluated exactly from statistics:
   ranked by the gain in log Z (an upper bound on the gain in L, since merging
   lowers the entropy);
 * **delete**: a small component's mass is reassigned to the others by the local
-  step without it;
+  step without it (an empty one -- mass below 1e-8 -- is pruned when L does not
+  drop by more than 1e-8 relative: its removal changes L only by round-off);
 * **reorder**: components sorted by decreasing size (the stick-breaking prior is
   not exchangeable).
 
@@ -64,6 +65,7 @@ from .mcmc import default_model
 from .subcluster import carve, two_means
 
 _MIN_MASS = 1e-8     # rows whose responsibility for a birth target is below this stay put
+_EMPTY = 1e-8        # components with less mass are pruned when the ELBO does not drop
 
 
 def stick_terms(weights: WeightPrior, n: torch.Tensor):
@@ -113,8 +115,17 @@ class MemoizedVB(ClusterEstimator):
     patience : int, default 3
     births, merges, deletes : bool, default True
         Which moves to propose.  With all three off this is plain memoized VB.
-    birth_iters : int, default 10
-        Restricted VB iterations that refine a birth proposal.
+    birth_iters : int, default 50
+        Most restricted VB iterations that refine a birth proposal (it stops earlier
+        once the shares settle).
+    birth_proposals : int, default 6
+        Initial splits tried per target and lap until one is accepted: 2-means along
+        the principal axis, 2-means in whitened coordinates, k-means++ into
+        ``birth_children`` groups, then random axes and carved local groups in turn.
+        A component whose proposals all fail rests 1, 2, 4, then 8 laps.  A
+        target whose proposals all fail rests 1 to 3 laps.
+    birth_children : int, default 4
+        Groups of the k-means++ birth proposal.
     max_merge_pairs : int, optional
         Merge candidates evaluated per lap; default 2 K.
     max_deletes : int, default 2
@@ -136,7 +147,9 @@ class MemoizedVB(ClusterEstimator):
 
     def __init__(self, model=None, n_batches: int = 5, max_laps: int = 100, init_k: int = 1,
                  tol: float = 1e-7, patience: int = 3, births: bool = True, merges: bool = True,
-                 deletes: bool = True, birth_iters: int = 10, max_merge_pairs: int | None = None,
+                 deletes: bool = True, birth_iters: int = 50, birth_proposals: int = 6,
+                 birth_children: int = 4,
+                 max_merge_pairs: int | None = None,
                  max_deletes: int = 2, n_samples: int = 100, random_state=0,
                  progress: bool = False):
         self.model = model
@@ -149,6 +162,8 @@ class MemoizedVB(ClusterEstimator):
         self.merges = merges
         self.deletes = deletes
         self.birth_iters = birth_iters
+        self.birth_proposals = birth_proposals
+        self.birth_children = birth_children
         self.max_merge_pairs = max_merge_pairs
         self.max_deletes = max_deletes
         self.n_samples = n_samples
@@ -215,6 +230,7 @@ class MemoizedVB(ClusterEstimator):
         self._ids = list(range(self._resp.shape[1]))
         self._next_id = len(self._ids)
         self._cooldown: dict[int, int] = {}
+        self._failures: dict[int, int] = {}
         self._rebuild_memos()
 
     def _rebuild_memos(self):
@@ -290,24 +306,25 @@ class MemoizedVB(ClusterEstimator):
         self._resync()
 
     def _birth_stats(self, k: int, X: torch.Tensor, w: torch.Tensor, s: torch.Tensor):
-        """Statistics with component k's mass divided by shares s (rows X, mass w):
-        child a replaces k, child b is appended."""
-        child_b = self._family.suff_stats(X, weights=w * s[:, 1])
-        child_a = self._stats[k] - child_b
-        stats = SuffStats.cat([self._stats, child_b])
+        """Statistics with component k's mass divided by shares s (rows X, mass w,
+        m columns): child 0 replaces k, children 1..m-1 are appended."""
+        born = self._family.suff_stats(X, weights=w[:, None] * s[:, 1:])
+        first = self._stats[k] - born.total()
+        stats = SuffStats.cat([self._stats, born])
         for name, v in stats.fields.items():
-            v[k] = child_a.fields[name][0]
-        return stats, SuffStats.cat([child_a, child_b])
+            v[k] = first.fields[name][0]
+        return stats, SuffStats.cat([first, born])
 
     def _birth_split(self, k: int, labels: torch.Tensor, sel: torch.Tensor):
-        """Restricted VB: divide component k's mass between children a (at k) and b
-        (appended), starting from hard labels of the rows ``sel`` (the others stay
-        with a).  Each iteration is the local step restricted to the two children,
-        then their global step.  Returns (stats, entropy, s) of the proposal, s the
-        rows' shares (n_sel, 2)."""
+        """Restricted VB: divide component k's mass among m children (the first at k,
+        the others appended), starting from hard labels 0..m-1 of the rows ``sel``
+        (the other rows stay with the first child).  Each iteration is the local
+        step restricted to the children, then their global step.  Returns (stats,
+        entropy, s) of the proposal, s the rows' shares (n_sel, m)."""
         X, w = self._X[sel], self._resp[sel, k]
-        s = torch.nn.functional.one_hot(labels, 2).to(DTYPE)
-        pos = torch.tensor([k, self._stats.k])
+        m = int(labels.max()) + 1
+        s = torch.nn.functional.one_hot(labels, m).to(DTYPE)
+        pos = torch.tensor([k] + list(range(self._stats.k, self._stats.k + m - 1)))
         for _ in range(int(self.birth_iters)):
             stats, children = self._birth_stats(k, X, w, s)
             elog = self._stick_terms(stats.n)[0]
@@ -320,34 +337,54 @@ class MemoizedVB(ClusterEstimator):
         entropy = self._entropy + (w * _entropy_rows(s)).sum()
         return stats, entropy, s
 
-    def _try_birth(self, k: int, how: str) -> bool:
+    def _birth_labels(self, Xs: torch.Tensor, w: torch.Tensor, attempt: int) -> torch.Tensor:
+        """Initial hard split of a birth target's rows, by attempt: 2-means along the
+        principal axis; 2-means in the coordinates whitened by the target's own
+        covariance; k-means++ into ``birth_children`` groups (the paper's fresh
+        components); then alternately 2-means along a random axis and a local group
+        carved around a random member (drawn by its mass)."""
+        if attempt == 0:
+            return two_means(Xs)
+        if attempt == 1:
+            return two_means(_whiten(Xs, w))
+        if attempt == 2:
+            from sklearn.cluster import KMeans as SkKMeans
+
+            m = min(int(self.birth_children), Xs.shape[0])
+            labels = SkKMeans(m, n_init=1, random_state=int(self._gen.integers(2**31))
+                              ).fit_predict(Xs.cpu().numpy(), sample_weight=w.cpu().numpy())
+            labels = np.unique(labels, return_inverse=True)[1]
+            return torch.as_tensor(labels, device=Xs.device)
+        if attempt % 2 == 1:
+            axis = torch.as_tensor(self._gen.standard_normal(Xs.shape[1]), dtype=Xs.dtype)
+            return two_means(Xs, axis=axis.to(Xs.device))
+        p = (w / w.sum()).cpu().numpy()
+        return carve(self._family, Xs, int(self._gen.choice(len(w), p=p / p.sum())))
+
+    def _try_birth(self, k: int, attempt: int) -> bool:
         d = self._X.shape[1]
         rk = self._resp[:, k]
         if float(self._stats.n[k]) < 2 * (d + 2):
             return False
         sel = (rk > _MIN_MASS).nonzero().squeeze(1)
-        Xs = self._X[sel]
-        if how == "two_means":
-            labels = two_means(Xs)
-        else:
-            p = (rk[sel] / rk[sel].sum()).cpu().numpy()
-            anchor = int(self._gen.choice(len(sel), p=p))
-            labels = carve(self._family, Xs, anchor)
-        if int(labels.sum()) in (0, len(sel)):
+        labels = self._birth_labels(self._X[sel], rk[sel], attempt)
+        if int(labels.max()) < 1:
             return False
         stats, entropy, s = self._birth_split(k, labels, sel)
         before = self.elbo()
         if not float(self._elbo_parts(stats, entropy)) > before:
             return False
-        resp = torch.cat([self._resp, torch.zeros_like(rk)[:, None]], 1)
+        m = s.shape[1]
+        resp = torch.cat([self._resp, rk.new_zeros(rk.shape[0], m - 1)], 1)
         resp[sel, k] = rk[sel] * s[:, 0]
-        resp[sel, -1] = rk[sel] * s[:, 1]
+        resp[sel, -(m - 1):] = rk[sel, None] * s[:, 1:]
+        k_old = self._stats.k
         ids = list(self._ids)
         ids[k] = self._next_id
-        ids.append(self._next_id + 1)
-        self._next_id += 2
-        self._replace_columns(resp, [k, resp.shape[1] - 1], ids)
-        self._born.update(ids[k:k + 1] + ids[-1:])
+        ids.extend(range(self._next_id + 1, self._next_id + m))
+        self._next_id += m
+        self._replace_columns(resp, [k] + list(range(k_old, k_old + m - 1)), ids)
+        self._born.update([ids[k]] + ids[k_old:])
         self._record("birth", before)
         return True
 
@@ -359,15 +396,13 @@ class MemoizedVB(ClusterEstimator):
         for cid in targets:
             if cid in self._born or cid not in self._ids:
                 continue
-            done = False
-            for how in ("two_means", "carve"):
-                if self._try_birth(self._ids.index(cid), how):
-                    done = True
-                    break
-            if done:
+            if any(self._try_birth(self._ids.index(cid), a)
+                   for a in range(int(self.birth_proposals))):
                 accepted += 1
-            else:
-                self._cooldown[cid] = self._lap + int(self._gen.integers(1, 4))
+            else:     # back off: rest 1, 2, 4, 8 laps after successive failures
+                fails = self._failures.get(cid, 0)
+                self._failures[cid] = fails + 1
+                self._cooldown[cid] = self._lap + 2 ** min(fails, 3)
         return accepted
 
     def _merge_step(self) -> int:
@@ -432,10 +467,12 @@ class MemoizedVB(ClusterEstimator):
             resp[rows] += moved
             entropy = _entropy(resp)
             before = self.elbo()
-            if not float(self._elbo_parts(stats, entropy)) > before:
+            after = float(self._elbo_parts(stats, entropy))
+            empty = float(self._stats.n[c]) < _EMPTY
+            if not (after > before or (empty and after >= before - _EMPTY * abs(before))):
                 continue
             self._replace_columns(resp, list(range(k - 1)), [self._ids[x] for x in keep])
-            self._record("delete", before)
+            self._record("prune" if empty else "delete", before)
             accepted += 1
         return accepted
 
@@ -490,7 +527,8 @@ class MemoizedVB(ClusterEstimator):
         log_r = self._log_resp(self._X, self._stats, self._elog)
         labels = log_r.argmax(1)
         self.resp_ = self._resp.cpu().numpy()
-        self.labels_ = np.unique(labels.cpu().numpy(), return_inverse=True)[1]
+        # component indices, as predict gives them (components no point takes leave gaps)
+        self.labels_ = labels.cpu().numpy()
         self.n_clusters_ = int(np.unique(self.labels_).size)
         self.weights_ = self._elog.exp().cpu().numpy()
 
@@ -529,6 +567,18 @@ class MemoizedVB(ClusterEstimator):
         from bnpdeep.diagnostics import to_inference_data
 
         return to_inference_data(self)
+
+
+def _whiten(X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Rows in coordinates whitened by their w-weighted covariance (ridge 1e-6 of its
+    mean variance, so that constant columns stay finite)."""
+    w = w / w.sum()
+    xc = X - w @ X
+    cov = (xc * w[:, None]).T @ xc
+    ridge = 1e-6 * float(cov.diagonal().mean().clamp_min(1e-300))
+    chol = torch.linalg.cholesky(cov + ridge * torch.eye(X.shape[1], dtype=X.dtype,
+                                                         device=X.device))
+    return torch.linalg.solve_triangular(chol, xc.T, upper=False).T
 
 
 def _entropy_rows(s: torch.Tensor) -> torch.Tensor:

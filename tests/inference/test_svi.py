@@ -1,0 +1,64 @@
+"""Mean-field SVI on the Pyro program: recovery, draws, options."""
+
+import arviz as az
+import numpy as np
+import pytest
+import torch
+from bnpdeep.inference import MeanFieldSVI
+from bnpdeep.models import DPMixture, FiniteDirichlet, GaussianNIW, Multinomial
+from sklearn.metrics import homogeneity_score
+
+from bnpdeep.data import make_mixture
+from bnpdeep.metrics import nmi
+
+
+def test_recovers_a_separated_mixture_and_the_elbo_rises():
+    X, y = make_mixture(900, 2, 3, separation=8.0, seed=0)
+    est = MeanFieldSVI(truncation=8, max_epochs=150, batch_size=300, random_state=0).fit(X)
+    h = np.asarray(est.elbo_history_)
+    assert len(h) == 150 and np.all(np.isfinite(h))
+    assert h[-10:].mean() > h[:10].mean() + 20
+    # the k-means start puts 8 components on 3 clusters; the DP prior drains the
+    # surplus slowly (the point of comparing plain SVI with moVB's merges)
+    assert 3 <= est.n_clusters_ <= 6
+    assert np.sort(est.weights_)[::-1][:3].sum() > 0.8
+    assert nmi(y, est.labels_) > 0.85
+    np.testing.assert_array_equal(est.predict(X), est.labels_)
+    np.testing.assert_allclose(est.predict_proba(X[:5]).sum(1), 1.0)
+
+
+def test_inference_data_from_guide_draws():
+    X, _ = make_mixture(300, 2, 2, separation=8.0, seed=1)
+    est = MeanFieldSVI(truncation=5, max_epochs=20, n_samples=15, random_state=0).fit(X)
+    idata = est.to_inference_data()
+    assert idata.posterior["K"].shape == (1, 15)
+    assert idata.log_likelihood["x"].shape == (1, 15, 300)
+    assert np.isfinite(az.loo(idata).elpd_loo)
+    # drawing does not disturb the caller's random stream
+    torch.manual_seed(5)
+    a = torch.rand(1)
+    torch.manual_seed(5)
+    est.posterior_arrays()
+    assert torch.equal(torch.rand(1), a)
+
+
+def test_finite_dirichlet_and_multinomial():
+    rng = np.random.default_rng(2)
+    probs = rng.dirichlet(np.full(6, 0.3), size=2)
+    z = rng.integers(0, 2, 400)
+    X = np.stack([rng.multinomial(30, probs[c]) for c in z]).astype(float)
+    model = DPMixture(Multinomial.weak(X), FiniteDirichlet(4))
+    est = MeanFieldSVI(model, max_epochs=30, random_state=0).fit(X)
+    assert est.model_.truncation == 4
+    # surplus components may stay occupied (slow pruning), but each one is pure
+    assert homogeneity_score(z, est.labels_) > 0.9
+
+
+def test_options_are_checked():
+    X, _ = make_mixture(50, 2, 2, seed=0)
+    with pytest.raises(ValueError, match="truncation"):
+        MeanFieldSVI(truncation=0).fit(X)
+    with pytest.raises(ValueError, match="lr"):
+        MeanFieldSVI(lr=0).fit(X)
+    with pytest.raises(ValueError, match="features"):
+        MeanFieldSVI(DPMixture(GaussianNIW.weak(X[:, :1]))).fit(X)
