@@ -115,17 +115,23 @@ class MemoizedVB(ClusterEstimator):
     patience : int, default 3
     births, merges, deletes : bool, default True
         Which moves to propose.  With all three off this is plain memoized VB.
-    birth_iters : int, default 50
+    birth_iters : int, default 20
         Most restricted VB iterations that refine a birth proposal (it stops earlier
-        once the shares settle).
+        once no share moves by 1e-3).
     birth_proposals : int, default 6
-        Initial splits tried per target and lap until one is accepted: 2-means along
-        the principal axis, 2-means in whitened coordinates, k-means++ into
-        ``birth_children`` groups, then random axes and carved local groups in turn.
-        A component whose proposals all fail rests 1, 2, 4, then 8 laps.  A
+        Kinds of initial split, tried two per visit of a target (the next two at its
+        next visit, cycling): 2-means along the principal axis, 2-means in whitened
+        coordinates, k-means++ into ``birth_children`` groups, then random axes and
+        carved local groups in turn.  A component is visited every lap until each
+        kind has failed on it once, then after 2, 4, 8 and 16 laps; the fit does not
+        stop while a component has kinds left untried.  A
         target whose proposals all fail rests 1 to 3 laps.
     birth_children : int, default 4
         Groups of the k-means++ birth proposal.
+    birth_subsample : int, default 500
+        Larger targets are split and refined on this many of their rows (drawn by
+        their mass); 3 restricted iterations on all rows follow, and the decision
+        uses the exact L of the whole proposal.
     max_merge_pairs : int, optional
         Merge candidates evaluated per lap; default 2 K.
     max_deletes : int, default 2
@@ -147,8 +153,8 @@ class MemoizedVB(ClusterEstimator):
 
     def __init__(self, model=None, n_batches: int = 5, max_laps: int = 100, init_k: int = 1,
                  tol: float = 1e-7, patience: int = 3, births: bool = True, merges: bool = True,
-                 deletes: bool = True, birth_iters: int = 50, birth_proposals: int = 6,
-                 birth_children: int = 4,
+                 deletes: bool = True, birth_iters: int = 20, birth_proposals: int = 6,
+                 birth_children: int = 4, birth_subsample: int = 500,
                  max_merge_pairs: int | None = None,
                  max_deletes: int = 2, n_samples: int = 100, random_state=0,
                  progress: bool = False):
@@ -164,6 +170,7 @@ class MemoizedVB(ClusterEstimator):
         self.birth_iters = birth_iters
         self.birth_proposals = birth_proposals
         self.birth_children = birth_children
+        self.birth_subsample = birth_subsample
         self.max_merge_pairs = max_merge_pairs
         self.max_deletes = max_deletes
         self.n_samples = n_samples
@@ -173,6 +180,11 @@ class MemoizedVB(ClusterEstimator):
     # ------------------------------------------------------------------ the objective
     def _stick_terms(self, n: torch.Tensor):
         return stick_terms(self._weights, n)
+
+    def _elog_of(self, n: torch.Tensor) -> torch.Tensor:
+        """E[log pi_k], k <= K, at the optimal q(v) for counts n."""
+        a, b = self._weights.stick_posterior(torch.cat([n, n.new_zeros(1)]))
+        return WeightPrior.expected_log_weights(a, b)[:-1]
 
     def _elbo_parts(self, stats: SuffStats, entropy) -> torch.Tensor:
         return elbo_from_stats(self._family, self._weights, stats, entropy)
@@ -305,35 +317,64 @@ class MemoizedVB(ClusterEstimator):
         self._ids = ids
         self._resync()
 
-    def _birth_stats(self, k: int, X: torch.Tensor, w: torch.Tensor, s: torch.Tensor):
-        """Statistics with component k's mass divided by shares s (rows X, mass w,
-        m columns): child 0 replaces k, children 1..m-1 are appended."""
+    def _children(self, k: int, X: torch.Tensor, w: torch.Tensor, s: torch.Tensor,
+                  exact: bool = True) -> SuffStats:
+        """Statistics of the m children that divide component k's mass by shares s
+        (rows X, mass w).  ``exact``: child 0 keeps the rest of k's statistics (rows
+        outside X included); otherwise every child comes from the rows X alone (a
+        subsample)."""
+        if not exact:
+            return self._family.suff_stats(X, weights=w[:, None] * s)
         born = self._family.suff_stats(X, weights=w[:, None] * s[:, 1:])
-        first = self._stats[k] - born.total()
-        stats = SuffStats.cat([self._stats, born])
-        for name, v in stats.fields.items():
-            v[k] = first.fields[name][0]
-        return stats, SuffStats.cat([first, born])
+        return SuffStats.cat([self._stats[k] - born.total(), born])
 
-    def _birth_split(self, k: int, labels: torch.Tensor, sel: torch.Tensor):
-        """Restricted VB: divide component k's mass among m children (the first at k,
-        the others appended), starting from hard labels 0..m-1 of the rows ``sel``
-        (the other rows stay with the first child).  Each iteration is the local
-        step restricted to the children, then their global step.  Returns (stats,
-        entropy, s) of the proposal, s the rows' shares (n_sel, m)."""
-        X, w = self._X[sel], self._resp[sel, k]
-        m = int(labels.max()) + 1
-        s = torch.nn.functional.one_hot(labels, m).to(DTYPE)
+    def _with_children(self, k: int, children: SuffStats) -> SuffStats:
+        """The model's statistics with child 0 in place of k and the others appended."""
+        stats = SuffStats.cat([self._stats, children[1:]])
+        for name, v in stats.fields.items():
+            v[k] = children.fields[name][0]
+        return stats
+
+    def _refine(self, k: int, X: torch.Tensor, w: torch.Tensor, s: torch.Tensor,
+                iters: int, exact: bool = True) -> torch.Tensor:
+        """Restricted VB on a birth's children: the local step restricted to them, then
+        their global step, until no share moves by 1e-3."""
+        m = s.shape[1]
         pos = torch.tensor([k] + list(range(self._stats.k, self._stats.k + m - 1)))
-        for _ in range(int(self.birth_iters)):
-            stats, children = self._birth_stats(k, X, w, s)
-            elog = self._stick_terms(stats.n)[0]
-            s_new = self._log_resp(X, children, elog[pos]).exp()
-            done = torch.allclose(s_new, s, atol=1e-6, rtol=0)
+        n = torch.cat([self._stats.n, self._stats.n.new_zeros(m - 1)])
+        for _ in range(iters):
+            children = self._children(k, X, w, s, exact)
+            n[pos] = children.n
+            s_new = self._log_resp(X, children, self._elog_of(n)[pos]).exp()
+            done = torch.allclose(s_new, s, atol=1e-3, rtol=0)
             s = s_new
             if done:
                 break
-        stats, _ = self._birth_stats(k, X, w, s)
+        return s
+
+    def _birth_split(self, k: int, labels: torch.Tensor, sel: torch.Tensor,
+                     sub: torch.Tensor | None):
+        """Divide component k's mass among m children (the first at k, the others
+        appended), starting from hard labels 0..m-1.  Without ``sub`` the labels are
+        those of the rows ``sel`` and restricted VB refines on all of them; with it
+        they are those of the subsample ``sel[sub]``, refinement runs there (its mass
+        scaled up to the target's), and a few restricted iterations on all rows
+        finish.  Rows outside ``sel`` stay with the first child.  Returns (stats,
+        entropy, s) of the proposal, s the shares of the rows ``sel`` (n_sel, m)."""
+        X, w = self._X[sel], self._resp[sel, k]
+        s = torch.nn.functional.one_hot(labels, int(labels.max()) + 1).to(DTYPE)
+        if sub is None:
+            s = self._refine(k, X, w, s, int(self.birth_iters))
+        else:
+            ws = w[sub] * (w.sum() / w[sub].sum())
+            s = self._refine(k, X[sub], ws, s, int(self.birth_iters), exact=False)
+            children = self._children(k, X[sub], ws, s, exact=False)
+            stats = self._with_children(k, children)
+            m = s.shape[1]
+            pos = torch.tensor([k] + list(range(self._stats.k, self._stats.k + m - 1)))
+            s = self._log_resp(X, children, self._elog_of(stats.n)[pos]).exp()
+            s = self._refine(k, X, w, s, 3)
+        stats = self._with_children(k, self._children(k, X, w, s))
         entropy = self._entropy + (w * _entropy_rows(s)).sum()
         return stats, entropy, s
 
@@ -367,10 +408,17 @@ class MemoizedVB(ClusterEstimator):
         if float(self._stats.n[k]) < 2 * (d + 2):
             return False
         sel = (rk > _MIN_MASS).nonzero().squeeze(1)
-        labels = self._birth_labels(self._X[sel], rk[sel], attempt)
+        sub = None
+        if len(sel) > int(self.birth_subsample):       # rows drawn by their mass
+            p = rk[sel].cpu().numpy()
+            sub = torch.as_tensor(self._gen.choice(len(sel), int(self.birth_subsample),
+                                                   replace=False, p=p / p.sum()),
+                                  device=sel.device)
+        rows = sel if sub is None else sel[sub]
+        labels = self._birth_labels(self._X[rows], rk[rows], attempt)
         if int(labels.max()) < 1:
             return False
-        stats, entropy, s = self._birth_split(k, labels, sel)
+        stats, entropy, s = self._birth_split(k, labels, sel, sub)
         before = self.elbo()
         if not float(self._elbo_parts(stats, entropy)) > before:
             return False
@@ -396,14 +444,23 @@ class MemoizedVB(ClusterEstimator):
         for cid in targets:
             if cid in self._born or cid not in self._ids:
                 continue
-            if any(self._try_birth(self._ids.index(cid), a)
-                   for a in range(int(self.birth_proposals))):
+            # two proposal kinds per visit, the next two at the next visit, ...
+            fails = self._failures.get(cid, 0)
+            kinds = [(2 * fails + i) % int(self.birth_proposals) for i in range(2)]
+            if any(self._try_birth(self._ids.index(cid), a) for a in dict.fromkeys(kinds)):
                 accepted += 1
-            else:     # back off: rest 1, 2, 4, 8 laps after successive failures
-                fails = self._failures.get(cid, 0)
+            else:     # next lap until every kind failed once, then rest 2, 4, 8, 16 laps
                 self._failures[cid] = fails + 1
-                self._cooldown[cid] = self._lap + 2 ** min(fails, 3)
+                rounds = (fails + 1) * 2 // int(self.birth_proposals)
+                self._cooldown[cid] = self._lap + (2 ** min(rounds, 4) if rounds else 0)
         return accepted
+
+    def _births_exhausted(self) -> bool:
+        """Every component large enough to split has failed every proposal kind once."""
+        d = self._X.shape[1]
+        need = -(-int(self.birth_proposals) // 2)
+        return all(self._failures.get(cid, 0) >= need or float(n) < 2 * (d + 2)
+                   for cid, n in zip(self._ids, self._stats.n.tolist(), strict=True))
 
     def _merge_step(self) -> int:
         k = self._stats.k
@@ -514,7 +571,7 @@ class MemoizedVB(ClusterEstimator):
                       f"births={births} merges={merges} deletes={deletes}",
                       file=sys.stderr, flush=True)
             moved = births + merges + deletes
-            quiet = 0 if moved else quiet + 1
+            quiet = 0 if moved or (self.births and not self._births_exhausted()) else quiet + 1
             if abs(value - prev) <= float(self.tol) * abs(value) and quiet >= int(self.patience):
                 self.converged_ = True
                 prev = value
