@@ -115,7 +115,7 @@ class MemoizedVB(ClusterEstimator):
     patience : int, default 3
     births, merges, deletes : bool, default True
         Which moves to propose.  With all three off this is plain memoized VB.
-    birth_iters : int, default 20
+    birth_iters : int, default 10
         Most restricted VB iterations that refine a birth proposal (it stops earlier
         once no share moves by 1e-3).
     birth_proposals : int, default 6
@@ -153,7 +153,7 @@ class MemoizedVB(ClusterEstimator):
 
     def __init__(self, model=None, n_batches: int = 5, max_laps: int = 100, init_k: int = 1,
                  tol: float = 1e-7, patience: int = 3, births: bool = True, merges: bool = True,
-                 deletes: bool = True, birth_iters: int = 20, birth_proposals: int = 6,
+                 deletes: bool = True, birth_iters: int = 10, birth_proposals: int = 6,
                  birth_children: int = 4, birth_subsample: int = 500,
                  max_merge_pairs: int | None = None,
                  max_deletes: int = 2, n_samples: int = 100, random_state=0,

@@ -143,7 +143,7 @@ class MeanFieldSVI(ClusterEstimator):
         for epoch in range(int(self.max_epochs)):
             total = 0.0
             for _ in range(steps):
-                loss = svi.step(X, subsample_size=batch if batch < n else None)
+                loss = self._step(svi, X, batch if batch < n else None, epoch)
                 if not np.isfinite(loss):
                     raise FloatingPointError(
                         f"the SVI loss became {loss} at epoch {epoch + 1}; lower lr "
@@ -160,6 +160,20 @@ class MeanFieldSVI(ClusterEstimator):
         self.labels_ = log_r.argmax(1).cpu().numpy()
         self.n_clusters_ = int(np.unique(self.labels_).size)
         self.weights_ = self._params[0].exp().detach().cpu().numpy()
+
+    def _step(self, svi, X, subsample_size, epoch: int) -> float:
+        try:
+            return svi.step(X, subsample_size=subsample_size)
+        except ValueError as err:
+            if "support" not in str(err) and "positive definite" not in str(err):
+                raise
+            raise ValueError(
+                f"MeanFieldSVI: at epoch {epoch + 1} a draw of the guide gave a parameter "
+                f"outside its support (for Gaussian families, a numerically singular "
+                f"{X.shape[1]} x {X.shape[1]} covariance).  The Normal guide on the "
+                f"unconstrained Cholesky factor is fragile on strongly correlated features: "
+                f"use DiagonalGaussian, reduce the dimension (PCA), or lower init_scale "
+                f"(now {self.init_scale})") from None
 
     # -- the fitted approximation ---------------------------------------------------
     def _split_sites(self, values: dict):
