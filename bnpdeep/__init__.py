@@ -10,6 +10,7 @@ The flat public API::
 
 __version__ = "0.1.0"
 
+from bnpdeep.compare import Comparison, compare
 from bnpdeep.data import (
     DataError,
     DataWarning,
@@ -62,6 +63,6 @@ __all__ = [
     "InverseWishart", "DirichletProcess", "PitmanYor", "FiniteDirichlet", "stick_breaking",
     "KMeans", "GaussianMixtureEM", "DBSCAN", "BayesianGMM", "CollapsedGibbs",
     "SubclusterSampler", "DeepDPM", "MemoizedVB", "MeanFieldSVI", "exact_partition_posterior",
-    "to_inference_data", "k_summary", "save_inference_data",
+    "to_inference_data", "k_summary", "save_inference_data", "compare", "Comparison",
     "METHODS", "make_estimator", "ClusteringResult", "RunFolder",
 ]

@@ -1,4 +1,4 @@
-"""The ``bnpdeep`` command: fit, datasets, demo.
+"""The ``bnpdeep`` command: fit, compare, datasets, demo.
 
 Bad input becomes one line on stderr and exit code 2; progress goes to stderr,
 results to stdout.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -102,35 +101,51 @@ def _cmd_datasets(args) -> int:
     return 0
 
 
-DEMO_METHODS = ("kmeans", "gmm", "dbscan", "bgm", "subcluster", "deepdpm", "movb")
+DEMO_METHODS = ("deepdpm", "subcluster", "movb", "bgm", "kmeans", "gmm", "dbscan")
 
 
-def run_demo(methods=DEMO_METHODS, seed: int = 0, out=None) -> list:
-    """Fit each method on the embedded demo data and print a table; returns results."""
+def run_compare(X, y, methods, *, chains: int, seed: int, out, iters=None, quiet=False,
+                data_name="data", stream=None):
+    """Run :func:`bnpdeep.compare.compare`, print its table and where the report lies."""
+    from bnpdeep.compare import compare, format_table
+
+    stream = sys.stdout if stream is None else stream
+    result = compare(X, methods=methods, y=y, chains=chains, seed=seed, out=out,
+                     iters=iters, progress=not quiet, data_name=data_name)
+    print(format_table(result.table), file=stream)
+    for note in result.notes:
+        print(f"- {note}", file=stream)
+    if result.report:
+        print(f"report: {result.report['html']} (and report.md, figures, idata_<method>.nc)",
+              file=stream)
+    return result
+
+
+def run_demo(methods=DEMO_METHODS, seed: int = 0, out="demo_report", chains: int = 4,
+             stream=None):
+    """Compare the methods on the embedded demo data (digits, PCA 10) and write a report."""
     from bnpdeep import data
 
-    out = sys.stdout if out is None else out
+    stream = sys.stdout if stream is None else stream
     X, y = data.demo_data()
-    k_true = int(np.unique(y).size)
     print(f"digits (scikit-learn), standardised, PCA to 10 dims: {X.shape[0]} x "
-          f"{X.shape[1]}, true K = {k_true}", file=out)
-    print(f"{'method':<12}{'K':>4}{'NMI':>8}{'ARI':>8}{'ACC':>8}{'seconds':>10}", file=out)
-    results = []
-    for name in methods:
-        _log(f"demo: fitting {name}")
-        start = time.perf_counter()
-        r = fit_one(name, X, y, seed=seed)
-        wall = time.perf_counter() - start
-        m = r.metrics
-        print(f"{name:<12}{r.n_clusters:>4}{m['nmi']:>8.3f}{m['ari']:>8.3f}{m['acc']:>8.3f}"
-              f"{wall:>10.2f}", file=out, flush=True)
-        results.append(r)
-    print("kmeans and gmm are told K; the others find it.", file=out)
-    return results
+          f"{X.shape[1]}, true K = {np.unique(y).size}", file=stream, flush=True)
+    return run_compare(X, y, list(methods), chains=chains, seed=seed, out=out,
+                       data_name="digits (PCA 10)", stream=stream)
 
 
 def _cmd_demo(args) -> int:
-    run_demo(methods=args.methods or DEMO_METHODS, seed=args.seed)
+    run_demo(methods=args.methods or DEMO_METHODS, seed=args.seed, out=args.out,
+             chains=args.chains)
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    _log(f"loading {args.data}")
+    X, y = _load_input(args.data, args.labels, args.standardize)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    run_compare(X, y, methods, chains=args.chains, seed=args.seed, out=args.out,
+                quiet=args.quiet, data_name=str(args.data))
     return 0
 
 
@@ -162,9 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("datasets", help="list embedded and benchmark data sets")
     d.set_defaults(run=_cmd_datasets)
 
+    c = sub.add_parser("compare", help="compare methods on one data set, with a report",
+                       description="Fit several methods on the same data and write "
+                       "report.md, report.html, figures and idata_<method>.nc into --out.")
+    c.add_argument("data", help="a data file, or the name of an embedded or benchmark set")
+    c.add_argument("--labels", help="true labels, one integer per row (adds NMI/ARI/ACC)")
+    c.add_argument("--methods", default=",".join(DEMO_METHODS),
+                   help=f"comma-separated, from: {', '.join(METHODS)}")
+    c.add_argument("--chains", type=int, default=4, help="chains of the MCMC methods")
+    c.add_argument("--out", required=True, help="report folder")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--standardize", action="store_true", help="zero mean, unit variance")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.set_defaults(run=_cmd_compare)
+
     m = sub.add_parser("demo", help="compare methods on the embedded digits data")
     m.add_argument("--methods", nargs="+", choices=list(METHODS))
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--chains", type=int, default=4)
+    m.add_argument("--out", default="demo_report", help="report folder")
     m.set_defaults(run=_cmd_demo)
     return p
 

@@ -63,14 +63,22 @@ def to_inference_data(estimator) -> az.InferenceData:
 
 def k_summary(idata: az.InferenceData, hdi_prob: float = 0.9) -> dict:
     """Posterior mean of K, its central interval, and (for >1 chain) R-hat and bulk ESS
-    of K and lp."""
+    of K and lp.  When every draw of every chain holds the same value, R-hat and ESS
+    are undefined and reported as NaN (ArviZ would divide zero by zero)."""
     k = idata.posterior["K"].values
     lo, hi = np.quantile(k, [(1 - hdi_prob) / 2, 1 - (1 - hdi_prob) / 2])
     out = {"k_mean": float(k.mean()), "k_low": float(lo), "k_high": float(hi)}
     if k.shape[0] > 1:
         for name, da in (("K", idata.posterior["K"]), ("lp", idata.sample_stats["lp"])):
-            out[f"rhat_{name}"] = float(az.rhat(da.to_dataset(name=name))[name])
-            out[f"ess_{name}"] = float(az.ess(da.to_dataset(name=name), method="bulk")[name])
+            values = da.values
+            if np.ptp(values) <= 1e-12 * max(1.0, float(np.abs(values).max())):
+                out[f"rhat_{name}"] = out[f"ess_{name}"] = float("nan")
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out[f"rhat_{name}"] = float(az.rhat(da.to_dataset(name=name))[name])
+                out[f"ess_{name}"] = float(az.ess(da.to_dataset(name=name),
+                                                  method="bulk")[name])
     return out
 
 

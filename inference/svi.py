@@ -77,7 +77,8 @@ class MeanFieldSVI(ClusterEstimator):
     ----------
     labels_, n_clusters_ (components that hold a point), weights_ (pi at the guide's
     median), elbo_history_ (per epoch, the mean minibatch ELBO scaled to the full
-    data), guide_ (the fitted AutoNormal), n_epochs_.
+    data), history_ (per epoch: occupied K at the guide's median, ELBO), guide_ (the
+    fitted AutoNormal), n_epochs_.
     """
 
     method_name = "svi"
@@ -139,7 +140,7 @@ class MeanFieldSVI(ClusterEstimator):
                   TraceEnum_ELBO(max_plate_nesting=1, num_particles=int(self.num_particles),
                                  vectorize_particles=int(self.num_particles) > 1))
         steps = max(1, -(-n // batch))
-        self.elbo_history_ = []
+        self.elbo_history_, self.history_ = [], []
         for epoch in range(int(self.max_epochs)):
             total = 0.0
             for _ in range(steps):
@@ -150,6 +151,10 @@ class MeanFieldSVI(ClusterEstimator):
                         f"(now {self.lr}) or init_scale (now {self.init_scale})")
                 total += loss
             self.elbo_history_.append(-total / steps)
+            log_pi, params = self._median()
+            z = self._log_resp(X, log_pi, params).argmax(1)
+            self.history_.append({"epoch": epoch + 1, "K": int(torch.unique(z).numel()),
+                                  "elbo": self.elbo_history_[-1]})
             if self.progress:
                 print(f"svi epoch {epoch + 1}/{self.max_epochs}: ELBO {self.elbo_history_[-1]:.6g}",
                       file=sys.stderr, flush=True)

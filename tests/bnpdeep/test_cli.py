@@ -87,10 +87,10 @@ def test_the_console_script_runs():
     assert res.returncode == 0 and "digits" in res.stdout
 
 
-def test_demo_prints_a_table(capsys):
-    assert main(["demo", "--methods", "kmeans", "dbscan"]) == 0
+def test_demo_prints_a_table(capsys, tmp_path):
+    assert main(["demo", "--methods", "kmeans", "dbscan", "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
-    assert "true K = 10" in out
+    assert "true K = 10" in out and (tmp_path / "r" / "report.html").exists()
     row = next(line for line in out.splitlines() if line.startswith("kmeans"))
     k, nmi_value = row.split()[1:3]
     assert k == "10" and 0.5 < float(nmi_value) < 1.0
