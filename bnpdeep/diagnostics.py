@@ -63,8 +63,10 @@ def to_inference_data(estimator) -> az.InferenceData:
 
 def k_summary(idata: az.InferenceData, hdi_prob: float = 0.9) -> dict:
     """Posterior mean of K, its central interval, and (for >1 chain) R-hat and bulk ESS
-    of K and lp.  When every draw of every chain holds the same value, R-hat and ESS
-    are undefined and reported as NaN (ArviZ would divide zero by zero)."""
+    of K and lp.  When every draw of every chain holds the same value (to round-off:
+    1e-12 relative), the values ArviZ gives an exactly constant array are reported --
+    R-hat NaN (undefined), ESS the number of draws -- rather than the infinite R-hat
+    that round-off differences between chains would produce."""
     k = idata.posterior["K"].values
     lo, hi = np.quantile(k, [(1 - hdi_prob) / 2, 1 - (1 - hdi_prob) / 2])
     out = {"k_mean": float(k.mean()), "k_low": float(lo), "k_high": float(hi)}
@@ -72,7 +74,7 @@ def k_summary(idata: az.InferenceData, hdi_prob: float = 0.9) -> dict:
         for name, da in (("K", idata.posterior["K"]), ("lp", idata.sample_stats["lp"])):
             values = da.values
             if np.ptp(values) <= 1e-12 * max(1.0, float(np.abs(values).max())):
-                out[f"rhat_{name}"] = out[f"ess_{name}"] = float("nan")
+                out[f"rhat_{name}"], out[f"ess_{name}"] = float("nan"), float(values.size)
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
