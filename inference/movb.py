@@ -118,14 +118,14 @@ class MemoizedVB(ClusterEstimator):
     birth_iters : int, default 10
         Most restricted VB iterations that refine a birth proposal (it stops earlier
         once no share moves by 1e-3).
-    birth_proposals : int, default 6
+    birth_proposals : int, default 4
         Kinds of initial split, tried two per visit of a target (the next two at its
-        next visit, cycling): 2-means along the principal axis, 2-means in whitened
-        coordinates, k-means++ into ``birth_children`` groups, then random axes and
-        carved local groups in turn.  A component is visited every lap until each
-        kind has failed on it once, then after 2, 4, 8 and 16 laps; the fit does not
-        stop while a component has kinds left untried.  A
-        target whose proposals all fail rests 1 to 3 laps.
+        next visit, cycling), the first ``birth_proposals`` of: 2-means along the
+        principal axis, 2-means in whitened coordinates, k-means++ into
+        ``birth_children`` groups, 2-means along a random axis, a local group carved
+        around a random member, another random axis, ...  A component is visited
+        every lap until each kind has failed on it once, then after 2, 4, 8 and 16
+        laps; the fit does not stop while a component has kinds left untried.
     birth_children : int, default 4
         Groups of the k-means++ birth proposal.
     birth_subsample : int, default 500
@@ -153,7 +153,7 @@ class MemoizedVB(ClusterEstimator):
 
     def __init__(self, model=None, n_batches: int = 5, max_laps: int = 100, init_k: int = 1,
                  tol: float = 1e-7, patience: int = 3, births: bool = True, merges: bool = True,
-                 deletes: bool = True, birth_iters: int = 10, birth_proposals: int = 6,
+                 deletes: bool = True, birth_iters: int = 10, birth_proposals: int = 4,
                  birth_children: int = 4, birth_subsample: int = 500,
                  max_merge_pairs: int | None = None,
                  max_deletes: int = 2, n_samples: int = 100, random_state=0,
@@ -191,7 +191,21 @@ class MemoizedVB(ClusterEstimator):
 
     def elbo(self) -> float:
         """L at the current memoized statistics, with q at its optimum given them."""
-        return float(self._elbo_parts(self._stats, self._entropy))
+        if self._elbo_value is None:
+            self._log_z = self._family.log_marginal(self._stats)
+            elog, _, kl = self._stick_terms(self._stats.n)
+            self._elbo_value = float(self._log_z.sum() + (self._stats.n * elog).sum() - kl
+                                     + self._entropy)
+        return self._elbo_value
+
+    def _birth_elbo(self, k: int, children: SuffStats, entropy) -> float:
+        """L of a birth proposal: only the children's log Z are new."""
+        self.elbo()
+        n = torch.cat([self._stats.n, children.n[1:]])
+        n[k] = children.n[0]
+        elog, _, kl = self._stick_terms(n)
+        log_z = self._log_z.sum() - self._log_z[k] + self._family.log_marginal(children).sum()
+        return float(log_z + (n * elog).sum() - kl + entropy)
 
     def _log_resp(self, X: torch.Tensor, stats: SuffStats, elog: torch.Tensor) -> torch.Tensor:
         """Local step: log r_ik = E[log pi_k] + E[log p(x_i | theta_k)] - normaliser."""
@@ -243,6 +257,7 @@ class MemoizedVB(ClusterEstimator):
         self._next_id = len(self._ids)
         self._cooldown: dict[int, int] = {}
         self._failures: dict[int, int] = {}
+        self._elbo_value = None
         self._rebuild_memos()
 
     def _rebuild_memos(self):
@@ -263,6 +278,7 @@ class MemoizedVB(ClusterEstimator):
         self._stats = total
         self._entropy = torch.stack(self._memo_entropy).sum()
         self._elog = self._stick_terms(self._stats.n)[0]
+        self._elbo_value = None
 
     def fresh_statistics(self) -> tuple[SuffStats, float]:
         """Statistics and entropy recomputed from scratch over all batches with the
@@ -283,6 +299,7 @@ class MemoizedVB(ClusterEstimator):
         self._memo_stats[b], self._memo_entropy[b] = new_stats, new_h
         self._resp[idx] = r
         self._elog = self._stick_terms(self._stats.n)[0]       # global step (sticks)
+        self._elbo_value = None
 
     def lap(self):
         """One pass over all batches (no moves)."""
@@ -359,8 +376,9 @@ class MemoizedVB(ClusterEstimator):
         those of the rows ``sel`` and restricted VB refines on all of them; with it
         they are those of the subsample ``sel[sub]``, refinement runs there (its mass
         scaled up to the target's), and a few restricted iterations on all rows
-        finish.  Rows outside ``sel`` stay with the first child.  Returns (stats,
-        entropy, s) of the proposal, s the shares of the rows ``sel`` (n_sel, m)."""
+        finish.  Rows outside ``sel`` stay with the first child.  Returns (children's
+        statistics, entropy, s) of the proposal, s the shares of the rows ``sel``
+        (n_sel, m)."""
         X, w = self._X[sel], self._resp[sel, k]
         s = torch.nn.functional.one_hot(labels, int(labels.max()) + 1).to(DTYPE)
         if sub is None:
@@ -374,9 +392,9 @@ class MemoizedVB(ClusterEstimator):
             pos = torch.tensor([k] + list(range(self._stats.k, self._stats.k + m - 1)))
             s = self._log_resp(X, children, self._elog_of(stats.n)[pos]).exp()
             s = self._refine(k, X, w, s, 3)
-        stats = self._with_children(k, self._children(k, X, w, s))
+        children = self._children(k, X, w, s)
         entropy = self._entropy + (w * _entropy_rows(s)).sum()
-        return stats, entropy, s
+        return children, entropy, s
 
     def _birth_labels(self, Xs: torch.Tensor, w: torch.Tensor, attempt: int) -> torch.Tensor:
         """Initial hard split of a birth target's rows, by attempt: 2-means along the
@@ -418,9 +436,9 @@ class MemoizedVB(ClusterEstimator):
         labels = self._birth_labels(self._X[rows], rk[rows], attempt)
         if int(labels.max()) < 1:
             return False
-        stats, entropy, s = self._birth_split(k, labels, sel, sub)
+        children, entropy, s = self._birth_split(k, labels, sel, sub)
         before = self.elbo()
-        if not float(self._elbo_parts(stats, entropy)) > before:
+        if not self._birth_elbo(k, children, entropy) > before:
             return False
         m = s.shape[1]
         resp = torch.cat([self._resp, rk.new_zeros(rk.shape[0], m - 1)], 1)
