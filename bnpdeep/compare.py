@@ -41,6 +41,7 @@ class Comparison:
     estimators: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     report: dict = field(default_factory=dict)
+    compare_df: "object" = None         # az.compare's table (two or more Bayesian methods)
 
     def __iter__(self):                 # df, idata = compare(...)
         return iter((self.table, self.idata))
@@ -221,7 +222,7 @@ def _figures(result: Comparison, X, y, out: Path) -> list[tuple[str, str]]:
         figs.append(("k_posterior.png", "Posterior of K (draws of each method)",
                      plots.k_posterior({m: d.posterior["K"].values
                                         for m, d in result.idata.items()})))
-    if getattr(result, "compare_df", None) is not None:
+    if result.compare_df is not None:
         import arviz as az
 
         ax = az.plot_compare(result.compare_df, figsize=(7, 1.2 + 0.5 * len(result.compare_df)))
