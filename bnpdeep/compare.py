@@ -225,7 +225,8 @@ def _figures(result: Comparison, X, y, out: Path) -> list[tuple[str, str]]:
     if result.compare_df is not None:
         import arviz as az
 
-        ax = az.plot_compare(result.compare_df, figsize=(7, 1.2 + 0.5 * len(result.compare_df)))
+        ax = az.plot_compare(result.compare_df, figsize=(7, 1.6 + 0.5 * len(result.compare_df)))
+        ax.figure.tight_layout()
         figs.append(("loo_compare.png", "ArviZ compare plot (ELPD-LOO)", ax.figure))
     labels = {m: e.labels_ for m, e in result.estimators.items()}
     if labels:

@@ -13,6 +13,7 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Ellipse  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _grid(n: int, width: float = 4.0, height: float = 3.6):
@@ -52,6 +53,8 @@ def k_posterior(k_draws: dict) -> plt.Figure:
         ks = np.asarray(ks).ravel().astype(int)
         values, counts = np.unique(ks, return_counts=True)
         ax.bar(values, counts / counts.sum(), width=0.8, color="C0")
+        ax.set_xlim(values.min() - 1, values.max() + 1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(name)
         ax.set_xlabel("K")
         ax.set_ylabel("posterior probability")
