@@ -52,6 +52,7 @@ recomputation from them (tested).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -136,6 +137,8 @@ class MemoizedVB(ClusterEstimator):
         Merge candidates evaluated per lap; default 2 K.
     max_deletes : int, default 2
         Delete candidates (the smallest components) per lap.
+    checkpoint_every : int, default 10
+        Laps between checkpoints when ``fit(..., checkpoint_dir=...)``.
     n_samples : int, default 100
         Draws from q kept by :meth:`to_inference_data`.
     random_state : int, default 0
@@ -156,8 +159,8 @@ class MemoizedVB(ClusterEstimator):
                  deletes: bool = True, birth_iters: int = 10, birth_proposals: int = 4,
                  birth_children: int = 4, birth_subsample: int = 500,
                  max_merge_pairs: int | None = None,
-                 max_deletes: int = 2, n_samples: int = 100, random_state=0,
-                 progress: bool = False):
+                 max_deletes: int = 2, checkpoint_every: int = 10, n_samples: int = 100,
+                 random_state=0, progress: bool = False):
         self.model = model
         self.n_batches = n_batches
         self.max_laps = max_laps
@@ -173,6 +176,7 @@ class MemoizedVB(ClusterEstimator):
         self.birth_subsample = birth_subsample
         self.max_merge_pairs = max_merge_pairs
         self.max_deletes = max_deletes
+        self.checkpoint_every = checkpoint_every
         self.n_samples = n_samples
         self.random_state = random_state
         self.progress = progress
@@ -227,6 +231,8 @@ class MemoizedVB(ClusterEstimator):
             raise ValueError(f"n_batches must be at least 1, got {self.n_batches}")
         if int(self.init_k) < 1:
             raise ValueError(f"init_k must be at least 1, got {self.init_k}")
+        if int(self.checkpoint_every) < 1:
+            raise ValueError(f"checkpoint_every must be at least 1, got {self.checkpoint_every}")
         if int(self.max_laps) < 0:
             raise ValueError(f"max_laps must be non-negative, got {self.max_laps}")
         return model
@@ -565,13 +571,28 @@ class MemoizedVB(ClusterEstimator):
         self._record("reorder", before)
 
     # ------------------------------------------------------------------ fit
+    def fit(self, X, y=None, checkpoint_dir=None, resume: bool = False):
+        """Fit; with ``checkpoint_dir`` save the whole state every ``checkpoint_every``
+        laps, and with ``resume=True`` continue from the last checkpoint there (a
+        resumed seeded fit ends where an uninterrupted one would)."""
+        if resume and checkpoint_dir is None:
+            raise ValueError("resume=True needs a checkpoint_dir")
+        self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self._resume = bool(resume)
+        return super().fit(X, y)
+
     def _fit(self, X):
         self._setup(X)
         self.elbo_history_, self.history_, self.moves_ = [], [], []
         self.converged_ = False
-        quiet, prev = 0, self.elbo()
-        self._lap = 0
-        for lap in range(int(self.max_laps)):
+        quiet, prev, start = 0, self.elbo(), 0
+        state = self._load_checkpoint() if getattr(self, "_resume", False) else None
+        if state is not None:
+            quiet, prev, start = self._restore(state)
+        self._lap = start
+        for lap in range(start, int(self.max_laps)):
+            if self.converged_:
+                break
             self._lap = lap
             self._born: set[int] = set()
             self.lap()
@@ -592,11 +613,52 @@ class MemoizedVB(ClusterEstimator):
             quiet = 0 if moved or (self.births and not self._births_exhausted()) else quiet + 1
             if abs(value - prev) <= float(self.tol) * abs(value) and quiet >= int(self.patience):
                 self.converged_ = True
-                prev = value
-                break
             prev = value
+            if (getattr(self, "_checkpoint_dir", None) is not None
+                    and (lap + 1) % int(self.checkpoint_every) == 0):
+                self._save_checkpoint(lap + 1, quiet, prev)
         self.n_laps_ = len(self.elbo_history_)
         self._finish()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_file(self) -> Path:
+        return self._checkpoint_dir / "movb_checkpoint.pt"
+
+    def _save_checkpoint(self, laps: int, quiet: int, prev: float):
+        self._checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        state = {"laps": laps, "quiet": quiet, "prev": prev, "converged": self.converged_,
+                 "resp": self._resp, "ids": self._ids, "next_id": self._next_id,
+                 "cooldown": self._cooldown, "failures": self._failures,
+                 "memo_stats": [dict(m.fields) for m in self._memo_stats],
+                 "memo_entropy": self._memo_entropy,
+                 "elbo_history": self.elbo_history_, "history": self.history_,
+                 "moves": self.moves_, "gen": self._gen.bit_generator.state,
+                 "torch_rng": torch.get_rng_state()}
+        tmp = self._checkpoint_file().with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self._checkpoint_file())
+
+    def _load_checkpoint(self):
+        path = self._checkpoint_file()
+        return torch.load(path, weights_only=False) if path.exists() else None
+
+    def _restore(self, state) -> tuple[int, float, int]:
+        if state["resp"].shape[0] != self._X.shape[0]:
+            raise ValueError(f"the checkpoint in {self._checkpoint_dir} is of data with "
+                             f"{state['resp'].shape[0]} rows, not {self._X.shape[0]}")
+        self._resp = state["resp"]
+        self._ids, self._next_id = list(state["ids"]), int(state["next_id"])
+        self._cooldown, self._failures = dict(state["cooldown"]), dict(state["failures"])
+        self._memo_stats = [SuffStats(**f) for f in state["memo_stats"]]
+        self._memo_entropy = list(state["memo_entropy"])
+        self.elbo_history_ = list(state["elbo_history"])
+        self.history_ = list(state["history"])
+        self.moves_ = list(state["moves"])
+        self.converged_ = bool(state["converged"])
+        self._gen.bit_generator.state = state["gen"]
+        torch.set_rng_state(state["torch_rng"])
+        self._resync()
+        return int(state["quiet"]), float(state["prev"]), int(state["laps"])
 
     def _finish(self):
         log_r = self._log_resp(self._X, self._stats, self._elog)

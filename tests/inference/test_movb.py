@@ -180,3 +180,20 @@ def test_options_and_priors_are_checked():
     bad[3, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         MemoizedVB().fit(bad)
+
+
+def test_checkpoint_resume_ends_where_an_uninterrupted_fit_ends(tmp_path):
+    X, _ = make_mixture(3000, 2, 16, separation=5.0, seed=8)
+    opts = dict(tol=0.0, patience=10**6, checkpoint_every=3, random_state=2)
+    whole = MemoizedVB(max_laps=9, **opts).fit(X)
+    # the fit is still moving after lap 3, so the resumed part has work to reproduce
+    assert any(m["lap"] >= 3 and m["move"] == "birth" for m in whole.moves_)
+    # an "interrupted" fit: 3 laps, a checkpoint after lap 3
+    MemoizedVB(max_laps=3, **opts).fit(X, checkpoint_dir=tmp_path)
+    resumed = MemoizedVB(max_laps=9, **opts).fit(X, checkpoint_dir=tmp_path, resume=True)
+    assert resumed.elbo_history_ == whole.elbo_history_
+    assert resumed.moves_ == whole.moves_
+    np.testing.assert_array_equal(resumed.labels_, whole.labels_)
+    np.testing.assert_array_equal(resumed.resp_, whole.resp_)
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        MemoizedVB().fit(X, resume=True)
