@@ -89,7 +89,8 @@ def _ellipse(ax, pts: np.ndarray, color):
 def clusters_2d(X: np.ndarray, labels: dict, max_points: int = 5000, seed: int = 0
                 ) -> plt.Figure:
     """The data in 2-D (PCA when d > 2), coloured by each method's labels, with the
-    2-sigma ellipse of every cluster.  ``labels``: method -> labels."""
+    2-sigma ellipse of every cluster.  ``labels``: method -> labels; negative labels
+    (DBSCAN's noise) are drawn grey, without an ellipse, and not counted in K."""
     Z, how = project_2d(X)
     rng = np.random.default_rng(seed)
     show = rng.choice(len(Z), min(len(Z), max_points), replace=False)
@@ -97,8 +98,9 @@ def clusters_2d(X: np.ndarray, labels: dict, max_points: int = 5000, seed: int =
     cmap = plt.get_cmap("tab20")
     for ax, (name, lab) in zip(axes, labels.items(), strict=True):
         lab = np.asarray(lab)
-        ids = np.unique(lab)
+        ids = np.unique(lab[lab >= 0])
         colour = {c: cmap(i % 20) for i, c in enumerate(ids)}
+        colour.update({c: (0.7, 0.7, 0.7, 1.0) for c in np.unique(lab[lab < 0])})
         ax.scatter(Z[show, 0], Z[show, 1], s=4, c=[colour[c] for c in lab[show]],
                    linewidths=0)
         for c in ids:
