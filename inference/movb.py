@@ -56,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from bnpdeep.linalg import DTYPE, as_tensor
 
@@ -143,7 +144,7 @@ class MemoizedVB(ClusterEstimator):
         Draws from q kept by :meth:`to_inference_data`.
     random_state : int, default 0
     progress : bool, default False
-        One line per lap on stderr.
+        A progress bar over laps (K and L) on stderr.
 
     Attributes
     ----------
@@ -590,7 +591,9 @@ class MemoizedVB(ClusterEstimator):
         if state is not None:
             quiet, prev, start = self._restore(state)
         self._lap = start
-        for lap in range(start, int(self.max_laps)):
+        bar = tqdm(range(start, int(self.max_laps)), desc="movb", unit="lap", file=sys.stderr,
+                   disable=not self.progress, leave=False)
+        for lap in bar:
             if self.converged_:
                 break
             self._lap = lap
@@ -605,10 +608,7 @@ class MemoizedVB(ClusterEstimator):
             self.elbo_history_.append(value)
             self.history_.append({"lap": lap, "K": self._stats.k, "elbo": value,
                                   "births": births, "merges": merges, "deletes": deletes})
-            if self.progress:
-                print(f"movb lap {lap + 1}/{self.max_laps}: K={self._stats.k} L={value:.6g} "
-                      f"births={births} merges={merges} deletes={deletes}",
-                      file=sys.stderr, flush=True)
+            bar.set_postfix(K=self._stats.k, L=f"{value:.6g}", refresh=False)
             moved = births + merges + deletes
             quiet = 0 if moved or (self.births and not self._births_exhausted()) else quiet + 1
             if abs(value - prev) <= float(self.tol) * abs(value) and quiet >= int(self.patience):

@@ -30,6 +30,7 @@ import torch
 from pyro import poutine
 from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
 from pyro.infer.autoguide import AutoNormal, init_to_value
+from tqdm.auto import tqdm
 
 from bnpdeep.linalg import as_tensor
 
@@ -71,7 +72,7 @@ class MeanFieldSVI(ClusterEstimator):
         Guide draws kept by :meth:`to_inference_data`.
     random_state : int, default 0
     progress : bool, default False
-        One line per epoch on stderr.
+        A progress bar over epochs (K and ELBO) on stderr.
 
     Attributes
     ----------
@@ -141,7 +142,9 @@ class MeanFieldSVI(ClusterEstimator):
                                  vectorize_particles=int(self.num_particles) > 1))
         steps = max(1, -(-n // batch))
         self.elbo_history_, self.history_ = [], []
-        for epoch in range(int(self.max_epochs)):
+        bar = tqdm(range(int(self.max_epochs)), desc="svi", unit="epoch", file=sys.stderr,
+                   disable=not self.progress, leave=False)
+        for epoch in bar:
             total = 0.0
             for _ in range(steps):
                 loss = self._step(svi, X, batch if batch < n else None, epoch)
@@ -155,9 +158,8 @@ class MeanFieldSVI(ClusterEstimator):
             z = self._log_resp(X, log_pi, params).argmax(1)
             self.history_.append({"epoch": epoch + 1, "K": int(torch.unique(z).numel()),
                                   "elbo": self.elbo_history_[-1]})
-            if self.progress:
-                print(f"svi epoch {epoch + 1}/{self.max_epochs}: ELBO {self.elbo_history_[-1]:.6g}",
-                      file=sys.stderr, flush=True)
+            bar.set_postfix(K=self.history_[-1]["K"], ELBO=f"{self.elbo_history_[-1]:.6g}",
+                            refresh=False)
         self.n_epochs_ = len(self.elbo_history_)
         self._params = self._median()
         log_r = self._log_resp(X, *self._params)

@@ -35,6 +35,7 @@ import torch
 from bnpdeep.models import DPMixture
 from bnpdeep.models.dpmm import gather_params
 from pyro.infer import TraceEnum_ELBO
+from tqdm.auto import tqdm
 
 from bnpdeep.linalg import DTYPE, as_tensor
 
@@ -135,7 +136,7 @@ class DeepDPM(ClusterEstimator):
         "auto" uses a GPU when one is present.
     random_state : int, default 0
     progress : bool, default False
-        One line per epoch on stderr.
+        A progress bar over epochs (K and loss) on stderr.
     """
 
     method_name = "deepdpm"
@@ -540,7 +541,9 @@ class DeepDPM(ClusterEstimator):
         else:
             self._init_mixture(Xt)
         n_moves = 0
-        for epoch in range(start, int(self.max_epochs)):
+        bar = tqdm(range(start, int(self.max_epochs)), desc="deepdpm", unit="epoch",
+                   file=sys.stderr, disable=not self.progress, leave=False)
+        for epoch in bar:
             loss = self._train_epoch(Xt)
             splits = merges = 0
             since = epoch + 1 - int(self.burn_in_epochs)
@@ -563,10 +566,7 @@ class DeepDPM(ClusterEstimator):
                     self._make_optimisers()
             self.history_.append({"epoch": epoch + 1, "k": self._mixture.k, "loss": loss,
                                   "splits": splits, "merges": merges})
-            if self.progress:
-                print(f"deepdpm epoch {epoch + 1}/{self.max_epochs}: K={self._mixture.k} "
-                      f"loss={loss:.4f} splits={splits} merges={merges}", file=sys.stderr,
-                      flush=True)
+            bar.set_postfix(K=self._mixture.k, loss=f"{loss:.4f}", refresh=False)
             if self.callback is not None:
                 self.callback(self, epoch + 1, Xt)
             if self._checkpoint_dir is not None and (epoch + 1) % int(self.checkpoint_every) == 0:
