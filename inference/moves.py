@@ -82,8 +82,10 @@ def mh_accept(log_ratio, uniform=None, generator: torch.Generator | None = None)
     """
     log_ratio = torch.as_tensor(log_ratio, dtype=DTYPE)
     if uniform is None:
+        # drawn on the CPU (where the generator lives), then moved: the same stream on
+        # every device
         uniform = torch.rand(log_ratio.shape, dtype=DTYPE, generator=generator)
-    uniform = torch.as_tensor(uniform, dtype=DTYPE)
+    uniform = torch.as_tensor(uniform, dtype=DTYPE).to(log_ratio.device)
     return torch.log(uniform.clamp_min(1e-300)) < log_ratio
 
 

@@ -108,7 +108,7 @@ def two_means(X: torch.Tensor, n_iter: int = 5, axis: torch.Tensor | None = None
     """
     n = X.shape[0]
     if n < 2:
-        return torch.zeros(n, dtype=torch.long)
+        return torch.zeros(n, dtype=torch.long, device=X.device)
     mean = X.mean(0)
     xc = X - mean
     cov = xc.T @ xc / n
@@ -120,7 +120,7 @@ def two_means(X: torch.Tensor, n_iter: int = 5, axis: torch.Tensor | None = None
         v = u * (u @ cov @ u).clamp_min(0).sqrt()
     c0, c1 = mean - v, mean + v
     total = X.sum(0)
-    h = torch.zeros(n, dtype=X.dtype)
+    h = torch.zeros(n, dtype=X.dtype, device=X.device)
     for it in range(n_iter):
         # nearer to c1 than c0  <=>  x . (c1 - c0) > (|c1|^2 - |c0|^2) / 2
         new_h = (X @ (c1 - c0) > 0.5 * (c1.dot(c1) - c0.dot(c0))).to(X.dtype)
