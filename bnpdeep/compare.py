@@ -47,22 +47,29 @@ class Comparison:
         return iter((self.table, self.idata))
 
 
-def idata_row(idata, hdi_prob: float = 0.9) -> dict:
-    """The Bayesian columns of a row, from InferenceData alone: K mean and interval,
-    ELPD-LOO and its SE, Pareto k > 0.7 count, and (several chains) R-hat and bulk ESS
-    of K and lp."""
+def loo(idata):
+    """PSIS-LOO of a fit with pointwise log-likelihood (``az.loo``), or None."""
     import arviz as az
 
+    if "log_likelihood" not in idata.groups():
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return az.loo(idata, pointwise=True)
+
+
+def idata_row(idata, hdi_prob: float = 0.9, loo_result=None) -> dict:
+    """The Bayesian columns of a row, from InferenceData alone: K mean and interval,
+    ELPD-LOO and its SE, Pareto k > 0.7 count, and (several chains) R-hat and bulk ESS
+    of K and lp.  ``loo_result``: the idata's :func:`loo`, when already computed."""
     from bnpdeep.diagnostics import k_summary
 
     row = dict(k_summary(idata, hdi_prob))
-    if "log_likelihood" in idata.groups():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            loo = az.loo(idata, pointwise=True)
-        row["elpd_loo"] = float(loo.elpd_loo)
-        row["elpd_se"] = float(loo.se)
-        row["pareto_k_bad"] = int((np.asarray(loo.pareto_k) > 0.7).sum())
+    loo_result = loo(idata) if loo_result is None else loo_result
+    if loo_result is not None:
+        row["elpd_loo"] = float(loo_result.elpd_loo)
+        row["elpd_se"] = float(loo_result.se)
+        row["pareto_k_bad"] = int((np.asarray(loo_result.pareto_k) > 0.7).sum())
     return row
 
 
@@ -111,7 +118,7 @@ def compare(X, methods=DEFAULT_METHODS, y=None, *, chains: int = 4, seed: int = 
     order = [m for m in methods if not METHODS[m].needs_k] + \
         [m for m in methods if METHODS[m].needs_k]
     result = Comparison(table=None)
-    rows, k_found = {}, None
+    rows, loos, k_found = {}, {}, None
     bar = tqdm(order, desc="compare", file=sys.stderr, disable=not progress)
     for name in bar:
         bar.set_postfix_str(name)
@@ -142,18 +149,19 @@ def compare(X, methods=DEFAULT_METHODS, y=None, *, chains: int = 4, seed: int = 
             if method.bayesian:
                 idata = est.to_inference_data()
                 result.idata[name] = idata
-                row.update(idata_row(idata))
+                loos[name] = loo(idata)
+                row.update(idata_row(idata, loo_result=loos[name]))
                 if k_found is None:
                     k_found = (row["K"], f"K found by {name}")
         except Exception as err:          # one failing method does not stop the others
             row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
         rows[name] = row
     table = pd.DataFrame([rows[m] for m in methods]).set_index("method")
-    ranked = {m: d for m, d in result.idata.items() if "log_likelihood" in d.groups()}
+    ranked = {m: r for m, r in loos.items() if r is not None}
     if len(ranked) >= 2:
         import arviz as az
 
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():          # the LOO of each fit, computed once
             warnings.simplefilter("ignore")
             ranking = az.compare(ranked, ic="loo")
         result.compare_df = ranking
@@ -312,5 +320,5 @@ def format_table(table) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["compare", "Comparison", "idata_row", "write_report", "format_table",
+__all__ = ["compare", "Comparison", "idata_row", "loo", "write_report", "format_table",
            "DEFAULT_METHODS"]

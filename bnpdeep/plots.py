@@ -138,18 +138,16 @@ def coclustering(label_draws: np.ndarray, order=None, max_points: int = 400, see
 def confusion(y_true, labels: dict) -> plt.Figure:
     """Row-normalised contingency tables of true classes against each method's clusters,
     clusters ordered by their best-matching class (Hungarian)."""
+    import pandas as pd
     from scipy.optimize import linear_sum_assignment
 
     y_true = np.asarray(y_true)
-    classes = np.unique(y_true)
     fig, axes = _grid(len(labels))
     for ax, (name, lab) in zip(axes, labels.items(), strict=True):
-        lab = np.asarray(lab)
-        clusters = np.unique(lab)
-        table = np.array([[np.sum((y_true == a) & (lab == b)) for b in clusters]
-                          for a in classes], dtype=float)
+        table = pd.crosstab(y_true, np.asarray(lab)).to_numpy(dtype=float)
+        clusters = range(table.shape[1])
         rows, cols = linear_sum_assignment(-table)
-        rest = [c for c in range(len(clusters)) if c not in set(cols)]
+        rest = [c for c in clusters if c not in set(cols)]
         order = list(cols[np.argsort(rows)]) + rest
         table = table[:, order] / table.sum(1, keepdims=True)
         ax.imshow(table, vmin=0, vmax=1, cmap="Blues", aspect="auto")

@@ -51,28 +51,31 @@ class RunFolder:
         return np.load(self.path / self.LABELS)
 
     # -- checkpoints ---------------------------------------------------------------
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.path / self.CHECKPOINT
+    # ``name`` lets several estimators keep their checkpoints in one folder
+    def checkpoint_path(self, name: str | None = None) -> Path:
+        return self.path / (name or self.CHECKPOINT)
 
-    def save_checkpoint(self, state: dict) -> Path:
+    def save_checkpoint(self, state: dict, name: str | None = None) -> Path:
         """Atomically write a checkpoint (any torch-serialisable dict)."""
         import torch
 
-        folder = self._ensure()
-        tmp = folder / (self.CHECKPOINT + ".tmp")
+        self._ensure()
+        path = self.checkpoint_path(name)
+        tmp = path.with_name(path.name + ".tmp")
         torch.save(state, tmp)
-        os.replace(tmp, folder / self.CHECKPOINT)
-        return folder / self.CHECKPOINT
+        os.replace(tmp, path)
+        return path
 
-    def load_checkpoint(self) -> dict | None:
+    def load_checkpoint(self, name: str | None = None) -> dict | None:
         """The last checkpoint, or None if there is none."""
         import torch
 
-        if not self.checkpoint_path.exists():
+        path = self.checkpoint_path(name)
+        if not path.exists():
             return None
-        return torch.load(self.checkpoint_path, weights_only=False)
+        return torch.load(path, weights_only=False)
 
-    def clear_checkpoint(self):
-        if self.checkpoint_path.exists():
-            self.checkpoint_path.unlink()
+    def clear_checkpoint(self, name: str | None = None):
+        path = self.checkpoint_path(name)
+        if path.exists():
+            path.unlink()

@@ -59,6 +59,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bnpdeep.linalg import DTYPE, as_tensor
+from bnpdeep.runs import RunFolder
 
 from ..models import ConjugateFamily, FiniteDirichlet, SuffStats, WeightPrior
 from .base import ClusterEstimator
@@ -154,6 +155,7 @@ class MemoizedVB(ClusterEstimator):
     """
 
     method_name = "movb"
+    _CHECKPOINT = "movb_checkpoint.pt"     # file name in the checkpoint folder
 
     def __init__(self, model=None, n_batches: int = 5, max_laps: int = 100, init_k: int = 1,
                  tol: float = 1e-7, patience: int = 3, births: bool = True, merges: bool = True,
@@ -203,14 +205,18 @@ class MemoizedVB(ClusterEstimator):
                                      + self._entropy)
         return self._elbo_value
 
+    def _elbo_with(self, n: torch.Tensor, log_z_sum, entropy) -> float:
+        """L of a proposal from its counts, its total log Z and its entropy."""
+        elog, _, kl = self._stick_terms(n)
+        return float(log_z_sum + (n * elog).sum() - kl + entropy)
+
     def _birth_elbo(self, k: int, children: SuffStats, entropy) -> float:
         """L of a birth proposal: only the children's log Z are new."""
         self.elbo()
         n = torch.cat([self._stats.n, children.n[1:]])
         n[k] = children.n[0]
-        elog, _, kl = self._stick_terms(n)
         log_z = self._log_z.sum() - self._log_z[k] + self._family.log_marginal(children).sum()
-        return float(log_z + (n * elog).sum() - kl + entropy)
+        return self._elbo_with(n, log_z, entropy)
 
     def _log_resp(self, X: torch.Tensor, stats: SuffStats, elog: torch.Tensor) -> torch.Tensor:
         """Local step: log r_ik = E[log pi_k] + E[log p(x_i | theta_k)] - normaliser."""
@@ -491,37 +497,41 @@ class MemoizedVB(ClusterEstimator):
         k = self._stats.k
         if k < 2:
             return 0
-        fam = self._family
-        log_z = fam.log_marginal(self._stats)
+        self.elbo()                                    # caches log Z of every component
         i, j = torch.triu_indices(k, k, 1)
         pair = SuffStats(**{name: v[i] + v[j] for name, v in self._stats.fields.items()})
-        gain = fam.log_marginal(pair) - log_z[i] - log_z[j]
+        gain = self._family.log_marginal(pair) - self._log_z[i] - self._log_z[j]
         n_pairs = int(self.max_merge_pairs) if self.max_merge_pairs is not None else 2 * k
         order = torch.argsort(gain, descending=True)[:n_pairs].tolist()
-        candidates = [(self._ids[int(i[o])], self._ids[int(j[o])]) for o in order]
+        # by component id: an accepted merge renumbers the others but leaves their log Z
+        candidates = [(self._ids[int(i[o])], self._ids[int(j[o])], gain[o]) for o in order]
         used: set[int] = set()
         accepted = 0
-        for ci, cj in candidates:
+        for ci, cj, g in candidates:
             if ci in used or cj in used:
                 continue
             a, b = self._ids.index(ci), self._ids.index(cj)
             ra, rb = self._resp[:, a], self._resp[:, b]
-            d_entropy = (torch.special.xlogy(ra, ra) + torch.special.xlogy(rb, rb)
-                         - torch.special.xlogy(ra + rb, ra + rb)).sum()
-            stats = self._stats.merge(a, b)
-            before = self.elbo()
-            if not float(self._elbo_parts(stats, self._entropy + d_entropy)) > before:
-                continue
-            resp = self._resp.clone()
-            resp[:, a] += resp[:, b]
+            # change of each row's entropy term when r_a and r_b are pooled
+            d_rows = (torch.special.xlogy(ra, ra) + torch.special.xlogy(rb, rb)
+                      - torch.special.xlogy(ra + rb, ra + rb))
             keep = [c for c in range(k) if c != b]
-            resp = resp[:, keep]
-            ids = [self._ids[c] for c in keep]
-            ids[keep.index(a)] = self._next_id
+            n = self._stats.n.clone()
+            n[a] += n[b]
+            before = self.elbo()
+            after = self._elbo_with(n[keep], self._log_z.sum() + g,
+                                    self._entropy + d_rows.sum())
+            if not after > before:
+                continue
+            self._resp[:, a] += rb
+            self._resp = self._resp[:, keep]
+            self._ids = [self._ids[c] for c in keep]
+            self._ids[keep.index(a)] = self._next_id
             self._next_id += 1
             self._memo_stats = [s.merge(a, b) for s in self._memo_stats]
-            self._memo_entropy = [_entropy(resp[idx]) for idx in self._batches]
-            self._resp, self._ids = resp, ids
+            self._memo_entropy = [h + d_rows[idx].sum()
+                                  for h, idx in zip(self._memo_entropy, self._batches,
+                                                    strict=True)]
             self._resync()
             self._record("merge", before)
             used.update((ci, cj))
@@ -621,11 +631,7 @@ class MemoizedVB(ClusterEstimator):
         self._finish()
 
     # ------------------------------------------------------------------ checkpoints
-    def _checkpoint_file(self) -> Path:
-        return self._checkpoint_dir / "movb_checkpoint.pt"
-
     def _save_checkpoint(self, laps: int, quiet: int, prev: float):
-        self._checkpoint_dir.mkdir(parents=True, exist_ok=True)
         state = {"laps": laps, "quiet": quiet, "prev": prev, "converged": self.converged_,
                  "resp": self._resp, "ids": self._ids, "next_id": self._next_id,
                  "cooldown": self._cooldown, "failures": self._failures,
@@ -634,13 +640,10 @@ class MemoizedVB(ClusterEstimator):
                  "elbo_history": self.elbo_history_, "history": self.history_,
                  "moves": self.moves_, "gen": self._gen.bit_generator.state,
                  "torch_rng": torch.get_rng_state()}
-        tmp = self._checkpoint_file().with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self._checkpoint_file())
+        RunFolder(self._checkpoint_dir).save_checkpoint(state, self._CHECKPOINT)
 
     def _load_checkpoint(self):
-        path = self._checkpoint_file()
-        return torch.load(path, weights_only=False) if path.exists() else None
+        return RunFolder(self._checkpoint_dir).load_checkpoint(self._CHECKPOINT)
 
     def _restore(self, state) -> tuple[int, float, int]:
         if state["resp"].shape[0] != self._X.shape[0]:

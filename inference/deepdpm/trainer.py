@@ -38,6 +38,7 @@ from pyro.infer import TraceEnum_ELBO
 from tqdm.auto import tqdm
 
 from bnpdeep.linalg import DTYPE, as_tensor
+from bnpdeep.runs import RunFolder
 
 from .. import moves
 from ..base import ClusterEstimator
@@ -140,6 +141,7 @@ class DeepDPM(ClusterEstimator):
     """
 
     method_name = "deepdpm"
+    _CHECKPOINT = "deepdpm_checkpoint.pt"     # file name in the checkpoint folder
 
     def __init__(self, model=None, init_k: int = 1, max_epochs: int = 100,
                  batch_size: int = 128, loss: str = "deepdpm",
@@ -602,11 +604,7 @@ class DeepDPM(ClusterEstimator):
         return self._log_r(as_tensor(X, device=self._device)).argmax(1).cpu().numpy()
 
     # -- checkpoints -----------------------------------------------------------------
-    def _checkpoint_file(self) -> Path:
-        return self._checkpoint_dir / "deepdpm_checkpoint.pt"
-
     def _save_checkpoint(self, epoch: int):
-        self._checkpoint_dir.mkdir(parents=True, exist_ok=True)
         m = self._mixture
         state = {"epoch": epoch, "k": m.k, "history": self.history_,
                  "cluster_net": self._cluster_net.state_dict(),
@@ -618,13 +616,10 @@ class DeepDPM(ClusterEstimator):
                  "soft": dict(self._soft.fields),
                  "torch_rng": torch.get_rng_state(), "gen": self._gen.get_state(),
                  "pyro_rng": pyro.util.get_rng_state()}
-        tmp = self._checkpoint_file().with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self._checkpoint_file())
+        RunFolder(self._checkpoint_dir).save_checkpoint(state, self._CHECKPOINT)
 
     def _load_checkpoint(self):
-        path = self._checkpoint_file()
-        return torch.load(path, weights_only=False) if path.exists() else None
+        return RunFolder(self._checkpoint_dir).load_checkpoint(self._CHECKPOINT)
 
     def _restore(self, state) -> int:
         d, k = self.n_features_in_, int(state["k"])
