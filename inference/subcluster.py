@@ -163,6 +163,57 @@ def carve(family, Xc: torch.Tensor, li: int, n_iter: int = 3) -> torch.Tensor:
     return h
 
 
+_BATCHED_PAIR_FLOPS = 5e7    # above this an N x 2K density table costs more than K calls
+
+
+def own_pair_loglik(family, X: torch.Tensor, z: torch.Tensor, k: int, sub_params
+                    ) -> torch.Tensor:
+    """log f(x_i | theta_{z_i, h}) for h = 0, 1: each row against the two sub-clusters
+    of its own cluster only, (N, 2); ``sub_params`` holds 2K components ordered
+    (k, 0), (k, 1).  Small problems: one batched N x 2K table; large ones: one call
+    per cluster on its rows (N x 2 densities instead of N x 2K)."""
+    n, d = X.shape
+    if 2 * k * n * d * d <= _BATCHED_PAIR_FLOPS:
+        full = family.log_likelihood(X, sub_params)
+        return full.gather(1, torch.stack([2 * z, 2 * z + 1], 1))
+    order = torch.argsort(z, stable=True)
+    out = torch.empty((n, 2), dtype=X.dtype, device=X.device)
+    counts = torch.bincount(z, minlength=k).tolist()
+    for c, members in enumerate(torch.split(order, counts)):
+        if members.numel():
+            pair = torch.tensor([2 * c, 2 * c + 1], device=X.device)
+            out[members] = family.log_likelihood(X[members], gather_params(sub_params, pair))
+    return out
+
+
+def refine_subclusters(family, X: torch.Tensor, z: torch.Tensor, zs: torch.Tensor, k: int,
+                       n_iter: int = 20, tol: float = 1e-4) -> torch.Tensor:
+    """EM on every cluster's two-component sub-mixture at once, started from the
+    sub-labels ``zs``; returns the refined hard sub-labels (argmax).
+
+    Each iteration is the weighted-MAP M-step of the 2K sub-components (weights
+    pi~_kh = (n_kh + 1/2) / (n_k + 1), parameters the mode of the conjugate posterior
+    given the r~-weighted statistics) and the E-step
+    r~_ih = pi~_{z_i h} f(x_i | theta_{z_i h}) / sum_h' (...), in log space; clusters
+    never exchange rows.  Full-covariance sub-components find splits along the
+    clusters' real structure where an isotropic 2-means halving does not (on wine at
+    K = 1: log H_s = -51 for 2-means, +55 after 30 iterations).  Stops early when no
+    responsibility moves by more than ``tol``."""
+    r = torch.nn.functional.one_hot(zs, 2).to(X.dtype)
+    for _ in range(int(n_iter)):
+        sub = (family.suff_stats_labels(X, 2 * z, 2 * k, weights=r[:, 0])
+               + family.suff_stats_labels(X, 2 * z + 1, 2 * k, weights=r[:, 1]))
+        n_pair = sub.n.reshape(k, 2)
+        log_w = torch.log(n_pair + 0.5) - torch.log(n_pair.sum(1, keepdim=True) + 1.0)
+        ll = own_pair_loglik(family, X, z, k, family.map_estimate(sub)) + log_w[z]
+        new_r = torch.softmax(ll, 1)
+        done = bool((new_r - r).abs().max() <= tol)
+        r = new_r
+        if done:
+            break
+    return r.argmax(1)
+
+
 class SubclusterSampler(MCMCClusterer):
     """Sub-cluster split/merge sampler for DP (and Pitman-Yor, finite Dirichlet) mixtures.
 
@@ -209,7 +260,6 @@ class SubclusterSampler(MCMCClusterer):
     """
 
     method_name = "subcluster"
-    _BATCHED_SUB_FLOPS = 5e7
     _stat_names = ("split_acceptance", "merge_acceptance")
 
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 200, burn_in=None,
@@ -353,7 +403,7 @@ class SubclusterSampler(MCMCClusterer):
         log_pibar = dirichlet_log(sub.n.reshape(k, 2) + self._sub_alpha / 2)
         params, sub_params = fam.sample_posterior(stats), fam.sample_posterior(sub)
         z = sample_categorical(fam.log_likelihood(X, params) + log_pi[None])
-        zs = sample_categorical(self._own_sub_loglik(X, z, k, sub_params) + log_pibar[z])
+        zs = sample_categorical(own_pair_loglik(fam, X, z, k, sub_params) + log_pibar[z])
         z, kept = relabel(z)                       # empty clusters are dropped
         born = born[kept]
         k = int(z.max()) + 1
@@ -417,25 +467,6 @@ class SubclusterSampler(MCMCClusterer):
             flags[a] = True
         state.zs = self._warmup_sublabels(state.X, state.z, flags, zs)
         state.born = born
-
-    def _own_sub_loglik(self, X, z, k, sub_params) -> torch.Tensor:
-        """log f(x_i | theta_{z_i, h}) for h = 0, 1: each point against the two
-        sub-clusters of its own cluster only, (N, 2).  One call per cluster on its
-        rows: N x 2 densities instead of N x 2K."""
-        fam = self._model.family
-        n, d = X.shape
-        if 2 * k * n * d * d <= self._BATCHED_SUB_FLOPS:
-            # small problems: one batched N x 2K evaluation beats K small calls
-            full = fam.log_likelihood(X, sub_params)
-            return full.gather(1, torch.stack([2 * z, 2 * z + 1], 1))
-        order = torch.argsort(z, stable=True)
-        out = torch.empty((X.shape[0], 2), dtype=X.dtype, device=X.device)
-        counts = torch.bincount(z, minlength=k).tolist()
-        for c, members in enumerate(torch.split(order, counts)):
-            if members.numel():
-                pair = torch.tensor([2 * c, 2 * c + 1], device=X.device)
-                out[members] = fam.log_likelihood(X[members], gather_params(sub_params, pair))
-        return out
 
     @staticmethod
     def _warmup_sublabels(X, z, clusters, zs):

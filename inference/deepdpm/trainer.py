@@ -44,7 +44,7 @@ from .. import moves
 from ..base import ClusterEstimator
 from ..draws import approximate_posterior_arrays
 from ..mcmc import default_model, relabel
-from ..subcluster import carve, two_means
+from ..subcluster import carve, refine_subclusters, two_means
 from .guide import DeepDPMGuide
 from .nets import ClusterNet, SubclusterNets
 
@@ -122,6 +122,21 @@ class DeepDPM(ClusterEstimator):
         net starts the new clusters from duplicated (or averaged) rows, and an
         M-step weighted by its not-yet-separated r would pull the new clusters'
         parameters back together.
+    settle_max : int, default 12
+        After ``settle_epochs`` the mixture stays held (no M-step, and a due move
+        waits) until every cluster holds by the net's argmax at least half the
+        points the E-step targets give it, for at most ``settle_max`` epochs after
+        the move.  Small new clusters take the net longer to learn than two epochs;
+        an M-step before that merges them back and the next prune drops them.
+    split_refine : int, default 20
+        EM iterations that refine every cluster's sub-clusters before a split step
+        (:func:`bnpdeep.inference.subcluster.refine_subclusters`): the sub-nets'
+        isotropic loss halves a cluster like 2-means, and the refinement moves the
+        halves to the two-component full-likelihood mixture the M-step fits, the
+        proposal then judged by the same H_s.  Not in the paper; 0 proposes the
+        sub-nets' split as it is.  From K = 1 it takes wine and s3, whose every
+        2-means halving the DP posterior rejects, past K = 1
+        (benchmarks/README.md).
     carve : bool, default True
         When a cluster's sub-net split is rejected, also propose carving a local
         group around a random member out of it (accepted on the same H_s).  Not in
@@ -148,8 +163,8 @@ class DeepDPM(ClusterEstimator):
                  kl_direction: str = "forward", hidden: int = 50, lr: float = 0.005,
                  sub_lr: float = 0.005, burn_in_epochs: int = 5, move_every: int = 4,
                  min_steps: int = 25, checkpoint_every: int = 5, n_samples: int = 100,
-                 settle_epochs: int = 2, carve: bool = True, carves_per_step: int = 3,
-                 callback=None,
+                 settle_epochs: int = 2, settle_max: int = 12, split_refine: int = 20, carve: bool = True,
+                 carves_per_step: int = 3, carve_tries: int = 5, callback=None,
                  device="auto",
                  random_state=0, progress: bool = False):
         self.model = model
@@ -167,8 +182,11 @@ class DeepDPM(ClusterEstimator):
         self.checkpoint_every = checkpoint_every
         self.n_samples = n_samples
         self.settle_epochs = settle_epochs
+        self.settle_max = settle_max
+        self.split_refine = split_refine
         self.carve = carve
         self.carves_per_step = carves_per_step
+        self.carve_tries = carve_tries
         self.callback = callback
         self.device = device
         self.random_state = random_state
@@ -380,6 +398,10 @@ class DeepDPM(ClusterEstimator):
         return stats, sub
 
     def _split_step(self, X, z, zs) -> int:
+        refined = int(self.split_refine) > 0
+        if refined:
+            zs = refine_subclusters(self._family, X, z, zs, self._mixture.k,
+                                    int(self.split_refine))
         stats, sub = self._hard_stats(X, z, zs)
         k = stats.k
         log_h = moves.log_split_ratio(self._weights, self._family, float(k), stats,
@@ -387,16 +409,21 @@ class DeepDPM(ClusterEstimator):
         ok = (sub.n[0::2] >= 2) & (sub.n[1::2] >= 2)
         accept = moves.mh_accept(log_h) & ok
         for c in accept.nonzero().flatten().tolist():
-            self._split(X, z, zs, c)
+            # refined halves start from their own MAP, the paper's from the sub-nets'
+            self._split(X, z, zs, c, sub_stats=sub[[2 * c, 2 * c + 1]] if refined else None)
         n_carved = 0
         if self.carve:
             # clusters whose sub-net split was rejected: up to carves_per_step local
             # groups carved out of each, one after the other
             for c in (~accept).nonzero().flatten().tolist():
-                for _ in range(int(self.carves_per_step)):
+                carved = 0
+                for _ in range(int(self.carve_tries)):
+                    if carved >= int(self.carves_per_step):
+                        break
                     h = self._carve_proposal(X, z, c, self._mixture.k)
                     if h is None:
-                        break
+                        continue
+                    carved += 1
                     # the carved group (h = 0) becomes the new cluster, c keeps the rest
                     rows = (z == c).nonzero().flatten()
                     zs[rows] = 1 - h
@@ -542,38 +569,73 @@ class DeepDPM(ClusterEstimator):
             start = self._restore(state)
         else:
             self._init_mixture(Xt)
-        n_moves = 0
         bar = tqdm(range(start, int(self.max_epochs)), desc="deepdpm", unit="epoch",
                    file=sys.stderr, disable=not self.progress, leave=False)
         for epoch in bar:
             loss = self._train_epoch(Xt)
             splits = merges = 0
-            since = epoch + 1 - int(self.burn_in_epochs)
-            move = (since > 0 and since % int(self.move_every) == 0
+            kind = None
+            hold = self._holding(Xt, epoch + 1)
+            move = (not hold and self._move_due(epoch + 1)
                     and epoch < int(self.max_epochs) - int(self.move_every))
-            changed = [h["epoch"] for h in self.history_ if h["splits"] or h["merges"]]
-            settling = bool(changed) and epoch + 1 - changed[-1] <= int(self.settle_epochs)
-            if since >= 0 and (move or not settling):
-                # before the burn-in ends, and for settle_epochs after a move, the
-                # mixture is held while the nets learn it
+            if epoch + 1 >= int(self.burn_in_epochs) and not hold:
+                # before the burn-in ends, and while the nets learn a moved mixture,
+                # the mixture is held
                 z, zs = self._m_step(Xt, prune=move)
             if move:
-                n_moves = since // int(self.move_every)
+                done = [h["move"] for h in self.history_ if h.get("move")]
+                kind = "merge" if done and done[-1] == "split" else "split"
                 k_before = self._mixture.k
-                if n_moves % 2 == 1:          # split, merge, split, ...
+                if kind == "split":
                     splits = self._split_step(Xt, z, zs)
                 else:
                     merges = self._merge_step(Xt, z, zs)
                 if self._mixture.k != k_before:
                     self._make_optimisers()
             self.history_.append({"epoch": epoch + 1, "k": self._mixture.k, "loss": loss,
-                                  "splits": splits, "merges": merges})
+                                  "splits": splits, "merges": merges, "move": kind})
             bar.set_postfix(K=self._mixture.k, loss=f"{loss:.4f}", refresh=False)
             if self.callback is not None:
                 self.callback(self, epoch + 1, Xt)
             if self._checkpoint_dir is not None and (epoch + 1) % int(self.checkpoint_every) == 0:
                 self._save_checkpoint(epoch + 1)
         self._finish(Xt)
+
+    def _move_due(self, epoch: int) -> bool:
+        """A move step is due ``move_every`` epochs after the last one (the first
+        ``move_every`` epochs after the burn-in)."""
+        steps = [h["epoch"] for h in self.history_ if h.get("move")]
+        last = steps[-1] if steps else int(self.burn_in_epochs)
+        return epoch - last >= int(self.move_every)
+
+    def _holding(self, X, epoch: int) -> bool:
+        """Whether the mixture is held (no M-step, no move) after the last accepted
+        split or merge: for ``settle_epochs`` epochs, then until the clustering net
+        has learned the new clusters (:meth:`_net_settled`), at most ``settle_max``
+        epochs in all."""
+        changed = [h["epoch"] for h in self.history_ if h["splits"] or h["merges"]]
+        if not changed:
+            return False
+        age = epoch - changed[-1]
+        if age <= int(self.settle_epochs):
+            return True
+        return age <= int(self.settle_max) and not self._net_settled(X)
+
+    def _net_settled(self, X) -> bool:
+        """True when every cluster holds, by the net's argmax, at least half the points
+        the E-step targets give it; clusters the targets give fewer than a tenth of
+        the mean cluster size are not waited for (the net may never learn a group of
+        a few dozen outliers, and the next prune drops it).  A new cluster starts as a
+        duplicated output row that shares its parent's r; an M-step weighted by r
+        before the net tells the two apart would average them back into one."""
+        k = self._mixture.k
+        net = torch.zeros(k, dtype=torch.long, device=X.device)
+        tgt = torch.zeros_like(net)
+        for c in torch.split(X, _CHUNK):
+            net += torch.bincount(self._log_r(c).argmax(1), minlength=k)
+            tgt += torch.bincount(self._log_targets(c).argmax(1), minlength=k)
+        small = 10 * k * tgt < X.shape[0]
+        return bool(((2 * net >= tgt) | small).all())
 
     def _finish(self, X):
         """Drop components that no point is assigned to, so that labels are 0..K-1 and

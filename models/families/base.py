@@ -177,14 +177,18 @@ class ConjugateFamily:
             **{k: torch.tensordot(w, v, dims=([0], [0])) for k, v in rows.items()}
         )
 
-    def suff_stats_labels(self, X, labels, k: int | None = None) -> SuffStats:
-        """Statistics of K clusters from hard labels 0..K-1 (index_add, no one-hot)."""
+    def suff_stats_labels(self, X, labels, k: int | None = None, weights=None) -> SuffStats:
+        """Statistics of K clusters from hard labels 0..K-1 (index_add, no one-hot);
+        with ``weights`` (N,) row i counts ``weights[i]`` times in its cluster."""
         X = self._as_data(X)
         z = torch.as_tensor(labels, device=X.device, dtype=torch.long)
         k = int(z.max()) + 1 if k is None else k
         rows = self._row_stats(X)
+        w = None if weights is None else as_tensor(weights, device=X.device)
         out = {}
         for name, v in rows.items():
+            if w is not None:
+                v = v * w.reshape((-1,) + (1,) * (v.dim() - 1))
             acc = torch.zeros((k,) + v.shape[1:], dtype=v.dtype, device=v.device)
             out[name] = acc.index_add_(0, z, v)
         return SuffStats(**out)

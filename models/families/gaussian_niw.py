@@ -125,21 +125,23 @@ class GaussianNIW(ConjugateFamily):
         sxx = (w.T[:, :, None] * X[None]).transpose(1, 2) @ X
         return SuffStats(n=w.sum(0), sx=wx, sxx=sxx)
 
-    def suff_stats_labels(self, X, labels, k=None) -> SuffStats:
+    def suff_stats_labels(self, X, labels, k=None, weights=None) -> SuffStats:
         X = self._as_data(X)
         z = torch.as_tensor(labels, device=X.device, dtype=torch.long)
         k = int(z.max()) + 1 if k is None else k
         d = self.dim
-        n = torch.zeros(k, dtype=X.dtype, device=X.device).index_add_(
-            0, z, torch.ones_like(X[:, 0]))
-        sx = torch.zeros((k, d), dtype=X.dtype, device=X.device).index_add_(0, z, X)
+        w = (torch.ones_like(X[:, 0]) if weights is None
+             else as_tensor(weights, device=X.device).reshape(-1))
+        n = torch.zeros(k, dtype=X.dtype, device=X.device).index_add_(0, z, w)
+        wx = X * w[:, None]
+        sx = torch.zeros((k, d), dtype=X.dtype, device=X.device).index_add_(0, z, wx)
         sxx = torch.zeros((k, d * d), dtype=X.dtype, device=X.device)
         # outer products in row chunks: never an N x d x d tensor for all N at once
         step = max(1, (1 << 22) // (d * d))
         for start in range(0, X.shape[0], step):
-            xs = X[start:start + step]
+            xs, ws = X[start:start + step], wx[start:start + step]
             sxx.index_add_(0, z[start:start + step],
-                           (xs[:, :, None] * xs[:, None, :]).reshape(-1, d * d))
+                           (ws[:, :, None] * xs[:, None, :]).reshape(-1, d * d))
         return SuffStats(n=n, sx=sx, sxx=sxx.reshape(k, d, d))
 
     # ---- conjugate algebra ------------------------------------------------

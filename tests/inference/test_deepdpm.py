@@ -158,3 +158,37 @@ def test_bad_options_are_named():
         DeepDPM(loss="mse").fit(X)
     with pytest.raises(ValueError, match="resume"):
         DeepDPM().fit(X, resume=True)
+
+
+def test_refined_split_leaves_k1_where_every_2means_halving_is_rejected():
+    """A tight core inside a wide halo (same mean): 2-means halves the data along a
+    line and the DP posterior rejects that (log H_s < 0); the EM-refined sub-clusters
+    find core and halo.  Carving is off so that the refinement alone is tested."""
+    g = np.random.default_rng(0)
+    X = np.vstack([g.normal(size=(400, 2)) * 0.2, g.normal(size=(400, 2)) * 1.5])
+    y = np.repeat([0, 1], 400)
+    kw = dict(max_epochs=40, carve=False, random_state=0)
+    plain = DeepDPM(split_refine=0, **kw).fit(X)
+    refined = DeepDPM(**kw).fit(X)
+    assert plain.n_clusters_ == 1
+    assert refined.n_clusters_ == 2
+    assert evaluate(y, refined.labels_)["ari"] > 0.75     # the two overlap at the core
+
+
+def test_mixture_is_held_until_the_net_learns_a_split():
+    """Right after a split the new cluster is a copy of its parent's output row, so
+    the net's argmax gives it nothing while the E-step targets give it its half: the
+    net is not settled, and an M-step then would average the halves back together.
+    Training the net against the held mixture settles it."""
+    X, y = _easy(600, 2)
+    est = DeepDPM(max_epochs=3, burn_in_epochs=100, random_state=0).fit(X)   # K = 1
+    Xt = est._X
+    zs = torch.as_tensor(y)
+    est._split(Xt, torch.zeros(len(y), dtype=torch.long), zs.clone(), 0,
+               sub_stats=est._family.suff_stats_labels(Xt, zs, 2))
+    est._make_optimisers()
+    assert not est._net_settled(Xt)
+    for _ in range(5):
+        est._train_epoch(Xt)
+    assert est._net_settled(Xt)
+    assert evaluate(y, est.current_labels(X))["ari"] > 0.99

@@ -254,3 +254,17 @@ def test_volume_scale_uses_effective_dimension():
     fam = GaussianNIW.weak(X)
     expected = volume_scale(torch.cov(torch.as_tensor(X).T))
     np.testing.assert_allclose(fam.psi.numpy(), expected * np.cov(X.T), rtol=1e-4)
+
+
+@pytest.mark.parametrize("make", FAMILIES)
+def test_weighted_label_stats_equal_soft_stats(make):
+    """suff_stats_labels(weights=w) puts w_i of row i in its cluster: the soft
+    statistics of the one-hot matrix scaled by w."""
+    fam = make(3, 0)
+    X = _data(fam, 40, 1)
+    g = np.random.default_rng(1)
+    z, w = g.integers(0, 4, size=40), g.uniform(0.0, 2.0, size=40)
+    hard = fam.suff_stats_labels(X, z, 4, weights=w)
+    soft = fam.suff_stats(X, np.eye(4)[z] * w[:, None])
+    for k in hard.fields:
+        torch.testing.assert_close(hard.fields[k], soft.fields[k])
