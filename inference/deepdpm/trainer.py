@@ -163,9 +163,9 @@ class DeepDPM(ClusterEstimator):
                  kl_direction: str = "forward", hidden: int = 50, lr: float = 0.005,
                  sub_lr: float = 0.005, burn_in_epochs: int = 5, move_every: int = 4,
                  min_steps: int = 25, checkpoint_every: int = 5, n_samples: int = 100,
-                 settle_epochs: int = 2, settle_max: int = 12, split_refine: int = 20, carve: bool = True,
-                 carves_per_step: int = 3, carve_tries: int = 5, callback=None,
-                 device="auto",
+                 settle_epochs: int = 2, settle_max: int = 12, split_refine: int = 20,
+                 carve: bool = True, carves_per_step: int = 3, carve_tries: int = 5,
+                 callback=None, device="auto",
                  random_state=0, progress: bool = False):
         self.model = model
         self.init_k = init_k

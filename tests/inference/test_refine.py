@@ -9,7 +9,6 @@ from sklearn.metrics import adjusted_rand_score
 
 from bnpdeep.linalg import as_tensor
 
-
 _CENTRE, _TIGHT = np.array([1.5, 0.0]), 0.15
 
 
@@ -62,7 +61,7 @@ def test_refinement_is_per_cluster_and_batched_equals_one_at_a_time():
     z = torch.repeat_interleave(torch.tensor([0, 1]), 300)
     zs = torch.cat([two_means(Xt[:300]), two_means(Xt[300:])])
     both = refine_subclusters(fam, Xt, z, zs, 2, n_iter=10)
-    for c, rows in enumerate((slice(0, 300), slice(300, 600))):
+    for rows in (slice(0, 300), slice(300, 600)):
         alone = refine_subclusters(fam, Xt[rows], torch.zeros(300, dtype=torch.long),
                                    zs[rows], 1, n_iter=10)
         assert torch.equal(both[rows], alone)
