@@ -20,6 +20,18 @@ Each epoch alternates, as in the paper's Sec. 3:
   cluster's 3 nearest neighbours, in random order, each cluster at most once per
   step, with H_m = 1 / H_s of the reverse split.  The nets change shape
   (:mod:`.nets`) and the optimiser restarts.
+
+Three additions to the paper, each switchable, each there because a start from
+one cluster otherwise stalls on the benchmark data (benchmarks/README.md):
+
+* ``split_refine``: before a split step every cluster's sub-clusters are refined
+  by EM of its two-component sub-mixture with the family's own likelihood
+  (:func:`~bnpdeep.inference.subcluster.refine_subclusters`); the isotropic
+  sub-net loss only ever proposes 2-means-like halves.
+* ``carve``: a cluster whose split is rejected proposes carving local groups
+  around random members, judged by the same H_s.
+* ``settle_max``: after an accepted move the mixture is held (no M-step, moves
+  wait) until the net's argmax has picked up the new clusters.
 """
 
 from __future__ import annotations
