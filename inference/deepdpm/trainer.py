@@ -121,7 +121,8 @@ class DeepDPM(ClusterEstimator):
         M-steps begin; moves start ``move_every`` epochs later.
     move_every : int, default 4
         Epochs between move steps, which alternate split, merge, split, ...
-        No moves in the last ``move_every`` epochs.
+        A due move waits while the mixture is held (``settle_max``); no moves in
+        the last ``move_every`` epochs.
     min_steps : int, default 25
         Fewest minibatch steps per epoch: on small data an epoch makes several
         passes, so that the nets can follow a split before the next M-step.
