@@ -270,20 +270,16 @@ def test_weighted_label_stats_equal_soft_stats(make):
         torch.testing.assert_close(hard.fields[k], soft.fields[k])
 
 
-def test_gaussian_label_stats_gemm_path_matches_index_add(monkeypatch):
-    """Both ways of summing labelled second moments agree (large d uses products
-    per cluster on sorted rows, small d an index_add)."""
-    import bnpdeep.models.families.gaussian_niw as niw
-
+def test_gaussian_label_stats_across_row_chunks():
+    """At d = 32 the outer products go 256 rows at a time: the labelled statistics of
+    1000 rows (four chunks, one cluster empty) equal the soft statistics."""
     g = np.random.default_rng(2)
-    X = g.normal(size=(300, 14))
-    z, w = g.integers(0, 5, size=300), g.uniform(0.0, 2.0, size=300)
-    z[z == 3] = 4                                   # an empty cluster
-    fam = _gaussian(14, 0)
-    monkeypatch.setattr(niw, "_GEMM_MIN_DIM", 1)
-    gemm = fam.suff_stats_labels(X, z, 5, weights=w)
-    monkeypatch.setattr(niw, "_GEMM_MIN_DIM", 10 ** 9)
-    scatter = fam.suff_stats_labels(X, z, 5, weights=w)
-    for k in gemm.fields:
-        torch.testing.assert_close(gemm.fields[k], scatter.fields[k])
-    assert float(gemm.sxx[3].abs().max()) == 0.0
+    X = g.normal(size=(1000, 32))
+    z, w = g.integers(0, 5, size=1000), g.uniform(0.0, 2.0, size=1000)
+    z[z == 3] = 4
+    fam = _gaussian(32, 0)
+    hard = fam.suff_stats_labels(X, z, 5, weights=w)
+    soft = fam.suff_stats(X, np.eye(5)[z] * w[:, None])
+    for k in hard.fields:
+        torch.testing.assert_close(hard.fields[k], soft.fields[k])
+    assert float(hard.sxx[3].abs().max()) == 0.0
