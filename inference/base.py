@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin
@@ -74,3 +75,44 @@ class ClusterEstimator(ClusterMixin, BaseEstimator):
 
     def _predict(self, X):
         raise NotImplementedError
+
+
+class CheckpointedEstimator(ClusterEstimator):
+    """An estimator whose long fits save their state and can resume.
+
+    ``fit(X, checkpoint_dir=..., resume=True)``: subclasses call
+    :meth:`_save_state` every few steps and :meth:`_saved_state` at the start of
+    ``_fit``; the file, named ``_CHECKPOINT``, is written atomically through
+    :class:`bnpdeep.runs.RunFolder`.
+    """
+
+    _CHECKPOINT = "checkpoint.pt"
+    _checkpoint_dir = None
+    _resume = False
+
+    def fit(self, X, y=None, checkpoint_dir=None, resume: bool = False):
+        """Fit; with ``checkpoint_dir`` the state is saved as the fit goes, and with
+        ``resume=True`` the fit continues from the last checkpoint there (a resumed
+        seeded fit ends where an uninterrupted one would)."""
+        if resume and checkpoint_dir is None:
+            raise ValueError("resume=True needs a checkpoint_dir")
+        self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self._resume = bool(resume)
+        return super().fit(X, y)
+
+    @property
+    def _checkpointing(self) -> bool:
+        return self._checkpoint_dir is not None
+
+    def _save_state(self, state: dict):
+        from bnpdeep.runs import RunFolder
+
+        RunFolder(self._checkpoint_dir).save_checkpoint(state, self._CHECKPOINT)
+
+    def _saved_state(self) -> dict | None:
+        """The checkpoint to resume from, or None (no resume asked, or none saved)."""
+        if not self._resume:
+            return None
+        from bnpdeep.runs import RunFolder
+
+        return RunFolder(self._checkpoint_dir).load_checkpoint(self._CHECKPOINT)

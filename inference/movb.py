@@ -52,17 +52,15 @@ recomputation from them (tested).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from bnpdeep.linalg import DTYPE, as_tensor
-from bnpdeep.runs import RunFolder
 
 from ..models import ConjugateFamily, FiniteDirichlet, SuffStats, WeightPrior
-from .base import ClusterEstimator
+from .base import CheckpointedEstimator
 from .draws import approximate_posterior_arrays
 from .mcmc import default_model
 from .subcluster import carve, two_means
@@ -97,7 +95,7 @@ def _entropy(r: torch.Tensor) -> torch.Tensor:
     return -torch.special.xlogy(r, r).sum()
 
 
-class MemoizedVB(ClusterEstimator):
+class MemoizedVB(CheckpointedEstimator):
     """Memoized online VB for DP (and Pitman-Yor) mixtures with birth/merge/delete moves.
 
     Parameters
@@ -582,22 +580,12 @@ class MemoizedVB(ClusterEstimator):
         self._record("reorder", before)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None, checkpoint_dir=None, resume: bool = False):
-        """Fit; with ``checkpoint_dir`` save the whole state every ``checkpoint_every``
-        laps, and with ``resume=True`` continue from the last checkpoint there (a
-        resumed seeded fit ends where an uninterrupted one would)."""
-        if resume and checkpoint_dir is None:
-            raise ValueError("resume=True needs a checkpoint_dir")
-        self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        self._resume = bool(resume)
-        return super().fit(X, y)
-
     def _fit(self, X):
         self._setup(X)
         self.elbo_history_, self.history_, self.moves_ = [], [], []
         self.converged_ = False
         quiet, prev, start = 0, self.elbo(), 0
-        state = self._load_checkpoint() if getattr(self, "_resume", False) else None
+        state = self._saved_state()
         if state is not None:
             quiet, prev, start = self._restore(state)
         self._lap = start
@@ -624,8 +612,7 @@ class MemoizedVB(ClusterEstimator):
             if abs(value - prev) <= float(self.tol) * abs(value) and quiet >= int(self.patience):
                 self.converged_ = True
             prev = value
-            if (getattr(self, "_checkpoint_dir", None) is not None
-                    and (lap + 1) % int(self.checkpoint_every) == 0):
+            if self._checkpointing and (lap + 1) % int(self.checkpoint_every) == 0:
                 self._save_checkpoint(lap + 1, quiet, prev)
         self.n_laps_ = len(self.elbo_history_)
         self._finish()
@@ -640,10 +627,7 @@ class MemoizedVB(ClusterEstimator):
                  "elbo_history": self.elbo_history_, "history": self.history_,
                  "moves": self.moves_, "gen": self._gen.bit_generator.state,
                  "torch_rng": torch.get_rng_state()}
-        RunFolder(self._checkpoint_dir).save_checkpoint(state, self._CHECKPOINT)
-
-    def _load_checkpoint(self):
-        return RunFolder(self._checkpoint_dir).load_checkpoint(self._CHECKPOINT)
+        self._save_state(state)
 
     def _restore(self, state) -> tuple[int, float, int]:
         if state["resp"].shape[0] != self._X.shape[0]:

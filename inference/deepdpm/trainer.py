@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyro
@@ -50,10 +49,9 @@ from pyro.infer import TraceEnum_ELBO
 from tqdm.auto import tqdm
 
 from bnpdeep.linalg import DTYPE, as_tensor
-from bnpdeep.runs import RunFolder
 
 from .. import moves
-from ..base import ClusterEstimator
+from ..base import CheckpointedEstimator
 from ..draws import approximate_posterior_arrays
 from ..mcmc import default_model, relabel
 from ..subcluster import carve, refine_subclusters, two_means
@@ -92,7 +90,7 @@ def _cat(a, b):
     return type(a)(*(torch.cat([x, y]) for x, y in zip(a, b, strict=True)))
 
 
-class DeepDPM(ClusterEstimator):
+class DeepDPM(CheckpointedEstimator):
     """DeepDPM: a clustering net and per-cluster sub-clustering nets trained against a
     DP mixture, with split/merge moves that change K (Ronen et al. 2022).
 
@@ -206,15 +204,6 @@ class DeepDPM(ClusterEstimator):
         self.progress = progress
 
     # -- public API ----------------------------------------------------------------
-    def fit(self, X, y=None, checkpoint_dir=None, resume: bool = False):
-        """Train; with ``checkpoint_dir`` save every ``checkpoint_every`` epochs, and with
-        ``resume=True`` continue from the last checkpoint there."""
-        self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        self._resume = bool(resume)
-        if resume and checkpoint_dir is None:
-            raise ValueError("resume=True needs a checkpoint_dir")
-        return super().fit(X, y)
-
     def predict_proba(self, X) -> np.ndarray:
         """r = f_cl(x) on new data: one forward pass of the clustering net."""
         X = self._validate_predict_data(X)
@@ -577,7 +566,7 @@ class DeepDPM(ClusterEstimator):
         self._seed()
         start = 0
         self.history_ = []
-        state = self._load_checkpoint() if self._resume else None
+        state = self._saved_state()
         if state is not None:
             start = self._restore(state)
         else:
@@ -610,7 +599,7 @@ class DeepDPM(ClusterEstimator):
             bar.set_postfix(K=self._mixture.k, loss=f"{loss:.4f}", refresh=False)
             if self.callback is not None:
                 self.callback(self, epoch + 1, Xt)
-            if self._checkpoint_dir is not None and (epoch + 1) % int(self.checkpoint_every) == 0:
+            if self._checkpointing and (epoch + 1) % int(self.checkpoint_every) == 0:
                 self._save_checkpoint(epoch + 1)
         self._finish(Xt)
 
@@ -691,10 +680,7 @@ class DeepDPM(ClusterEstimator):
                  "soft": dict(self._soft.fields),
                  "torch_rng": torch.get_rng_state(), "gen": self._gen.get_state(),
                  "pyro_rng": pyro.util.get_rng_state()}
-        RunFolder(self._checkpoint_dir).save_checkpoint(state, self._CHECKPOINT)
-
-    def _load_checkpoint(self):
-        return RunFolder(self._checkpoint_dir).load_checkpoint(self._CHECKPOINT)
+        self._save_state(state)
 
     def _restore(self, state) -> int:
         d, k = self.n_features_in_, int(state["k"])
