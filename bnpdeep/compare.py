@@ -79,9 +79,8 @@ def _trace(est):
         return "iteration", [list(c.k_trace) for c in est.chains_]
     hist = getattr(est, "history_", None)
     if hist:
-        key = "k" if "k" in hist[0] else "K"
         unit = "epoch" if "epoch" in hist[0] else "lap"
-        return unit, [h[key] for h in hist]
+        return unit, [h["K"] for h in hist]
     return None
 
 

@@ -594,7 +594,7 @@ class DeepDPM(CheckpointedEstimator):
                     merges = self._merge_step(Xt, z, zs)
                 if self._mixture.k != k_before:
                     self._make_optimisers()
-            self.history_.append({"epoch": epoch + 1, "k": self._mixture.k, "loss": loss,
+            self.history_.append({"epoch": epoch + 1, "K": self._mixture.k, "loss": loss,
                                   "splits": splits, "merges": merges, "move": kind})
             bar.set_postfix(K=self._mixture.k, loss=f"{loss:.4f}", refresh=False)
             if self.callback is not None:

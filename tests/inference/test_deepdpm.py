@@ -124,7 +124,7 @@ def test_checkpoint_resume_ends_where_an_uninterrupted_fit_does(tmp_path, monkey
         DeepDPM(**kw).fit(X, checkpoint_dir=tmp_path / "cut")
     monkeypatch.setattr(DeepDPM, "_train_epoch", original)
     resumed = DeepDPM(**kw).fit(X, checkpoint_dir=tmp_path / "cut", resume=True)
-    assert [h["k"] for h in resumed.history_] == [h["k"] for h in full.history_]
+    assert [h["K"] for h in resumed.history_] == [h["K"] for h in full.history_]
     np.testing.assert_array_equal(resumed.labels_, full.labels_)
     for a, b in zip(resumed._cluster_net.parameters(), full._cluster_net.parameters(),
                     strict=True):
