@@ -34,7 +34,7 @@ evaluated exactly from statistics:
 * **birth** (split-style, as the later bnpy births): the mass r_ik of a target
   component is divided between two children by a restricted VB on its members,
   initialised by 2-means (and, if that is rejected, by a local group carved
-  around a random member, :func:`~bnpdeep.inference.subcluster.carve`);
+  around a random member, :func:`~bnpdeep.inference.subpartition.carve`);
 * **merge**: components j and l become one with r_ij + r_il; candidate pairs are
   ranked by the gain in log Z (an upper bound on the gain in L, since merging
   lowers the entropy);
@@ -63,7 +63,7 @@ from ..models import ConjugateFamily, FiniteDirichlet, SuffStats, WeightPrior
 from .base import CheckpointedEstimator
 from .draws import approximate_posterior_arrays
 from .mcmc import default_model
-from .subcluster import carve, two_means
+from .subpartition import carve, two_means
 
 _MIN_MASS = 1e-8     # rows whose responsibility for a birth target is below this stay put
 _EMPTY = 1e-8        # components with less mass are pruned when the ELBO does not drop

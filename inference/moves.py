@@ -34,13 +34,22 @@ def log_eppf_split_ratio(weights, k_blocks, n1, n2) -> torch.Tensor:
             - weights.log_block_weight(n1 + n2))
 
 
-def log_split_ratio(weights, family, k_blocks, stats, stats_1, stats_2) -> torch.Tensor:
-    """log H_split for splitting clusters with statistics ``stats`` into ``stats_1`` and
-    ``stats_2`` (batched over candidates), in a partition of ``k_blocks`` blocks."""
+def log_split_terms(weights, family, stats, stats_1, stats_2) -> torch.Tensor:
+    """log H_split without the factor log V(N, K+1) - log V(N, K), the only part that
+    depends on the number of blocks: log W(n1) + log W(n2) - log W(n) + log f(X_1)
+    + log f(X_2) - log f(X), batched over candidate splits."""
     b = stats.k
     lm = family.log_marginal(type(stats).cat([stats, stats_1, stats_2]))
     lm = lm[b:2 * b] + lm[2 * b:] - lm[:b]
-    return log_eppf_split_ratio(weights, k_blocks, stats_1.n, stats_2.n) + lm
+    return (weights.log_block_weight(stats_1.n) + weights.log_block_weight(stats_2.n)
+            - weights.log_block_weight(stats.n) + lm)
+
+
+def log_split_ratio(weights, family, k_blocks, stats, stats_1, stats_2) -> torch.Tensor:
+    """log H_split for splitting clusters with statistics ``stats`` into ``stats_1`` and
+    ``stats_2`` (batched over candidates), in a partition of ``k_blocks`` blocks."""
+    return (weights.log_new_block_ratio(torch.as_tensor(k_blocks, dtype=DTYPE))
+            + log_split_terms(weights, family, stats, stats_1, stats_2))
 
 
 def log_merge_ratio(weights, family, k_blocks, stats_1, stats_2) -> torch.Tensor:
@@ -89,5 +98,38 @@ def mh_accept(log_ratio, uniform=None, generator: torch.Generator | None = None)
     return torch.log(uniform.clamp_min(1e-300)) < log_ratio
 
 
-__all__ = ["log_eppf_split_ratio", "log_split_ratio", "log_merge_ratio", "log_marginal_split_terms",
-           "log_subcluster_merge_proposal", "mh_accept"]
+def accept_in_sequence(weights, k_blocks: int, log_terms, is_split, uniform=None
+                       ) -> torch.Tensor:
+    """Metropolis-Hastings accepts of moves on disjoint clusters, applied one after
+    another in the given order.
+
+    ``log_terms[m]`` is move m's log Hastings ratio without the block-count factor
+    (for a split: :func:`log_split_terms` minus the log proposal; for a merge, its
+    negation plus the log proposal).  Move m sees the number of blocks K that the
+    accepted moves before it left, and adds log V(N, K+1) - log V(N, K) for a split
+    or subtracts log V(N, K) - log V(N, K-1) for a merge: the same decisions as
+    running the moves one at a time (their other terms involve only their own
+    clusters).  For the DP the factor is log alpha whatever K is.
+    """
+    terms = torch.as_tensor(log_terms, dtype=DTYPE).cpu().tolist()
+    splits = torch.as_tensor(is_split).cpu().tolist()
+    m = len(terms)
+    if uniform is None:
+        uniform = torch.rand(m, dtype=DTYPE)
+    log_u = torch.log(torch.as_tensor(uniform, dtype=DTYPE).clamp_min(1e-300)).tolist()
+    low = max(0, int(k_blocks) - m - 1)
+    ratio = weights.log_new_block_ratio(
+        torch.arange(low, int(k_blocks) + m + 1, dtype=DTYPE)).tolist()
+    k, out = int(k_blocks), []
+    for t, split, lu in zip(terms, splits, log_u, strict=True):
+        log_h = t + ratio[k - low] if split else t - ratio[k - 1 - low]
+        ok = lu < log_h
+        out.append(ok)
+        if ok:
+            k += 1 if split else -1
+    return torch.tensor(out, dtype=torch.bool)
+
+
+__all__ = ["log_eppf_split_ratio", "log_split_terms", "log_split_ratio", "log_merge_ratio",
+           "log_marginal_split_terms", "log_subcluster_merge_proposal", "mh_accept",
+           "accept_in_sequence"]

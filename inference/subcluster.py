@@ -79,9 +79,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import DirichletProcess, gather_params
+from ..models import DirichletProcess
 from . import moves
 from .mcmc import MCMCClusterer, dirichlet_log, relabel, sample_categorical
+from .subpartition import carve_groups, own_pair_loglik, select_groups, two_means_groups
 
 
 @dataclass
@@ -98,120 +99,31 @@ class SubclusterState:
         return int(self.z.max()) + 1
 
 
-def two_means(X: torch.Tensor, n_iter: int = 5, axis: torch.Tensor | None = None
-              ) -> torch.Tensor:
-    """2-means sub-partition of the rows of X (0/1 labels).
+@dataclass
+class MoveBatch:
+    """Outcome of one batch of anchored moves: the new labels, per kind of move
+    [proposed, accepted], the old labels (after the accepted splits' new ones,
+    numbered K, K+1, ...) that the new labels 0..K'-1 keep, and which new clusters
+    an accepted move created or changed."""
 
-    Initialised at mean -/+ one standard deviation along ``axis`` (default: the
-    principal axis), then Lloyd iterations.  Depends only on the set of rows (not
-    their order) and the axis; flipping the axis only swaps the two labels.
-    """
-    n = X.shape[0]
-    if n < 2:
-        return torch.zeros(n, dtype=torch.long, device=X.device)
-    mean = X.mean(0)
-    xc = X - mean
-    cov = xc.T @ xc / n
-    if axis is None:
-        evals, evecs = torch.linalg.eigh(cov)
-        v = evecs[:, -1] * evals[-1].clamp_min(0).sqrt()
-    else:
-        u = axis / axis.norm().clamp_min(1e-300)
-        v = u * (u @ cov @ u).clamp_min(0).sqrt()
-    c0, c1 = mean - v, mean + v
-    total = X.sum(0)
-    h = torch.zeros(n, dtype=X.dtype, device=X.device)
-    for it in range(n_iter):
-        # nearer to c1 than c0  <=>  x . (c1 - c0) > (|c1|^2 - |c0|^2) / 2
-        new_h = (X @ (c1 - c0) > 0.5 * (c1.dot(c1) - c0.dot(c0))).to(X.dtype)
-        if it > 0 and torch.equal(new_h, h):
-            break
-        h = new_h
-        n1 = float(h.sum())
-        if 0 < n1 < n:
-            s1 = h @ X
-            c0, c1 = (total - s1) / (n - n1), s1 / n1
-    return h.long()
+    z: torch.Tensor
+    counts: dict
+    kept: torch.Tensor
+    touched: torch.Tensor
 
 
-def carve(family, Xc: torch.Tensor, li: int, n_iter: int = 3) -> torch.Tensor:
-    """Sub-partition that carves a local group around anchor row ``li`` out of a
-    cluster's rows Xc: start from its max(d + 2, n / 20) nearest rows (label 0), then a
-    few hard reassignments by the two MAP components' likelihood.  A deterministic
-    function of the rows (as a set) and the anchor, so a proposal built on it has a
-    computable probability for the split and for the reverse of a merge.
+def log_split_proposal(log_q, side_b, g, n_groups, li, lj) -> torch.Tensor:
+    """log Q of each group's split (A = ~side_b, B = side_b) with anchors li in A and
+    lj in B, given its rows' sub-cluster log-responsibilities ``log_q`` (n, 2):
 
-    Coarse 2-means halves of many tight clusters are barely favoured by the DP
-    posterior (the partition's entropy cost eats the likelihood gain); carving one
-    tight group out is, so this is what leaves K = 1 on data such as r15."""
-    n = Xc.shape[0]
-    m = max(Xc.shape[1] + 2, n // 20)
-    if n < 2 * m:
-        return two_means(Xc)
-    dist = (Xc - Xc[li]).pow(2).sum(1)
-    h = torch.ones(n, dtype=torch.long, device=Xc.device)
-    h[torch.topk(dist, m, largest=False).indices] = 0
-    for _ in range(n_iter):
-        stats = family.suff_stats_labels(Xc, h, 2)
-        if bool((stats.n < 1).any()):
-            break
-        ll = family.log_likelihood(Xc, family.map_estimate(stats)) + torch.log(stats.n)[None]
-        new_h = ll.argmax(1)
-        if torch.equal(new_h, h) or int(new_h.sum()) in (0, n):
-            break
-        h = new_h
-    return h
-
-
-_BATCHED_PAIR_FLOPS = 5e7    # above this an N x 2K density table costs more than K calls
-
-
-def own_pair_loglik(family, X: torch.Tensor, z: torch.Tensor, k: int, sub_params
-                    ) -> torch.Tensor:
-    """log f(x_i | theta_{z_i, h}) for h = 0, 1: each row against the two sub-clusters
-    of its own cluster only, (N, 2); ``sub_params`` holds 2K components ordered
-    (k, 0), (k, 1).  Small problems: one batched N x 2K table; large ones: one call
-    per cluster on its rows (N x 2 densities instead of N x 2K)."""
-    n, d = X.shape
-    if 2 * k * n * d * d <= _BATCHED_PAIR_FLOPS:
-        full = family.log_likelihood(X, sub_params)
-        return full.gather(1, torch.stack([2 * z, 2 * z + 1], 1))
-    order = torch.argsort(z, stable=True)
-    out = torch.empty((n, 2), dtype=X.dtype, device=X.device)
-    counts = torch.bincount(z, minlength=k).tolist()
-    for c, members in enumerate(torch.split(order, counts)):
-        if members.numel():
-            pair = torch.tensor([2 * c, 2 * c + 1], device=X.device)
-            out[members] = family.log_likelihood(X[members], gather_params(sub_params, pair))
-    return out
-
-
-def refine_subclusters(family, X: torch.Tensor, z: torch.Tensor, zs: torch.Tensor, k: int,
-                       n_iter: int = 20, tol: float = 1e-4) -> torch.Tensor:
-    """EM on every cluster's two-component sub-mixture at once, started from the
-    sub-labels ``zs``; returns the refined hard sub-labels (argmax).
-
-    Each iteration is the weighted-MAP M-step of the 2K sub-components (weights
-    pi~_kh = (n_kh + 1/2) / (n_k + 1), parameters the mode of the conjugate posterior
-    given the r~-weighted statistics) and the E-step
-    r~_ih = pi~_{z_i h} f(x_i | theta_{z_i h}) / sum_h' (...), in log space; clusters
-    never exchange rows.  Full-covariance sub-components find splits along the
-    clusters' real structure where an isotropic 2-means halving does not (on wine at
-    K = 1: log H_s = -51 for 2-means, +55 after 30 iterations).  Stops early when no
-    responsibility moves by more than ``tol``."""
-    r = torch.nn.functional.one_hot(zs, 2).to(X.dtype)
-    for _ in range(int(n_iter)):
-        sub = (family.suff_stats_labels(X, 2 * z, 2 * k, weights=r[:, 0])
-               + family.suff_stats_labels(X, 2 * z + 1, 2 * k, weights=r[:, 1]))
-        n_pair = sub.n.reshape(k, 2)
-        log_w = torch.log(n_pair + 0.5) - torch.log(n_pair.sum(1, keepdim=True) + 1.0)
-        ll = own_pair_loglik(family, X, z, k, family.map_estimate(sub)) + log_w[z]
-        new_r = torch.softmax(ll, 1)
-        done = bool((new_r - r).abs().max() <= tol)
-        r = new_r
-        if done:
-            break
-    return r.argmax(1)
+        Q = [prod_{l in A} q_l(0) prod_{l in B} q_l(1) + (sides swapped)]
+            / [q_i(0) q_j(1) + q_i(1) q_j(0)]."""
+    same = torch.where(side_b, log_q[:, 1], log_q[:, 0])
+    swapped = torch.where(side_b, log_q[:, 0], log_q[:, 1])
+    sums = torch.zeros((n_groups, 2), dtype=log_q.dtype).index_add_(
+        0, g, torch.stack([same, swapped], 1))
+    anchors = torch.stack([log_q[li, 0] + log_q[lj, 1], log_q[li, 1] + log_q[lj, 0]], 1)
+    return torch.logsumexp(sums, 1) - torch.logsumexp(anchors, 1)
 
 
 class SubclusterSampler(MCMCClusterer):
@@ -335,7 +247,7 @@ class SubclusterSampler(MCMCClusterer):
         state = SubclusterState(X, z, state.alpha, state.iteration)
 
         # 3. anchored split/merge moves
-        state, counts = self._anchored_moves(state, weights)
+        state, counts, _ = self._anchored_moves(state, weights)
         n = X.shape[0]
 
         # 4. concentration
@@ -351,25 +263,21 @@ class SubclusterSampler(MCMCClusterer):
                 "merge_acceptance": counts["merge"][1] / max(counts["merge"][0], 1)}
         return state, info
 
-    def _anchored_moves(self, state: SubclusterState, weights, on_accept=None, n_moves=None):
-        """``n_moves`` anchored split/merge proposals (default ``moves_per_iter``, else
-        max(2, K // 8)),
-        each an exact Metropolis-Hastings step; returns the state and, per kind of
-        move, [proposed, accepted].  ``on_accept(kind, state, (a, b))`` is called after
-        each accepted move: (parent, new cluster) for a split, (kept, removed) for a
-        merge."""
+    def _anchored_moves(self, state: SubclusterState, weights, n_moves=None):
+        """One batch of anchored split/merge proposals from ``n_moves`` anchor pairs
+        (default ``moves_per_iter``, else max(2, K // 8)), each an exact
+        Metropolis-Hastings step (:meth:`_move_batch`); returns the new state, per kind
+        of move [proposed, accepted], and the :class:`MoveBatch` (None when no move
+        was proposed)."""
         k = state.k
         if n_moves is None:
             n_moves = self.moves_per_iter if self.moves_per_iter is not None else max(2, k // 8)
-        counts = {"split": [0, 0], "merge": [0, 0]}
-        for _ in range(int(n_moves) if state.X.shape[0] > 1 else 0):
-            i, j = self._anchors(state.X)
-            kind, accepted, state, pair = self._move(state, i, j, weights)
-            counts[kind][0] += 1
-            counts[kind][1] += int(accepted)
-            if accepted and on_accept is not None:
-                on_accept(kind, state, pair)
-        return state, counts
+        if state.X.shape[0] < 2 or int(n_moves) < 1:
+            return state, {"split": [0, 0], "merge": [0, 0]}, None
+        batch = self._move_batch(state, self._anchor_pairs(state.X, int(n_moves)), weights)
+        new = SubclusterState(state.X, batch.z, state.alpha, state.iteration, state.zs,
+                              state.born)
+        return new, batch.counts, batch
 
     def _sample_labels(self, logits, z_old, k):
         """Labels from prod_i pi_{z_i} f(x_i | theta_{z_i}) conditioned on every cluster
@@ -434,9 +342,13 @@ class SubclusterSampler(MCMCClusterer):
         state = SubclusterState(X, z, state.alpha, state.iteration, zs, born)
         # the exact anchored moves too: they make progress where the posterior gains
         # little from coarse splits (many overlapping blobs)
-        state, counts = self._anchored_moves(state, weights, self._warmup_bookkeeping,
-                                             n_moves=self.warmup_moves if self.warmup_moves
-                                             is not None else max(3, state.k // 2))
+        n_moves = self.warmup_moves if self.warmup_moves is not None else max(3, state.k // 2)
+        state, counts, batch = self._anchored_moves(state, weights, n_moves=n_moves)
+        if batch is not None and bool(batch.touched.any()):
+            # clusters an accepted move made start their burn-out and get 2-means sub-labels
+            born = torch.cat([state.born, torch.full((counts["split"][1],), it)])[batch.kept]
+            state.born = torch.where(batch.touched, it, born)
+            state.zs = self._warmup_sublabels(X, state.z, batch.touched, state.zs)
         if self.alpha_prior is not None and isinstance(self._model.weights, DirichletProcess):
             state.alpha = self._escobar_west(state.alpha, state.k, X.shape[0])
             weights = self._weights_for(state.alpha)
@@ -448,38 +360,18 @@ class SubclusterSampler(MCMCClusterer):
                        / (k + counts["split"][0]),
                        "merge_acceptance": counts["merge"][1] / max(counts["merge"][0], 1)}
 
-    def _warmup_bookkeeping(self, kind, state, pair):
-        """Keep the warm-up sub-labels and birth iterations in step with an accepted
-        anchored move (the moves build a fresh state without them)."""
-        a, b = pair
-        it = state.iteration
-        zs, born = state.zs, state.born.clone()       # as they were before the move
-        if kind == "split":
-            born = torch.cat([born, torch.tensor([it])])
-            born[a] = it
-            flags = torch.zeros(state.k, dtype=torch.bool)
-            flags[[a, b]] = True
-        else:
-            born = torch.cat([born[:b], born[b + 1:]])
-            a = a - int(b < a)
-            born[a] = it
-            flags = torch.zeros(state.k, dtype=torch.bool)
-            flags[a] = True
-        state.zs = self._warmup_sublabels(state.X, state.z, flags, zs)
-        state.born = born
-
     @staticmethod
     def _warmup_sublabels(X, z, clusters, zs):
-        """Warm-up sub-labels of the flagged clusters from a 2-means split of their data.
+        """Warm-up sub-labels of the flagged clusters from a 2-means split of their data
+        (all flagged clusters in one batched call).
 
         Chang & Fisher start new sub-clusters at random, and a symmetric start takes
         many iterations to break; a 2-means start lets the next split be proposed at
         once.  (Warm-up only: its draws are discarded.)"""
         zs = zs.clone()
-        for c in clusters.nonzero().flatten().tolist():
-            members = (z == c).nonzero().flatten()
-            if members.numel():
-                zs[members] = two_means(X[members])
+        rows, g, n_groups = select_groups(clusters, z)
+        if n_groups:
+            zs[rows] = two_means_groups(X[rows], g, n_groups)
         return zs
 
     def _warmup_merges(self, z, zs, born, stats, weights, eligible, k_now, it):
@@ -498,112 +390,136 @@ class SubclusterSampler(MCMCClusterer):
         # costs no exactness.
         log_h = moves.log_merge_ratio(weights, fam, float(k_now), s1, s2)
         accept = moves.mh_accept(log_h)
+        order = torch.randperm(i.shape[0])
+        order = order[accept[order]]
+        target = torch.arange(born.shape[0])
         used = torch.zeros(born.shape[0], dtype=torch.bool)
-        z, zs = z.clone(), zs.clone()
-        for p in torch.randperm(i.shape[0]).tolist():
-            a, b = int(i[p]), int(j[p])
-            if accept[p] and not used[a] and not used[b]:
+        taken = set()
+        for a, b in torch.stack([i[order], j[order]], 1).tolist():
+            if a not in taken and b not in taken:
+                taken.update((a, b))
+                target[b] = a
                 used[a] = used[b] = True
-                zs[z == a], zs[z == b] = 0, 1
-                z[z == b] = a
+        if not taken:
+            return z, zs, born
+        # the merged pair's old clusters become its two sub-clusters
+        zs = torch.where(used[z], (target[z] != z).long(), zs)
+        z = target[z]
         born = torch.where(used, it, born)
         z, kept = relabel(z)
         return z, zs, born[kept]
 
     # -- moves -------------------------------------------------------------------
-    def _anchors(self, X) -> tuple[int, int]:
-        """Two distinct anchor points.  i is uniform; j is, with probability 1/2,
-        uniform and otherwise drawn from a Gaussian kernel around x_i.  The selection
-        probability depends on the data only, never on the labels, so it is the same
-        for a move and its reverse and drops out of the Hastings ratio."""
+    def _anchor_pairs(self, X, m: int) -> torch.Tensor:
+        """m pairs of distinct anchor points, (m, 2).  i is uniform; j is, with
+        probability 1/2, uniform and otherwise drawn with probability proportional to
+        a Gaussian kernel around x_i (Gumbel-max in log space, so no weight
+        underflows).  The selection probability depends on the data only, never on
+        the labels, so it is the same for a move and its reverse and drops out of the
+        Hastings ratio."""
         n = X.shape[0]
-        i = int(torch.randint(n, ()))
-        if n == 2 or float(torch.rand(())) < 0.5:
-            j = int(torch.randint(n - 1, ()))
-            return i, j + (j >= i)
-        w = torch.exp(-0.5 * (X - X[i]).pow(2).sum(1) / self._bandwidth2)
-        w[i] = 0.0
-        if float(w.sum()) <= 0:
-            j = int(torch.randint(n - 1, ()))
-            return i, j + (j >= i)
-        return i, int(torch.multinomial(w, 1))
+        i = torch.randint(n, (m,))
+        j = torch.randint(n - 1, (m,))
+        j = j + (j >= i)
+        local = (torch.rand(m) >= 0.5).nonzero().flatten() if n > 2 else torch.zeros(0)
+        step = max(1, (1 << 21) // (n * X.shape[1]))
+        for chunk in torch.split(local, step):
+            logits = (X[None] - X[i[chunk], None]).pow(2).sum(-1).mul_(-0.5 / self._bandwidth2)
+            logits[torch.arange(chunk.numel()), i[chunk]] = -math.inf
+            gumbel = -torch.log(-torch.log(torch.rand(logits.shape, dtype=logits.dtype)
+                                           .clamp_min(1e-300)))
+            j[chunk] = (logits + gumbel).argmax(1)
+        return torch.stack([i, j], 1)
 
+    def _move_batch(self, state: SubclusterState, pairs: torch.Tensor, weights) -> "MoveBatch":
+        """Anchored split/merge proposals on disjoint clusters, evaluated together.
 
-    def _subcluster_responsibilities(self, Xc: torch.Tensor, li: int) -> torch.Tensor:
-        """log q_l(h): sub-cluster responsibilities of the rows of one cluster, (n, 2).
-
-        Sub-clusters: a deterministic sub-partition -- 2-means from the principal
-        axis, 2-means from a random axis, or a group carved around anchor ``li``
-        (:func:`carve`), each with probability 1/3 whatever the state -- then
-        weights Dir(n_h + a/2) and parameters from their conjugate posterior."""
+        Pairs are taken in order and kept when none of their clusters is already
+        taken by a kept pair (a pair whose anchors share a cluster proposes to split
+        it, otherwise to merge the two).  The kept set is the same before and after
+        any of its moves -- a move maps the rows of its own clusters onto
+        themselves, and a pair is dropped exactly when an anchor lies in the rows of
+        an earlier kept pair -- so the batch is a composition of exact
+        Metropolis-Hastings steps, each on its own clusters; the sub-partitions,
+        sub-cluster draws, statistics and ratios of all of them are computed in one
+        pass of batched operations, and only the block-count factor of the EPPF is
+        applied in sequence (:func:`moves.accept_in_sequence`)."""
         fam = self._model.family
-        u = float(torch.rand(()))
-        if u < 1 / 3:
-            h = two_means(Xc)
-        elif u < 2 / 3:
-            h = two_means(Xc, axis=torch.randn(Xc.shape[1], dtype=Xc.dtype))
-        else:
-            h = carve(self._model.family, Xc, li)
-        sub = fam.suff_stats_labels(Xc, h, 2)
-        log_w = dirichlet_log(sub.n + self._sub_alpha / 2)
-        ll = fam.log_likelihood(Xc, fam.sample_posterior(sub)) + log_w[None]
-        return ll - torch.logsumexp(ll, 1, keepdim=True)
+        X, z, k = state.X, state.z, state.k
+        ca_all, cb_all = z[pairs[:, 0]].tolist(), z[pairs[:, 1]].tolist()
+        taken, keep = set(), []
+        for m, (a, b) in enumerate(zip(ca_all, cb_all, strict=True)):
+            if a not in taken and b not in taken:
+                taken.update((a, b))
+                keep.append(m)
+        n_groups = len(keep)
+        pairs = pairs[keep]
+        ca, cb = z[pairs[:, 0]], z[pairs[:, 1]]
+        is_split = ca == cb
+        group_of = torch.full((k,), -1, dtype=torch.long)
+        group_of[cb] = torch.arange(n_groups)
+        group_of[ca] = torch.arange(n_groups)
+        gid = group_of[z]
+        rows = (gid >= 0).nonzero().flatten()
+        g, Xr = gid[rows], X[rows]
+        li, lj = torch.searchsorted(rows, pairs.contiguous()).unbind(1)
 
-    @staticmethod
-    def _log_split_proposal(log_q, side_b, i, j) -> torch.Tensor:
-        """log Q of the split (A = ~side_b, B = side_b) with anchors i in A, j in B."""
-        a = (~side_b).to(log_q.dtype)
-        b = side_b.to(log_q.dtype)
-        keep = torch.logsumexp(torch.stack([(a * log_q[:, 0] + b * log_q[:, 1]).sum(),
-                                            (a * log_q[:, 1] + b * log_q[:, 0]).sum()]), 0)
-        anchors = torch.logsumexp(torch.stack([log_q[i, 0] + log_q[j, 1],
-                                               log_q[i, 1] + log_q[j, 0]]), 0)
-        return keep - anchors
+        log_q = self._subcluster_responsibilities(Xr, g, n_groups, li)
+        # a split draws every row's side from q, then puts the anchors apart
+        side = sample_categorical(log_q) == 1
+        anchor_terms = torch.stack([log_q[li, 0] + log_q[lj, 1], log_q[li, 1] + log_q[lj, 0]], 1)
+        flip = sample_categorical(anchor_terms) == 1
+        side[li], side[lj] = flip, ~flip
+        # side B holds j: for a split the side j landed on, for a merge j's cluster
+        side_b = torch.where(is_split[g], side != side[li][g], z[rows] == cb[g])
+        s_ab = fam.suff_stats_labels(Xr, 2 * g + side_b.long(), 2 * n_groups)
+        s_a, s_b = s_ab[0::2], s_ab[1::2]
+        terms = moves.log_split_terms(weights, fam, s_a + s_b, s_a, s_b)
+        log_prop = log_split_proposal(log_q, side_b, g, n_groups, li, lj)
+        log_terms = torch.where(is_split, terms - log_prop, log_prop - terms)
+        accepted = moves.accept_in_sequence(weights, k, log_terms, is_split)
 
-    def _move(self, state, i, j, weights):
-        fam = self._model.family
-        X, z = state.X, state.z
-        zi, zj = int(z[i]), int(z[j])
-        k = state.k
-        if zi == zj:
-            members = torch.nonzero(z == zi).flatten()
-            Xc = X[members]
-            li = int((members == i).nonzero()[0, 0])
-            lj = int((members == j).nonzero()[0, 0])
-            log_q = self._subcluster_responsibilities(Xc, li)
-            side = sample_categorical(log_q) == 1
-            # anchors on opposite sides: (i, j) = (0, 1) or (1, 0)
-            pair = torch.stack([log_q[li, 0] + log_q[lj, 1], log_q[li, 1] + log_q[lj, 0]])
-            flip = bool(sample_categorical(pair[None])[0] == 1)
-            side[li], side[lj] = flip, not flip
-            side_b = side != side[li]           # B is the side of j
-            s_ab = fam.suff_stats_labels(Xc, side_b.long(), 2)
-            s_a, s_b = s_ab[0], s_ab[1]
-            log_h = moves.log_split_ratio(weights, fam, float(k), s_a + s_b, s_a, s_b)[0]
-            log_h = log_h - self._log_split_proposal(log_q, side_b, li, lj)
-            if bool(moves.mh_accept(log_h)):
-                z = z.clone()
-                z[members[side_b]] = k
-                return ("split", True, SubclusterState(X, z, state.alpha, state.iteration,
-                                                       state.zs, state.born), (zi, k))
-            return "split", False, state, None
-        members = torch.nonzero((z == zi) | (z == zj)).flatten()
-        Xc = X[members]
-        side_b = z[members] == zj
-        li = int((members == i).nonzero()[0, 0])
-        lj = int((members == j).nonzero()[0, 0])
-        log_q = self._subcluster_responsibilities(Xc, li)
-        s_ab = fam.suff_stats_labels(Xc, side_b.long(), 2)
-        s_a, s_b = s_ab[0], s_ab[1]
-        log_h = moves.log_merge_ratio(weights, fam, float(k), s_a, s_b)[0]
-        log_h = log_h + self._log_split_proposal(log_q, side_b, li, lj)
-        if bool(moves.mh_accept(log_h)):
+        n_split = int((accepted & is_split).sum())
+        counts = {"split": [int(is_split.sum()), n_split],
+                  "merge": [int((~is_split).sum()), int((accepted & ~is_split).sum())]}
+        touched = torch.zeros(k + n_split, dtype=torch.bool)
+        kept = torch.arange(k + n_split)
+        if bool(accepted.any()):
+            new_label = torch.where(is_split, k + torch.cumsum(accepted & is_split, 0) - 1, ca)
+            moving = side_b & accepted[g]
             z = z.clone()
-            z[z == zj] = zi
-            z, _ = relabel(z)
-            return ("merge", True, SubclusterState(X, z, state.alpha, state.iteration,
-                                                   state.zs, state.born), (zi, zj))
-        return "merge", False, state, None
+            z[rows[moving]] = new_label[g[moving]]
+            touched[ca[accepted]] = True
+            touched[k:] = True
+            if counts["merge"][1]:
+                z, kept = relabel(z)
+        return MoveBatch(z, counts, kept, touched[kept])
+
+    def _subcluster_responsibilities(self, Xr: torch.Tensor, g: torch.Tensor, n_groups: int,
+                                     anchors: torch.Tensor) -> torch.Tensor:
+        """log q_l(h): sub-cluster responsibilities of the rows of every group, (n, 2).
+
+        Sub-clusters of each group: a deterministic sub-partition -- 2-means from the
+        principal axis, 2-means from a random axis, or a group carved around its
+        anchor row (:func:`~bnpdeep.inference.subpartition.carve_groups`), each with
+        probability 1/3 whatever the state -- then weights Dir(n_h + a/2) and
+        parameters drawn from their conjugate posterior."""
+        fam = self._model.family
+        u = torch.rand(n_groups)
+        h = torch.zeros(Xr.shape[0], dtype=torch.long)
+        by_means = u < 2 / 3
+        if bool(by_means.any()):
+            rows, sub_g, n_sub = select_groups(by_means, g)
+            axes = torch.randn(n_sub, Xr.shape[1], dtype=Xr.dtype)
+            h[rows] = two_means_groups(Xr[rows], sub_g, n_sub, axes, u[by_means] >= 1 / 3)
+        if not bool(by_means.all()):
+            rows, sub_g, n_sub = select_groups(~by_means, g)
+            local = torch.cumsum(rows.long(), 0) - 1
+            h[rows] = carve_groups(fam, Xr[rows], sub_g, n_sub, local[anchors[~by_means]])
+        sub = fam.suff_stats_labels(Xr, 2 * g + h, 2 * n_groups)
+        log_w = dirichlet_log(sub.n.reshape(n_groups, 2) + self._sub_alpha / 2)
+        ll = own_pair_loglik(fam, Xr, g, n_groups, fam.sample_posterior(sub)) + log_w[g]
+        return ll - torch.logsumexp(ll, 1, keepdim=True)
 
     def _escobar_west(self, alpha, k, n):
         """alpha | K, N under a Gamma(a, b) prior (Escobar & West 1995, eq. 13)."""
@@ -615,4 +531,4 @@ class SubclusterSampler(MCMCClusterer):
         return float(torch.distributions.Gamma(shape, rate).sample())
 
 
-__all__ = ["SubclusterSampler", "SubclusterState", "two_means"]
+__all__ = ["SubclusterSampler", "SubclusterState", "MoveBatch", "log_split_proposal"]

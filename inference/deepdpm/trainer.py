@@ -26,7 +26,7 @@ one cluster otherwise stalls on the benchmark data (benchmarks/README.md):
 
 * ``split_refine``: before a split step every cluster's sub-clusters are refined
   by EM of its two-component sub-mixture with the family's own likelihood
-  (:func:`~bnpdeep.inference.subcluster.refine_subclusters`); the isotropic
+  (:func:`~bnpdeep.inference.subpartition.refine_subclusters`); the isotropic
   sub-net loss only ever proposes 2-means-like halves.
 * ``carve``: a cluster whose split is rejected proposes carving local groups
   around random members, judged by the same H_s.
@@ -54,7 +54,7 @@ from .. import moves
 from ..base import CheckpointedEstimator
 from ..draws import approximate_posterior_arrays
 from ..mcmc import default_model, relabel
-from ..subcluster import carve, refine_subclusters, two_means
+from ..subpartition import carve, refine_subclusters, two_means
 from .guide import DeepDPMGuide
 from .nets import ClusterNet, SubclusterNets
 
@@ -141,7 +141,7 @@ class DeepDPM(CheckpointedEstimator):
         an M-step before that merges them back and the next prune drops them.
     split_refine : int, default 20
         EM iterations that refine every cluster's sub-clusters before a split step
-        (:func:`bnpdeep.inference.subcluster.refine_subclusters`): the sub-nets'
+        (:func:`bnpdeep.inference.subpartition.refine_subclusters`): the sub-nets'
         isotropic loss halves a cluster like 2-means, and the refinement moves the
         halves to the two-component full-likelihood mixture the M-step fits, the
         proposal then judged by the same H_s.  Not in the paper; 0 proposes the
@@ -436,7 +436,7 @@ class DeepDPM(CheckpointedEstimator):
 
     def _carve_proposal(self, X, z, c: int, k: int):
         """A carved sub-partition of cluster c around a random member (see
-        :func:`bnpdeep.inference.subcluster.carve`), accepted with probability
+        :func:`bnpdeep.inference.subpartition.carve`), accepted with probability
         min(1, H_s) of the same DP posterior ratio; None when rejected."""
         rows = (z == c).nonzero().flatten()
         if rows.numel() < 4 * (X.shape[1] + 2):

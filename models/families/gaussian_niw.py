@@ -30,6 +30,7 @@ from bnpdeep.linalg import (
     mahalanobis_sq,
     multidigamma,
     multigammaln,
+    scatter_outer,
 )
 
 from ..distributions import InverseWishart, inverse_wishart_root
@@ -130,20 +131,15 @@ class GaussianNIW(ConjugateFamily):
         z = torch.as_tensor(labels, device=X.device, dtype=torch.long)
         k = int(z.max()) + 1 if k is None else k
         d = self.dim
-        w = (torch.ones_like(X[:, 0]) if weights is None
-             else as_tensor(weights, device=X.device).reshape(-1))
-        n = torch.zeros(k, dtype=X.dtype, device=X.device).index_add_(0, z, w)
-        wx = X * w[:, None]
+        if weights is None:
+            n = torch.bincount(z, minlength=k).to(X.dtype)
+            wx = X
+        else:
+            w = as_tensor(weights, device=X.device).reshape(-1)
+            n = torch.zeros(k, dtype=X.dtype, device=X.device).index_add_(0, z, w)
+            wx = X * w[:, None]
         sx = torch.zeros((k, d), dtype=X.dtype, device=X.device).index_add_(0, z, wx)
-        sxx = torch.zeros((k, d * d), dtype=X.dtype, device=X.device)
-        # outer products in row chunks of 2 MiB: never an N x d x d tensor, and the
-        # chunk stays in cache (11x faster than 32 MiB chunks at N=1e6, d=16)
-        step = max(1, (1 << 18) // (d * d))
-        for start in range(0, X.shape[0], step):
-            xs, ws = X[start:start + step], wx[start:start + step]
-            sxx.index_add_(0, z[start:start + step],
-                           (ws[:, :, None] * xs[:, None, :]).reshape(-1, d * d))
-        return SuffStats(n=n, sx=sx, sxx=sxx.reshape(k, d, d))
+        return SuffStats(n=n, sx=sx, sxx=scatter_outer(X, z, k, wx))
 
     # ---- conjugate algebra ------------------------------------------------
     def posterior(self, stats: SuffStats) -> NIWPosterior:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 from bnpdeep.inference import moves
-from bnpdeep.inference.subcluster import SubclusterSampler, two_means
+from bnpdeep.inference.subcluster import log_split_proposal
+from bnpdeep.inference.subpartition import two_means
 from bnpdeep.models import (
     DiagonalGaussian,
     DirichletProcess,
@@ -52,6 +53,11 @@ def test_split_ratio_is_the_posterior_ratio(weights):
     assert float(got) == pytest.approx(after - before, abs=1e-10)
 
 
+def _one_group_proposal(log_q, side_b, i, j):
+    g = torch.zeros(log_q.shape[0], dtype=torch.long)
+    return log_split_proposal(log_q, side_b, g, 1, torch.tensor([i]), torch.tensor([j]))[0]
+
+
 def test_subcluster_split_and_merge_hastings_ratios_cancel():
     """With the same sub-cluster responsibilities, the sampler's full split ratio
     (posterior ratio minus log proposal) and its reverse merge ratio sum to zero."""
@@ -61,7 +67,7 @@ def test_subcluster_split_and_merge_hastings_ratios_cancel():
     log_q = torch.log_softmax(torch.randn(12, 2, dtype=torch.float64), 1)
     side_b = torch.as_tensor(side == 1)
     i, j = 0, 11
-    lq = SubclusterSampler._log_split_proposal(log_q, side_b, i, j)
+    lq = _one_group_proposal(log_q, side_b, i, j)
     s = fam.suff_stats_labels(X, side, 2)
     split = moves.log_split_ratio(w, fam, 2, s[0] + s[1], s[0], s[1]) - lq
     merge = moves.log_merge_ratio(w, fam, 3, s[0], s[1]) + lq
@@ -78,7 +84,7 @@ def test_split_proposal_probabilities_sum_to_one():
         b = torch.tensor([(mask >> t) & 1 for t in range(n)], dtype=torch.bool)
         if b[i] or not b[j]:
             continue                        # i on side A, j on side B
-        total += math.exp(float(SubclusterSampler._log_split_proposal(log_q, b, i, j)))
+        total += math.exp(float(_one_group_proposal(log_q, b, i, j)))
     assert total == pytest.approx(1.0, abs=1e-12)
 
 

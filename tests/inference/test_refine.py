@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from bnpdeep.inference import moves
 from bnpdeep.inference.mcmc import default_model
-from bnpdeep.inference.subcluster import own_pair_loglik, refine_subclusters, two_means
+from bnpdeep.inference.subpartition import own_pair_loglik, refine_subclusters, two_means
 from sklearn.metrics import adjusted_rand_score
 
 from bnpdeep.linalg import as_tensor

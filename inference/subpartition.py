@@ -1,0 +1,214 @@
+"""Two-way sub-partitions of clusters: the proposals behind every split move.
+
+A split proposal needs, for a cluster's rows, a sub-partition that is a
+deterministic function of those rows (as a set) and of auxiliary choices drawn
+independently of the state (an axis, an anchor row), so that the same
+sub-partition is rebuilt for the reverse merge.  The functions here compute
+them for G groups of rows at once: ``g`` (N,) gives each row's group 0..G-1,
+and every statistic is an ``index_add`` over groups, so one call costs about as
+many torch operations for twenty clusters as for one.
+
+* :func:`two_means_groups`: 2-means started at mean -/+ one standard deviation
+  along the principal axis (or a given axis), then Lloyd iterations.
+* :func:`carve_groups`: a local group around an anchor row, refined by hard
+  reassignment under the two MAP components.
+* :func:`refine_subclusters`: EM of every cluster's two-component sub-mixture
+  under the family's own likelihood (DeepDPM's split refinement).
+
+Each grouped function returns, for every group, exactly what the one-group
+call returns on that group's rows alone (iterations stop only when no group
+changes, and a converged group stays put).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bnpdeep.linalg import scatter_outer
+
+from ..models import gather_params
+
+
+def _group_counts(g: torch.Tensor, n_groups: int, dtype) -> torch.Tensor:
+    return torch.bincount(g, minlength=n_groups).to(dtype)
+
+
+def _group_sum(values: torch.Tensor, g: torch.Tensor, n_groups: int) -> torch.Tensor:
+    out = torch.zeros((n_groups,) + values.shape[1:], dtype=values.dtype, device=values.device)
+    return out.index_add_(0, g, values)
+
+
+def select_groups(chosen: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The rows of the groups flagged in ``chosen`` (G,): (row mask, their group ids
+    renumbered 0..G'-1 in order, G')."""
+    rows = chosen[g]
+    remap = torch.cumsum(chosen.long(), 0) - 1
+    return rows, remap[g[rows]], int(chosen.sum())
+
+
+def two_means_groups(X: torch.Tensor, g: torch.Tensor, n_groups: int,
+                     axes: torch.Tensor | None = None, use_axis: torch.Tensor | None = None,
+                     n_iter: int = 5) -> torch.Tensor:
+    """2-means sub-partition (0/1 labels) of every group of rows of X.
+
+    Group c starts at centres mean_c -/+ v_c, with v_c the principal axis of the
+    group's covariance scaled by the root of its eigenvalue or, where
+    ``use_axis[c]`` (default: all, when ``axes`` is given), ``axes[c]`` scaled by
+    the standard deviation of the projections on it; then up to ``n_iter`` Lloyd
+    iterations.  A function of each group's rows as a set and of its axis:
+    flipping the axis only swaps the labels.
+    """
+    n, d = X.shape
+    dt = X.dtype
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=X.device)
+    count = _group_counts(g, n_groups, dt)
+    total = _group_sum(X, g, n_groups)
+    mean = total / count.clamp_min(1)[:, None]
+    xc = X - mean[g]
+    cov = scatter_outer(xc, g, n_groups) / count.clamp_min(1)[:, None, None]
+    evals, evecs = torch.linalg.eigh(cov)
+    v = evecs[..., -1] * evals[..., -1:].clamp_min(0).sqrt()
+    if axes is not None:
+        u = axes / axes.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        spread = (u[:, None, :] @ cov @ u[:, :, None])[:, 0].clamp_min(0).sqrt()
+        along = u * spread
+        pick = torch.ones(n_groups, dtype=torch.bool, device=X.device) if use_axis is None \
+            else use_axis
+        v = torch.where(pick[:, None], along, v)
+    c0, c1 = mean - v, mean + v
+    h = torch.zeros(n, dtype=torch.bool, device=X.device)
+    for it in range(n_iter):
+        # nearer to c1 than c0  <=>  x . (c1 - c0) > (|c1|^2 - |c0|^2) / 2
+        thr = 0.5 * (c1.pow(2).sum(1) - c0.pow(2).sum(1))
+        new_h = (X * (c1 - c0)[g]).sum(1) > thr[g]
+        if it > 0 and torch.equal(new_h, h):
+            break
+        h = new_h
+        n1 = _group_counts(g[h], n_groups, dt)
+        s1 = _group_sum(X[h], g[h], n_groups)
+        ok = ((n1 > 0) & (n1 < count))[:, None]
+        c0 = torch.where(ok, (total - s1) / (count - n1).clamp_min(1)[:, None], c0)
+        c1 = torch.where(ok, s1 / n1.clamp_min(1)[:, None], c1)
+    return h.long()
+
+
+def two_means(X: torch.Tensor, n_iter: int = 5, axis: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """2-means sub-partition of the rows of X (0/1 labels): :func:`two_means_groups`
+    with one group.  Depends only on the set of rows (not their order) and the
+    axis; flipping the axis only swaps the two labels."""
+    g = torch.zeros(X.shape[0], dtype=torch.long, device=X.device)
+    return two_means_groups(X, g, 1, None if axis is None else axis[None], n_iter=n_iter)
+
+
+def carve_groups(family, X: torch.Tensor, g: torch.Tensor, n_groups: int,
+                 anchors: torch.Tensor, n_iter: int = 3) -> torch.Tensor:
+    """Sub-partition that carves a local group around each group's anchor row out
+    of it.  Group c (n_c rows) starts from the m_c = max(d + 2, n_c / 20) rows
+    nearest its anchor ``X[anchors[c]]`` (label 0), then up to ``n_iter`` hard
+    reassignments under the two MAP components, each weighted by its size; a
+    group stops when its labels no longer change, a side would empty, or a side
+    has less than one row's weight.  Groups with n_c < 2 m_c get
+    :func:`two_means_groups` instead.
+
+    Coarse 2-means halves of many tight clusters are barely favoured by the DP
+    posterior (the partition's entropy cost eats the likelihood gain); carving one
+    tight group out is, so this is what leaves K = 1 on data such as r15."""
+    n, d = X.shape
+    dev = X.device
+    count = torch.bincount(g, minlength=n_groups)
+    m = (count // 20).clamp_min(d + 2)
+    small = count < 2 * m
+    h = torch.zeros(n, dtype=torch.long, device=dev)
+    if bool(small.any()):
+        rows, sub_g, n_sub = select_groups(small, g)
+        h[rows] = two_means_groups(X[rows], sub_g, n_sub)
+    if bool(small.all()):
+        return h
+    # rank of each row's distance to its group's anchor, within its group
+    dist = (X - X[anchors][g]).pow(2).sum(1)
+    order = torch.argsort(dist, stable=True)
+    order = order[torch.argsort(g[order], stable=True)]
+    start = torch.cumsum(count, 0) - count
+    rank = torch.empty(n, dtype=torch.long, device=dev)
+    rank[order] = torch.arange(n, device=dev) - start[g[order]]
+    big = ~small[g]
+    h = torch.where(big, (rank >= m[g]).long(), h)
+    active = ~small
+    two = torch.arange(2, device=dev)
+    for _ in range(n_iter):
+        stats = family.suff_stats_labels(X, 2 * g + h, 2 * n_groups)
+        active = active & (stats.n.reshape(n_groups, 2) >= 1).all(1)
+        if not bool(active.any()):
+            break
+        ll = (own_pair_loglik(family, X, g, n_groups, family.map_estimate(stats))
+              + torch.log(stats.n)[2 * g[:, None] + two])
+        new_h = ll.argmax(1)
+        n1 = torch.bincount(g, weights=new_h.to(X.dtype), minlength=n_groups)
+        changed = torch.bincount(g, weights=(new_h != h).to(X.dtype), minlength=n_groups) > 0
+        active = active & changed & (n1 > 0) & (n1 < count)
+        h = torch.where(active[g], new_h, h)
+    return h
+
+
+def carve(family, Xc: torch.Tensor, li: int, n_iter: int = 3) -> torch.Tensor:
+    """A local group carved around row ``li`` of a cluster's rows Xc:
+    :func:`carve_groups` with one group."""
+    g = torch.zeros(Xc.shape[0], dtype=torch.long, device=Xc.device)
+    return carve_groups(family, Xc, g, 1, torch.tensor([int(li)], device=Xc.device), n_iter)
+
+
+_BATCHED_PAIR_FLOPS = 5e7    # above this an N x 2K density table costs more than K calls
+
+
+def own_pair_loglik(family, X: torch.Tensor, z: torch.Tensor, k: int, sub_params
+                    ) -> torch.Tensor:
+    """log f(x_i | theta_{z_i, h}) for h = 0, 1: each row against the two sub-clusters
+    of its own cluster only, (N, 2); ``sub_params`` holds 2K components ordered
+    (k, 0), (k, 1).  Small problems: one batched N x 2K table; large ones: one call
+    per cluster on its rows (N x 2 densities instead of N x 2K)."""
+    n, d = X.shape
+    if 2 * k * n * d * d <= _BATCHED_PAIR_FLOPS:
+        full = family.log_likelihood(X, sub_params)
+        return full.gather(1, torch.stack([2 * z, 2 * z + 1], 1))
+    order = torch.argsort(z, stable=True)
+    out = torch.empty((n, 2), dtype=X.dtype, device=X.device)
+    counts = torch.bincount(z, minlength=k).tolist()
+    for c, members in enumerate(torch.split(order, counts)):
+        if members.numel():
+            pair = torch.tensor([2 * c, 2 * c + 1], device=X.device)
+            out[members] = family.log_likelihood(X[members], gather_params(sub_params, pair))
+    return out
+
+
+def refine_subclusters(family, X: torch.Tensor, z: torch.Tensor, zs: torch.Tensor, k: int,
+                       n_iter: int = 20, tol: float = 1e-4) -> torch.Tensor:
+    """EM on every cluster's two-component sub-mixture at once, started from the
+    sub-labels ``zs``; returns the refined hard sub-labels (argmax).
+
+    Each iteration is the weighted-MAP M-step of the 2K sub-components (weights
+    pi~_kh = (n_kh + 1/2) / (n_k + 1), parameters the mode of the conjugate posterior
+    given the r~-weighted statistics) and the E-step
+    r~_ih = pi~_{z_i h} f(x_i | theta_{z_i h}) / sum_h' (...), in log space; clusters
+    never exchange rows.  Full-covariance sub-components find splits along the
+    clusters' real structure where an isotropic 2-means halving does not (on wine at
+    K = 1: log H_s = -51 for 2-means, +55 after 30 iterations).  Stops early when no
+    responsibility moves by more than ``tol``."""
+    r = torch.nn.functional.one_hot(zs, 2).to(X.dtype)
+    for _ in range(int(n_iter)):
+        sub = (family.suff_stats_labels(X, 2 * z, 2 * k, weights=r[:, 0])
+               + family.suff_stats_labels(X, 2 * z + 1, 2 * k, weights=r[:, 1]))
+        n_pair = sub.n.reshape(k, 2)
+        log_w = torch.log(n_pair + 0.5) - torch.log(n_pair.sum(1, keepdim=True) + 1.0)
+        ll = own_pair_loglik(family, X, z, k, family.map_estimate(sub)) + log_w[z]
+        new_r = torch.softmax(ll, 1)
+        done = bool((new_r - r).abs().max() <= tol)
+        r = new_r
+        if done:
+            break
+    return r.argmax(1)
+
+
+__all__ = ["select_groups", "two_means", "two_means_groups", "carve", "carve_groups",
+           "own_pair_loglik", "refine_subclusters"]
