@@ -93,6 +93,7 @@ class SubclusterState:
     iteration: int = 0
     zs: torch.Tensor | None = None   # (N,) warm-up sub-labels 0/1
     born: torch.Tensor | None = None  # (K,) warm-up: iteration each cluster was created
+    stats: object | None = None       # SuffStats of z, when the step that made z computed them
 
     @property
     def k(self) -> int:
@@ -234,7 +235,7 @@ class SubclusterSampler(MCMCClusterer):
         weights = self._weights_for(state.alpha)
         X = state.X
         k = state.k
-        stats = fam.suff_stats_labels(X, state.z, k)
+        stats = state.stats if state.stats is not None else fam.suff_stats_labels(X, state.z, k)
 
         # 1. weights and parameters from their conditionals
         conc, rest = weights.weight_concentration(stats.n)
@@ -258,6 +259,7 @@ class SubclusterSampler(MCMCClusterer):
         stats = fam.suff_stats_labels(X, state.z, state.k)
         lp = float(weights.log_eppf(stats.n) + fam.log_marginal(stats).sum())
         state.iteration += 1
+        state.stats = stats
         info = {"k": state.k, "lp": lp,
                 "split_acceptance": counts["split"][1] / max(counts["split"][0], 1),
                 "merge_acceptance": counts["merge"][1] / max(counts["merge"][0], 1)}
@@ -355,6 +357,7 @@ class SubclusterSampler(MCMCClusterer):
         stats = fam.suff_stats_labels(X, state.z, state.k)
         lp = float(weights.log_eppf(stats.n) + fam.log_marginal(stats).sum())
         state.iteration += 1
+        state.stats = stats
         return state, {"k": state.k, "lp": lp,
                        "split_acceptance": (n_split + counts["split"][1])
                        / (k + counts["split"][0]),

@@ -26,8 +26,6 @@ import torch
 
 from bnpdeep.linalg import scatter_outer
 
-from ..models import gather_params
-
 
 def _group_counts(g: torch.Tensor, n_groups: int, dtype) -> torch.Tensor:
     return torch.bincount(g, minlength=n_groups).to(dtype)
@@ -77,16 +75,20 @@ def two_means_groups(X: torch.Tensor, g: torch.Tensor, n_groups: int,
             else use_axis
         v = torch.where(pick[:, None], along, v)
     c0, c1 = mean - v, mean + v
+    ones = torch.ones(d, dtype=dt, device=X.device)
     h = torch.zeros(n, dtype=torch.bool, device=X.device)
     for it in range(n_iter):
         # nearer to c1 than c0  <=>  x . (c1 - c0) > (|c1|^2 - |c0|^2) / 2
-        thr = 0.5 * (c1.pow(2).sum(1) - c0.pow(2).sum(1))
-        new_h = (X * (c1 - c0)[g]).sum(1) > thr[g]
+        # (row sums as products with a ones vector: a reduction over a short last
+        # axis is several times slower in torch)
+        thr = 0.5 * ((c1 * c1) @ ones - (c0 * c0) @ ones)
+        new_h = (X * (c1 - c0)[g]) @ ones > thr[g]
         if it > 0 and torch.equal(new_h, h):
             break
         h = new_h
-        n1 = _group_counts(g[h], n_groups, dt)
-        s1 = _group_sum(X[h], g[h], n_groups)
+        hw = h.to(dt)
+        n1 = torch.bincount(g, weights=hw, minlength=n_groups)
+        s1 = _group_sum(X * hw[:, None], g, n_groups)
         ok = ((n1 > 0) & (n1 < count))[:, None]
         c0 = torch.where(ok, (total - s1) / (count - n1).clamp_min(1)[:, None], c0)
         c1 = torch.where(ok, s1 / n1.clamp_min(1)[:, None], c1)
@@ -127,7 +129,8 @@ def carve_groups(family, X: torch.Tensor, g: torch.Tensor, n_groups: int,
     if bool(small.all()):
         return h
     # rank of each row's distance to its group's anchor, within its group
-    dist = (X - X[anchors][g]).pow(2).sum(1)
+    diff = X - X[anchors][g]
+    dist = (diff * diff) @ torch.ones(d, dtype=X.dtype, device=dev)
     order = torch.argsort(dist, stable=True)
     order = order[torch.argsort(g[order], stable=True)]
     start = torch.cumsum(count, 0) - count
@@ -159,27 +162,13 @@ def carve(family, Xc: torch.Tensor, li: int, n_iter: int = 3) -> torch.Tensor:
     return carve_groups(family, Xc, g, 1, torch.tensor([int(li)], device=Xc.device), n_iter)
 
 
-_BATCHED_PAIR_FLOPS = 5e7    # above this an N x 2K density table costs more than K calls
-
-
 def own_pair_loglik(family, X: torch.Tensor, z: torch.Tensor, k: int, sub_params
                     ) -> torch.Tensor:
     """log f(x_i | theta_{z_i, h}) for h = 0, 1: each row against the two sub-clusters
     of its own cluster only, (N, 2); ``sub_params`` holds 2K components ordered
-    (k, 0), (k, 1).  Small problems: one batched N x 2K table; large ones: one call
-    per cluster on its rows (N x 2 densities instead of N x 2K)."""
-    n, d = X.shape
-    if 2 * k * n * d * d <= _BATCHED_PAIR_FLOPS:
-        full = family.log_likelihood(X, sub_params)
-        return full.gather(1, torch.stack([2 * z, 2 * z + 1], 1))
-    order = torch.argsort(z, stable=True)
-    out = torch.empty((n, 2), dtype=X.dtype, device=X.device)
-    counts = torch.bincount(z, minlength=k).tolist()
-    for c, members in enumerate(torch.split(order, counts)):
-        if members.numel():
-            pair = torch.tensor([2 * c, 2 * c + 1], device=X.device)
-            out[members] = family.log_likelihood(X[members], gather_params(sub_params, pair))
-    return out
+    (k, 0), (k, 1) (``family.log_likelihood_at``: per row where that is cheaper than
+    the N x 2K table)."""
+    return family.log_likelihood_at(X, sub_params, torch.stack([2 * z, 2 * z + 1], 1))
 
 
 def refine_subclusters(family, X: torch.Tensor, z: torch.Tensor, zs: torch.Tensor, k: int,

@@ -233,6 +233,21 @@ class ConjugateFamily:
         """log p(x_i | theta_k) under point parameters, (N, K)."""
         raise NotImplementedError
 
+    def log_likelihood_at(self, X, params, comps: torch.Tensor) -> torch.Tensor:
+        """log p(x_i | theta_{comps[i, j]}): each row under its own components only,
+        (N, m) for ``comps`` (N, m).  Default: the (N, K) table of
+        :meth:`log_likelihood` in row chunks of 2^20 entries, then a gather; families
+        override it with a per-row evaluation where that is cheaper."""
+        X = self._as_data(X)
+        comps = torch.as_tensor(comps, dtype=torch.long, device=X.device)
+        k = int(next(iter(params)).shape[0])
+        out = torch.empty(comps.shape, dtype=X.dtype, device=X.device)
+        step = max(1, (1 << 20) // max(k, 1))
+        for start in range(0, X.shape[0], step):
+            rows = slice(start, start + step)
+            out[rows] = self.log_likelihood(X[rows], params).gather(1, comps[rows])
+        return out
+
     def sample_prior(self, k: int):
         """K independent draws of the parameters from the prior."""
         return self.sample_posterior(self.empty_stats(k))

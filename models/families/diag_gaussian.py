@@ -153,6 +153,16 @@ class DiagonalGaussian(ConjugateFamily):
         sq = (X[:, None, :] - mean[None]) ** 2 / var[None]
         return -0.5 * (self.dim * log_2pi() + torch.log(var).sum(-1)[None] + sq.sum(-1))
 
+    def log_likelihood_at(self, X, params: DiagGaussianParams, comps: torch.Tensor
+                          ) -> torch.Tensor:
+        """log p(x_i | theta_c) for c = comps[i, j] only, (N, m): per row, m d terms."""
+        X = self._as_data(X)
+        comps = torch.as_tensor(comps, dtype=torch.long, device=X.device)
+        mean, var = as_tensor(params.mean), as_tensor(params.var)
+        ones = torch.ones(self.dim, dtype=X.dtype, device=X.device)
+        sq = (X[:, None, :] - mean[comps]).square_().div_(var[comps]) @ ones
+        return -0.5 * (self.dim * log_2pi() + torch.log(var) @ ones)[comps] - 0.5 * sq
+
     def pyro_sample_params(self) -> DiagGaussianParams:
         prec = pyro.sample("precision", pdist.Gamma(self.a, self.b).to_event(1))
         loc = pyro.sample("loc", pdist.Normal(self.mu0, torch.rsqrt(self.kappa * prec))
