@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 from bnpdeep.inference import moves
-from bnpdeep.inference.subcluster import log_split_proposal
+from bnpdeep.inference.mcmc import relabel
+from bnpdeep.inference.subcluster import disjoint_pairs, log_split_proposal
 from bnpdeep.inference.subpartition import two_means
 from bnpdeep.models import (
     DiagonalGaussian,
@@ -106,3 +107,63 @@ def test_mh_accept():
     g = torch.Generator().manual_seed(0)
     acc = moves.mh_accept(torch.full((20000,), math.log(0.3)), generator=g)
     assert abs(float(acc.double().mean()) - 0.3) < 0.015
+
+
+@pytest.mark.parametrize("weights", PRIORS, ids=repr)
+def test_accept_in_sequence_matches_the_one_move_ratios(weights):
+    """A batch of split and merge moves on disjoint clusters, decided in sequence, takes
+    the decisions that the one-move ratios (log_split_ratio / log_merge_ratio at the
+    number of blocks the earlier accepted moves left) take with the same uniforms."""
+    g = np.random.default_rng(4)
+    X = g.normal(size=(200, 2))
+    fam = GaussianNIW.weak(X)
+    labels = g.integers(0, 16, size=200)
+    s = fam.suff_stats_labels(X, labels, 16)
+    s1, s2 = s[0::2], s[1::2]
+    is_split = torch.as_tensor(g.random(8) < 0.5)
+    log_prop = torch.as_tensor(g.normal(size=8))
+    terms = moves.log_split_terms(weights, fam, s1 + s2, s1, s2)
+    log_terms = torch.where(is_split, terms - log_prop, log_prop - terms)
+    for k0 in (3, 5):                     # FiniteDirichlet(6): splits at K = 6 are refused
+        u = torch.as_tensor(g.random(8))
+        got = moves.accept_in_sequence(weights, k0, log_terms, is_split, uniform=u)
+        k = k0
+        for m in range(8):
+            a, b = s1[m], s2[m]
+            if is_split[m]:
+                ratio = moves.log_split_ratio(weights, fam, k, a + b, a, b)[0] - log_prop[m]
+            else:
+                ratio = moves.log_merge_ratio(weights, fam, k, a, b)[0] + log_prop[m]
+            want = bool(moves.mh_accept(ratio, uniform=u[m]))
+            assert bool(got[m]) == want
+            k += (1 if is_split[m] else -1) * int(want)
+
+
+def test_disjoint_pairs_are_unchanged_by_their_own_moves():
+    """The kept anchor pairs of a batch are the same after any subset of their moves
+    (splits with the anchors apart, merges) is applied: what makes the batch a
+    composition of exact Metropolis-Hastings steps."""
+    g = np.random.default_rng(5)
+    for _ in range(300):
+        n = 30
+        z, _ = relabel(torch.as_tensor(g.integers(0, g.integers(1, 7), size=n)))
+        pairs = torch.as_tensor(np.stack([g.choice(n, 2, replace=False) for _ in range(6)]))
+        kept = disjoint_pairs(z, pairs)
+        z2, fresh = z.clone(), int(z.max()) + 1
+        for m in kept:
+            i, j = pairs[m].tolist()
+            if g.random() < 0.5:
+                continue
+            if z[i] == z[j]:                 # split: a random side per row, anchors apart
+                rows = torch.nonzero(z == z[i]).flatten()
+                side = torch.as_tensor(g.random(rows.numel()) < 0.5)
+                side[rows == i], side[rows == j] = False, True
+                z2[rows[side]] = fresh
+                fresh += 1
+            else:                            # merge
+                z2[z == z[j]] = int(z[i])
+        z2, _ = relabel(z2)
+        assert disjoint_pairs(z2, pairs) == kept
+        for m in set(range(6)) - set(kept):  # a dropped pair shares a cluster with a kept one
+            taken = {int(c) for k in kept for c in z[pairs[k]]}
+            assert {int(c) for c in z[pairs[m]]} & taken
