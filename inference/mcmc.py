@@ -47,18 +47,26 @@ def pointwise_log_likelihood(family, X, log_pi, params, log_pi_rest=None) -> tor
     return torch.logsumexp(terms, 1)
 
 
-def sample_categorical(logits: torch.Tensor) -> torch.Tensor:
-    """One categorical draw per row from unnormalised log-probabilities.
+def categorical_cdf_(logits: torch.Tensor) -> torch.Tensor:
+    """Unnormalised cumulative probabilities of each row's categorical, computed in
+    place in ``logits`` (which it overwrites): shift by the row maximum, exponentiate,
+    cumulate.  Draw from it with :func:`sample_from_cdf`, as often as needed."""
+    return logits.sub_(logits.amax(-1, keepdim=True)).exp_().cumsum_(-1)
 
-    Inverse CDF: shift by the row maximum, exponentiate, cumulate, and locate a
-    uniform draw scaled to the row total with a binary search.
-    """
-    p = (logits - logits.amax(-1, keepdim=True)).exp_()
-    cdf = p.cumsum_(-1)
+
+def sample_from_cdf(cdf: torch.Tensor) -> torch.Tensor:
+    """One draw per row from the unnormalised CDF of :func:`categorical_cdf_`: a uniform
+    scaled to the row total, located by binary search (inverse CDF)."""
     u = torch.rand(cdf.shape[:-1] + (1,), dtype=cdf.dtype, device=cdf.device)
     u.mul_(cdf[..., -1:])
     idx = torch.searchsorted(cdf, u, right=True).squeeze(-1)
-    return idx.clamp_max_(logits.shape[-1] - 1)
+    return idx.clamp_max_(cdf.shape[-1] - 1)
+
+
+def sample_categorical(logits: torch.Tensor) -> torch.Tensor:
+    """One categorical draw per row from unnormalised log-probabilities (``logits`` is
+    left unchanged)."""
+    return sample_from_cdf(categorical_cdf_(logits.clone()))
 
 
 def dirichlet_log(conc: torch.Tensor) -> torch.Tensor:
@@ -220,4 +228,5 @@ class MCMCClusterer(ClusterEstimator):
 
 
 __all__ = ["MCMCClusterer", "ChainRecord", "default_model", "relabel",
-           "pointwise_log_likelihood", "sample_categorical", "dirichlet_log"]
+           "pointwise_log_likelihood", "sample_categorical", "categorical_cdf_",
+           "sample_from_cdf", "dirichlet_log"]

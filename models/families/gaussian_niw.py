@@ -77,11 +77,16 @@ class GaussianNIW(ConjugateFamily):
             raise ValueError(f"kappa must be positive, got {float(self.kappa)}")
         if float(self.nu) <= d - 1:
             raise ValueError(f"nu must exceed d - 1 = {d - 1}, got {float(self.nu)}")
+        if not torch.allclose(self.psi, self.psi.T, rtol=1e-10, atol=0.0):
+            raise ValueError("psi must be symmetric positive definite (it is not symmetric)")
         try:
             self.psi_chol = cholesky(self.psi, max_tries=0)
         except ValueError:
             raise ValueError("psi must be symmetric positive definite") from None
         self._psi_logdet = logdet_from_chol(self.psi_chol)
+        # the prior's share of the posterior statistics, used by every update
+        self._kappa_mu0 = self.kappa * self.mu0
+        self._psi_plus = self.psi + self.kappa * torch.outer(self.mu0, self.mu0)
 
     @classmethod
     def weak(cls, X, kappa: float = 0.01, nu_offset: float = 2.0, scale: float | None = None,
@@ -146,10 +151,12 @@ class GaussianNIW(ConjugateFamily):
         n, sx, sxx = stats.n, stats.sx, stats.sxx
         kappa_n = self.kappa + n
         nu_n = self.nu + n
-        mu_n = (self.kappa * self.mu0 + sx) / kappa_n[:, None]
-        psi_n = (self.psi + sxx + self.kappa * torch.outer(self.mu0, self.mu0)
-                 - kappa_n[:, None, None] * mu_n[:, :, None] * mu_n[:, None, :])
-        psi_n = 0.5 * (psi_n + psi_n.transpose(-1, -2))
+        sum_n = self._kappa_mu0 + sx                     # kappa_n mu_n
+        mu_n = sum_n / kappa_n[:, None]
+        # Psi + S + kappa mu0 mu0^T - kappa_n mu_n mu_n^T, the last term as one
+        # batched outer product (symmetric up to round-off; cholesky reads the lower part)
+        psi_n = torch.baddbmm(self._psi_plus + sxx, sum_n[:, :, None], mu_n[:, None, :],
+                              alpha=-1.0)
         return NIWPosterior(mu_n, kappa_n, nu_n, psi_n, cholesky(psi_n))
 
     def log_marginal(self, stats: SuffStats) -> torch.Tensor:
@@ -239,18 +246,20 @@ class GaussianNIW(ConjugateFamily):
         X = self._as_data(X)
         chol = cholesky(as_tensor(params.cov, device=X.device))
         mean = as_tensor(params.mean, device=X.device)
-        maha = mahalanobis_points(chol, X, mean)
-        return -0.5 * (self.dim * log_2pi() + logdet_from_chol(chol) + maha)
+        maha = mahalanobis_points(chol, X, mean)         # a fresh (N, K) table: in place
+        return maha.add_(self.dim * log_2pi() + logdet_from_chol(chol)).mul_(-0.5)
 
     def log_likelihood_at(self, X, params: GaussianParams, comps: torch.Tensor) -> torch.Tensor:
         """log N(x_i | mu_c, Sigma_c) for c = comps[i, j] only, (N, m).  With
         W_c = L_c^{-1}, the Mahalanobis term is |W_c x_i - W_c mu_c|^2, computed per row
         from the gathered (m, d, d) factors: m d^2 products per row against about
-        3 K d for the full table, so this path is taken when m d < 3 K."""
+        3 K d for the full table, so this path is taken when m d < 3 K and K > 6 m (the
+        table's two GEMMs beat the per-row gathers up to K = 6 m whatever d: 3x faster
+        at N=20,000, d=2, K=4, m=2, equal at K=20)."""
         X = self._as_data(X)
         comps = torch.as_tensor(comps, dtype=torch.long, device=X.device)
         k, (n, m), d = int(params.mean.shape[0]), comps.shape, self.dim
-        if m * d >= 3 * k:
+        if 3 * k <= max(m * d, 18 * m):
             return super().log_likelihood_at(X, params, comps)
         chol = cholesky(as_tensor(params.cov, device=X.device))
         mean = as_tensor(params.mean, device=X.device)

@@ -77,3 +77,41 @@ def test_own_pair_loglik_reads_each_rows_own_two_subclusters():
     rows = torch.arange(len(X))
     got = own_pair_loglik(fam, Xt, z, 3, sub)
     torch.testing.assert_close(got, torch.stack([full[rows, 2 * z], full[rows, 2 * z + 1]], 1))
+
+
+def test_grouped_subpartitions_equal_one_group_at_a_time():
+    """Every grouped sub-partition gives each group exactly what the one-group call
+    gives on that group's rows alone, and does not depend on the rows' order within
+    the batch: what makes a batch of moves a composition of exact steps."""
+    from bnpdeep.inference.subpartition import (
+        carve_groups,
+        refined_two_means_groups,
+        two_means_groups,
+        whitened_two_means_groups,
+    )
+
+    g = np.random.default_rng(7)
+    X = as_tensor(np.vstack([g.normal(size=(120, 3)) @ g.normal(size=(3, 3)) + 4 * c
+                             for c in range(3)]))
+    fam = default_model(X).family
+    grp = torch.as_tensor(g.integers(0, 3, size=360))
+    axes = torch.as_tensor(g.normal(size=(3, 3)))
+    anchors = torch.stack([torch.nonzero(grp == c)[0, 0] for c in range(3)])
+    calls = {
+        "two_means": lambda X, gg, k, sel, anc: two_means_groups(X, gg, k, axes[sel]),
+        "principal": lambda X, gg, k, sel, anc: two_means_groups(X, gg, k),
+        "whitened": lambda X, gg, k, sel, anc: whitened_two_means_groups(X, gg, k, axes[sel]),
+        "refined": lambda X, gg, k, sel, anc: refined_two_means_groups(fam, X, gg, k, axes[sel]),
+        "carve": lambda X, gg, k, sel, anc: carve_groups(fam, X, gg, k, anc),
+    }
+    perm = torch.as_tensor(g.permutation(360))
+    inv = torch.argsort(perm)
+    for name, call in calls.items():
+        both = call(X, grp, 3, slice(None), anchors)
+        shuffled = call(X[perm], grp[perm], 3, slice(None), inv[anchors])[inv]
+        assert torch.equal(both, shuffled), name
+        for c in range(3):
+            rows = grp == c
+            alone = call(X[rows], torch.zeros(int(rows.sum()), dtype=torch.long), 1,
+                         slice(c, c + 1), torch.zeros(1, dtype=torch.long))
+            assert torch.equal(both[rows], alone), (name, c)
