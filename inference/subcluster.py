@@ -119,6 +119,7 @@ class SubclusterState:
     zs: torch.Tensor | None = None   # (N,) warm-up sub-labels 0/1
     born: torch.Tensor | None = None  # (K,) warm-up: iteration each cluster was created
     stats: object | None = None       # SuffStats of z, when the step that made z computed them
+    sub_stats: object | None = None   # warm-up: SuffStats of the 2K sub-clusters (z, zs)
 
     @property
     def k(self) -> int:
@@ -374,7 +375,8 @@ class SubclusterSampler(MCMCClusterer):
         zs = state.zs if state.zs is not None else torch.randint(0, 2, (X.shape[0],))
         born = state.born if state.born is not None else torch.zeros(k, dtype=torch.long)
         it = state.iteration
-        sub = fam.suff_stats_labels(X, 2 * state.z + zs, 2 * k)
+        sub = state.sub_stats if state.sub_stats is not None \
+            else fam.suff_stats_labels(X, 2 * state.z + zs, 2 * k)
         stats = sub.pair_sums()
         conc, rest = weights.weight_concentration(stats.n)
         log_pi = dirichlet_log(torch.cat([conc, rest.reshape(1)]))[:k]
@@ -423,7 +425,9 @@ class SubclusterSampler(MCMCClusterer):
         if self.alpha_prior is not None and isinstance(self._model.weights, DirichletProcess):
             state.alpha = self._escobar_west(state.alpha, state.k, X.shape[0])
             weights = self._weights_for(state.alpha)
-        stats = fam.suff_stats_labels(X, state.z, state.k)
+        # the sub-cluster statistics serve this lp and the next step's start
+        state.sub_stats = fam.suff_stats_labels(X, 2 * state.z + state.zs, 2 * state.k)
+        stats = state.sub_stats.pair_sums()
         lp = float(weights.log_eppf(stats.n) + fam.log_marginal(stats).sum())
         state.iteration += 1
         state.stats = stats
