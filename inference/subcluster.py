@@ -204,15 +204,16 @@ class SubclusterSampler(MCMCClusterer):
         Warm-up iterations after a cluster is created by a split or merge before it
         may merge again: on data whose coarse splits are only mildly favoured (15
         blobs split in two), an immediate merge would undo them.
-    proposal_weights : four non-negative numbers, default (1, 1, 1, 0)
-        Relative probabilities of the sub-partition kinds a split/merge proposal
-        draws (whatever the state, so every mixture is exact): 2-means from the
-        principal axis, 2-means from a random axis, a group carved around the
+    proposal_weights : four non-negative numbers, default (1, 1, 1, 0.5)
+        Relative probabilities of the sub-partition kinds an exact-phase split/merge
+        proposal draws (whatever the state, so every mixture is exact): 2-means from
+        the principal axis, 2-means from a random axis, a group carved around the
         anchor, and 2-means in the cluster's whitened coordinates refined by
         ``refine_iter`` EM iterations of its full-covariance sub-mixture.  The last
         finds splits that no isotropic halving proposes (on ecoli it takes the chain
-        from a log joint of about -960 to -755 within 200 iterations) but costs
-        about 8 ms per use at 2,000 rows, so it is off by default.
+        from a log joint of about -960 to -755) but costs about 8 ms per use at 2,000
+        rows, so it gets half the weight of the others, and the warm-up, whose moves
+        cover most of the data every iteration, proposes the first three only.
     refine_iter : int, default 20
         EM iterations of the refined sub-partition.
     alpha_prior : (shape, rate), optional
@@ -237,7 +238,7 @@ class SubclusterSampler(MCMCClusterer):
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 200, burn_in=None,
                  thin: int = 1, n_chains: int = 1, moves_per_iter=None, warmup_moves=None,
                  warmup=None,
-                 burnout: int = 5, proposal_weights=(1.0, 1.0, 1.0, 0.0), refine_iter: int = 20,
+                 burnout: int = 5, proposal_weights=(1.0, 1.0, 1.0, 0.5), refine_iter: int = 20,
                  alpha_prior=None,
                  store_log_likelihood: bool = True, max_label_tries: int = 10,
                  random_state=0, device="cpu", progress: bool = False):
@@ -280,6 +281,11 @@ class SubclusterSampler(MCMCClusterer):
             raise ValueError("proposal_weights must be four non-negative numbers, not all "
                              f"zero, got {self.proposal_weights!r}")
         self._kind_weights = w / w.sum()
+        self._exact_phase = False
+        # the warm-up proposes the three cheap kinds only
+        w_warm = torch.cat([w[:3], w.new_zeros(1)])
+        self._warmup_kind_weights = w_warm / w_warm.sum() if float(w_warm.sum()) > 0 \
+            else self._kind_weights
         # kernel bandwidth of the local anchor choice: a tenth of the data's scale
         self._bandwidth2 = max(float(X.var(0).mean()) * 0.01, 1e-12)
         zs = self._warmup_sublabels(X, z, torch.ones(int(z.max()) + 1, dtype=torch.bool),
@@ -294,6 +300,7 @@ class SubclusterSampler(MCMCClusterer):
         return w
 
     def _step(self, state: SubclusterState):
+        self._exact_phase = state.iteration >= self._warmup
         if state.iteration < self._warmup:
             return self._warmup_step(state)
         return self._exact_step(state)
@@ -581,7 +588,8 @@ class SubclusterSampler(MCMCClusterer):
         -- then weights Dir(n_h + a/2) and parameters drawn from their conjugate
         posterior."""
         fam = self._model.family
-        kind = torch.multinomial(self._kind_weights, n_groups, replacement=True)
+        weights = self._kind_weights if self._exact_phase else self._warmup_kind_weights
+        kind = torch.multinomial(weights, n_groups, replacement=True)
         axes = torch.randn(n_groups, Xr.shape[1], dtype=Xr.dtype)
         h = torch.zeros(Xr.shape[0], dtype=torch.long)
         by_means = kind < 2
