@@ -216,6 +216,11 @@ class SubclusterSampler(MCMCClusterer):
         cover most of the data every iteration, proposes the first three only.
     refine_iter : int, default 20
         EM iterations of the refined sub-partition.
+    refine_rows : int, default 1000
+        The refined sub-partition of a larger cluster is fitted on this many of its
+        rows (those of smallest key; keys are drawn once per chain, independently of
+        the partition), then every row goes to the sub-component that explains it
+        better: the cost per proposal stays bounded on large clusters (N = 1e6).
     alpha_prior : (shape, rate), optional
         Gamma hyperprior on the DP concentration, updated by Escobar & West.
     store_log_likelihood : bool, default True
@@ -239,6 +244,7 @@ class SubclusterSampler(MCMCClusterer):
                  thin: int = 1, n_chains: int = 1, moves_per_iter=None, warmup_moves=None,
                  warmup=None,
                  burnout: int = 5, proposal_weights=(1.0, 1.0, 1.0, 0.5), refine_iter: int = 20,
+                 refine_rows: int = 1000,
                  alpha_prior=None,
                  store_log_likelihood: bool = True, max_label_tries: int = 10,
                  random_state=0, device="cpu", progress: bool = False):
@@ -254,6 +260,7 @@ class SubclusterSampler(MCMCClusterer):
         self.burnout = burnout
         self.proposal_weights = proposal_weights
         self.refine_iter = refine_iter
+        self.refine_rows = refine_rows
         self.alpha_prior = alpha_prior
         self.store_log_likelihood = store_log_likelihood
         self.max_label_tries = max_label_tries
@@ -282,6 +289,9 @@ class SubclusterSampler(MCMCClusterer):
                              f"zero, got {self.proposal_weights!r}")
         self._kind_weights = w / w.sum()
         self._exact_phase = False
+        # fixed per-row keys (independent of the partition) that pick the rows a refined
+        # sub-partition fits on when a cluster has more than refine_rows of them
+        self._row_keys = torch.rand(n, dtype=torch.float64).to(X.device)
         # the warm-up proposes the three cheap kinds only
         w_warm = torch.cat([w[:3], w.new_zeros(1)])
         self._warmup_kind_weights = w_warm / w_warm.sum() if float(w_warm.sum()) > 0 \
@@ -543,7 +553,7 @@ class SubclusterSampler(MCMCClusterer):
         g, Xr = gid[rows], X[rows]
         li, lj = torch.searchsorted(rows, pairs.contiguous()).unbind(1)
 
-        log_q = self._subcluster_responsibilities(Xr, g, n_groups, li)
+        log_q = self._subcluster_responsibilities(Xr, g, n_groups, li, self._row_keys[rows])
         # a split draws every row's side from q, then puts the anchors apart
         side = sample_categorical(log_q) == 1
         anchor_terms = torch.stack([log_q[li, 0] + log_q[lj, 1], log_q[li, 1] + log_q[lj, 0]], 1)
@@ -575,7 +585,7 @@ class SubclusterSampler(MCMCClusterer):
         return MoveBatch(z, counts, kept, touched[kept])
 
     def _subcluster_responsibilities(self, Xr: torch.Tensor, g: torch.Tensor, n_groups: int,
-                                     anchors: torch.Tensor) -> torch.Tensor:
+                                     anchors: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """log q_l(h): sub-cluster responsibilities of the rows of every group, (n, 2).
 
         Sub-clusters of each group: a deterministic sub-partition of a kind drawn
@@ -606,7 +616,8 @@ class SubclusterSampler(MCMCClusterer):
         if bool(refined.any()):
             rows, sub_g, n_sub = select_groups(refined, g)
             h[rows] = refined_two_means_groups(fam, Xr[rows], sub_g, n_sub, axes[refined],
-                                               n_iter=self.refine_iter)
+                                               n_iter=self.refine_iter, keys=keys[rows],
+                                               max_rows=self.refine_rows)
         sub = fam.suff_stats_labels(Xr, 2 * g + h, 2 * n_groups)
         log_w = dirichlet_log(sub.n.reshape(n_groups, 2) + self._sub_alpha / 2)
         ll = own_pair_loglik(fam, Xr, g, n_groups, fam.sample_posterior(sub)) + log_w[g]

@@ -38,6 +38,19 @@ def _group_sum(values: torch.Tensor, g: torch.Tensor, n_groups: int) -> torch.Te
     return out.index_add_(0, g, values)
 
 
+def rank_within_groups(values: torch.Tensor, g: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Each row's rank (0, 1, ...) by ``values`` among the rows of its own group (ties
+    by row order)."""
+    n = g.shape[0]
+    order = torch.argsort(values, stable=True)
+    order = order[torch.argsort(g[order], stable=True)]
+    count = torch.bincount(g, minlength=n_groups)
+    start = torch.cumsum(count, 0) - count
+    rank = torch.empty(n, dtype=torch.long, device=g.device)
+    rank[order] = torch.arange(n, device=g.device) - start[g[order]]
+    return rank
+
+
 def select_groups(chosen: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The rows of the groups flagged in ``chosen`` (G,): (row mask, their group ids
     renumbered 0..G'-1 in order, G')."""
@@ -132,12 +145,8 @@ def carve_groups(family, X: torch.Tensor, g: torch.Tensor, n_groups: int,
         return h
     # rank of each row's distance to its group's anchor, within its group
     diff = X - X[anchors][g]
-    dist = (diff * diff) @ torch.ones(d, dtype=X.dtype, device=dev)
-    order = torch.argsort(dist, stable=True)
-    order = order[torch.argsort(g[order], stable=True)]
-    start = torch.cumsum(count, 0) - count
-    rank = torch.empty(n, dtype=torch.long, device=dev)
-    rank[order] = torch.arange(n, device=dev) - start[g[order]]
+    rank = rank_within_groups((diff * diff) @ torch.ones(d, dtype=X.dtype, device=dev), g,
+                              n_groups)
     big = ~small[g]
     h = torch.where(big, (rank >= m[g]).long(), h)
     active = ~small
@@ -228,16 +237,36 @@ def whitened_two_means_groups(X: torch.Tensor, g: torch.Tensor, n_groups: int,
 
 
 def refined_two_means_groups(family, X: torch.Tensor, g: torch.Tensor, n_groups: int,
-                             axes: torch.Tensor, n_iter: int = 20) -> torch.Tensor:
+                             axes: torch.Tensor, n_iter: int = 20,
+                             keys: torch.Tensor | None = None, max_rows: int | None = None
+                             ) -> torch.Tensor:
     """Whitened 2-means along ``axes`` (:func:`whitened_two_means_groups`), refined by
     EM of each group's two-component sub-mixture under the family's own likelihood
     (:func:`refine_subclusters`).  On ecoli's 318-point cluster (two constant
     columns) every 2-means halving has log H_s between -105 and -233, and five of six
-    whitened random-axis starts refine to +168."""
-    start = whitened_two_means_groups(X, g, n_groups, axes)
-    return refine_subclusters(family, X, g, start, n_groups, n_iter=n_iter)
+    whitened random-axis starts refine to +168.
+
+    With ``keys`` (a value per row, fixed independently of the partition) and
+    ``max_rows``, a group of more rows runs both on its ``max_rows`` rows of smallest
+    key only, and every row of it then goes to the sub-component of higher posterior
+    weight x MAP density fitted to those: still a function of the group's rows as a
+    set, at a cost bounded per group."""
+    sample = torch.ones_like(g, dtype=torch.bool)
+    if keys is not None and max_rows is not None:
+        sample = rank_within_groups(keys, g, n_groups) < int(max_rows)
+    Xs, gs = X[sample], g[sample]
+    start = whitened_two_means_groups(Xs, gs, n_groups, axes)
+    h = refine_subclusters(family, Xs, gs, start, n_groups, n_iter=n_iter)
+    if bool(sample.all()):
+        return h
+    stats = family.suff_stats_labels(Xs, 2 * gs + h, 2 * n_groups)
+    n_pair = stats.n.reshape(n_groups, 2)
+    log_w = torch.log(n_pair + 0.5) - torch.log(n_pair.sum(1, keepdim=True) + 1.0)
+    ll = own_pair_loglik(family, X, g, n_groups, family.map_estimate(stats)) + log_w[g]
+    return ll.argmax(1)
 
 
-__all__ = ["select_groups", "two_means", "two_means_groups", "carve", "carve_groups",
+__all__ = ["select_groups", "rank_within_groups", "two_means", "two_means_groups", "carve",
+           "carve_groups",
            "own_pair_loglik", "refine_subclusters", "whitened_two_means_groups",
            "refined_two_means_groups"]

@@ -97,11 +97,17 @@ def test_grouped_subpartitions_equal_one_group_at_a_time():
     grp = torch.as_tensor(g.integers(0, 3, size=360))
     axes = torch.as_tensor(g.normal(size=(3, 3)))
     anchors = torch.stack([torch.nonzero(grp == c)[0, 0] for c in range(3)])
+    row_keys = torch.as_tensor(g.random(360))
+
+    def keys_of(rows_x):          # each row keeps its own key wherever it appears
+        return row_keys[torch.cdist(rows_x, X).argmin(1)]
     calls = {
         "two_means": lambda X, gg, k, sel, anc: two_means_groups(X, gg, k, axes[sel]),
         "principal": lambda X, gg, k, sel, anc: two_means_groups(X, gg, k),
         "whitened": lambda X, gg, k, sel, anc: whitened_two_means_groups(X, gg, k, axes[sel]),
         "refined": lambda X, gg, k, sel, anc: refined_two_means_groups(fam, X, gg, k, axes[sel]),
+        "refined on 60 rows": lambda X, gg, k, sel, anc: refined_two_means_groups(
+            fam, X, gg, k, axes[sel], keys=keys_of(X), max_rows=60),
         "carve": lambda X, gg, k, sel, anc: carve_groups(fam, X, gg, k, anc),
     }
     perm = torch.as_tensor(g.permutation(360))
