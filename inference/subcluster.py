@@ -290,10 +290,11 @@ class SubclusterSampler(MCMCClusterer):
             raise ValueError("proposal_weights must be four non-negative numbers, not all "
                              f"zero, got {self.proposal_weights!r}")
         self._kind_weights = w / w.sum()
-        self._exact_phase = False
         # fixed per-row keys (independent of the partition) that pick the rows a refined
-        # sub-partition fits on when a cluster has more than refine_rows of them
-        self._row_keys = torch.rand(n, dtype=torch.float64).to(X.device)
+        # sub-partition fits on when a cluster has more than refine_rows of them; drawn
+        # only when that kind can be proposed
+        self._row_keys = torch.rand(n, dtype=torch.float64).to(X.device) \
+            if float(w[3]) > 0 else None
         # the warm-up proposes the three cheap kinds only
         w_warm = torch.cat([w[:3], w.new_zeros(1)])
         self._warmup_kind_weights = w_warm / w_warm.sum() if float(w_warm.sum()) > 0 \
@@ -312,7 +313,6 @@ class SubclusterSampler(MCMCClusterer):
         return w
 
     def _step(self, state: SubclusterState):
-        self._exact_phase = state.iteration >= self._warmup
         if state.iteration < self._warmup:
             return self._warmup_step(state)
         return self._exact_step(state)
@@ -555,7 +555,9 @@ class SubclusterSampler(MCMCClusterer):
         g, Xr = gid[rows], X[rows]
         li, lj = torch.searchsorted(rows, pairs.contiguous()).unbind(1)
 
-        log_q = self._subcluster_responsibilities(Xr, g, n_groups, li, self._row_keys[rows])
+        kinds = self._kind_weights if state.iteration >= self._warmup \
+            else self._warmup_kind_weights
+        log_q = self._subcluster_responsibilities(Xr, g, n_groups, li, kinds, rows)
         # a split draws every row's side from q, then puts the anchors apart
         side = sample_categorical(log_q) == 1
         anchor_terms = torch.stack([log_q[li, 0] + log_q[lj, 1], log_q[li, 1] + log_q[lj, 0]], 1)
@@ -587,11 +589,14 @@ class SubclusterSampler(MCMCClusterer):
         return MoveBatch(z, counts, kept, touched[kept])
 
     def _subcluster_responsibilities(self, Xr: torch.Tensor, g: torch.Tensor, n_groups: int,
-                                     anchors: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """log q_l(h): sub-cluster responsibilities of the rows of every group, (n, 2).
+                                     anchors: torch.Tensor, kind_weights: torch.Tensor,
+                                     rows_of_x: torch.Tensor) -> torch.Tensor:
+        """log q_l(h): sub-cluster responsibilities of the rows of every group, (n, 2);
+        ``Xr`` holds the rows ``rows_of_x`` of the data.
 
         Sub-clusters of each group: a deterministic sub-partition of a kind drawn
-        with the probabilities ``proposal_weights``, whatever the state -- 2-means
+        with the probabilities ``kind_weights`` (``proposal_weights``, or the warm-up's
+        three cheap kinds), whatever the state -- 2-means
         from the principal axis, 2-means
         from a random axis, a group carved around its anchor row
         (:func:`~bnpdeep.inference.subpartition.carve_groups`), or 2-means from a random
@@ -600,8 +605,7 @@ class SubclusterSampler(MCMCClusterer):
         -- then weights Dir(n_h + a/2) and parameters drawn from their conjugate
         posterior."""
         fam = self._model.family
-        weights = self._kind_weights if self._exact_phase else self._warmup_kind_weights
-        kind = torch.multinomial(weights, n_groups, replacement=True)
+        kind = torch.multinomial(kind_weights, n_groups, replacement=True)
         axes = torch.randn(n_groups, Xr.shape[1], dtype=Xr.dtype)
         h = torch.zeros(Xr.shape[0], dtype=torch.long)
         by_means = kind < 2
@@ -618,7 +622,8 @@ class SubclusterSampler(MCMCClusterer):
         if bool(refined.any()):
             rows, sub_g, n_sub = select_groups(refined, g)
             h[rows] = refined_two_means_groups(fam, Xr[rows], sub_g, n_sub, axes[refined],
-                                               n_iter=self.refine_iter, keys=keys[rows],
+                                               n_iter=self.refine_iter,
+                                               keys=self._row_keys[rows_of_x[rows]],
                                                max_rows=self.refine_rows)
         sub = fam.suff_stats_labels(Xr, 2 * g + h, 2 * n_groups)
         log_w = dirichlet_log(sub.n.reshape(n_groups, 2) + self._sub_alpha / 2)

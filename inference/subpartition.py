@@ -80,15 +80,17 @@ def two_means_groups(X: torch.Tensor, g: torch.Tensor, n_groups: int,
     mean = total / count.clamp_min(1)[:, None]
     xc = X - mean[g]
     cov = scatter_outer(xc, g, n_groups) / count.clamp_min(1)[:, None, None]
-    evals, evecs = torch.linalg.eigh(cov)
-    v = evecs[..., -1] * evals[..., -1:].clamp_min(0).sqrt()
+    pick = torch.zeros(n_groups, dtype=torch.bool, device=X.device) if axes is None \
+        else torch.ones(n_groups, dtype=torch.bool, device=X.device) if use_axis is None \
+        else use_axis
+    if not bool(pick.all()):            # the principal axis, where some group needs it
+        evals, evecs = torch.linalg.eigh(cov)
+        v = evecs[..., -1] * evals[..., -1:].clamp_min(0).sqrt()
     if axes is not None:
         u = axes / axes.norm(dim=1, keepdim=True).clamp_min(1e-300)
         spread = (u[:, None, :] @ cov @ u[:, :, None])[:, 0].clamp_min(0).sqrt()
         along = u * spread
-        pick = torch.ones(n_groups, dtype=torch.bool, device=X.device) if use_axis is None \
-            else use_axis
-        v = torch.where(pick[:, None], along, v)
+        v = along if bool(pick.all()) else torch.where(pick[:, None], along, v)
     c0, c1 = mean - v, mean + v
     ones = torch.ones(d, dtype=dt, device=X.device)
     h = torch.zeros(n, dtype=torch.bool, device=X.device)
