@@ -166,7 +166,10 @@ class MCMCClusterer(ClusterEstimator):
         """Weights and parameters drawn from their conditionals given the labels."""
         fam = self._model.family
         weights = self._weights_for(state.alpha)
-        stats = fam.suff_stats_labels(state.X, state.z, state.k)
+        # the statistics of the current labels, when the step left them in the state
+        stats = getattr(state, "stats", None)
+        if stats is None:
+            stats = fam.suff_stats_labels(state.X, state.z, state.k)
         conc, rest = weights.weight_concentration(stats.n)
         log_w = dirichlet_log(torch.cat([conc, rest.reshape(1)]))
         return {"labels": state.z, "log_pi": log_w[:-1], "log_pi_rest": log_w[-1],

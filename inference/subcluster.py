@@ -48,8 +48,8 @@ sub-clusters per cluster proposing splits, merges:
    clusters.  The sub-clusters of a cluster are drawn from a
    distribution that depends on its data alone: a sub-partition (2-means from the
    principal axis or from a random axis, a group carved around the anchor, or
-   2-means in the cluster's whitened coordinates refined by EM of its
-   full-covariance sub-mixture; the kind drawn with fixed probabilities,
+   2-means in the cluster's whitened coordinates, optionally refined by EM of
+   its full-covariance sub-mixture; the kind drawn with fixed probabilities,
    ``proposal_weights``), sub-cluster weights and parameters drawn from their
    conjugate posterior given it.  A split draws each point's side from the sub-cluster
    responsibilities q_l(h), with i and j on different sides; its proposal
@@ -200,26 +200,34 @@ class SubclusterSampler(MCMCClusterer):
         reverse split to isolate them, which its sub-partitions rarely propose (from
         init_k=12 on four blobs, a warm-up of 15 of 30 burn-in iterations left K at
         6-10 for the rest of a 60-iteration run; 30 of 30 gives K = 4).
-    burnout : int, default 5
+    burnout : int, optional
         Warm-up iterations after a cluster is created by a split or merge before it
-        may merge again: on data whose coarse splits are only mildly favoured (15
-        blobs split in two), an immediate merge would undo them.
-    proposal_weights : four non-negative numbers, default (1, 1, 1, 0)
+        may merge again (the clusters of the start may merge at once): on data whose
+        coarse splits are only mildly favoured (15 overlapping blobs split in two),
+        an early merge undoes them.  Default: 15% of the warm-up, at least 5 (15 of
+        the default 100 warm-up iterations), so that a cluster can still merge
+        several times within a short warm-up (from init_k=12 on four blobs, the
+        warm-up first splits its way to 25-40 clusters and then merges them).  On s4 (200
+        iterations) a burn-out of 5 let the warm-up merge its way down to 6-10
+        clusters (seeds 0-4: K 17, 13, 14, 13, 6 at the end, NMI 0.39-0.60, mean
+        0.53); with 15 it ends at K 12-17 (NMI 0.57-0.62, mean 0.60).
+    proposal_weights : four non-negative numbers, default (1, 1, 1, 0.5)
         Relative probabilities of the sub-partition kinds an exact-phase split/merge
         proposal draws (whatever the state, so every mixture is exact): 2-means from
         the principal axis, 2-means from a random axis, a group carved around the
-        anchor, and 2-means in the cluster's whitened coordinates refined by
-        ``refine_iter`` EM iterations of its full-covariance sub-mixture.  The last
-        finds splits that no isotropic halving proposes (on ecoli's stuck state, a
-        318-point cluster, every 2-means halving has log H_s < -100 and refined
-        starts reach +168), but at weight 0.5 it raised the mean NMI of the 12
-        benchmark sets by only 0.004 (seeds 0-2: 0.802/0.799/0.797 against
-        0.798/0.795/0.794 without) at about 10% more time on the speed cases, so
-        it is off by default.  The warm-up proposes the first three kinds only.
-    refine_iter : int, default 20
-        EM iterations of the refined sub-partition.
+        anchor, and 2-means along a random axis in the cluster's whitened
+        coordinates (followed by ``refine_iter`` EM iterations of its
+        full-covariance sub-mixture, none by default).  The last finds splits that
+        no isotropic halving proposes: on ecoli the chain otherwise stays in a
+        state with one 318-point cluster (two constant columns) whose every 2-means
+        halving has log H_s < -100, and the 12-set NMI is 0.14 there instead of
+        0.29-0.34.  The warm-up proposes the first three kinds only.
+    refine_iter : int, default 0
+        EM iterations after the whitened 2-means of the fourth kind.  On ecoli 0, 3,
+        6 and 20 iterations gave the same K and NMI at seeds 0-4, and 20 cost 27%
+        more time at N=10,000, so none by default.
     refine_rows : int, default 1000
-        The refined sub-partition of a larger cluster is fitted on this many of its
+        The whitened sub-partition of a larger cluster is fitted on this many of its
         rows (those of smallest key; keys are drawn once per chain, independently of
         the partition), then every row goes to the sub-component that explains it
         better: the cost per proposal stays bounded on large clusters (N = 1e6).
@@ -245,7 +253,7 @@ class SubclusterSampler(MCMCClusterer):
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 200, burn_in=None,
                  thin: int = 1, n_chains: int = 1, moves_per_iter=None, warmup_moves=None,
                  warmup=None,
-                 burnout: int = 5, proposal_weights=(1.0, 1.0, 1.0, 0.0), refine_iter: int = 20,
+                 burnout=None, proposal_weights=(1.0, 1.0, 1.0, 0.5), refine_iter: int = 0,
                  refine_rows: int = 1000,
                  alpha_prior=None,
                  store_log_likelihood: bool = True, max_label_tries: int = 10,
@@ -282,6 +290,10 @@ class SubclusterSampler(MCMCClusterer):
         self.label_rejections_ = 0
         burn = self._burn_in()
         self._warmup = burn if self.warmup is None else int(self.warmup)
+        self._burnout = max(5, 3 * self._warmup // 20) if self.burnout is None \
+            else int(self.burnout)
+        if self._burnout < 0:
+            raise ValueError(f"burnout must be non-negative, got {self.burnout}")
         if not 0 <= self._warmup <= burn:
             raise ValueError(f"warmup must lie in [0, burn_in={burn}], got {self._warmup}")
         w = torch.as_tensor(self.proposal_weights, dtype=torch.float64)
@@ -303,7 +315,9 @@ class SubclusterSampler(MCMCClusterer):
         self._bandwidth2 = max(float(X.var(0).mean()) * 0.01, 1e-12)
         zs = self._warmup_sublabels(X, z, torch.ones(int(z.max()) + 1, dtype=torch.bool),
                                     torch.zeros(n, dtype=torch.long))
-        born = torch.zeros(int(z.max()) + 1, dtype=torch.long)
+        # the clusters of the start may merge at once: a random start's clusters are
+        # interleaved pieces of the data, not splits to protect
+        born = torch.full((int(z.max()) + 1,), -self._burnout, dtype=torch.long)
         return SubclusterState(X, z, float(getattr(weights, "alpha", 1.0)), zs=zs, born=born)
 
     def _weights_for(self, alpha):
@@ -427,7 +441,7 @@ class SubclusterSampler(MCMCClusterer):
             zs = self._warmup_sublabels(X, z, fresh_clusters, zs)
             born = torch.cat([torch.where(split, it, born), torch.full((n_split,), it)])
         # clusters that did not split and are past their burn-out may merge
-        eligible = ~split & (it - born[:k] >= self.burnout)
+        eligible = ~split & (it - born[:k] >= self._burnout)
         if int(eligible.sum()) > 1:
             z, zs, born = self._warmup_merges(z, zs, born, stats, weights, eligible,
                                               k + n_split, it)
@@ -600,9 +614,10 @@ class SubclusterSampler(MCMCClusterer):
         from the principal axis, 2-means
         from a random axis, a group carved around its anchor row
         (:func:`~bnpdeep.inference.subpartition.carve_groups`), or 2-means from a random
-        axis in the group's whitened coordinates refined by EM of its full-covariance
-        sub-mixture (:func:`~bnpdeep.inference.subpartition.refined_two_means_groups`)
-        -- then weights Dir(n_h + a/2) and parameters drawn from their conjugate
+        axis in the group's whitened coordinates, refined by ``refine_iter`` EM
+        iterations of its full-covariance sub-mixture
+        (:func:`~bnpdeep.inference.subpartition.refined_two_means_groups`) -- then
+        weights Dir(n_h + a/2) and parameters drawn from their conjugate
         posterior."""
         fam = self._model.family
         kind = torch.multinomial(kind_weights, n_groups, replacement=True)

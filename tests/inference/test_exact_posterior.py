@@ -99,21 +99,26 @@ def test_batches_of_moves_on_disjoint_clusters_match_the_exact_posterior(case):
     assert tv < 0.05, f"batched moves on {case}: TV {tv:.3f}"
 
 
-@pytest.mark.parametrize("case, weights", [("niw-dp", (0.0, 0.0, 0.0, 1.0)),
-                                           ("multinomial-dp", (1.0, 1.0, 1.0, 1.0))],
-                         ids=["niw-dp-refined-only", "multinomial-dp-all-kinds"])
-def test_refined_subpartitions_match_the_exact_posterior(case, weights):
-    """The EM-refined sub-partition (whitened 2-means, then EM of the full-covariance
-    sub-mixture) is a deterministic function of a cluster's rows and an axis drawn
-    independently of the state; as the only proposal kind, or mixed with the other
-    three, the kept draws match the enumerated posterior -- also when clusters of
-    more than ``refine_rows`` = 3 rows are fitted on three of them (picked by fixed
-    per-row keys) and labelled by the fitted sub-mixture."""
+@pytest.mark.parametrize("case, weights, refine_iter",
+                         [("niw-dp", (0.0, 0.0, 0.0, 1.0), 20),
+                          ("niw-dp", (0.0, 0.0, 0.0, 1.0), 0),
+                          ("multinomial-dp", (1.0, 1.0, 1.0, 1.0), 20)],
+                         ids=["niw-dp-refined-only", "niw-dp-whitened-only",
+                              "multinomial-dp-all-kinds"])
+def test_refined_subpartitions_match_the_exact_posterior(case, weights, refine_iter):
+    """The whitened sub-partition (whitened 2-means, then -- with refine_iter > 0 --
+    EM of the full-covariance sub-mixture) is a deterministic function of a
+    cluster's rows and an axis drawn independently of the state; as the only
+    proposal kind, or mixed with the other three, the kept draws match the
+    enumerated posterior -- also when clusters of more than ``refine_rows`` = 3 rows
+    are fitted on three of them (picked by fixed per-row keys) and labelled by the
+    fitted sub-mixture."""
     make_model, make_data = CASES[case]
     model, X = make_model(), make_data()
     exact = exact_partition_posterior(model, X)
     est = SubclusterSampler(model=model, max_iter=N_ITER, burn_in=200,
-                            proposal_weights=weights, refine_rows=3,
+                            proposal_weights=weights, refine_iter=refine_iter,
+                            refine_rows=3,
                             store_log_likelihood=False, random_state=3).fit(X)
     tv = total_variation(exact, empirical_partition_distribution(est.label_draws_))
     assert tv < 0.05, f"refined proposals {weights} on {case}: TV {tv:.3f}"

@@ -35,9 +35,12 @@ def test_subcluster_recovers_k_from_one_and_from_too_many(init_k):
     est = SubclusterSampler(max_iter=60, init_k=init_k, random_state=0).fit(X)
     assert est.n_clusters_ == 4
     assert adjusted_rand_score(y, est.labels_) > 0.95
-    # draws after burn-in: draws x N labels, K per draw
+    # draws after burn-in: draws x N labels, K per draw.  The posterior is not all at
+    # K = 4: a fifth cluster holding one tail point has total posterior odds of about
+    # 0.16 against the true partition here (sum over the 600 points of the exact
+    # ratio), so an exact chain may visit K = 5, and rarely does in 30 draws.
     assert est.label_draws_.shape == (30, 600)
-    assert np.all(est.k_draws_ == 4)
+    assert np.isin(est.k_draws_, [4, 5]).all() and np.mean(est.k_draws_ == 4) > 0.5
 
 
 def test_subcluster_predict_matches_training_labels_and_new_points():
@@ -125,6 +128,10 @@ def test_estimator_conventions_and_errors():
         SubclusterSampler(model="gaussian").fit(X)
     with pytest.raises(ValueError, match="burn_in"):
         SubclusterSampler(max_iter=5, burn_in=5).fit(X)
+    for kwargs, name in [({"init_k": 0}, "init_k"), ({"warmup": 4}, "warmup"),
+                         ({"burnout": -1}, "burnout")]:
+        with pytest.raises(ValueError, match=name):
+            SubclusterSampler(max_iter=5, **kwargs).fit(X)
     bad = X.copy()
     bad[[3, 17]] = np.nan
     with pytest.raises(DataError, match="3"):
