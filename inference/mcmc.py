@@ -33,9 +33,10 @@ def default_model(X) -> DPMixture:
 
 
 def relabel(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Map labels onto 0..K-1 in order of first use; returns (new labels, old ids kept)."""
-    ids, inv = torch.unique(z, return_inverse=True)
-    return inv, ids
+    """Map the labels in use onto 0..K-1, keeping their order; returns (new labels, old
+    ids kept).  A count and a cumulative sum instead of a sort of the N labels."""
+    present = torch.bincount(z) > 0
+    return (torch.cumsum(present, 0) - 1)[z], present.nonzero().flatten()
 
 
 def pointwise_log_likelihood(family, X, log_pi, params, log_pi_rest=None) -> torch.Tensor:

@@ -167,3 +167,14 @@ def test_disjoint_pairs_are_unchanged_by_their_own_moves():
         for m in set(range(6)) - set(kept):  # a dropped pair shares a cluster with a kept one
             taken = {int(c) for k in kept for c in z[pairs[k]]}
             assert {int(c) for c in z[pairs[m]]} & taken
+
+
+def test_relabel_matches_sorted_unique():
+    """relabel keeps the order of the labels in use and returns the old ids kept, as
+    torch.unique does (by counting instead of sorting)."""
+    g = np.random.default_rng(5)
+    for _ in range(50):
+        z = torch.as_tensor(g.integers(0, 9, size=g.integers(1, 40)) * g.integers(1, 4))
+        new, kept = relabel(z)
+        ids, inverse = torch.unique(z, return_inverse=True)
+        assert torch.equal(new, inverse) and torch.equal(kept, ids)
