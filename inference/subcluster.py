@@ -41,7 +41,12 @@ sub-clusters per cluster proposing splits, merges:
    theta_k ~ p(theta | X_k): the exact conditionals.
 2. z_i ~ pi_k f(x_i | theta_k) for all i at once (or, every other iteration on
    average, for a random half of the points), conditioned on no cluster emptying
-   (rejection sampling): exact for the K-preserving restricted update.
+   (rejection sampling): exact for the K-preserving restricted update.  Every
+   ``slice_every``-th iteration then a slice step (Walker 2007; Kalli, Griffin &
+   Walker 2011): weights and parameters redrawn given the new labels, the rest
+   mass split over new atoms by the prior's sticks, u_i ~ U(0, pi_{z_i}), and
+   z_i proportional to 1[pi_j > u_i] f(x_i | theta_j) -- a Gibbs step on the
+   random measure that can empty and open clusters.
 3. Split/merge moves with anchors (Jain & Neal 2004): two distinct points i, j are
    drawn by a rule that depends on the data only (uniform, or j near x_i).  If
    they share cluster c, propose splitting c; otherwise propose merging their
@@ -231,6 +236,15 @@ class SubclusterSampler(MCMCClusterer):
         rows (those of smallest key; keys are drawn once per chain, independently of
         the partition), then every row goes to the sub-component that explains it
         better: the cost per proposal stays bounded on large clusters (N = 1e6).
+    slice_every : int, default 2
+        Every ``slice_every``-th exact iteration follows the K-preserving restricted
+        Gibbs step with a slice step (Kalli, Griffin & Walker 2011): clusters may then
+        empty and new ones open, which the split/merge moves alone almost never do
+        for one-point clusters.  On four blobs of 600 points, where a one-point fifth
+        cluster holds about 13% of the posterior mass, chains without it kept K = 4
+        in all but 2 of 30 runs; with it about 12% of the draws have K = 5.  Cost:
+        7-16% more time on the speed cases; the 12-set mean NMI at seeds 0-4 was
+        0.805 with it against 0.808 without (within seed noise).  0: never.
     alpha_prior : (shape, rate), optional
         Gamma hyperprior on the DP concentration, updated by Escobar & West.
     store_log_likelihood : bool, default True
@@ -255,7 +269,7 @@ class SubclusterSampler(MCMCClusterer):
                  warmup=None,
                  burnout=None, proposal_weights=(1.0, 1.0, 1.0, 0.5), refine_iter: int = 0,
                  refine_rows: int = 1000,
-                 alpha_prior=None,
+                 slice_every: int = 2, alpha_prior=None,
                  store_log_likelihood: bool = True, max_label_tries: int = 10,
                  random_state=0, device="cpu", progress: bool = False):
         self.model = model
@@ -271,6 +285,7 @@ class SubclusterSampler(MCMCClusterer):
         self.proposal_weights = proposal_weights
         self.refine_iter = refine_iter
         self.refine_rows = refine_rows
+        self.slice_every = slice_every
         self.alpha_prior = alpha_prior
         self.store_log_likelihood = store_log_likelihood
         self.max_label_tries = max_label_tries
@@ -302,6 +317,8 @@ class SubclusterSampler(MCMCClusterer):
             raise ValueError("proposal_weights must be four non-negative numbers, not all "
                              f"zero, got {self.proposal_weights!r}")
         self._kind_weights = w / w.sum()
+        if int(self.slice_every) < 0:
+            raise ValueError(f"slice_every must be a non-negative integer, got {self.slice_every}")
         # fixed per-row keys (independent of the partition) that pick the rows a refined
         # sub-partition fits on when a cluster has more than refine_rows of them; drawn
         # only when that kind can be proposed
@@ -340,12 +357,20 @@ class SubclusterSampler(MCMCClusterer):
 
         # 1. weights and parameters from their conditionals
         conc, rest = weights.weight_concentration(stats.n)
-        log_pi = dirichlet_log(torch.cat([conc, rest.reshape(1)]))[:k]
+        log_w = dirichlet_log(torch.cat([conc, rest.reshape(1)]))
         params = fam.sample_posterior(stats)
 
-        # 2. K-preserving restricted Gibbs over all labels at once
-        logits = fam.log_likelihood(X, params).add_(log_pi)
+        # 2. K-preserving restricted Gibbs over all labels at once, then, every
+        # slice_every-th exact iteration, the slice step that can empty and open clusters
+        # (with weights and parameters redrawn given the new labels)
+        logits = fam.log_likelihood(X, params).add_(log_w[:k])
         z = self._sample_labels(logits, state.z, k)
+        if self.slice_every and (state.iteration - self._warmup) % self.slice_every \
+                == self.slice_every - 1:
+            stats = fam.suff_stats_labels(X, z, k)
+            conc, rest = weights.weight_concentration(stats.n)
+            log_w = dirichlet_log(torch.cat([conc, rest.reshape(1)]))
+            z = self._slice_labels(X, z, log_w, fam.sample_posterior(stats), weights)
         state = SubclusterState(X, z, state.alpha, state.iteration)
 
         # 3. anchored split/merge moves
@@ -381,6 +406,43 @@ class SubclusterSampler(MCMCClusterer):
         new = SubclusterState(state.X, batch.z, state.alpha, state.iteration, state.zs,
                               state.born)
         return new, batch.counts, batch
+
+    def _slice_labels(self, X, z, log_w, params, weights):
+        """Labels by the slice sampler of Walker (2007) and Kalli, Griffin & Walker
+        (2011, Sec. 2), a Gibbs step on the random measure: given the partition, the
+        weights of its K atoms and of the rest, ``log_w`` = log (pi_1..pi_K, pi_rest) ~
+        Dir(weight concentration), and their parameters ``params`` are the exact
+        conditionals (step 1); pi_rest splits over unoccupied atoms by the prior's sticks
+        (:meth:`~bnpdeep.models.weights.WeightPrior.sample_rest_log_weights`), whose
+        parameters are prior draws; u_i ~ U(0, pi_{z_i}); then every label at once,
+
+            p(z_i = j | u, pi, theta) proportional to 1[pi_j > u_i] f(x_i | theta_j),
+
+        over the finitely many atoms with pi_j > min_i u_i.  Unlike the restricted
+        Gibbs step, clusters may empty and new ones open, so a one-point cluster that no
+        split/merge proposal isolates can still dissolve (its u_i is below every
+        weight) and the chain mixes over K.  Only rows with u_i below the largest new
+        weight are scored against the new atoms."""
+        fam = self._model.family
+        k = log_w.shape[0] - 1
+        log_u = log_w[z] + torch.log(torch.rand(z.shape[0], dtype=log_w.dtype)
+                                     .clamp_min(1e-300))
+        log_new = weights.sample_rest_log_weights(k, float(log_w[k]), float(log_u.min()))
+        logits = fam.log_likelihood(X, params)
+        m = int(log_new.numel())
+        if m:
+            reach = log_u < log_new.max()
+            full = torch.full((X.shape[0], k + m), -math.inf, dtype=logits.dtype)
+            full[:, :k] = logits
+            if bool(reach.any()):
+                full[reach, k:] = fam.log_likelihood(
+                    X[reach], fam.sample_posterior(fam.empty_stats(m)))
+            logits, log_w = full, torch.cat([log_w[:k], log_new])
+        else:
+            log_w = log_w[:k]
+        logits.masked_fill_(log_w[None, :] <= log_u[:, None], -math.inf)
+        z, _ = relabel(sample_from_cdf(categorical_cdf_(logits)))
+        return z
 
     def _sample_labels(self, logits, z_old, k):
         """Labels from prod_i pi_{z_i} f(x_i | theta_{z_i}) conditioned on every cluster

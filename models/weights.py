@@ -11,7 +11,9 @@ Each prior offers what the inference algorithms need, in one interface:
   split/merge Hastings ratios;
 * the conditional law of the weights given a partition,
   (pi_1, .., pi_K, pi_rest) ~ Dirichlet(:meth:`weight_concentration`), used by
-  samplers that instantiate the weights;
+  samplers that instantiate the weights, and how pi_rest splits over the atoms
+  no point occupies (:meth:`rest_stick_prior`, :meth:`sample_rest_log_weights`),
+  used by slice samplers;
 * variational quantities: the conjugate Beta posterior of the sticks given
   expected counts and E[log pi_j] (:meth:`stick_posterior`,
   :meth:`expected_log_weights`).
@@ -77,7 +79,42 @@ class WeightPrior:
         """Dirichlet parameters of (pi_1..pi_K, pi_rest) given a partition."""
         raise NotImplementedError
 
+    def rest_stick_prior(self, k: int, j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Beta parameters (a, b) of the sticks j = 0, 1, .. that split pi_rest over the
+        atoms no point occupies, given K occupied blocks: the j-th such atom weighs
+        pi_rest v_j prod_{l<j} (1 - v_l).  b = 0 marks the last atom of a finite prior
+        (v = 1)."""
+        raise NotImplementedError
+
     # -- shared -----------------------------------------------------------------
+    def sample_rest_log_weights(self, k: int, log_rest: float, log_floor: float,
+                                chunk: int = 16) -> torch.Tensor:
+        """log weights of the unoccupied atoms, in stick order, given K occupied blocks
+        and their total mass exp(``log_rest``), down to the first atom before which less
+        than exp(``log_floor``) is left: every later atom weighs less than that (the atoms
+        a slice sampler needs, Kalli, Griffin & Walker 2011, Sec. 2).  Sticks are drawn
+        ``chunk`` at a time, the chunk doubling each round."""
+        limit = self.max_clusters - k
+        out, left, j = [], float(log_rest), 0
+        while left > log_floor and j < limit:
+            t = int(min(chunk, limit - j))
+            a, b = self.rest_stick_prior(k, torch.arange(j, j + t, dtype=DTYPE))
+            ga = torch._standard_gamma(a).clamp_min(1e-300)
+            last = b <= 0
+            gb = torch.where(last, 0.0, torch._standard_gamma(torch.where(last, 1.0, b))
+                             .clamp_min(1e-300))
+            log_v = torch.log(ga) - torch.log(ga + gb)
+            log_1mv = torch.log(gb) - torch.log(ga + gb)            # -inf for v = 1
+            before = left + torch.cat([torch.zeros(1, dtype=DTYPE), log_1mv.cumsum(0)[:-1]])
+            keep = before > log_floor
+            out.append((before + log_v)[keep])
+            left = float(before[-1] + log_1mv[-1])
+            if not bool(keep.all()):
+                break
+            j += t
+            chunk *= 2              # heavy tails (Pitman-Yor) need many atoms
+        return torch.cat(out) if out else torch.zeros(0, dtype=DTYPE)
+
     def sample_weights(self, t: int) -> torch.Tensor:
         a, b = self.stick_prior(t)
         return stick_breaking(torch.distributions.Beta(a, b).sample())
@@ -162,6 +199,10 @@ class DirichletProcess(WeightPrior):
     def weight_concentration(self, counts):
         return as_tensor(counts).reshape(-1), torch.tensor(self.alpha, dtype=DTYPE)
 
+    def rest_stick_prior(self, k, j):
+        # the rest of a DP posterior is DP(alpha): GEM(alpha) sticks
+        return torch.ones_like(j), self.alpha * torch.ones_like(j)
+
     def __repr__(self):
         return f"DirichletProcess(alpha={self.alpha:g})"
 
@@ -212,6 +253,11 @@ class PitmanYor(WeightPrior):
         c = as_tensor(counts).reshape(-1)
         return c - self.discount, torch.tensor(self.alpha + c.numel() * self.discount,
                                                dtype=DTYPE)
+
+    def rest_stick_prior(self, k, j):
+        # given K blocks the rest is PY(discount, alpha + K discount) (Pitman 1996)
+        d = self.discount
+        return torch.full_like(j, 1 - d), self.alpha + k * d + (j + 1) * d
 
     def __repr__(self):
         return f"PitmanYor(discount={self.discount:g}, alpha={self.alpha:g})"
@@ -270,6 +316,12 @@ class FiniteDirichlet(WeightPrior):
         c = as_tensor(counts).reshape(-1)
         g = self.alpha / self.k
         return c + g, torch.tensor(max(self.k - c.numel(), 0) * g, dtype=DTYPE)
+
+    def rest_stick_prior(self, k, j):
+        # the K - k empty components share pi_rest by Dir(alpha / K, ..): generalised
+        # Dirichlet sticks, the last one taking what is left (b = 0)
+        g = self.alpha / self.k
+        return torch.full_like(j, g), (self.k - k - 1 - j).clamp_min(0) * g
 
     def __repr__(self):
         return f"FiniteDirichlet(k={self.k}, alpha={self.alpha:g})"

@@ -95,3 +95,29 @@ def test_invalid_hyperparameters():
         PitmanYor(1.0, 1.0)
     with pytest.raises(ValueError, match="k must"):
         FiniteDirichlet(0)
+
+
+@pytest.mark.parametrize("prior", PRIORS, ids=repr)
+def test_rest_atoms_match_the_eppf(prior):
+    """The unoccupied atoms' weights (pi_rest split by :meth:`rest_stick_prior`) given a
+    partition with blocks (3, 1): two further points land in the same new block with
+    probability EPPF(n, 2) / [EPPF(n, 2) + EPPF(n, 1, 1)] among the ways both open new
+    blocks, which under the random measure is E[sum_j p_j^2] for the rest's shares
+    p_j.  Monte Carlo over 1000 draws, atoms down to 1e-3 of the rest (the atoms left
+    out add at most 1e-3 to the sum of squares)."""
+    n = [3.0, 1.0]
+    same = math.exp(prior.log_eppf(n + [2.0]))
+    diff = math.exp(prior.log_eppf(n + [1.0, 1.0]))
+    expected = same / (same + diff)
+    torch.manual_seed(0)
+    sq, mass = [], []
+    for _ in range(1000):
+        p = prior.sample_rest_log_weights(2, 0.0, math.log(1e-3)).exp()
+        sq.append(float((p * p).sum()))
+        mass.append(float(p.sum()))
+    assert np.mean(sq) == pytest.approx(expected, abs=0.03)
+    assert max(mass) <= 1.0 + 1e-12 and min(mass) > 1.0 - 1e-3 - 1e-12
+    if math.isfinite(prior.max_clusters):
+        atoms = prior.sample_rest_log_weights(2, 0.0, -math.inf)
+        assert atoms.numel() == prior.max_clusters - 2
+        assert float(atoms.exp().sum()) == pytest.approx(1.0)
