@@ -426,13 +426,15 @@ class SubclusterSampler(MCMCClusterer):
         fam = self._model.family
         k = log_w.shape[0] - 1
         log_u = log_w[z] + torch.log(torch.rand(z.shape[0], dtype=log_w.dtype)
-                                     .clamp_min(1e-300))
-        log_new = weights.sample_rest_log_weights(k, float(log_w[k]), float(log_u.min()))
+                                     .clamp_min(1e-300)).to(log_w.device)
+        log_new = weights.sample_rest_log_weights(k, float(log_w[k]), float(log_u.min())
+                                                  ).to(log_w.device)
         logits = fam.log_likelihood(X, params)
         m = int(log_new.numel())
         if m:
             reach = log_u < log_new.max()
-            full = torch.full((X.shape[0], k + m), -math.inf, dtype=logits.dtype)
+            full = torch.full((X.shape[0], k + m), -math.inf, dtype=logits.dtype,
+                              device=logits.device)
             full[:, :k] = logits
             if bool(reach.any()):
                 full[reach, k:] = fam.log_likelihood(
