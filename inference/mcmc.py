@@ -78,6 +78,13 @@ def dirichlet_log(conc: torch.Tensor) -> torch.Tensor:
     return torch.log(g) - torch.log(g.sum(-1, keepdim=True))
 
 
+def conditional_log_weights(weights, counts: torch.Tensor) -> torch.Tensor:
+    """log (pi_1..pi_K, pi_rest), (K + 1,), drawn from their conditional given a
+    partition with block sizes ``counts``: Dirichlet(:meth:`weight_concentration`)."""
+    conc, rest = weights.weight_concentration(counts)
+    return dirichlet_log(torch.cat([conc, rest.reshape(1)]))
+
+
 @dataclass
 class ChainRecord:
     """Per-iteration trace and kept draws of one chain."""
@@ -171,8 +178,7 @@ class MCMCClusterer(ClusterEstimator):
         stats = getattr(state, "stats", None)
         if stats is None:
             stats = fam.suff_stats_labels(state.X, state.z, state.k)
-        conc, rest = weights.weight_concentration(stats.n)
-        log_w = dirichlet_log(torch.cat([conc, rest.reshape(1)]))
+        log_w = conditional_log_weights(weights, stats.n)
         return {"labels": state.z, "log_pi": log_w[:-1], "log_pi_rest": log_w[-1],
                 "params": fam.sample_posterior(stats), "alpha": state.alpha}
 
@@ -233,4 +239,4 @@ class MCMCClusterer(ClusterEstimator):
 
 __all__ = ["MCMCClusterer", "ChainRecord", "default_model", "relabel",
            "pointwise_log_likelihood", "sample_categorical", "categorical_cdf_",
-           "sample_from_cdf", "dirichlet_log"]
+           "sample_from_cdf", "dirichlet_log", "conditional_log_weights"]

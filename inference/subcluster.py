@@ -101,6 +101,7 @@ from . import moves
 from .mcmc import (
     MCMCClusterer,
     categorical_cdf_,
+    conditional_log_weights,
     dirichlet_log,
     relabel,
     sample_categorical,
@@ -356,8 +357,7 @@ class SubclusterSampler(MCMCClusterer):
         stats = state.stats if state.stats is not None else fam.suff_stats_labels(X, state.z, k)
 
         # 1. weights and parameters from their conditionals
-        conc, rest = weights.weight_concentration(stats.n)
-        log_w = dirichlet_log(torch.cat([conc, rest.reshape(1)]))
+        log_w = conditional_log_weights(weights, stats.n)
         params = fam.sample_posterior(stats)
 
         # 2. K-preserving restricted Gibbs over all labels at once, then, every
@@ -368,8 +368,7 @@ class SubclusterSampler(MCMCClusterer):
         if self.slice_every and (state.iteration - self._warmup) % self.slice_every \
                 == self.slice_every - 1:
             stats = fam.suff_stats_labels(X, z, k)
-            conc, rest = weights.weight_concentration(stats.n)
-            log_w = dirichlet_log(torch.cat([conc, rest.reshape(1)]))
+            log_w = conditional_log_weights(weights, stats.n)
             z = self._slice_labels(X, z, log_w, fam.sample_posterior(stats), weights)
         state = SubclusterState(X, z, state.alpha, state.iteration)
 
@@ -475,8 +474,7 @@ class SubclusterSampler(MCMCClusterer):
         sub = state.sub_stats if state.sub_stats is not None \
             else fam.suff_stats_labels(X, 2 * state.z + zs, 2 * k)
         stats = sub.pair_sums()
-        conc, rest = weights.weight_concentration(stats.n)
-        log_pi = dirichlet_log(torch.cat([conc, rest.reshape(1)]))[:k]
+        log_pi = conditional_log_weights(weights, stats.n)[:k]
         log_pibar = dirichlet_log(sub.n.reshape(k, 2) + self._sub_alpha / 2)
         params, sub_params = fam.sample_posterior(stats), fam.sample_posterior(sub)
         z = sample_from_cdf(categorical_cdf_(fam.log_likelihood(X, params).add_(log_pi)))

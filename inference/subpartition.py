@@ -38,6 +38,17 @@ def _group_sum(values: torch.Tensor, g: torch.Tensor, n_groups: int) -> torch.Te
     return out.index_add_(0, g, values)
 
 
+def _group_moments(X: torch.Tensor, g: torch.Tensor, n_groups: int):
+    """Per group: row count, sum, mean, the rows centred on their group's mean, and
+    the (biased) covariance; empty groups get zeros."""
+    count = _group_counts(g, n_groups, X.dtype)
+    total = _group_sum(X, g, n_groups)
+    mean = total / count.clamp_min(1)[:, None]
+    xc = X - mean[g]
+    cov = scatter_outer(xc, g, n_groups) / count.clamp_min(1)[:, None, None]
+    return count, total, mean, xc, cov
+
+
 def rank_within_groups(values: torch.Tensor, g: torch.Tensor, n_groups: int) -> torch.Tensor:
     """Each row's rank (0, 1, ...) by ``values`` among the rows of its own group (ties
     by row order)."""
@@ -75,11 +86,7 @@ def two_means_groups(X: torch.Tensor, g: torch.Tensor, n_groups: int,
     dt = X.dtype
     if n == 0:
         return torch.zeros(0, dtype=torch.long, device=X.device)
-    count = _group_counts(g, n_groups, dt)
-    total = _group_sum(X, g, n_groups)
-    mean = total / count.clamp_min(1)[:, None]
-    xc = X - mean[g]
-    cov = scatter_outer(xc, g, n_groups) / count.clamp_min(1)[:, None, None]
+    count, total, mean, xc, cov = _group_moments(X, g, n_groups)
     pick = torch.zeros(n_groups, dtype=torch.bool, device=X.device) if axes is None \
         else torch.ones(n_groups, dtype=torch.bool, device=X.device) if use_axis is None \
         else use_axis
@@ -226,10 +233,7 @@ def whitened_two_means_groups(X: torch.Tensor, g: torch.Tensor, n_groups: int,
     n, d = X.shape
     if n == 0:
         return torch.zeros(0, dtype=torch.long, device=X.device)
-    count = _group_counts(g, n_groups, X.dtype).clamp_min(1)
-    mean = _group_sum(X, g, n_groups) / count[:, None]
-    xc = X - mean[g]
-    cov = scatter_outer(xc, g, n_groups) / count[:, None, None]
+    _, _, _, xc, cov = _group_moments(X, g, n_groups)
     ridge = 1e-6 * cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)
     eye = torch.eye(d, dtype=X.dtype, device=X.device)
     chol = torch.linalg.cholesky(cov + ridge[:, None, None] * eye)
