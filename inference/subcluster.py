@@ -428,21 +428,21 @@ class SubclusterSampler(MCMCClusterer):
                                      .clamp_min(1e-300)).to(log_w.device)
         log_new = weights.sample_rest_log_weights(k, float(log_w[k]), float(log_u.min())
                                                   ).to(log_w.device)
-        logits = fam.log_likelihood(X, params)
+        # every row against the K occupied atoms (its own always has pi > u_i) ...
+        logits = fam.log_likelihood(X, params).masked_fill_(
+            log_w[None, :k] <= log_u[:, None], -math.inf)
         m = int(log_new.numel())
-        if m:
-            reach = log_u < log_new.max()
-            full = torch.full((X.shape[0], k + m), -math.inf, dtype=logits.dtype,
-                              device=logits.device)
-            full[:, :k] = logits
-            if bool(reach.any()):
-                full[reach, k:] = fam.log_likelihood(
-                    X[reach], fam.sample_posterior(fam.empty_stats(m)))
-            logits, log_w = full, torch.cat([log_w[:k], log_new])
-        else:
-            log_w = log_w[:k]
-        logits.masked_fill_(log_w[None, :] <= log_u[:, None], -math.inf)
-        z, _ = relabel(sample_from_cdf(categorical_cdf_(logits)))
+        reach = (log_u < log_new.max()).nonzero().flatten() if m else None
+        wide = None
+        if reach is not None and reach.numel():
+            # ... and only the rows whose slice reaches a new atom against all K + m
+            new_ll = fam.log_likelihood(X[reach], fam.sample_posterior(fam.empty_stats(m)))
+            new_ll.masked_fill_(log_new[None] <= log_u[reach, None], -math.inf)
+            wide = torch.cat([logits[reach], new_ll], 1)
+        z = sample_from_cdf(categorical_cdf_(logits))
+        if wide is not None:
+            z[reach] = sample_from_cdf(categorical_cdf_(wide))
+        z, _ = relabel(z)
         return z
 
     def _sample_labels(self, logits, z_old, k):
@@ -584,10 +584,11 @@ class SubclusterSampler(MCMCClusterer):
     def _anchor_pairs(self, X, m: int) -> torch.Tensor:
         """m pairs of distinct anchor points, (m, 2).  i is uniform; j is, with
         probability 1/2, uniform and otherwise drawn with probability proportional to
-        a Gaussian kernel around x_i (Gumbel-max in log space, so no weight
-        underflows).  The selection probability depends on the data only, never on
-        the labels, so it is the same for a move and its reverse and drops out of the
-        Hastings ratio."""
+        a Gaussian kernel around x_i (an inverse-CDF draw after shifting each row's log
+        kernel by its maximum, so no weight underflows; one exponential per point
+        where a Gumbel-max draw costs a uniform and two logarithms).  The selection
+        probability depends on the data only, never on the labels, so it is the same
+        for a move and its reverse and drops out of the Hastings ratio."""
         n = X.shape[0]
         i = torch.randint(n, (m,))
         j = torch.randint(n - 1, (m,))
@@ -598,9 +599,7 @@ class SubclusterSampler(MCMCClusterer):
         for chunk in torch.split(local, step):
             logits = ((X[None] - X[i[chunk], None]).square_() @ ones).mul_(-0.5 / self._bandwidth2)
             logits[torch.arange(chunk.numel()), i[chunk]] = -math.inf
-            gumbel = -torch.log(-torch.log(torch.rand(logits.shape, dtype=logits.dtype)
-                                           .clamp_min(1e-300)))
-            j[chunk] = (logits + gumbel).argmax(1)
+            j[chunk] = sample_from_cdf(categorical_cdf_(logits))
         return torch.stack([i, j], 1)
 
     def _move_batch(self, state: SubclusterState, pairs: torch.Tensor, weights) -> "MoveBatch":

@@ -72,8 +72,12 @@ def test_subcluster_predict_matches_training_labels_and_new_points():
 
 
 def test_inference_data_schema_loo_and_multichain_diagnostics():
-    X, _ = _blobs(n=300, seed=3)
-    est = SubclusterSampler(max_iter=40, n_chains=2, random_state=0).fit(X)
+    X, y = _blobs(n=300, seed=3)
+    # K = 4 in every draw below must be what the posterior says: under DP(1) a one-point
+    # fifth cluster has odds 0.22 here (about 18% of the mass), under DP(1e-3) 2e-4
+    model = DPMixture(GaussianNIW.weak(X), DirichletProcess(1e-3))
+    assert _singleton_odds(model, X, y) < 1e-3
+    est = SubclusterSampler(model=model, max_iter=40, n_chains=2, random_state=0).fit(X)
     idata = est.to_inference_data()
     assert {"posterior", "sample_stats", "log_likelihood", "observed_data"} <= set(
         idata.groups())
