@@ -46,15 +46,23 @@ def _load_input(spec: str, labels: str | None, standardize: bool):
 
 
 def fit_one(name: str, X, y=None, *, k=None, seed: int = 0, iters=None, progress=False,
-            return_estimator: bool = False):
+            return_estimator: bool = False, checkpoint_dir=None, resume: bool = False):
     """Fit method ``name`` on X and return its :class:`ClusteringResult` (and the
-    fitted estimator if ``return_estimator``)."""
+    fitted estimator if ``return_estimator``).  With ``checkpoint_dir``, methods that
+    checkpoint (the samplers, DeepDPM, moVB) save their state there as they go, and
+    ``resume`` continues from it."""
+    from bnpdeep.inference.base import CheckpointedEstimator
     from bnpdeep.methods import METHODS, make_estimator
 
     if k is None and y is not None and METHODS[name].needs_k:
         k = int(np.unique(y).size)
     est = make_estimator(name, k=k, seed=seed, iters=iters, progress=progress)
-    est.fit(X)
+    if isinstance(est, CheckpointedEstimator) and checkpoint_dir is not None:
+        est.fit(X, checkpoint_dir=checkpoint_dir, resume=resume)
+    elif resume:
+        raise ValueError(f"'{name}' keeps no checkpoints to resume from")
+    else:
+        est.fit(X)
     result = est.result(y)
     if METHODS[name].bayesian:
         result.idata = est.to_inference_data()
@@ -74,7 +82,8 @@ def _cmd_fit(args) -> int:
     if args.draws and not METHODS[args.method].mcmc:
         raise ValueError(f"--draws needs a sampler; '{args.method}' has no posterior draws")
     result, est = fit_one(args.method, X, y, k=args.k, seed=args.seed, iters=args.iters,
-                          progress=not args.quiet, return_estimator=True)
+                          progress=not args.quiet, return_estimator=True,
+                          checkpoint_dir=args.out, resume=args.resume)
     folder = RunFolder(args.out).save(result, extra={"data": str(args.data)})
     if args.draws:
         np.save(folder / "label_draws.npy", est.label_draws_)
@@ -172,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samplers: also write the kept label draws to label_draws.npy")
     f.add_argument("--standardize", action="store_true", help="zero mean, unit variance")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the checkpoint in --out (the "
+                   "samplers, deepdpm and movb checkpoint there as they go)")
     f.set_defaults(run=_cmd_fit)
 
     d = sub.add_parser("datasets", help="list embedded and benchmark data sets")

@@ -34,14 +34,16 @@ class CollapsedGibbs(MCMCClusterer):
 
     Parameters are those of :class:`SubclusterSampler` (``model``, ``init_k``,
     ``max_iter``, ``burn_in``, ``thin``, ``n_chains``, ``store_log_likelihood``,
-    ``random_state``, ``progress``); one iteration is one sweep over all points.
+    ``random_state``, ``progress``, ``checkpoint_every``); one iteration is one sweep
+    over all points.
     """
 
     method_name = "gibbs"
 
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 100, burn_in=None,
                  thin: int = 1, n_chains: int = 1, store_log_likelihood: bool = True,
-                 random_state=0, device="cpu", progress: bool = False):
+                 random_state=0, device="cpu", progress: bool = False,
+                 checkpoint_every: int = 10):
         self.model = model
         self.init_k = init_k
         self.max_iter = max_iter
@@ -52,6 +54,7 @@ class CollapsedGibbs(MCMCClusterer):
         self.random_state = random_state
         self.device = device
         self.progress = progress
+        self.checkpoint_every = checkpoint_every
 
     def _init_state(self, X, model, chain) -> GibbsState:
         if self.init_k < 1:

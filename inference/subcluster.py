@@ -260,10 +260,14 @@ class SubclusterSampler(MCMCClusterer):
     device : str, default "cpu"
     progress : bool, default False
         tqdm progress bar on stderr.
+    checkpoint_every : int, default 10
+        Iterations between checkpoints when ``fit(X, checkpoint_dir=...)``; resume
+        with ``fit(X, checkpoint_dir=..., resume=True)``.
     """
 
     method_name = "subcluster"
     _stat_names = ("split_acceptance", "merge_acceptance")
+    _chain_attributes = ("label_rejections_",)
 
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 200, burn_in=None,
                  thin: int = 1, n_chains: int = 1, moves_per_iter=None, warmup_moves=None,
@@ -272,7 +276,8 @@ class SubclusterSampler(MCMCClusterer):
                  refine_rows: int = 1000,
                  slice_every: int = 2, alpha_prior=None,
                  store_log_likelihood: bool = True, max_label_tries: int = 10,
-                 random_state=0, device="cpu", progress: bool = False):
+                 random_state=0, device="cpu", progress: bool = False,
+                 checkpoint_every: int = 10):
         self.model = model
         self.init_k = init_k
         self.max_iter = max_iter
@@ -293,6 +298,7 @@ class SubclusterSampler(MCMCClusterer):
         self.random_state = random_state
         self.device = device
         self.progress = progress
+        self.checkpoint_every = checkpoint_every
 
     # -- BlackJAX-style kernel -----------------------------------------------------
     def _init_state(self, X, model, chain) -> SubclusterState:

@@ -43,6 +43,44 @@ def test_bayesian_fit_writes_inference_data(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["n_clusters"] == 2
 
 
+def test_interrupted_sampler_run_resumes_from_its_run_folder(tmp_path, monkeypatch):
+    """`fit --resume` continues a killed sampler run from the checkpoint in --out and
+    writes what the uninterrupted run writes."""
+    from bnpdeep.inference.subcluster import SubclusterSampler
+
+    g = np.random.default_rng(1)
+    X = np.r_[g.normal(size=(60, 2)), g.normal(size=(60, 2)) + 8]
+    np.save(tmp_path / "x.npy", X)
+    args = ["fit", str(tmp_path / "x.npy"), "--method", "subcluster", "--iters", "30",
+            "--quiet", "--draws"]
+    assert main(args + ["--out", str(tmp_path / "full")]) == 0
+    original, calls = SubclusterSampler._step, {"n": 0}
+
+    def killed_at_step_25(self, state):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise KeyboardInterrupt
+        return original(self, state)
+
+    monkeypatch.setattr(SubclusterSampler, "_step", killed_at_step_25)
+    with pytest.raises(KeyboardInterrupt):
+        main(args + ["--out", str(tmp_path / "cut")])
+    assert (tmp_path / "cut" / "subcluster_checkpoint.pt").exists()
+    monkeypatch.setattr(SubclusterSampler, "_step", original)
+    assert main(args + ["--out", str(tmp_path / "cut"), "--resume"]) == 0
+    for name in ("labels.npy", "label_draws.npy"):
+        np.testing.assert_array_equal(np.load(tmp_path / "cut" / name),
+                                      np.load(tmp_path / "full" / name))
+
+
+def test_resume_of_a_method_without_checkpoints_is_refused(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(30, 2)))
+    rc = main(["fit", str(tmp_path / "x.npy"), "--method", "bgm", "--out",
+               str(tmp_path / "run"), "--resume", "--quiet"])
+    assert rc == 2
+    assert "'bgm' keeps no checkpoints to resume from" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("content, args, message", [
     ("1,2\n3,nan\n5,6\n", [], "x.csv has NaN in row 1"),
     ("1,2\n3,4\n5,6\n", ["--method", "kmeans"], "needs the number of clusters"),

@@ -160,3 +160,70 @@ def test_estimator_conventions_and_errors():
     bad[[3, 17]] = np.nan
     with pytest.raises(DataError, match="3"):
         SubclusterSampler(max_iter=5).fit(bad)
+
+
+def _interrupt_at(monkeypatch, cls, n_steps):
+    """Make ``cls._step`` raise KeyboardInterrupt on its n-th call (a killed run)."""
+    calls = {"n": 0}
+    original = cls._step
+
+    def step(self, state):
+        calls["n"] += 1
+        if calls["n"] == n_steps:
+            raise KeyboardInterrupt
+        return original(self, state)
+
+    monkeypatch.setattr(cls, "_step", step)
+    return original
+
+
+@pytest.mark.parametrize("cls,kw,cut", [
+    (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4), 47),
+    (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4), 11),
+    (CollapsedGibbs, dict(max_iter=12, checkpoint_every=5), 8),
+])
+def test_resumed_fit_ends_with_the_draws_of_an_uninterrupted_one(tmp_path, monkeypatch,
+                                                                 cls, kw, cut):
+    """Killed in the second chain (step 47 of 60) or the first (step 11), a resumed
+    fit continues from the last checkpoint and gives the uninterrupted fit's draws,
+    traces and counters exactly."""
+    X, _ = _blobs(n=150, seed=5)
+    full = cls(random_state=2, **kw).fit(X, checkpoint_dir=tmp_path / "full")
+    original = _interrupt_at(monkeypatch, cls, cut)
+    with pytest.raises(KeyboardInterrupt):
+        cls(random_state=2, **kw).fit(X, checkpoint_dir=tmp_path / "cut")
+    monkeypatch.setattr(cls, "_step", original)
+    resumed = cls(random_state=2, **kw).fit(X, checkpoint_dir=tmp_path / "cut", resume=True)
+    np.testing.assert_array_equal(resumed.label_draws_, full.label_draws_)
+    np.testing.assert_array_equal(resumed.k_trace_, full.k_trace_)
+    np.testing.assert_array_equal(resumed.lp_trace_, full.lp_trace_)
+    np.testing.assert_array_equal(resumed.labels_, full.labels_)
+    a, b = resumed.to_inference_data(), full.to_inference_data()
+    np.testing.assert_array_equal(a.posterior["weights"].values, b.posterior["weights"].values)
+    np.testing.assert_array_equal(a.log_likelihood["x"].values, b.log_likelihood["x"].values)
+    if cls is SubclusterSampler:
+        assert resumed.label_rejections_ == full.label_rejections_
+        np.testing.assert_array_equal(a.sample_stats["merge_acceptance"].values,
+                                      b.sample_stats["merge_acceptance"].values)
+
+
+def test_checkpoint_of_other_data_or_settings_is_refused(tmp_path):
+    X, _ = _blobs(n=100, seed=6)
+    SubclusterSampler(max_iter=10, checkpoint_every=3).fit(X, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="other data"):
+        SubclusterSampler(max_iter=10).fit(X[:90], checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="other data"):
+        SubclusterSampler(max_iter=10).fit(X + 1.0, checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="max_iter=10 there, 20 here"):
+        SubclusterSampler(max_iter=20).fit(X, checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="resume=True needs a checkpoint_dir"):
+        SubclusterSampler(max_iter=10).fit(X, resume=True)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        SubclusterSampler(max_iter=10, checkpoint_every=0).fit(X, checkpoint_dir=tmp_path)
+    # a finished fit resumed is the same fit, with nothing left to run
+    again = SubclusterSampler(max_iter=10, checkpoint_every=3).fit(
+        X, checkpoint_dir=tmp_path, resume=True)
+    first = SubclusterSampler(max_iter=10).fit(X)
+    np.testing.assert_array_equal(again.label_draws_, first.label_draws_)
+    # the samplers keep their checkpoints apart in one folder
+    assert (tmp_path / "subcluster_checkpoint.pt").exists()
