@@ -685,9 +685,15 @@ class SubclusterSampler(MCMCClusterer):
         iterations of its full-covariance sub-mixture
         (:func:`~bnpdeep.inference.subpartition.refined_two_means_groups`) -- then
         weights Dir(n_h + a/2) and parameters drawn from their conjugate
-        posterior."""
+        posterior.
+
+        One kind serves every group of the batch (drawn whatever the state, so each
+        move is still an exact Metropolis-Hastings step given it, and their
+        composition and the mixture over kinds leave the posterior invariant): one
+        sub-partition pass per batch instead of one per kind present, 20-30% of an
+        iteration on a1."""
         fam = self._model.family
-        kind = torch.multinomial(kind_weights, n_groups, replacement=True)
+        kind = torch.multinomial(kind_weights, 1).expand(n_groups)
         axes = torch.randn(n_groups, Xr.shape[1], dtype=Xr.dtype)
         h = torch.zeros(Xr.shape[0], dtype=torch.long)
         by_means = kind < 2
