@@ -367,15 +367,18 @@ class SubclusterSampler(MCMCClusterer):
         params = fam.sample_posterior(stats)
 
         # 2. K-preserving restricted Gibbs over all labels at once, then, every
-        # slice_every-th exact iteration, the slice step that can empty and open clusters
-        # (with weights and parameters redrawn given the new labels)
-        logits = fam.log_likelihood(X, params).add_(log_w[:k])
+        # slice_every-th exact iteration, the slice step that can empty and open
+        # clusters.  Both update z given the same (pi, theta): in the space of labels,
+        # weights and parameters each is an exact update of z alone (the restricted
+        # one within the labelings that keep every cluster, a set the current labels
+        # lie in), so the slice step reuses the log-likelihood table.
+        loglik = fam.log_likelihood(X, params)
+        slice_now = bool(self.slice_every) and (
+            (state.iteration - self._warmup) % self.slice_every == self.slice_every - 1)
+        logits = loglik + log_w[:k] if slice_now else loglik.add_(log_w[:k])
         z = self._sample_labels(logits, state.z, k)
-        if self.slice_every and (state.iteration - self._warmup) % self.slice_every \
-                == self.slice_every - 1:
-            stats = fam.suff_stats_labels(X, z, k)
-            log_w = conditional_log_weights(weights, stats.n)
-            z = self._slice_labels(X, z, log_w, fam.sample_posterior(stats), weights)
+        if slice_now:
+            z = self._slice_labels(X, z, log_w, params, weights, loglik=loglik)
         state = SubclusterState(X, z, state.alpha, state.iteration)
 
         # 3. anchored split/merge moves
@@ -412,7 +415,7 @@ class SubclusterSampler(MCMCClusterer):
                               state.born)
         return new, batch.counts, batch
 
-    def _slice_labels(self, X, z, log_w, params, weights):
+    def _slice_labels(self, X, z, log_w, params, weights, loglik=None):
         """Labels by the slice sampler of Walker (2007) and Kalli, Griffin & Walker
         (2011, Sec. 2), a Gibbs step on the random measure: given the partition, the
         weights of its K atoms and of the rest, ``log_w`` = log (pi_1..pi_K, pi_rest) ~
@@ -427,7 +430,8 @@ class SubclusterSampler(MCMCClusterer):
         Gibbs step, clusters may empty and new ones open, so a one-point cluster that no
         split/merge proposal isolates can still dissolve (its u_i is below every
         weight) and the chain mixes over K.  Only rows with u_i below the largest new
-        weight are scored against the new atoms."""
+        weight are scored against the new atoms.  ``loglik``: the (N, K) table
+        log f(x_i | theta_k) when the caller has it (overwritten)."""
         fam = self._model.family
         k = log_w.shape[0] - 1
         log_u = log_w[z] + torch.log(torch.rand(z.shape[0], dtype=log_w.dtype)
@@ -435,7 +439,7 @@ class SubclusterSampler(MCMCClusterer):
         log_new = weights.sample_rest_log_weights(k, float(log_w[k]), float(log_u.min())
                                                   ).to(log_w.device)
         # every row against the K occupied atoms (its own always has pi > u_i) ...
-        logits = fam.log_likelihood(X, params).masked_fill_(
+        logits = (fam.log_likelihood(X, params) if loglik is None else loglik).masked_fill_(
             log_w[None, :k] <= log_u[:, None], -math.inf)
         m = int(log_new.numel())
         reach = (log_u < log_new.max()).nonzero().flatten() if m else None
