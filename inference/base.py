@@ -18,6 +18,27 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.exceptions import NotFittedError
 
 
+def resolve_device(spec):
+    """The torch device an estimator's ``device`` argument names: ``"auto"`` is CUDA
+    when torch sees a GPU and the CPU otherwise; a CUDA device torch cannot see, or
+    a name that is no device, is refused with a message saying so."""
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<i>' or 'auto', got {spec!r}"
+                         ) from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<i>' or 'auto', got {spec!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={spec!r}, but torch sees no CUDA device "
+                         "(torch.cuda.is_available() is False); use 'cpu' or 'auto'")
+    return device
+
+
 class ClusterEstimator(ClusterMixin, BaseEstimator):
     """Base class: subclasses implement ``_fit(X)`` and ``_predict(X)``."""
 

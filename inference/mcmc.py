@@ -14,6 +14,7 @@ a DP) enters that sum through the prior predictive density.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from bnpdeep.linalg import as_tensor
 
 from ..models import DirichletProcess, DPMixture, GaussianNIW
-from .base import CheckpointedEstimator
+from .base import CheckpointedEstimator, resolve_device
 
 
 def default_model(X) -> DPMixture:
@@ -142,10 +143,13 @@ class MCMCClusterer(CheckpointedEstimator):
         burn = self._burn_in()
         if burn >= self.max_iter:
             raise ValueError(f"burn_in ({burn}) must be smaller than max_iter ({self.max_iter})")
+        device = resolve_device(getattr(self, "device", "cpu"))
         model = self._resolve_model(X)
         model.family.validate(X)
+        if model.family.device != device:
+            model = DPMixture(model.family.to(device), model.weights, model.truncation)
         self.model_ = model
-        Xt = as_tensor(X, device=model.family.device)
+        Xt = as_tensor(X, device=device)
         self._X_train = Xt
         every = int(getattr(self, "checkpoint_every", 10))
         if self._checkpointing and every < 1:
@@ -157,10 +161,15 @@ class MCMCClusterer(CheckpointedEstimator):
         seed = 0 if self.random_state is None else int(self.random_state)
         self.chains_ = list(saved["chains"]) if saved is not None else []
         running = saved["running"] if saved is not None else None
+        on_gpu = device.type == "cuda"
         for chain in range(len(self.chains_), self.n_chains):
             # no autograd anywhere in a chain: inference mode saves the per-operation
-            # version-counter and autograd bookkeeping (about 8% of a fit at N=10,000)
-            with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            # version-counter and autograd bookkeeping (about 8% of a fit at N=10,000).
+            # On a GPU every tensor a step creates goes there (torch.device as a
+            # context; not entered on the CPU, where its per-call hook would cost time)
+            with torch.random.fork_rng(devices=[device] if on_gpu else []), \
+                    torch.inference_mode(), \
+                    (device if on_gpu else contextlib.nullcontext()):
                 torch.manual_seed(seed * 1000 + chain)
                 self.chains_.append(self._run_chain(Xt, model, chain, burn, fingerprint,
                                                     running))
@@ -209,7 +218,9 @@ class MCMCClusterer(CheckpointedEstimator):
             "running": {"chain": chain, "iteration": it + 1,
                         "state": dataclasses.replace(state, X=None), "record": rec,
                         "attributes": {a: getattr(self, a) for a in self._chain_attributes},
-                        "rng": torch.get_rng_state()}})
+                        "rng": torch.get_rng_state(),
+                        "cuda_rng": (torch.cuda.get_rng_state(state.z.device)
+                                     if state.z.device.type == "cuda" else None)}})
 
     def _run_chain(self, X, model, chain, burn, fingerprint=None, running=None
                    ) -> ChainRecord:
@@ -222,6 +233,8 @@ class MCMCClusterer(CheckpointedEstimator):
             for name, value in running["attributes"].items():
                 setattr(self, name, value)
             torch.set_rng_state(running["rng"])
+            if running.get("cuda_rng") is not None and X.device.type == "cuda":
+                torch.cuda.set_rng_state(running["cuda_rng"], X.device)
         every = int(getattr(self, "checkpoint_every", 10))
         desc = f"{self.method_name} chain {chain + 1}/{self.n_chains}"
         bar = tqdm(range(start, self.max_iter), desc=desc, disable=not self.progress,
@@ -286,7 +299,8 @@ class MCMCClusterer(CheckpointedEstimator):
         """Posterior predictive assignment: argmax_k log N_k + log p(x | X_k)."""
         fam = self.model_.family
         stats = self._predict_stats
-        scores = torch.log(stats.n)[None] + fam.log_predictive(as_tensor(X), stats)
+        scores = torch.log(stats.n)[None] + fam.log_predictive(
+            as_tensor(X, device=stats.n.device), stats)
         return scores.argmax(1).cpu().numpy()
 
     def posterior_arrays(self) -> dict:

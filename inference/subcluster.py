@@ -257,7 +257,12 @@ class SubclusterSampler(MCMCClusterer):
         depend on the current labels, so the step is a mixture of the exact
         conditional and staying put, and both leave the posterior invariant.
     random_state : int, default 0
-    device : str, default "cpu"
+    device : {"cpu", "cuda", "cuda:<i>", "auto"}, default "cpu"
+        Where the chains run: the data and the model's family are moved there, and
+        every tensor a step creates goes there (random draws then come from that
+        device's generator, so a seed gives other chains on a GPU than on the CPU).
+        "auto": CUDA when torch sees a GPU.  The GPU path has not run in this
+        project's CI (no GPU there).
     progress : bool, default False
         tqdm progress bar on stderr.
     checkpoint_every : int, default 10

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from bnpdeep.linalg import DTYPE, as_tensor
 
 from .. import moves
-from ..base import CheckpointedEstimator
+from ..base import CheckpointedEstimator, resolve_device
 from ..draws import approximate_posterior_arrays
 from ..mcmc import default_model, relabel
 from ..subpartition import carve, refine_subclusters, two_means
@@ -228,9 +228,7 @@ class DeepDPM(CheckpointedEstimator):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     def _resolve_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def _setup(self, X):
         self._check_options()

@@ -227,3 +227,17 @@ def test_checkpoint_of_other_data_or_settings_is_refused(tmp_path):
     np.testing.assert_array_equal(again.label_draws_, first.label_draws_)
     # the samplers keep their checkpoints apart in one folder
     assert (tmp_path / "subcluster_checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("cls", [SubclusterSampler, CollapsedGibbs])
+def test_device_argument_is_checked(cls):
+    X, _ = _blobs(n=60, seed=7)
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda', 'cuda:<i>' or 'auto'"):
+        cls(max_iter=4, device="tpu").fit(X)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA device"):
+            cls(max_iter=4, device="cuda").fit(X)
+        # "auto" falls back to the CPU: the same chain as device="cpu"
+        auto = cls(max_iter=6, device="auto").fit(X)
+        cpu = cls(max_iter=6, device="cpu").fit(X)
+        np.testing.assert_array_equal(auto.label_draws_, cpu.label_draws_)
