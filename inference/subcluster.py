@@ -227,7 +227,9 @@ class SubclusterSampler(MCMCClusterer):
         no isotropic halving proposes: on ecoli the chain otherwise stays in a
         state with one 318-point cluster (two constant columns) whose every 2-means
         halving has log H_s < -100, and the 12-set NMI is 0.14 there instead of
-        0.29-0.34.  The warm-up proposes the first three kinds only.
+        0.29-0.34.  The warm-up's anchored proposals draw from the same kinds: with
+        the whitened kind there too, ecoli from K=1 ended in that state at 1 of 8
+        seeds instead of 3 of 8.
     refine_iter : int, default 0
         EM iterations after the whitened 2-means of the fourth kind.  On ecoli 0, 3,
         6 and 20 iterations gave the same K and NMI at seeds 0-4, and 20 cost 27%
@@ -336,10 +338,6 @@ class SubclusterSampler(MCMCClusterer):
         # only when that kind can be proposed
         self._row_keys = torch.rand(n, dtype=torch.float64).to(X.device) \
             if float(w[3]) > 0 else None
-        # the warm-up proposes the three cheap kinds only
-        w_warm = torch.cat([w[:3], w.new_zeros(1)])
-        self._warmup_kind_weights = w_warm / w_warm.sum() if float(w_warm.sum()) > 0 \
-            else self._kind_weights
         # kernel bandwidth of the local anchor choice: a tenth of the data's scale
         self._bandwidth2 = max(float(X.var(0).mean()) * 0.01, 1e-12)
         zs = self._warmup_sublabels(X, z, torch.ones(int(z.max()) + 1, dtype=torch.bool),
@@ -645,9 +643,8 @@ class SubclusterSampler(MCMCClusterer):
         g, Xr = gid[rows], X[rows]
         li, lj = torch.searchsorted(rows, pairs.contiguous()).unbind(1)
 
-        kinds = self._kind_weights if state.iteration >= self._warmup \
-            else self._warmup_kind_weights
-        log_q = self._subcluster_responsibilities(Xr, g, n_groups, li, kinds, rows)
+        log_q = self._subcluster_responsibilities(Xr, g, n_groups, li, self._kind_weights,
+                                                  rows)
         # a split draws every row's side from q, then puts the anchors apart
         side = sample_categorical(log_q) == 1
         anchor_terms = torch.stack([log_q[li, 0] + log_q[lj, 1], log_q[li, 1] + log_q[lj, 0]], 1)
@@ -685,8 +682,8 @@ class SubclusterSampler(MCMCClusterer):
         ``Xr`` holds the rows ``rows_of_x`` of the data.
 
         Sub-clusters of each group: a deterministic sub-partition of a kind drawn
-        with the probabilities ``kind_weights`` (``proposal_weights``, or the warm-up's
-        three cheap kinds), whatever the state -- 2-means
+        with the probabilities ``kind_weights`` (``proposal_weights``), whatever the
+        state -- 2-means
         from the principal axis, 2-means
         from a random axis, a group carved around its anchor row
         (:func:`~bnpdeep.inference.subpartition.carve_groups`), or 2-means from a random
