@@ -43,7 +43,7 @@ def test_bayesian_fit_writes_inference_data(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["n_clusters"] == 2
 
 
-def test_interrupted_sampler_run_resumes_from_its_run_folder(tmp_path, monkeypatch):
+def test_interrupted_sampler_run_resumes_from_its_run_folder(tmp_path, kill_at):
     """`fit --resume` continues a killed sampler run from the checkpoint in --out and
     writes what the uninterrupted run writes."""
     from bnpdeep.inference.subcluster import SubclusterSampler
@@ -54,19 +54,11 @@ def test_interrupted_sampler_run_resumes_from_its_run_folder(tmp_path, monkeypat
     args = ["fit", str(tmp_path / "x.npy"), "--method", "subcluster", "--iters", "30",
             "--quiet", "--draws"]
     assert main(args + ["--out", str(tmp_path / "full")]) == 0
-    original, calls = SubclusterSampler._step, {"n": 0}
-
-    def killed_at_step_25(self, state):
-        calls["n"] += 1
-        if calls["n"] == 25:
-            raise KeyboardInterrupt
-        return original(self, state)
-
-    monkeypatch.setattr(SubclusterSampler, "_step", killed_at_step_25)
+    undo = kill_at(SubclusterSampler, "_step", 25)
     with pytest.raises(KeyboardInterrupt):
         main(args + ["--out", str(tmp_path / "cut")])
     assert (tmp_path / "cut" / "subcluster_checkpoint.pt").exists()
-    monkeypatch.setattr(SubclusterSampler, "_step", original)
+    undo()
     assert main(args + ["--out", str(tmp_path / "cut"), "--resume"]) == 0
     for name in ("labels.npy", "label_draws.npy"):
         np.testing.assert_array_equal(np.load(tmp_path / "cut" / name),

@@ -105,24 +105,15 @@ def test_predict_on_training_data_matches_labels_and_new_data():
     assert evaluate(y_new, est.predict(X_new))["nmi"] > 0.9
 
 
-def test_checkpoint_resume_ends_where_an_uninterrupted_fit_does(tmp_path, monkeypatch):
+def test_checkpoint_resume_ends_where_an_uninterrupted_fit_does(tmp_path, kill_at):
     X, _ = _easy(600, 3)
     kw = dict(max_epochs=16, checkpoint_every=5, random_state=3)
     full = DeepDPM(**kw).fit(X, checkpoint_dir=tmp_path / "full")
 
-    calls = {"n": 0}
-    original = DeepDPM._train_epoch
-
-    def crash_at_epoch_12(self, Xt):
-        calls["n"] += 1
-        if calls["n"] == 12:
-            raise KeyboardInterrupt
-        return original(self, Xt)
-
-    monkeypatch.setattr(DeepDPM, "_train_epoch", crash_at_epoch_12)
+    undo = kill_at(DeepDPM, "_train_epoch", 12)
     with pytest.raises(KeyboardInterrupt):
         DeepDPM(**kw).fit(X, checkpoint_dir=tmp_path / "cut")
-    monkeypatch.setattr(DeepDPM, "_train_epoch", original)
+    undo()
     resumed = DeepDPM(**kw).fit(X, checkpoint_dir=tmp_path / "cut", resume=True)
     assert [h["K"] for h in resumed.history_] == [h["K"] for h in full.history_]
     np.testing.assert_array_equal(resumed.labels_, full.labels_)

@@ -162,37 +162,22 @@ def test_estimator_conventions_and_errors():
         SubclusterSampler(max_iter=5).fit(bad)
 
 
-def _interrupt_at(monkeypatch, cls, n_steps):
-    """Make ``cls._step`` raise KeyboardInterrupt on its n-th call (a killed run)."""
-    calls = {"n": 0}
-    original = cls._step
-
-    def step(self, state):
-        calls["n"] += 1
-        if calls["n"] == n_steps:
-            raise KeyboardInterrupt
-        return original(self, state)
-
-    monkeypatch.setattr(cls, "_step", step)
-    return original
-
-
 @pytest.mark.parametrize("cls,kw,cut", [
     (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4), 47),
     (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4), 11),
     (CollapsedGibbs, dict(max_iter=12, checkpoint_every=5), 8),
 ])
-def test_resumed_fit_ends_with_the_draws_of_an_uninterrupted_one(tmp_path, monkeypatch,
+def test_resumed_fit_ends_with_the_draws_of_an_uninterrupted_one(tmp_path, kill_at,
                                                                  cls, kw, cut):
     """Killed in the second chain (step 47 of 60) or the first (step 11), a resumed
     fit continues from the last checkpoint and gives the uninterrupted fit's draws,
     traces and counters exactly."""
     X, _ = _blobs(n=150, seed=5)
     full = cls(random_state=2, **kw).fit(X, checkpoint_dir=tmp_path / "full")
-    original = _interrupt_at(monkeypatch, cls, cut)
+    undo = kill_at(cls, "_step", cut)
     with pytest.raises(KeyboardInterrupt):
         cls(random_state=2, **kw).fit(X, checkpoint_dir=tmp_path / "cut")
-    monkeypatch.setattr(cls, "_step", original)
+    undo()
     resumed = cls(random_state=2, **kw).fit(X, checkpoint_dir=tmp_path / "cut", resume=True)
     np.testing.assert_array_equal(resumed.label_draws_, full.label_draws_)
     np.testing.assert_array_equal(resumed.k_trace_, full.k_trace_)
