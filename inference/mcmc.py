@@ -154,7 +154,8 @@ class MCMCClusterer(CheckpointedEstimator):
         every = int(getattr(self, "checkpoint_every", 10))
         if self._checkpointing and every < 1:
             raise ValueError(f"checkpoint_every must be at least 1, got {every}")
-        fingerprint = self._fingerprint(Xt)
+        # what a checkpoint must match (a pass over the data: only when checkpointing)
+        fingerprint = self._fingerprint(Xt) if self._checkpointing else None
         saved = self._saved_state()
         if saved is not None:
             self._check_fingerprint(saved["fingerprint"], fingerprint)
@@ -172,7 +173,7 @@ class MCMCClusterer(CheckpointedEstimator):
                     (device if on_gpu else contextlib.nullcontext()):
                 torch.manual_seed(seed * 1000 + chain)
                 self.chains_.append(self._run_chain(Xt, model, chain, burn, fingerprint,
-                                                    running))
+                                                    running, every))
                 running = None
                 if self._checkpointing:
                     self._save_state({"fingerprint": fingerprint, "chains": self.chains_,
@@ -222,8 +223,10 @@ class MCMCClusterer(CheckpointedEstimator):
                         "cuda_rng": (torch.cuda.get_rng_state(state.z.device)
                                      if state.z.device.type == "cuda" else None)}})
 
-    def _run_chain(self, X, model, chain, burn, fingerprint=None, running=None
-                   ) -> ChainRecord:
+    def _run_chain(self, X, model, chain, burn, fingerprint=None, running=None,
+                   every: int = 10) -> ChainRecord:
+        """One chain of ``max_iter`` steps (from ``running``, a checkpoint's chain, when
+        resuming), saved every ``every`` iterations when checkpointing."""
         rec = ChainRecord()
         state = self._init_state(X, model, chain)
         start = 0
@@ -235,7 +238,6 @@ class MCMCClusterer(CheckpointedEstimator):
             torch.set_rng_state(running["rng"])
             if running.get("cuda_rng") is not None and X.device.type == "cuda":
                 torch.cuda.set_rng_state(running["cuda_rng"], X.device)
-        every = int(getattr(self, "checkpoint_every", 10))
         desc = f"{self.method_name} chain {chain + 1}/{self.n_chains}"
         bar = tqdm(range(start, self.max_iter), desc=desc, disable=not self.progress,
                    leave=False, initial=start, total=self.max_iter)
