@@ -77,6 +77,8 @@ def mahalanobis_points(chol: torch.Tensor, X: torch.Tensor, mean: torch.Tensor,
     k, d = mean.shape
     eye = torch.eye(d, dtype=chol.dtype, device=chol.device).expand_as(chol)
     w = torch.linalg.solve_triangular(chol, eye, upper=False)           # (K, d, d)
+    if d <= 4 and k >= 24:
+        return _mahalanobis_quadratic(w, X, mean)
     a = w.transpose(1, 2).permute(1, 0, 2).reshape(d, k * d)            # [i, k d + j] = W_k[j, i]
     m = (w @ mean[..., None])[..., 0]                                    # (K, d)
     ones = torch.ones(d, dtype=X.dtype, device=X.device)
@@ -87,6 +89,33 @@ def mahalanobis_points(chol: torch.Tensor, X: torch.Tensor, mean: torch.Tensor,
         y = (X[start:start + step] @ a).view(-1, k, d).sub_(m)
         out[start:start + step] = y.square_() @ ones
     return out
+
+
+def _mahalanobis_quadratic(w: torch.Tensor, X: torch.Tensor, mean: torch.Tensor,
+                           chunk_rows: int = 1 << 16) -> torch.Tensor:
+    """:func:`mahalanobis_points` for small d and many clusters, from the expanded form
+
+        (x - m_k)^T P_k (x - m_k) = vec(x x^T) . vec(P_k) - 2 x . P_k m_k + m_k^T P_k m_k,
+
+    P_k = W_k^T W_k: one (N, d^2 + d) x (d^2 + d, K) product with a bias per cluster,
+    instead of a (N, K d) intermediate that is shifted, squared and summed.  At d = 2
+    and K = 50 (N = 20,000) that is 2-4x faster; at K <= 10 building the d^2 + d
+    features costs more than it saves, hence the caller's d <= 4, K >= 24.  The
+    cancellation of the expanded form costs about 1e-14 relative accuracy in float64
+    (tests/bnpdeep/test_linalg.py checks both paths against scipy)."""
+    k, d = mean.shape
+    prec = w.transpose(1, 2) @ w                                          # (K, d, d)
+    pm = prec @ mean[..., None]                                           # (K, d, 1)
+    coef = torch.cat([prec.reshape(k, d * d), pm[..., 0].mul(-2.0)], 1).T  # (d^2 + d, K)
+    bias = (mean[:, None, :] @ pm).reshape(k)
+    n = X.shape[0]
+    out = torch.empty((n, k), dtype=X.dtype, device=X.device)
+    for start in range(0, n, chunk_rows):
+        xs = X[start:start + chunk_rows]
+        feats = torch.cat([(xs[:, :, None] * xs[:, None, :]).reshape(-1, d * d), xs], 1)
+        torch.addmm(bias, feats, coef, out=out[start:start + chunk_rows])
+    # the expanded form can round a zero distance to a tiny negative number
+    return out.clamp_min_(0.0)
 
 
 def scatter_outer(X: torch.Tensor, labels: torch.Tensor, k: int,
