@@ -37,3 +37,21 @@ def test_mahalanobis_zero_at_the_mean():
     maha = mahalanobis_points(cholesky(covs), means.clone(), means)
     assert (maha >= 0).all()
     assert float(maha.diagonal().abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("d", [1, 2, 4, 5])
+def test_scatter_outer_matches_a_loop(d):
+    """Weighted outer-product sums per group (feature-major for d <= 4, row chunks
+    above) against a plain loop over groups; an empty group gives zeros."""
+    from bnpdeep.linalg import scatter_outer
+
+    rng = np.random.default_rng(d)
+    X = rng.normal(size=(200, d))
+    w = rng.uniform(size=200)
+    z = rng.integers(0, 6, size=200)
+    z[z == 3] = 4                                    # group 3 is empty
+    outer = scatter_outer(torch.as_tensor(X), torch.as_tensor(z), 7,
+                          torch.as_tensor(X * w[:, None])).numpy()
+    for c in range(7):
+        rows = z == c
+        np.testing.assert_allclose(outer[c], (X[rows] * w[rows, None]).T @ X[rows], atol=1e-12)
