@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import torch
 from bnpdeep.inference import SubclusterSampler
+from bnpdeep.inference.classical import GaussianMixtureEM
 from bnpdeep.inference.mcmc import default_model
 from sklearn.mixture import GaussianMixture
 
@@ -38,13 +39,16 @@ def main(name: str, seed: int = 0):
     draw = est.labels_
     k = int(draw.max()) + 1
     d = X.shape[1]
-    covs = np.stack([np.cov(X[draw == c].T).reshape(d, d) + 1e-6 * np.eye(d) for c in range(k)])
+    # biased covariances plus a small ridge (the features are standardised), so that a
+    # one- or two-point cluster still gives EM a positive-definite start
+    covs = np.stack([np.cov(X[draw == c].T, bias=True).reshape(d, d) + 1e-3 * np.eye(d)
+                     for c in range(k)])
     polished = GaussianMixture(k, means_init=np.stack([X[draw == c].mean(0) for c in range(k)]),
                                precisions_init=np.linalg.inv(covs),
                                weights_init=np.bincount(draw) / len(draw),
                                random_state=seed).fit(X).predict(X)
     k_true = int(np.unique(y).size)
-    em = GaussianMixture(k_true, random_state=seed).fit(X).predict(X)
+    em = GaussianMixtureEM(n_clusters=k_true, random_state=seed).fit(X).labels_
     rows = [("labels_ (a posterior draw)", draw), ("predict(X)", est.predict(X)),
             ("EM from the draw's clusters", polished), (f"EM, K={k_true}, k-means++", em),
             ("true labels", y)]

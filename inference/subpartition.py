@@ -71,33 +71,27 @@ def select_groups(chosen: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def two_means_groups(X: torch.Tensor, g: torch.Tensor, n_groups: int,
-                     axes: torch.Tensor | None = None, use_axis: torch.Tensor | None = None,
-                     n_iter: int = 5) -> torch.Tensor:
+                     axes: torch.Tensor | None = None, n_iter: int = 5) -> torch.Tensor:
     """2-means sub-partition (0/1 labels) of every group of rows of X.
 
     Group c starts at centres mean_c -/+ v_c, with v_c the principal axis of the
-    group's covariance scaled by the root of its eigenvalue or, where
-    ``use_axis[c]`` (default: all, when ``axes`` is given), ``axes[c]`` scaled by
-    the standard deviation of the projections on it; then up to ``n_iter`` Lloyd
-    iterations.  A function of each group's rows as a set and of its axis:
-    flipping the axis only swaps the labels.
+    group's covariance scaled by the root of its eigenvalue or, when ``axes`` is
+    given, ``axes[c]`` scaled by the standard deviation of the projections on it;
+    then up to ``n_iter`` Lloyd iterations.  A function of each group's rows as a
+    set and of its axis: flipping the axis only swaps the labels.
     """
     n, d = X.shape
     dt = X.dtype
     if n == 0:
         return torch.zeros(0, dtype=torch.long, device=X.device)
-    count, total, mean, xc, cov = _group_moments(X, g, n_groups)
-    pick = torch.zeros(n_groups, dtype=torch.bool, device=X.device) if axes is None \
-        else torch.ones(n_groups, dtype=torch.bool, device=X.device) if use_axis is None \
-        else use_axis
-    if not bool(pick.all()):            # the principal axis, where some group needs it
+    count, total, mean, _, cov = _group_moments(X, g, n_groups)
+    if axes is None:                    # the principal axis
         evals, evecs = torch.linalg.eigh(cov)
         v = evecs[..., -1] * evals[..., -1:].clamp_min(0).sqrt()
-    if axes is not None:
+    else:
         u = axes / axes.norm(dim=1, keepdim=True).clamp_min(1e-300)
         spread = (u[:, None, :] @ cov @ u[:, :, None])[:, 0].clamp_min(0).sqrt()
-        along = u * spread
-        v = along if bool(pick.all()) else torch.where(pick[:, None], along, v)
+        v = u * spread
     c0, c1 = mean - v, mean + v
     ones = torch.ones(d, dtype=dt, device=X.device)
     h = torch.zeros(n, dtype=torch.bool, device=X.device)
