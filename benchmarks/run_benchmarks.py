@@ -155,11 +155,43 @@ def run_speed(seed: int, repeats: int) -> list[dict]:
             }.items():
                 est, secs = timed_fit(est, X)
                 m = evaluate(y, est.labels_)
-                rows.append({"case": case, "method": method, "rep": rep, "seconds": secs,
-                             "k": int(est.n_clusters_), "k_true": k_true, "nmi": m["nmi"]})
+                row = {"case": case, "method": method, "rep": rep, "seconds": secs,
+                       "k": int(est.n_clusters_), "k_true": k_true, "nmi": m["nmi"]}
+                if method.startswith("subcluster"):
+                    row.update(step_profile(est, k_true))
+                rows.append(row)
                 print(f"  {case:<28} {method:<20} {secs:7.2f} s K={est.n_clusters_}",
                       file=sys.stderr, flush=True)
     return rows
+
+
+def step_profile(est, k_true: int) -> dict:
+    """Where a sampler fit's time goes: median milliseconds of a warm-up and of an
+    exact iteration, and the seconds and iterations until the chain first reaches
+    the true K (None if it never does)."""
+    secs, ks = est.seconds_trace_[0], est.k_trace_[0]
+    warm = int(getattr(est, "_warmup", 0))
+    hit = np.flatnonzero(ks == k_true)
+    first = int(hit[0]) if hit.size else None
+    return {"warmup_ms": float(np.median(secs[:warm])) * 1e3 if warm else None,
+            "exact_ms": float(np.median(secs[warm:])) * 1e3 if warm < secs.size else None,
+            "iter_to_k": first + 1 if first is not None else None,
+            "s_to_k": float(secs[:first + 1].sum()) if first is not None else None}
+
+
+def step_table(rows) -> str:
+    """The samplers' per-iteration costs and time to the true K, per speed case."""
+    lines = ["| case | warm-up ms/iter | exact ms/iter | iterations to true K | s to true K |",
+             "|---|---|---|---|---|"]
+    for case in dict.fromkeys(r["case"] for r in rows):
+        sc = [r for r in rows if r["case"] == case and r["method"].startswith("subcluster")]
+        med = {key: np.median([r[key] for r in sc if r.get(key) is not None] or [np.nan])
+               for key in ("warmup_ms", "exact_ms", "iter_to_k", "s_to_k")}
+        never = sum(r.get("iter_to_k") is None for r in sc)
+        lines.append(f"| {case} | {med['warmup_ms']:.1f} | {med['exact_ms']:.1f} | "
+                     f"{med['iter_to_k']:.0f} | {med['s_to_k']:.2f}"
+                     + (f" ({never} of {len(sc)} never)" if never else "") + " |")
+    return "\n".join(lines)
 
 
 def speed_table(rows) -> str:
@@ -331,6 +363,7 @@ def main(argv=None):
         rows = run_speed(args.seed, args.repeats)
         (OUT / "speed.json").write_text(json.dumps(rows, indent=1))
         print(f"## Speed (paired runs, {args.repeats} repeats)\n\n{speed_table(rows)}\n")
+        print(f"Sampler iterations (medians over the repeats)\n\n{step_table(rows)}\n")
     if "movb-speed" in args.sections:
         rows = run_movb_speed(args.seed, args.repeats)
         (OUT / "movb_speed.json").write_text(json.dumps(rows, indent=1))

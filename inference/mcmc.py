@@ -10,6 +10,10 @@ size), plus the labels themselves (``label_draws_``) and the pointwise
 log-likelihood log p(x_i | pi, theta) with z summed out, which is what
 ``az.loo`` needs.  The mass of the components no point occupies (pi_rest under
 a DP) enters that sum through the prior predictive density.
+
+Every iteration, burn-in included, also leaves K, the log joint and its wall-clock
+seconds in ``k_trace_``, ``lp_trace_`` and ``seconds_trace_`` (chain x iteration),
+so K or lp can be plotted against time.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,6 +98,7 @@ class ChainRecord:
 
     k_trace: list = field(default_factory=list)
     lp_trace: list = field(default_factory=list)
+    seconds_trace: list = field(default_factory=list)
     k: list = field(default_factory=list)
     lp: list = field(default_factory=list)
     alpha: list = field(default_factory=list)
@@ -242,7 +248,9 @@ class MCMCClusterer(CheckpointedEstimator):
         bar = tqdm(range(start, self.max_iter), desc=desc, disable=not self.progress,
                    leave=False, initial=start, total=self.max_iter)
         for it in bar:
+            tic = time.perf_counter()
             state, info = self._step(state)
+            rec.seconds_trace.append(time.perf_counter() - tic)
             rec.k_trace.append(int(info["k"]))
             rec.lp_trace.append(float(info["lp"]))
             for name in self._stat_names:
@@ -292,6 +300,7 @@ class MCMCClusterer(CheckpointedEstimator):
         self.lp_draws_ = lp
         self.k_trace_ = np.array([r.k_trace for r in recs])
         self.lp_trace_ = np.array([r.lp_trace for r in recs])
+        self.seconds_trace_ = np.array([r.seconds_trace for r in recs])
         fam = self.model_.family
         Xt = self._X_train
         stats = fam.suff_stats_labels(Xt, torch.as_tensor(self.labels_), self.n_clusters_)

@@ -87,6 +87,10 @@ class GaussianNIW(ConjugateFamily):
         # the prior's share of the posterior statistics, used by every update
         self._kappa_mu0 = self.kappa * self.mu0
         self._psi_plus = self.psi + self.kappa * torch.outer(self.mu0, self.mu0)
+        # the prior-only terms of log_marginal: -log G_d(nu/2) + nu/2 log|Psi| + d/2 log kappa
+        self._log_marginal_prior = float(
+            -multigammaln(0.5 * self.nu, d) + 0.5 * self.nu * self._psi_logdet
+            + 0.5 * d * torch.log(self.kappa))
 
     @classmethod
     def weak(cls, X, kappa: float = 0.01, nu_offset: float = 2.0, scale: float | None = None,
@@ -166,10 +170,9 @@ class GaussianNIW(ConjugateFamily):
         d = self.dim
         post = self.posterior(stats)
         return (
-            -0.5 * stats.n * d * log_pi()
-            + multigammaln(0.5 * post.nu, d) - multigammaln(0.5 * self.nu, d)
-            + 0.5 * self.nu * self._psi_logdet - 0.5 * post.nu * logdet_from_chol(post.chol)
-            + 0.5 * d * (torch.log(self.kappa) - torch.log(post.kappa))
+            (-0.5 * d * log_pi()) * stats.n + multigammaln(0.5 * post.nu, d)
+            - 0.5 * post.nu * logdet_from_chol(post.chol) - (0.5 * d) * torch.log(post.kappa)
+            + self._log_marginal_prior
         )
 
     def log_predictive(self, X, stats: SuffStats) -> torch.Tensor:

@@ -184,6 +184,9 @@ def test_resumed_fit_ends_with_the_draws_of_an_uninterrupted_one(tmp_path, kill_
     np.testing.assert_array_equal(resumed.label_draws_, full.label_draws_)
     np.testing.assert_array_equal(resumed.k_trace_, full.k_trace_)
     np.testing.assert_array_equal(resumed.lp_trace_, full.lp_trace_)
+    # step times: one per iteration, those before the checkpoint kept from the first run
+    assert resumed.seconds_trace_.shape == full.k_trace_.shape
+    assert (resumed.seconds_trace_ > 0).all()
     np.testing.assert_array_equal(resumed.labels_, full.labels_)
     a, b = resumed.to_inference_data(), full.to_inference_data()
     np.testing.assert_array_equal(a.posterior["weights"].values, b.posterior["weights"].values)
