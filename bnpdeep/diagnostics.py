@@ -7,7 +7,7 @@ Schema (shared by every Bayesian method):
   parameters integrated out), ``weights`` (component weights sorted by size,
   padded with zeros, dim ``component``);
 * ``sample_stats``: ``lp`` and the algorithm's own statistics (e.g.
-  ``split_acceptance``, ``merge_acceptance``);
+  ``split_acceptance``, ``merge_acceptance``, ``resplit_acceptance``);
 * ``log_likelihood``: ``x`` -- log p(x_i | weights, parameters) with z summed
   out, so that ``az.loo`` is valid;
 * ``observed_data``: ``x`` (dims ``obs_id``, ``feature``).

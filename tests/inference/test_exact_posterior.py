@@ -150,8 +150,45 @@ def test_refined_subpartitions_match_the_exact_posterior(case, weights, refine_i
     assert tv < 0.05, f"refined proposals {weights} on {case}: TV {tv:.3f}"
 
 
+@pytest.mark.parametrize("case", ["niw-dp", "niw-pitman-yor", "multinomial-dp"])
+def test_resplits_match_the_exact_posterior_given_k(case):
+    """Re-splits as the only move (no warm-up, no slice step), beside the K-preserving
+    restricted Gibbs step, from two clusters: K stays 2, the re-splits are accepted
+    often, and the draws match the enumerated posterior conditioned on K = 2.  (With
+    the proposal terms left out of the ratio the NIW case gives TV 0.19.)"""
+    make_model, make_data = CASES[case]
+    model, X = make_model(), make_data()
+    exact = exact_partition_posterior(model, X)
+    two = {p: v for p, v in exact.items() if len(set(p)) == 2}
+    given_two = {p: v / sum(two.values()) for p, v in two.items()}
+    est = SubclusterSampler(model=model, max_iter=N_ITER, burn_in=200, warmup=0, init_k=2,
+                            slice_every=0, resplit_prob=1.0, moves_per_iter=4,
+                            store_log_likelihood=False, random_state=5).fit(X)
+    assert (est.k_trace_ == 2).all()
+    assert np.mean(est.chains_[0].stats["resplit_acceptance"]) > 0.1
+    tv = total_variation(given_two, empirical_partition_distribution(est.label_draws_))
+    assert tv < 0.05, f"re-splits on {case}: TV {tv:.3f}"
+
+
+@pytest.mark.parametrize("case", ["niw-dp", "niw-pitman-yor"])
+def test_sampler_with_resplits_matches_the_exact_posterior(case):
+    """Half the batches re-splits, half splits and merges (the kernel drawn whatever
+    the state), with the warm-up and the slice step: the kept draws match the
+    enumerated posterior."""
+    make_model, make_data = CASES[case]
+    model, X = make_model(), make_data()
+    exact = exact_partition_posterior(model, X)
+    est = SubclusterSampler(model=model, max_iter=N_ITER, burn_in=200, resplit_prob=0.5,
+                            store_log_likelihood=False, random_state=6).fit(X)
+    tv = total_variation(exact, empirical_partition_distribution(est.label_draws_))
+    assert tv < 0.05, f"sampler with re-splits on {case}: TV {tv:.3f}"
+
+
 def test_proposal_weights_are_checked():
     X = _points()
     for bad in [(1.0, 1.0, 1.0), (0.0, 0.0, 0.0, 0.0), (1.0, -1.0, 1.0, 1.0)]:
         with pytest.raises(ValueError, match="proposal_weights"):
             SubclusterSampler(max_iter=10, proposal_weights=bad).fit(X)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="resplit_prob"):
+            SubclusterSampler(max_iter=10, resplit_prob=bad).fit(X)
