@@ -96,6 +96,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -146,6 +147,21 @@ class MoveBatch:
     counts: dict
     kept: torch.Tensor
     touched: torch.Tensor
+
+
+class PairProposals(NamedTuple):
+    """The groups of one batch of anchored moves and the split drawn for each
+    (:meth:`SubclusterSampler._pair_proposals`)."""
+
+    ca: torch.Tensor      # (m,) cluster of anchor i
+    cb: torch.Tensor      # (m,) cluster of anchor j
+    rows: torch.Tensor    # (n,) rows of the groups' clusters, in data order
+    Xr: torch.Tensor      # (n, d) their data
+    g: torch.Tensor       # (n,) group of each row
+    li: torch.Tensor      # (m,) position of anchor i among ``rows``
+    lj: torch.Tensor      # (m,) position of anchor j
+    log_q: torch.Tensor   # (n, 2) sub-cluster log-responsibilities
+    new_b: torch.Tensor   # (n,) the drawn split: True on the side that holds j
 
 
 def disjoint_pairs(z: torch.Tensor, pairs: torch.Tensor) -> list[int]:
@@ -657,28 +673,13 @@ class SubclusterSampler(MCMCClusterer):
         applied in sequence (:func:`moves.accept_in_sequence`)."""
         fam = self._model.family
         X, z, k = state.X, state.z, state.k
-        keep = disjoint_pairs(z, pairs)
-        n_groups = len(keep)
-        pairs = pairs[keep]
-        ca, cb = z[pairs[:, 0]], z[pairs[:, 1]]
+        pairs = pairs[disjoint_pairs(z, pairs)]
+        n_groups = pairs.shape[0]
+        p = self._pair_proposals(X, z, k, pairs)
+        ca, cb, rows, Xr, g, li, lj, log_q = p.ca, p.cb, p.rows, p.Xr, p.g, p.li, p.lj, p.log_q
         is_split = ca == cb
-        group_of = torch.full((k,), -1, dtype=torch.long)
-        group_of[cb] = torch.arange(n_groups)
-        group_of[ca] = torch.arange(n_groups)
-        gid = group_of[z]
-        rows = (gid >= 0).nonzero().flatten()
-        g, Xr = gid[rows], X[rows]
-        li, lj = torch.searchsorted(rows, pairs.contiguous()).unbind(1)
-
-        log_q = self._subcluster_responsibilities(Xr, g, n_groups, li, self._kind_weights,
-                                                  rows)
-        # a split draws every row's side from q, then puts the anchors apart
-        side = sample_categorical(log_q) == 1
-        anchor_terms = torch.stack([log_q[li, 0] + log_q[lj, 1], log_q[li, 1] + log_q[lj, 0]], 1)
-        flip = sample_categorical(anchor_terms) == 1
-        side[li], side[lj] = flip, ~flip
         # side B holds j: for a split the side j landed on, for a merge j's cluster
-        side_b = torch.where(is_split[g], side != side[li][g], z[rows] == cb[g])
+        side_b = torch.where(is_split[g], p.new_b, z[rows] == cb[g])
         s_ab = fam.suff_stats_labels(Xr, 2 * g + side_b.long(), 2 * n_groups)
         s_a, s_b = s_ab[0::2], s_ab[1::2]
         terms = moves.log_split_terms(weights, fam, s_a + s_b, s_a, s_b)
@@ -738,22 +739,8 @@ class SubclusterSampler(MCMCClusterer):
         touched = torch.zeros(k, dtype=torch.bool)
         if not n_groups:
             return MoveBatch(z, counts, kept, touched)
-        ca, cb = z[pairs[:, 0]], z[pairs[:, 1]]
-        group_of = torch.full((k,), -1, dtype=torch.long)
-        group_of[ca] = torch.arange(n_groups)
-        group_of[cb] = torch.arange(n_groups)
-        gid = group_of[z]
-        rows = (gid >= 0).nonzero().flatten()
-        g, Xr = gid[rows], X[rows]
-        li, lj = torch.searchsorted(rows, pairs.contiguous()).unbind(1)
-
-        log_q = self._subcluster_responsibilities(Xr, g, n_groups, li, self._kind_weights,
-                                                  rows)
-        side = sample_categorical(log_q) == 1
-        anchor_terms = torch.stack([log_q[li, 0] + log_q[lj, 1], log_q[li, 1] + log_q[lj, 0]], 1)
-        flip = sample_categorical(anchor_terms) == 1
-        side[li], side[lj] = flip, ~flip
-        new_b = side != side[li][g]                    # B' holds j
+        p = self._pair_proposals(X, z, k, pairs)
+        ca, cb, rows, Xr, g, li, lj, log_q, new_b = p    # B' = new_b holds j
         old_b = z[rows] == cb[g]
         # statistics of the old and the new two-cluster partitions of each union
         sides = fam.suff_stats_labels(torch.cat([Xr, Xr]),
@@ -774,6 +761,31 @@ class SubclusterSampler(MCMCClusterer):
             touched[ca[accepted]] = True
             touched[cb[accepted]] = True
         return MoveBatch(z, counts, kept, touched)
+
+    def _pair_proposals(self, X, z, k: int, pairs: torch.Tensor) -> "PairProposals":
+        """What a batch of moves on the kept anchor ``pairs`` (m, 2) proposes: group c
+        holds the rows of the clusters of pair c (one cluster or two), ``rows`` in
+        data order with ``g`` their group and ``li``, ``lj`` the positions of the
+        anchors among them; ``log_q`` the sub-cluster responsibilities of
+        :meth:`_subcluster_responsibilities`; and a split of every group drawn from
+        them, each row's side from q and then the anchors put apart (the pair of
+        sides from q_i(0) q_j(1) : q_i(1) q_j(0)), ``new_b`` marking the side of j."""
+        n_groups = pairs.shape[0]
+        ca, cb = z[pairs[:, 0]], z[pairs[:, 1]]
+        group_of = torch.full((k,), -1, dtype=torch.long)
+        group_of[cb] = torch.arange(n_groups)
+        group_of[ca] = torch.arange(n_groups)
+        gid = group_of[z]
+        rows = (gid >= 0).nonzero().flatten()
+        g, Xr = gid[rows], X[rows]
+        li, lj = torch.searchsorted(rows, pairs.contiguous()).unbind(1)
+        log_q = self._subcluster_responsibilities(Xr, g, n_groups, li, self._kind_weights,
+                                                  rows)
+        side = sample_categorical(log_q) == 1
+        anchor_terms = torch.stack([log_q[li, 0] + log_q[lj, 1], log_q[li, 1] + log_q[lj, 0]], 1)
+        flip = sample_categorical(anchor_terms) == 1
+        side[li], side[lj] = flip, ~flip
+        return PairProposals(ca, cb, rows, Xr, g, li, lj, log_q, side != side[li][g])
 
     def _subcluster_responsibilities(self, Xr: torch.Tensor, g: torch.Tensor, n_groups: int,
                                      anchors: torch.Tensor, kind_weights: torch.Tensor,
