@@ -439,11 +439,12 @@ class SubclusterSampler(MCMCClusterer):
         return state, info
 
     def _anchored_moves(self, state: SubclusterState, weights, n_moves=None):
-        """One batch of anchored split/merge proposals from ``n_moves`` anchor pairs
-        (default ``moves_per_iter``, else max(2, K // 8)), each an exact
-        Metropolis-Hastings step (:meth:`_move_batch`); returns the new state, per kind
-        of move [proposed, accepted], and the :class:`MoveBatch` (None when no move
-        was proposed)."""
+        """One batch of anchored proposals from ``n_moves`` anchor pairs (default
+        ``moves_per_iter``, else max(2, K // 8)), each an exact Metropolis-Hastings
+        step: splits and merges (:meth:`_move_batch`) or, with probability
+        ``resplit_prob``, re-splits (:meth:`_resplit_batch`); returns the new state, per
+        kind of move [proposed, accepted], and the :class:`MoveBatch` (None when no
+        move was proposed)."""
         k = state.k
         if n_moves is None:
             n_moves = self.moves_per_iter if self.moves_per_iter is not None else max(2, k // 8)
@@ -747,10 +748,11 @@ class SubclusterSampler(MCMCClusterer):
                                       torch.cat([2 * g + old_b.long(),
                                                  2 * n_groups + 2 * g + new_b.long()]),
                                       4 * n_groups)
-        lm = fam.log_marginal(sides).reshape(2, n_groups, 2).sum(-1)
-        lw = weights.log_block_weight(sides.n).reshape(2, n_groups, 2).sum(-1)
-        post = (lm + lw)[1] - (lm + lw)[0]
-        log_h = (post + log_split_proposal(log_q, old_b, g, n_groups, li, lj)
+        s_a, s_b = sides[0::2], sides[1::2]
+        # log p(z' | X) - log p(z | X): the split terms of the new sides minus the old
+        terms = moves.log_split_terms(weights, fam, s_a + s_b, s_a, s_b)
+        log_h = (terms[n_groups:] - terms[:n_groups]
+                 + log_split_proposal(log_q, old_b, g, n_groups, li, lj)
                  - log_split_proposal(log_q, new_b, g, n_groups, li, lj))
         accepted = moves.mh_accept(log_h)
         counts["resplit"][1] = int(accepted.sum())
@@ -779,8 +781,7 @@ class SubclusterSampler(MCMCClusterer):
         rows = (gid >= 0).nonzero().flatten()
         g, Xr = gid[rows], X[rows]
         li, lj = torch.searchsorted(rows, pairs.contiguous()).unbind(1)
-        log_q = self._subcluster_responsibilities(Xr, g, n_groups, li, self._kind_weights,
-                                                  rows)
+        log_q = self._subcluster_responsibilities(Xr, g, n_groups, li, rows)
         side = sample_categorical(log_q) == 1
         anchor_terms = torch.stack([log_q[li, 0] + log_q[lj, 1], log_q[li, 1] + log_q[lj, 0]], 1)
         flip = sample_categorical(anchor_terms) == 1
@@ -788,14 +789,13 @@ class SubclusterSampler(MCMCClusterer):
         return PairProposals(ca, cb, rows, Xr, g, li, lj, log_q, side != side[li][g])
 
     def _subcluster_responsibilities(self, Xr: torch.Tensor, g: torch.Tensor, n_groups: int,
-                                     anchors: torch.Tensor, kind_weights: torch.Tensor,
-                                     rows_of_x: torch.Tensor) -> torch.Tensor:
+                                     anchors: torch.Tensor, rows_of_x: torch.Tensor
+                                     ) -> torch.Tensor:
         """log q_l(h): sub-cluster responsibilities of the rows of every group, (n, 2);
         ``Xr`` holds the rows ``rows_of_x`` of the data.
 
         Sub-clusters of each group: a deterministic sub-partition of a kind drawn
-        with the probabilities ``kind_weights`` (``proposal_weights``), whatever the
-        state -- 2-means
+        with the probabilities ``proposal_weights``, whatever the state -- 2-means
         from the principal axis, 2-means
         from a random axis, a group carved around its anchor row
         (:func:`~bnpdeep.inference.subpartition.carve_groups`), or 2-means from a random
@@ -811,7 +811,7 @@ class SubclusterSampler(MCMCClusterer):
         sub-partition pass per batch instead of one per kind present (11% fewer torch
         operations per iteration on a1)."""
         fam = self._model.family
-        kind = int(torch.multinomial(kind_weights, 1))
+        kind = int(torch.multinomial(self._kind_weights, 1))
         axes = torch.randn(n_groups, Xr.shape[1], dtype=Xr.dtype)
         if kind == 0:
             h = two_means_groups(Xr, g, n_groups)
