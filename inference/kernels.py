@@ -1,0 +1,654 @@
+"""Compiled (numba) kernels of the sub-cluster sampler for full-covariance Gaussian
+components with a Normal-inverse-Wishart prior.
+
+The torch implementation of :class:`~bnpdeep.inference.subcluster.SubclusterSampler`
+is generic over families and runs about a thousand small tensor operations per
+iteration; on a few thousand points their dispatch costs, not the arithmetic,
+set its speed.  These kernels do the same arithmetic in compiled loops, one call
+per piece, for the backend in :mod:`.subcluster_compiled`:
+
+* statistics per group: n, sum x, sum x x^T (float64);
+* the NIW posterior (Murphy 2007, eq. 250-254), its log marginal likelihood
+  (eq. 266) and posterior draws by Bartlett's decomposition: with
+  Psi_n = C C^T and A lower triangular, A_ii = sqrt(chi2(nu_n - i)), A_ij ~ N(0, 1),
+  Sigma = C A^{-T} A^{-1} C^T ~ IW(nu_n, Psi_n) and mu = mu_n + C A^{-T} eps /
+  sqrt(kappa_n).  A component is kept as (W, b, c) with W = A^T C^{-1}, so that
+  Sigma^{-1} = W^T W and log N(x | mu, Sigma) = c - |W x - b|^2 / 2, b = W mu;
+* categorical draws by inverse CDF, the label and slice steps over an N x K table,
+  the anchor-local partner draw, and the sub-partitions of :mod:`.subpartition`
+  (2-means, carving around an anchor, whitened 2-means) group by group.
+
+Every kernel is deterministic given its inputs: the random numbers come from the
+caller (torch's generator), so a fit is reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+LOG_2PI = math.log(2.0 * math.pi)
+LOG_PI = math.log(math.pi)
+
+
+# -- statistics and the NIW posterior ------------------------------------------------
+@njit(cache=True)
+def group_stats(X, lab, n_groups):
+    """n (G,), sum x (G, d), sum x x^T (G, d, d) of the rows of X by label."""
+    n_rows, d = X.shape
+    n = np.zeros(n_groups)
+    s1 = np.zeros((n_groups, d))
+    s2 = np.zeros((n_groups, d, d))
+    for i in range(n_rows):
+        g = lab[i]
+        n[g] += 1.0
+        for a in range(d):
+            xa = X[i, a]
+            s1[g, a] += xa
+            for b in range(a + 1):
+                s2[g, a, b] += xa * X[i, b]
+    for g in range(n_groups):
+        for a in range(d):
+            for b in range(a):
+                s2[g, b, a] = s2[g, a, b]
+    return n, s1, s2
+
+
+@njit(cache=True)
+def _cholesky_into(A, L):
+    """Lower Cholesky factor of A into L; False when A is not positive definite."""
+    d = A.shape[0]
+    for j in range(d):
+        s = A[j, j]
+        for k in range(j):
+            s -= L[j, k] * L[j, k]
+        if not s > 0.0:
+            return False
+        ljj = math.sqrt(s)
+        L[j, j] = ljj
+        for i in range(j + 1, d):
+            t = A[i, j]
+            for k in range(j):
+                t -= L[i, k] * L[j, k]
+            L[i, j] = t / ljj
+        for i in range(j):
+            L[i, j] = 0.0
+    return True
+
+
+@njit(cache=True)
+def cholesky_jitter(A, L):
+    """Cholesky with the jitter rule of :func:`bnpdeep.linalg.cholesky`: on failure add
+    1e-10, 1e-9, ... (six tries) times the mean |diagonal| to the diagonal."""
+    if _cholesky_into(A, L):
+        return
+    d = A.shape[0]
+    scale = 0.0
+    for a in range(d):
+        scale += abs(A[a, a])
+    scale = max(scale / d, 1e-300)
+    eps = 1e-10
+    B = A.copy()
+    for _ in range(6):
+        for a in range(d):
+            B[a, a] = A[a, a] + eps * scale
+        if _cholesky_into(B, L):
+            return
+        eps *= 10.0
+    raise ValueError("matrix is not positive definite even after adding jitter")
+
+
+@njit(cache=True)
+def niw_posterior(n, s1, s2, mu0, kappa0, nu0, psi0):
+    """kappa_n (G,), mu_n (G, d), nu_n (G,) and the lower Cholesky factor of
+    Psi_n = Psi + S + kappa mu0 mu0^T - kappa_n mu_n mu_n^T (G, d, d)."""
+    n_groups, d = s1.shape
+    kap = kappa0 + n
+    nu = nu0 + n
+    mu = np.empty((n_groups, d))
+    chol = np.zeros((n_groups, d, d))
+    psi = np.empty((d, d))
+    for g in range(n_groups):
+        for a in range(d):
+            mu[g, a] = (kappa0 * mu0[a] + s1[g, a]) / kap[g]
+        for a in range(d):
+            for b in range(a + 1):
+                v = (psi0[a, b] + s2[g, a, b] + kappa0 * mu0[a] * mu0[b]
+                     - kap[g] * mu[g, a] * mu[g, b])
+                psi[a, b] = v
+                psi[b, a] = v
+        cholesky_jitter(psi, chol[g])
+    return kap, mu, nu, chol
+
+
+@njit(cache=True)
+def multigammaln(a, d):
+    out = 0.25 * d * (d - 1) * LOG_PI
+    for j in range(d):
+        out += math.lgamma(a - 0.5 * j)
+    return out
+
+
+@njit(cache=True)
+def log_marginal(n, kap, nu, chol, prior_const):
+    """log p(X_g) = -n d/2 log pi + log G_d(nu_n/2) - nu_n/2 log|Psi_n|
+    - d/2 log kappa_n + [log G_d(nu/2)^-1 + nu/2 log|Psi| + d/2 log kappa]
+    (Murphy 2007, eq. 266); ``prior_const`` is the bracket."""
+    n_groups, d = chol.shape[0], chol.shape[1]
+    out = np.empty(n_groups)
+    for g in range(n_groups):
+        logdet = 0.0
+        for a in range(d):
+            logdet += 2.0 * math.log(chol[g, a, a])
+        out[g] = (-0.5 * d * LOG_PI * n[g] + multigammaln(0.5 * nu[g], d)
+                  - 0.5 * nu[g] * logdet - 0.5 * d * math.log(kap[g]) + prior_const)
+    return out
+
+
+@njit(cache=True)
+def sample_components(kap, mu_n, nu, chol, normals, gammas, eps):
+    """Posterior draws (Sigma, mu) ~ NIW(mu_n, kappa_n, nu_n, C C^T) by Bartlett's
+    decomposition, returned as (W, b, c) with W = A^T C^{-1}, b = W mu and
+    c = -d/2 log 2 pi - log|C| + log|A| (= -log|Sigma|^{1/2} - d/2 log 2pi); also mu.
+    ``normals`` (G, d, d) fill A below the diagonal, ``gammas`` (G, d) are
+    Gamma((nu_n - i)/2, 1) draws (A_ii = sqrt(2 gamma)), ``eps`` (G, d) N(0, I)."""
+    n_groups, d = mu_n.shape
+    W = np.zeros((n_groups, d, d))
+    b = np.empty((n_groups, d))
+    c = np.empty(n_groups)
+    mean = np.empty((n_groups, d))
+    A = np.empty((d, d))
+    cinv = np.empty((d, d))
+    v = np.empty(d)
+    for g in range(n_groups):
+        C = chol[g]
+        logdet = 0.0
+        for i in range(d):
+            for j in range(d):
+                A[i, j] = normals[g, i, j] if j < i else 0.0
+            A[i, i] = math.sqrt(2.0 * max(gammas[g, i], 1e-300))
+            logdet += math.log(A[i, i]) - math.log(C[i, i])
+        # C^{-1} by forward substitution (lower triangular)
+        for j in range(d):
+            for i in range(d):
+                if i < j:
+                    cinv[i, j] = 0.0
+                    continue
+                t = 1.0 if i == j else 0.0
+                for k in range(j, i):
+                    t -= C[i, k] * cinv[k, j]
+                cinv[i, j] = t / C[i, i]
+        # W = A^T C^{-1}
+        for i in range(d):
+            for j in range(d):
+                t = 0.0
+                for k in range(max(i, j), d):
+                    t += A[k, i] * cinv[k, j]
+                W[g, i, j] = t
+        # mu = mu_n + C A^{-T} eps / sqrt(kappa_n): A^T v = eps (upper), then C v
+        for i in range(d - 1, -1, -1):
+            t = eps[g, i]
+            for k in range(i + 1, d):
+                t -= A[k, i] * v[k]
+            v[i] = t / A[i, i]
+        scale = 1.0 / math.sqrt(kap[g])
+        for i in range(d):
+            t = 0.0
+            for k in range(i + 1):
+                t += C[i, k] * v[k]
+            mean[g, i] = mu_n[g, i] + t * scale
+        for i in range(d):
+            t = 0.0
+            for j in range(d):
+                t += W[g, i, j] * mean[g, j]
+            b[g, i] = t
+        c[g] = -0.5 * d * LOG_2PI + logdet
+    return W, b, c, mean
+
+
+@njit(cache=True)
+def map_components(kap, mu_n, nu, chol):
+    """(W, b, c) of the NIW mode: mu = mu_n, Sigma = Psi_n / (nu_n + d + 2), with
+    W = sqrt(nu_n + d + 2) C^{-1}."""
+    n_groups, d = mu_n.shape
+    W = np.zeros((n_groups, d, d))
+    b = np.empty((n_groups, d))
+    c = np.empty(n_groups)
+    for g in range(n_groups):
+        C = chol[g]
+        r = math.sqrt(nu[g] + d + 2.0)
+        logdet = 0.0
+        for i in range(d):
+            logdet += math.log(C[i, i] / r)
+        for j in range(d):
+            for i in range(j, d):
+                t = 1.0 if i == j else 0.0
+                for k in range(j, i):
+                    t -= C[i, k] * W[g, k, j] / r
+                W[g, i, j] = t / C[i, i] * r
+        for i in range(d):
+            t = 0.0
+            for j in range(i + 1):
+                t += W[g, i, j] * mu_n[g, j]
+            b[g, i] = t
+        c[g] = -0.5 * d * LOG_2PI - logdet
+    return W, b, c
+
+
+# -- log-likelihoods and categorical draws --------------------------------------------
+@njit(cache=True, inline="always")
+def _quad(X, i, W, b, k):
+    d = X.shape[1]
+    q = 0.0
+    for a in range(d):
+        t = -b[k, a]
+        for j in range(d):
+            t += W[k, a, j] * X[i, j]
+        q += t * t
+    return q
+
+
+@njit(cache=True, parallel=True)
+def label_cdf(X, W, b, c):
+    """Unnormalised cumulative probabilities of the categorical of every row,
+    p(z_i = k) proportional to exp(c_k - |W_k x_i - b_k|^2 / 2), (N, K): the label
+    step's N x K table in one pass.  Terms below e^-50 of the row's largest are
+    left out of the sums: each would change the row's probabilities by less than
+    1e-21, below float64 resolution of a sum that holds the largest term, 1."""
+    n_rows = X.shape[0]
+    k = c.shape[0]
+    out = np.empty((n_rows, k))
+    for i in prange(n_rows):
+        m = -np.inf
+        for j in range(k):
+            v = c[j] - 0.5 * _quad(X, i, W, b, j)
+            out[i, j] = v
+            if v > m:
+                m = v
+        acc = 0.0
+        for j in range(k):
+            t = out[i, j] - m
+            if t > -50.0:
+                acc += math.exp(t)
+            out[i, j] = acc
+    return out
+
+
+@njit(cache=True)
+def pair_loglik(X, grp, W, b, c):
+    """log N(x_i | component 2 g_i + h) for h = 0, 1: each row against the two
+    sub-components of its own group, (N, 2)."""
+    n_rows = X.shape[0]
+    out = np.empty((n_rows, 2))
+    for i in range(n_rows):
+        for h in range(2):
+            k = 2 * grp[i] + h
+            out[i, h] = c[k] - 0.5 * _quad(X, i, W, b, k)
+    return out
+
+
+@njit(cache=True)
+def draw_from_cdf(cdf, u):
+    """One draw per row from the unnormalised CDF of :func:`label_cdf`: the first
+    column whose cumulative mass exceeds u_i times the row total (binary search)."""
+    n_rows, k = cdf.shape
+    out = np.empty(n_rows, dtype=np.int64)
+    for i in range(n_rows):
+        t = u[i] * cdf[i, k - 1]
+        lo, hi = 0, k - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if cdf[i, mid] > t:
+                hi = mid
+            else:
+                lo = mid + 1
+        out[i] = lo
+    return out
+
+
+@njit(cache=True, parallel=True)
+def slice_labels(X, W, b, c, log_w, log_u, u):
+    """Slice-sampler labels: z_i proportional to 1[log pi_j > log u_i] f(x_i | theta_j)
+    over all atoms j (occupied and new, ``log_w`` their log weights)."""
+    n_rows = X.shape[0]
+    k = c.shape[0]
+    out = np.empty(n_rows, dtype=np.int64)
+    for i in prange(n_rows):
+        row = np.empty(k)
+        m = -np.inf
+        for j in range(k):
+            if log_w[j] > log_u[i]:
+                v = c[j] - 0.5 * _quad(X, i, W, b, j)
+            else:
+                v = -np.inf
+            row[j] = v
+            if v > m:
+                m = v
+        acc = 0.0
+        for j in range(k):
+            if row[j] - m > -50.0:
+                acc += math.exp(row[j] - m)
+            row[j] = acc
+        t = u[i] * acc
+        pick = k - 1
+        for j in range(k):
+            if row[j] > t:
+                pick = j
+                break
+        out[i] = pick
+    return out
+
+
+@njit(cache=True)
+def local_partners(X, anchors, inv_bw2, u):
+    """For each anchor i, a partner j != i drawn with probability proportional to
+    exp(-|x_j - x_i|^2 / (2 bw^2)) (shifted by the row's largest term)."""
+    n_rows, d = X.shape
+    m = anchors.shape[0]
+    out = np.empty(m, dtype=np.int64)
+    w = np.empty(n_rows)
+    for p in range(m):
+        i = anchors[p]
+        best = -np.inf
+        for j in range(n_rows):
+            if j == i:
+                w[j] = -np.inf
+                continue
+            s = 0.0
+            for a in range(d):
+                t = X[j, a] - X[i, a]
+                s += t * t
+            w[j] = -0.5 * inv_bw2 * s
+            if w[j] > best:
+                best = w[j]
+        acc = 0.0
+        for j in range(n_rows):
+            if w[j] > -np.inf:
+                acc += math.exp(w[j] - best)
+            w[j] = acc
+        t = u[p] * acc
+        pick = n_rows - 1 if n_rows - 1 != i else n_rows - 2
+        for j in range(n_rows):
+            if w[j] > t and j != i:
+                pick = j
+                break
+        out[p] = pick
+    return out
+
+
+# -- sub-partitions, group by group ---------------------------------------------------
+@njit(cache=True)
+def group_index(grp, n_groups):
+    """Rows of each group in data order: (order, start), group g's rows being
+    order[start[g]:start[g + 1]]."""
+    count = np.zeros(n_groups + 1, dtype=np.int64)
+    for i in range(grp.shape[0]):
+        count[grp[i] + 1] += 1
+    start = np.cumsum(count)
+    fill = start[:-1].copy()
+    order = np.empty(grp.shape[0], dtype=np.int64)
+    for i in range(grp.shape[0]):
+        g = grp[i]
+        order[fill[g]] = i
+        fill[g] += 1
+    return order, start
+
+
+@njit(cache=True)
+def _moments(X, idx):
+    """Mean and biased covariance of the rows idx of X."""
+    d = X.shape[1]
+    m = idx.shape[0]
+    mean = np.zeros(d)
+    for r in range(m):
+        for a in range(d):
+            mean[a] += X[idx[r], a]
+    for a in range(d):
+        mean[a] /= max(m, 1)
+    cov = np.zeros((d, d))
+    for r in range(m):
+        for a in range(d):
+            ta = X[idx[r], a] - mean[a]
+            for bb in range(a + 1):
+                cov[a, bb] += ta * (X[idx[r], bb] - mean[bb])
+    for a in range(d):
+        for bb in range(a + 1):
+            cov[a, bb] /= max(m, 1)
+            cov[bb, a] = cov[a, bb]
+    return mean, cov
+
+
+@njit(cache=True)
+def _two_means_one(X, idx, axis, use_axis, n_iter, h_out):
+    """2-means of the rows idx of X (labels into h_out at those rows), started at
+    mean -/+ v: v the principal axis scaled by the root of its eigenvalue, or the
+    unit ``axis`` scaled by the standard deviation of the projections on it; then up
+    to ``n_iter`` Lloyd iterations (:func:`.subpartition.two_means_groups`)."""
+    d = X.shape[1]
+    m = idx.shape[0]
+    if m == 0:
+        return
+    mean, cov = _moments(X, idx)
+    v = np.empty(d)
+    if use_axis:
+        norm = 0.0
+        for a in range(d):
+            norm += axis[a] * axis[a]
+        norm = max(math.sqrt(norm), 1e-300)
+        spread = 0.0
+        for a in range(d):
+            for bb in range(d):
+                spread += axis[a] * cov[a, bb] * axis[bb]
+        spread = math.sqrt(max(spread, 0.0)) / (norm * norm)
+        for a in range(d):
+            v[a] = axis[a] * spread
+    else:
+        evals, evecs = np.linalg.eigh(cov)
+        s = math.sqrt(max(evals[d - 1], 0.0))
+        for a in range(d):
+            v[a] = evecs[a, d - 1] * s
+    c0 = mean - v
+    c1 = mean + v
+    total = mean * m
+    for it in range(n_iter):
+        thr = 0.0
+        for a in range(d):
+            thr += c1[a] * c1[a] - c0[a] * c0[a]
+        thr *= 0.5
+        changed = False
+        n1 = 0
+        s1 = np.zeros(d)
+        for r in range(m):
+            i = idx[r]
+            p = 0.0
+            for a in range(d):
+                p += X[i, a] * (c1[a] - c0[a])
+            new = 1 if p > thr else 0
+            if it == 0 or new != h_out[i]:
+                changed = True
+            h_out[i] = new
+            if new:
+                n1 += 1
+                for a in range(d):
+                    s1[a] += X[i, a]
+        if it > 0 and not changed:
+            break
+        if 0 < n1 < m:
+            for a in range(d):
+                c0[a] = (total[a] - s1[a]) / (m - n1)
+                c1[a] = s1[a] / n1
+
+
+@njit(cache=True)
+def two_means_groups(X, grp, n_groups, axes, use_axes):
+    """:func:`.subpartition.two_means_groups` (5 Lloyd iterations), group by group."""
+    order, start = group_index(grp, n_groups)
+    h = np.zeros(X.shape[0], dtype=np.int64)
+    for g in range(n_groups):
+        _two_means_one(X, order[start[g]:start[g + 1]], axes[g], use_axes, 5, h)
+    return h
+
+
+@njit(cache=True)
+def _map_loglik_two(X, idx, h, mu0, kappa0, nu0, psi0, out):
+    """log N(x | MAP of side s) + log n_s for s = 0, 1 at the rows idx; returns False
+    when a side is empty."""
+    d = X.shape[1]
+    lab = np.empty(idx.shape[0], dtype=np.int64)
+    sub = np.empty((idx.shape[0], d))
+    for r in range(idx.shape[0]):
+        lab[r] = h[idx[r]]
+        for a in range(d):
+            sub[r, a] = X[idx[r], a]
+    n, s1, s2 = group_stats(sub, lab, 2)
+    if n[0] < 1.0 or n[1] < 1.0:
+        return False
+    kap, mu, nu, chol = niw_posterior(n, s1, s2, mu0, kappa0, nu0, psi0)
+    W, b, c = map_components(kap, mu, nu, chol)
+    for r in range(idx.shape[0]):
+        for s in range(2):
+            out[r, s] = c[s] - 0.5 * _quad(sub, r, W, b, s) + math.log(n[s])
+    return True
+
+
+@njit(cache=True)
+def carve_groups(X, grp, n_groups, anchors, mu0, kappa0, nu0, psi0, n_iter):
+    """:func:`.subpartition.carve_groups`, group by group: the m = max(d + 2, n/20) rows
+    nearest the anchor (label 0), then up to ``n_iter`` hard reassignments under the
+    two MAP components weighted by size, stopping when nothing changes or a side
+    would empty; groups of fewer than 2 m rows get principal-axis 2-means."""
+    n_rows, d = X.shape
+    order, start = group_index(grp, n_groups)
+    h = np.zeros(n_rows, dtype=np.int64)
+    dummy = np.zeros(d)
+    for g in range(n_groups):
+        idx = order[start[g]:start[g + 1]]
+        cnt = idx.shape[0]
+        m = max(d + 2, cnt // 20)
+        if cnt < 2 * m:
+            _two_means_one(X, idx, dummy, False, 5, h)
+            continue
+        a = anchors[g]
+        dist = np.empty(cnt)
+        for r in range(cnt):
+            s = 0.0
+            for k in range(d):
+                t = X[idx[r], k] - X[a, k]
+                s += t * t
+            dist[r] = s
+        rank_order = np.argsort(dist, kind="mergesort")
+        for q in range(cnt):
+            h[idx[rank_order[q]]] = 0 if q < m else 1
+        ll = np.empty((cnt, 2))
+        for _ in range(n_iter):
+            if not _map_loglik_two(X, idx, h, mu0, kappa0, nu0, psi0, ll):
+                break
+            n1 = 0
+            changed = False
+            for r in range(cnt):
+                new = 1 if ll[r, 1] > ll[r, 0] else 0
+                n1 += new
+                if new != h[idx[r]]:
+                    changed = True
+            if not changed or n1 == 0 or n1 == cnt:
+                break
+            for r in range(cnt):
+                h[idx[r]] = 1 if ll[r, 1] > ll[r, 0] else 0
+    return h
+
+
+@njit(cache=True)
+def whitened_two_means_groups(X, grp, n_groups, axes, keys, max_rows, mu0, kappa0, nu0,
+                              psi0):
+    """:func:`.subpartition.refined_two_means_groups` with no EM iterations, group by
+    group: 2-means along ``axes[g]`` in the group's whitened coordinates
+    L^{-1}(x - mean), L L^T its covariance plus a ridge of 1e-6 of its mean variance,
+    fitted on the ``max_rows`` rows of smallest key when the group is larger; every
+    row then goes to the side of higher (n_s + 1/2) x MAP density."""
+    n_rows, d = X.shape
+    order, start = group_index(grp, n_groups)
+    h = np.zeros(n_rows, dtype=np.int64)
+    L = np.zeros((d, d))
+    for g in range(n_groups):
+        idx = order[start[g]:start[g + 1]]
+        cnt = idx.shape[0]
+        if cnt == 0:
+            continue
+        if cnt > max_rows:
+            kk = np.empty(cnt)
+            for r in range(cnt):
+                kk[r] = keys[idx[r]]
+            sample = idx[np.sort(np.argsort(kk, kind="mergesort")[:max_rows])]
+        else:
+            sample = idx
+        ms = sample.shape[0]
+        mean, cov = _moments(X, sample)
+        ridge = 0.0
+        for a in range(d):
+            ridge += cov[a, a]
+        ridge = max(1e-6 * ridge / d, 1e-300)
+        for a in range(d):
+            cov[a, a] += ridge
+        if not _cholesky_into(cov, L):
+            raise ValueError("a group's covariance is not positive definite")
+        xw = np.empty((ms, d))
+        for r in range(ms):
+            for a in range(d):
+                t = X[sample[r], a] - mean[a]
+                for k in range(a):
+                    t -= L[a, k] * xw[r, k]
+                xw[r, a] = t / L[a, a]
+        hs = np.zeros(ms, dtype=np.int64)
+        _two_means_one(xw, np.arange(ms), axes[g], True, 5, hs)
+        for r in range(ms):
+            h[sample[r]] = hs[r]
+        if ms == cnt:
+            continue
+        # every row to the side of higher posterior weight x MAP density of the sample
+        sub = np.empty((ms, d))
+        for r in range(ms):
+            for a in range(d):
+                sub[r, a] = X[sample[r], a]
+        n, s1, s2 = group_stats(sub, hs, 2)
+        kap, mu, nu, chol = niw_posterior(n, s1, s2, mu0, kappa0, nu0, psi0)
+        W, b, c = map_components(kap, mu, nu, chol)
+        lw0 = math.log(n[0] + 0.5)
+        lw1 = math.log(n[1] + 0.5)
+        for r in range(cnt):
+            i = idx[r]
+            l0 = c[0] - 0.5 * _quad(X, i, W, b, 0) + lw0
+            l1 = c[1] - 0.5 * _quad(X, i, W, b, 1) + lw1
+            h[i] = 1 if l1 > l0 else 0
+    return h
+
+
+@njit(cache=True)
+def log_split_proposal(log_q, side_b, grp, n_groups, li, lj):
+    """log Q of each group's split (A = ~side_b, B = side_b), anchors li in A and lj in
+    B (:func:`.subcluster.log_split_proposal`)."""
+    same = np.zeros(n_groups)
+    swapped = np.zeros(n_groups)
+    for i in range(grp.shape[0]):
+        g = grp[i]
+        if side_b[i]:
+            same[g] += log_q[i, 1]
+            swapped[g] += log_q[i, 0]
+        else:
+            same[g] += log_q[i, 0]
+            swapped[g] += log_q[i, 1]
+    out = np.empty(n_groups)
+    for g in range(n_groups):
+        a0 = log_q[li[g], 0] + log_q[lj[g], 1]
+        a1 = log_q[li[g], 1] + log_q[lj[g], 0]
+        out[g] = _logaddexp(same[g], swapped[g]) - _logaddexp(a0, a1)
+    return out
+
+
+@njit(cache=True)
+def _logaddexp(a, b):
+    m = max(a, b)
+    if m == -np.inf:
+        return -np.inf
+    return m + math.log(math.exp(a - m) + math.exp(b - m))

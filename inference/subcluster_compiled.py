@@ -1,0 +1,531 @@
+"""The compiled backend of :class:`~bnpdeep.inference.subcluster.SubclusterSampler`:
+the same two-phase sampler, step for step, for full-covariance Gaussian components
+(:class:`~bnpdeep.models.GaussianNIW`) under any weight prior of Gibbs type with
+V(N, K+1) / V(N, K) = alpha + K sigma and W(n) = Gamma(n - sigma) / Gamma(1 - sigma)
+(the DP: sigma = 0; Pitman-Yor: sigma = the discount; the finite symmetric Dirichlet
+of k components with concentration alpha: sigma = -alpha/k).
+
+Every step of :mod:`.subcluster` -- the warm-up's persistent sub-clusters, parallel
+splits and burn-out-gated merges, the exact phase's restricted Gibbs, slice step
+and anchored split/merge/re-split batches with the four sub-partition kinds -- is
+written here on numpy arrays, with the loops over points and groups in the numba
+kernels of :mod:`.kernels`.  The Hastings ratios are the same expressions; the
+random numbers come from torch's generator in another order, so a seed gives other
+draws than the torch backend (the exact-posterior tests check both).
+
+Not covered (the torch backend runs instead): other families or weight priors,
+``refine_iter > 0``, and devices other than the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.special import gammaln
+
+from ..models import DirichletProcess, FiniteDirichlet, GaussianNIW, PitmanYor
+from . import kernels as kn
+
+
+def compiled_supported(model, refine_iter: int, device) -> bool:
+    """Whether the compiled backend covers this model and these settings."""
+    return (type(model.family) is GaussianNIW
+            and type(model.weights) in (DirichletProcess, PitmanYor, FiniteDirichlet)
+            and int(refine_iter) == 0 and torch.device(device).type == "cpu")
+
+
+class GibbsWeights:
+    """A Gibbs-type EPPF V(N, K) prod_k W(n_k) in (alpha, sigma) form: the block
+    weights, the new-block ratio, and the Dirichlet of (pi_1..pi_K, pi_rest)."""
+
+    def __init__(self, weights):
+        self.max_clusters = math.inf
+        if isinstance(weights, DirichletProcess):
+            self.alpha, self.sigma = weights.alpha, 0.0
+        elif isinstance(weights, PitmanYor):
+            self.alpha, self.sigma = weights.alpha, weights.discount
+        elif isinstance(weights, FiniteDirichlet):
+            self.alpha, self.sigma = weights.alpha, -weights.alpha / weights.k
+            self.max_clusters = weights.k
+        else:
+            raise TypeError(f"no compiled form of {type(weights).__name__}")
+        self._w1 = math.lgamma(1.0 - self.sigma)
+
+    def log_block_weight(self, n: np.ndarray) -> np.ndarray:
+        return gammaln(n - self.sigma) - self._w1
+
+    def log_new_block_ratio(self, k: int) -> float:
+        v = self.alpha + k * self.sigma
+        return math.log(v) if v > 0 and k < self.max_clusters else -math.inf
+
+    def log_eppf(self, n: np.ndarray) -> float:
+        """log V(N, K) + sum_k log W(n_k), with
+        log V(N, K) = sum_{i<K} log(alpha + i sigma) - log (alpha + 1)_{N-1}."""
+        k = n.shape[0]
+        if k > self.max_clusters:
+            return -math.inf
+        i = np.arange(1, k)
+        return float(np.log(self.alpha + i * self.sigma).sum() + self.log_block_weight(n).sum()
+                     - math.lgamma(self.alpha + n.sum()) + math.lgamma(self.alpha + 1.0))
+
+    def concentration(self, n: np.ndarray) -> np.ndarray:
+        """Dirichlet parameters of (pi_1..pi_K, pi_rest) given block sizes n."""
+        rest = max(self.alpha + n.shape[0] * self.sigma, 0.0)
+        return np.append(n - self.sigma, rest)
+
+
+# -- random numbers from torch's generator (seeded per chain, saved in checkpoints) ---
+def _rand(n) -> np.ndarray:
+    return torch.rand(n, dtype=torch.float64).numpy()
+
+
+def _log_rand(n) -> np.ndarray:
+    return np.log(np.maximum(_rand(n), 1e-300))
+
+
+def _randn(*shape) -> np.ndarray:
+    return torch.randn(shape, dtype=torch.float64).numpy()
+
+
+def _std_gamma(shape: np.ndarray) -> np.ndarray:
+    return torch._standard_gamma(torch.from_numpy(np.ascontiguousarray(shape))).numpy()
+
+
+def dirichlet_log(conc: np.ndarray) -> np.ndarray:
+    """log of a Dirichlet draw along the last axis; zero concentration -> -inf."""
+    pos = conc > 0
+    g = np.where(pos, np.maximum(_std_gamma(np.where(pos, conc, 1.0)), 1e-300), 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(g) - np.log(g.sum(-1, keepdims=True))
+
+
+def relabel(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    present = np.bincount(z) > 0
+    return (np.cumsum(present) - 1)[z], np.flatnonzero(present)
+
+
+def _pair_sums(stats):
+    n, s1, s2 = stats
+    k = n.shape[0] // 2
+    d = s1.shape[1]
+    return (n.reshape(k, 2).sum(1), s1.reshape(k, 2, d).sum(1),
+            s2.reshape(k, 2, d, d).sum(1))
+
+
+def _cat(*stats):
+    return tuple(np.concatenate(parts) for parts in zip(*stats, strict=True))
+
+
+def disjoint_pairs(z: np.ndarray, pairs: np.ndarray) -> list[int]:
+    """:func:`.subcluster.disjoint_pairs` on numpy labels."""
+    taken, keep = set(), []
+    for m, (a, b) in enumerate(z[pairs].tolist()):
+        if a not in taken and b not in taken:
+            taken.update((a, b))
+            keep.append(m)
+    return keep
+
+
+class CompiledGaussianSteps:
+    """The warm-up and exact steps of one chain of a :class:`SubclusterSampler` on
+    numpy arrays; the sampler's settings are read from ``sampler``."""
+
+    def __init__(self, sampler, X: torch.Tensor, family: GaussianNIW):
+        self.s = sampler
+        self.X = np.ascontiguousarray(X.detach().cpu().numpy(), dtype=np.float64)
+        self.mu0 = family.mu0.cpu().numpy().astype(np.float64)
+        self.kappa0 = float(family.kappa)
+        self.nu0 = float(family.nu)
+        self.psi0 = family.psi.cpu().numpy().astype(np.float64)
+        d = self.X.shape[1]
+        psi_chol = np.linalg.cholesky(self.psi0)
+        self.prior_const = (-kn.multigammaln(0.5 * self.nu0, d)
+                            + self.nu0 * np.log(np.diag(psi_chol)).sum()
+                            + 0.5 * d * math.log(self.kappa0))
+        self.keys = (None if sampler._row_keys is None
+                     else sampler._row_keys.cpu().numpy().astype(np.float64))
+
+    # -- conjugate algebra on (n, s1, s2) --------------------------------------------
+    def stats(self, X, lab, k):
+        return kn.group_stats(X, np.ascontiguousarray(lab, dtype=np.int64), int(k))
+
+    def posterior(self, stats):
+        n, s1, s2 = stats
+        return kn.niw_posterior(n, s1, s2, self.mu0, self.kappa0, self.nu0, self.psi0)
+
+    def log_marginal(self, stats) -> np.ndarray:
+        kap, _, nu, chol = self.posterior(stats)
+        return kn.log_marginal(stats[0], kap, nu, chol, self.prior_const)
+
+    def sample_components(self, stats):
+        """(W, b, c, mean) of draws theta_k ~ p(theta | X_k) for every group."""
+        kap, mu, nu, chol = self.posterior(stats)
+        g, d = mu.shape
+        shape = np.maximum(0.5 * (nu[:, None] - np.arange(d)[None]), 1e-300)
+        return kn.sample_components(kap, mu, nu, chol, _randn(g, d, d), _std_gamma(shape),
+                                    _randn(g, d))
+
+    def split_terms(self, gw: GibbsWeights, s_a, s_b) -> np.ndarray:
+        """log W(n_a) + log W(n_b) - log W(n) + log f(X_a) + log f(X_b) - log f(X)
+        (:func:`.moves.log_split_terms`)."""
+        s_ab = tuple(a + b for a, b in zip(s_a, s_b, strict=True))
+        g = s_a[0].shape[0]
+        lm = self.log_marginal(_cat(s_ab, s_a, s_b))
+        return (gw.log_block_weight(s_a[0]) + gw.log_block_weight(s_b[0])
+                - gw.log_block_weight(s_ab[0]) + lm[g:2 * g] + lm[2 * g:] - lm[:g])
+
+    def lp(self, weights, stats) -> float:
+        """log p(z, X): the log EPPF plus the clusters' log marginal likelihoods."""
+        return GibbsWeights(weights).log_eppf(stats[0]) + float(self.log_marginal(stats).sum())
+
+    # -- the exact kernel ------------------------------------------------------------
+    def exact_step(self, state, weights):
+        s, X = self.s, self.X
+        gw = GibbsWeights(weights)
+        z = state.z.numpy()
+        k = int(z.max()) + 1
+        stats = state.stats if state.stats is not None else self.stats(X, z, k)
+        # 1. weights and parameters from their conditionals
+        log_w = dirichlet_log(gw.concentration(stats[0]))
+        comps = self.sample_components(stats)
+        # 2. restricted Gibbs (K kept), every slice_every-th iteration the slice step
+        W, b, c, _ = comps
+        z = self.restricted_labels(kn.label_cdf(X, W, b, c + log_w[:k]), z, k)
+        slice_now = bool(s.slice_every) and (
+            (state.iteration - s._warmup) % s.slice_every == s.slice_every - 1)
+        if slice_now:
+            z = self.slice_labels(z, log_w, weights, comps)
+        # 3. anchored split/merge moves
+        n_moves = s.moves_per_iter if s.moves_per_iter is not None \
+            else max(2, (int(z.max()) + 1) // 8)
+        z, counts, _ = self.anchored_moves(z, gw, n_moves)
+        return self._finish(state, z, None, counts, weights, None)
+
+    def restricted_labels(self, cdf, z_old, k):
+        """:meth:`SubclusterSampler._sample_labels`: labels given (pi, theta) conditioned
+        on no cluster emptying, by rejection; half the time a random half of the rows."""
+        s = self.s
+        n = z_old.shape[0]
+        block = _rand(n) < 0.5 if float(_rand(1)[0]) < 0.5 else None
+        if block is not None:
+            cdf = np.ascontiguousarray(cdf[block])
+        for _ in range(s.max_label_tries):
+            z = kn.draw_from_cdf(cdf, _rand(cdf.shape[0]))
+            if block is not None:
+                z_new, z = z, z_old.copy()
+                z[block] = z_new
+            if np.bincount(z, minlength=k).min() > 0:
+                return z
+        s.label_rejections_ += 1
+        return z_old
+
+    def slice_labels(self, z, log_w, weights, comps):
+        """:meth:`SubclusterSampler._slice_labels`: u_i ~ U(0, pi_{z_i}), the rest mass
+        over new prior atoms by the prior's sticks, z_i proportional to
+        1[pi_j > u_i] f(x_i | theta_j)."""
+        k = log_w.shape[0] - 1
+        log_u = log_w[z] + _log_rand(z.shape[0])
+        log_new = weights.sample_rest_log_weights(k, float(log_w[k]), float(log_u.min())
+                                                  ).numpy()
+        W, b, c = comps[:3]
+        m = log_new.shape[0]
+        if m:
+            d = self.X.shape[1]
+            new = self.sample_components((np.zeros(m), np.zeros((m, d)), np.zeros((m, d, d))))
+            W, b, c = (np.concatenate([W, new[0]]), np.concatenate([b, new[1]]),
+                       np.concatenate([c, new[2]]))
+        z = kn.slice_labels(self.X, W, b, c, np.concatenate([log_w[:k], log_new]), log_u,
+                            _rand(z.shape[0]))
+        return relabel(z)[0]
+
+    def _finish(self, state, z, zs, counts, weights, born):
+        """Concentration update, statistics, log joint and the info of a step."""
+        s, X = self.s, self.X
+        k = int(z.max()) + 1
+        alpha = state.alpha
+        if s.alpha_prior is not None and isinstance(s._model.weights, DirichletProcess):
+            alpha = s._escobar_west(alpha, k, X.shape[0])
+            weights = s._weights_for(alpha)
+        if zs is None:
+            stats, sub = self.stats(X, z, k), None
+        else:
+            sub = self.stats(X, 2 * z + zs, 2 * k)
+            stats = _pair_sums(sub)
+        new = type(state)(state.X, torch.from_numpy(z), alpha, state.iteration + 1,
+                          None if zs is None else torch.from_numpy(zs),
+                          None if born is None else torch.from_numpy(born), stats, sub)
+        info = {"k": k, "lp": self.lp(weights, stats),
+                "merge_acceptance": counts["merge"][1] / max(counts["merge"][0], 1),
+                "resplit_acceptance": counts["resplit"][1] / max(counts["resplit"][0], 1),
+                "split_acceptance": counts["split"][1] / max(counts["split"][0], 1)}
+        return new, info
+
+    # -- anchored moves --------------------------------------------------------------
+    def anchor_pairs(self, m: int) -> np.ndarray:
+        """:meth:`SubclusterSampler._anchor_pairs`: i uniform; j uniform or, with
+        probability 1/2, from a Gaussian kernel around x_i."""
+        n = self.X.shape[0]
+        i = (_rand(m) * n).astype(np.int64).clip(0, n - 1)
+        j = (_rand(m) * (n - 1)).astype(np.int64).clip(0, n - 2)
+        j = j + (j >= i)
+        if n > 2:
+            local = np.flatnonzero(_rand(m) >= 0.5)
+            if local.size:
+                j[local] = kn.local_partners(self.X, i[local], 1.0 / self.s._bandwidth2,
+                                             _rand(local.size))
+        return np.stack([i, j], 1)
+
+    def anchored_moves(self, z, gw, n_moves):
+        """One batch of anchored proposals: split/merge or, with probability
+        ``resplit_prob``, re-splits; returns (labels, counts, batch or None)."""
+        s = self.s
+        if self.X.shape[0] < 2 or int(n_moves) < 1:
+            return z, {"split": [0, 0], "merge": [0, 0], "resplit": [0, 0]}, None
+        pairs = self.anchor_pairs(int(n_moves))
+        if s.resplit_prob > 0 and float(_rand(1)[0]) < s.resplit_prob:
+            batch = self.resplit_batch(z, pairs, gw)
+        else:
+            batch = self.move_batch(z, pairs, gw)
+        return batch[0], batch[1], batch
+
+    def pair_proposals(self, z, k, pairs):
+        """:meth:`SubclusterSampler._pair_proposals`: the groups of the kept pairs, their
+        sub-cluster responsibilities and a drawn split of each (anchors apart)."""
+        g_n = pairs.shape[0]
+        ca, cb = z[pairs[:, 0]], z[pairs[:, 1]]
+        group_of = np.full(k, -1, dtype=np.int64)
+        group_of[cb] = np.arange(g_n)
+        group_of[ca] = np.arange(g_n)
+        gid = group_of[z]
+        rows = np.flatnonzero(gid >= 0)
+        g, Xr = gid[rows], np.ascontiguousarray(self.X[rows])
+        li, lj = np.searchsorted(rows, pairs[:, 0]), np.searchsorted(rows, pairs[:, 1])
+        log_q = self.responsibilities(Xr, g, g_n, li, rows)
+        side = _log_rand(rows.shape[0]) < log_q[:, 1]
+        t0 = log_q[li, 0] + log_q[lj, 1]
+        t1 = log_q[li, 1] + log_q[lj, 0]
+        flip = _log_rand(g_n) < t1 - np.logaddexp(t0, t1)
+        side[li], side[lj] = flip, ~flip
+        return ca, cb, rows, Xr, g, li, lj, log_q, side != side[li][g]
+
+    def responsibilities(self, Xr, g, g_n, anchors, rows):
+        """log q_l(h): a sub-partition of each group of the kind drawn for the batch,
+        sub-cluster weights Dir(n_h + a/2) and parameters from their posterior, each
+        row against its own group's two (:meth:`_subcluster_responsibilities`)."""
+        s = self.s
+        u = float(_rand(1)[0])
+        kind = int(np.searchsorted(np.cumsum(s._kind_weights.numpy()), u, side="right"))
+        kind = min(kind, 3)
+        d = Xr.shape[1]
+        axes = _randn(g_n, d)
+        if kind <= 1:
+            h = kn.two_means_groups(Xr, g, g_n, axes, kind == 1)
+        elif kind == 2:
+            h = kn.carve_groups(Xr, g, g_n, anchors, self.mu0, self.kappa0, self.nu0,
+                                self.psi0, 3)
+        else:
+            h = kn.whitened_two_means_groups(Xr, g, g_n, axes, self.keys[rows],
+                                             int(s.refine_rows), self.mu0, self.kappa0,
+                                             self.nu0, self.psi0)
+        sub = self.stats(Xr, 2 * g + h, 2 * g_n)
+        log_w = dirichlet_log(sub[0].reshape(g_n, 2) + s._sub_alpha / 2)
+        W, b, c, _ = self.sample_components(sub)
+        ll = kn.pair_loglik(Xr, g, W, b, c) + log_w[g]
+        return ll - np.logaddexp(ll[:, 0], ll[:, 1])[:, None]
+
+    def accept_in_sequence(self, gw, k, log_terms, is_split):
+        """:func:`.moves.accept_in_sequence`: each move sees the K its predecessors left."""
+        log_u = _log_rand(log_terms.shape[0])
+        out = np.zeros(log_terms.shape[0], dtype=bool)
+        for m, (t, split) in enumerate(zip(log_terms.tolist(), is_split.tolist(),
+                                           strict=True)):
+            log_h = t + gw.log_new_block_ratio(k) if split else t - gw.log_new_block_ratio(k - 1)
+            if log_u[m] < log_h:
+                out[m] = True
+                k += 1 if split else -1
+        return out
+
+    def move_batch(self, z, pairs, gw):
+        """:meth:`SubclusterSampler._move_batch`: anchored splits and merges on disjoint
+        clusters; returns (labels, counts, kept old ids, touched)."""
+        k = int(z.max()) + 1
+        pairs = pairs[disjoint_pairs(z, pairs)]
+        g_n = pairs.shape[0]
+        ca, cb, rows, Xr, g, li, lj, log_q, new_b = self.pair_proposals(z, k, pairs)
+        is_split = ca == cb
+        side_b = np.where(is_split[g], new_b, z[rows] == cb[g])
+        sides = self.stats(Xr, 2 * g + side_b, 2 * g_n)
+        s_a = tuple(a[0::2] for a in sides)
+        s_b = tuple(a[1::2] for a in sides)
+        terms = self.split_terms(gw, s_a, s_b)
+        log_prop = kn.log_split_proposal(log_q, side_b, g, g_n, li, lj)
+        log_terms = np.where(is_split, terms - log_prop, log_prop - terms)
+        accepted = self.accept_in_sequence(gw, k, log_terms, is_split)
+        n_split = int((accepted & is_split).sum())
+        counts = {"split": [int(is_split.sum()), n_split],
+                  "merge": [int((~is_split).sum()), int((accepted & ~is_split).sum())],
+                  "resplit": [0, 0]}
+        touched = np.zeros(k + n_split, dtype=bool)
+        kept = np.arange(k + n_split)
+        if accepted.any():
+            new_label = np.where(is_split, k + np.cumsum(accepted & is_split) - 1, ca)
+            moving = side_b & accepted[g]
+            z = z.copy()
+            z[rows[moving]] = new_label[g[moving]]
+            touched[ca[accepted]] = True
+            touched[k:] = True
+            if counts["merge"][1]:
+                z, kept = relabel(z)
+        return z, counts, kept, touched[kept]
+
+    def resplit_batch(self, z, pairs, gw):
+        """:meth:`SubclusterSampler._resplit_batch`: K-preserving redraws of the boundary
+        between the anchors' two clusters."""
+        k = int(z.max()) + 1
+        pairs = pairs[disjoint_pairs(z, pairs)]
+        pairs = pairs[z[pairs[:, 0]] != z[pairs[:, 1]]]
+        g_n = pairs.shape[0]
+        counts = {"split": [0, 0], "merge": [0, 0], "resplit": [g_n, 0]}
+        kept, touched = np.arange(k), np.zeros(k, dtype=bool)
+        if not g_n:
+            return z, counts, kept, touched
+        ca, cb, rows, Xr, g, li, lj, log_q, new_b = self.pair_proposals(z, k, pairs)
+        old_b = z[rows] == cb[g]
+        sides = self.stats(np.concatenate([Xr, Xr]),
+                           np.concatenate([2 * g + old_b, 2 * g_n + 2 * g + new_b]), 4 * g_n)
+        s_a = tuple(a[0::2] for a in sides)
+        s_b = tuple(a[1::2] for a in sides)
+        terms = self.split_terms(gw, s_a, s_b)
+        log_h = (terms[g_n:] - terms[:g_n]
+                 + kn.log_split_proposal(log_q, old_b, g, g_n, li, lj)
+                 - kn.log_split_proposal(log_q, new_b, g, g_n, li, lj))
+        accepted = _log_rand(g_n) < log_h
+        counts["resplit"][1] = int(accepted.sum())
+        if counts["resplit"][1]:
+            moving = accepted[g]
+            z = z.copy()
+            z[rows[moving]] = np.where(new_b[moving], cb[g[moving]], ca[g[moving]])
+            touched[ca[accepted]] = True
+            touched[cb[accepted]] = True
+        return z, counts, kept, touched
+
+    # -- the warm-up: Chang & Fisher's moves -----------------------------------------
+    def warmup_sublabels(self, z, clusters, zs):
+        """2-means sub-labels (principal axis) of the flagged clusters' rows."""
+        zs = zs.copy()
+        rows = np.flatnonzero(clusters[z])
+        if rows.size:
+            remap = np.cumsum(clusters) - 1
+            g_n = int(clusters.sum())
+            zs[rows] = kn.two_means_groups(np.ascontiguousarray(self.X[rows]), remap[z[rows]],
+                                           g_n, np.zeros((g_n, self.X.shape[1])), False)
+        return zs
+
+    def warmup_step(self, state, weights):
+        s, X = self.s, self.X
+        gw = GibbsWeights(weights)
+        z, zs, born = state.z.numpy(), state.zs.numpy(), state.born.numpy()
+        it = state.iteration
+        k = int(z.max()) + 1
+        sub = state.sub_stats if state.sub_stats is not None \
+            else self.stats(X, 2 * z + zs, 2 * k)
+        stats = _pair_sums(sub)
+        log_pi = dirichlet_log(gw.concentration(stats[0]))[:k]
+        log_pibar = dirichlet_log(sub[0].reshape(k, 2) + s._sub_alpha / 2)
+        comps, sub_comps = self.sample_components(stats), self.sample_components(sub)
+        W, b, c, _ = comps
+        z = kn.draw_from_cdf(kn.label_cdf(X, W, b, c + log_pi), _rand(X.shape[0]))
+        pair = kn.pair_loglik(X, z, *sub_comps[:3]) + log_pibar[z]
+        zs = (_log_rand(X.shape[0]) < pair[:, 1] - np.logaddexp(pair[:, 0], pair[:, 1])
+              ).astype(np.int64)
+        z, kept = relabel(z)                   # empty clusters are dropped
+        born = born[kept]
+        k = int(z.max()) + 1
+        sub = self.stats(X, 2 * z + zs, 2 * k)
+        stats = _pair_sums(sub)
+        # parallel splits along the sub-clusters (Chang & Fisher eq. 15)
+        n1, n2 = sub[0][0::2], sub[0][1::2]
+        lm_sub = self.log_marginal(sub)
+        both = (n1 > 0) & (n2 > 0)
+        log_h = (gw.log_new_block_ratio(k) + gw.log_block_weight(np.maximum(n1, 1))
+                 + gw.log_block_weight(np.maximum(n2, 1)) - gw.log_block_weight(n1 + n2)
+                 + lm_sub[0::2] + lm_sub[1::2] - self.log_marginal(stats))
+        split = (_log_rand(k) < log_h) & both
+        n_split = int(split.sum())
+        if n_split:
+            target = np.full(k, -1, dtype=np.int64)
+            target[split] = np.arange(k, k + n_split)
+            moving = split[z] & (zs == 1)
+            z = z.copy()
+            z[moving] = target[z[moving]]
+            fresh = np.zeros(k + n_split, dtype=bool)
+            fresh[np.flatnonzero(split)] = True
+            fresh[k:] = True
+            zs = self.warmup_sublabels(z, fresh, zs)
+            born = np.concatenate([np.where(split, it, born), np.full(n_split, it)])
+        eligible = ~split & (it - born[:k] >= s._burnout)
+        if int(eligible.sum()) > 1:
+            z, zs, born = self.warmup_merges(z, zs, born, stats, gw, eligible, k + n_split, it)
+        n_moves = s.warmup_moves if s.warmup_moves is not None \
+            else max(3, (int(z.max()) + 1) // 2)
+        z, counts, batch = self.anchored_moves(z, gw, n_moves)
+        if batch is not None and batch[3].any():
+            _, _, kept, touched = batch
+            born = np.concatenate([born, np.full(counts["split"][1], it)])[kept]
+            born = np.where(touched, it, born)
+            zs = self.warmup_sublabels(z, touched, zs)
+        new, info = self._finish(state, z, zs, counts, weights, born.astype(np.int64))
+        info["split_acceptance"] = (n_split + counts["split"][1]) / (k + counts["split"][0])
+        return new, info
+
+    def warmup_merges(self, z, zs, born, stats, gw, eligible, k_now, it):
+        """:meth:`SubclusterSampler._warmup_merges`: all pairs of eligible clusters in
+        random order, each cluster merging at most once, on the posterior ratio."""
+        k = stats[0].shape[0]
+        i, j = np.triu_indices(k, 1)
+        keep = eligible[i] & eligible[j]
+        i, j = i[keep], j[keep]
+        s_i = tuple(a[i] for a in stats)
+        s_j = tuple(a[j] for a in stats)
+        log_h = -(gw.log_new_block_ratio(k_now - 1) + self.split_terms(gw, s_i, s_j))
+        accept = _log_rand(i.shape[0]) < log_h
+        order = torch.randperm(i.shape[0]).numpy()
+        order = order[accept[order]]
+        target = np.arange(born.shape[0])
+        used = np.zeros(born.shape[0], dtype=bool)
+        taken = set()
+        for a, b in zip(i[order].tolist(), j[order].tolist(), strict=True):
+            if a not in taken and b not in taken:
+                taken.update((a, b))
+                target[b] = a
+                used[a] = used[b] = True
+        if not taken:
+            return z, zs, born
+        zs = np.where(used[z], (target[z] != z).astype(np.int64), zs)
+        z = target[z]
+        born = np.where(used, it, born)
+        z, kept = relabel(z)
+        return z, zs, born[kept]
+
+    # -- draws -------------------------------------------------------------------------
+    def draw(self, state, weights, with_params: bool):
+        """Weights (and, for the pointwise log-likelihood, parameters as torch
+        GaussianParams) drawn from their conditionals given the labels."""
+        from ..models.families.gaussian_niw import GaussianParams
+
+        z = state.z.numpy()
+        stats = state.stats if state.stats is not None \
+            else self.stats(self.X, z, int(z.max()) + 1)
+        log_w = torch.from_numpy(dirichlet_log(GibbsWeights(weights).concentration(stats[0])))
+        params = None
+        if with_params:
+            W, _, _, mean = self.sample_components(stats)
+            prec = np.einsum("kji,kjl->kil", W, W)
+            params = GaussianParams(torch.from_numpy(mean), torch.from_numpy(np.linalg.inv(prec)))
+        return {"labels": state.z, "log_pi": log_w[:-1], "log_pi_rest": log_w[-1],
+                "params": params, "alpha": state.alpha}
+
+
+__all__ = ["CompiledGaussianSteps", "GibbsWeights", "compiled_supported"]

@@ -1,0 +1,230 @@
+"""The compiled kernels of the sub-cluster sampler against the torch family, the
+torch sub-partitions and scipy: the same statistics, marginal likelihoods and
+sub-partitions, and draws from the right distributions."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from bnpdeep.inference import kernels as kn
+from bnpdeep.inference.subcluster import SubclusterSampler, log_split_proposal
+from bnpdeep.inference.subcluster_compiled import (
+    CompiledGaussianSteps,
+    GibbsWeights,
+    dirichlet_log,
+)
+from bnpdeep.inference.subpartition import (
+    carve_groups,
+    refined_two_means_groups,
+    two_means_groups,
+)
+from bnpdeep.models import (
+    DirichletProcess,
+    DPMixture,
+    FiniteDirichlet,
+    GaussianNIW,
+    Multinomial,
+    PitmanYor,
+)
+from scipy import stats as st
+
+
+def _family(d=3):
+    a = np.random.default_rng(1).normal(size=(d, d))
+    return GaussianNIW(np.linspace(-1, 1, d), 0.3, d + 2.5, a @ a.T + d * np.eye(d))
+
+
+def _steps(family):
+    est = SubclusterSampler(model=DPMixture(family, DirichletProcess(1.0)))
+    est._row_keys = None
+    X = torch.zeros((2, family.dim), dtype=torch.float64)
+    return CompiledGaussianSteps(est, X, family)
+
+
+def _grouped_data(seed=0, d=3, groups=4):
+    g = np.random.default_rng(seed)
+    sizes = g.integers(8, 60, size=groups)
+    X = np.concatenate([g.normal(size=(m, d)) * g.uniform(0.5, 2, size=d) + g.normal(size=d) * 3
+                        for m in sizes])
+    grp = np.concatenate([np.full(m, i) for i, m in enumerate(sizes)])
+    perm = g.permutation(X.shape[0])
+    return np.ascontiguousarray(X[perm]), grp[perm].astype(np.int64)
+
+
+def test_statistics_and_log_marginal_match_the_torch_family():
+    fam = _family()
+    X, grp = _grouped_data()
+    n, s1, s2 = kn.group_stats(X, grp, 5)            # group 4 is empty
+    ref = fam.suff_stats_labels(torch.from_numpy(X), torch.from_numpy(grp), 5)
+    np.testing.assert_allclose(n, ref.n.numpy())
+    np.testing.assert_allclose(s1, ref.sx.numpy(), atol=1e-12)
+    np.testing.assert_allclose(s2, ref.sxx.numpy(), atol=1e-12)
+    lm = _steps(fam).log_marginal((n, s1, s2))
+    np.testing.assert_allclose(lm, fam.log_marginal(ref).numpy(), rtol=1e-12, atol=1e-9)
+
+
+def test_component_draws_follow_the_niw_posterior():
+    """Bartlett draws through (W, b, c): c - |W x - b|^2 / 2 is the Gaussian log density
+    of the drawn (mu, Sigma), and over many draws E[Sigma] = Psi_n / (nu_n - d - 1),
+    E[mu] = mu_n."""
+    fam = _family(d=2)
+    X, grp = _grouped_data(d=2, groups=1)
+    steps = _steps(fam)
+    stats = kn.group_stats(X, grp, 1)
+    reps = 20000
+    many = tuple(np.repeat(a, reps, axis=0) for a in stats)
+    torch.manual_seed(0)
+    W, b, c, mean = steps.sample_components(many)
+    cov = np.linalg.inv(np.einsum("kji,kjl->kil", W, W))
+    x = X[0]
+    for r in range(3):
+        want = st.multivariate_normal(mean[r], cov[r]).logpdf(x)
+        assert c[r] - 0.5 * np.sum((W[r] @ x - b[r]) ** 2) == pytest.approx(want, rel=1e-10)
+    post = fam.posterior(fam.suff_stats_labels(torch.from_numpy(X), torch.from_numpy(grp), 1))
+    e_cov = post.psi[0].numpy() / (float(post.nu[0]) - 2 - 1)
+    np.testing.assert_allclose(cov.mean(0), e_cov, rtol=0.05, atol=0.02 * np.abs(e_cov).max())
+    se = np.sqrt(np.diag(e_cov) / float(post.kappa[0]) / reps)
+    assert np.all(np.abs(mean.mean(0) - post.mu[0].numpy()) < 5 * se)
+
+
+def test_map_components_are_the_niw_mode():
+    fam = _family()
+    X, grp = _grouped_data()
+    stats = kn.group_stats(X, grp, 4)
+    kap, mu, nu, chol = _steps(fam).posterior(stats)
+    W, b, c = kn.map_components(kap, mu, nu, chol)
+    ref = fam.map_estimate(fam.suff_stats_labels(torch.from_numpy(X), torch.from_numpy(grp), 4))
+    for k in range(4):
+        want = st.multivariate_normal(ref.mean[k].numpy(), ref.cov[k].numpy()).logpdf(X[:5])
+        got = c[k] - 0.5 * ((X[:5] @ W[k].T - b[k]) ** 2).sum(1)
+        np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_label_cdf_is_the_softmax_and_draws_invert_it():
+    g = np.random.default_rng(2)
+    X = g.normal(size=(50, 2))
+    W, b, c = g.normal(size=(4, 2, 2)), g.normal(size=(4, 2)), g.normal(size=4)
+    logits = c[None] - 0.5 * ((np.einsum("kij,nj->nki", W, X) - b[None]) ** 2).sum(-1)
+    cdf = kn.label_cdf(X, W, b, c)
+    prob = np.diff(cdf / cdf[:, -1:], prepend=0.0, axis=1)
+    soft = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(prob, soft / soft.sum(1, keepdims=True), atol=1e-15)
+    u = np.array([0.0, 0.3, 0.999999])
+    for i in range(3):
+        z = kn.draw_from_cdf(cdf[[i, i, i]], u)
+        np.testing.assert_array_equal(z, np.searchsorted(cdf[i] / cdf[i, -1], u, side="right"))
+
+
+def test_slice_labels_use_only_atoms_above_the_slice():
+    g = np.random.default_rng(3)
+    X = g.normal(size=(1, 2))
+    W = np.tile(np.eye(2), (3, 1, 1))
+    b, c = np.zeros((3, 2)), np.log(np.array([1.0, 2.0, 4.0]))
+    log_w = np.log(np.array([0.5, 0.3, 0.1]))
+    # u below the first two weights only: p(0) : p(1) = 1 : 2, atom 2 never
+    n = 30000
+    z = kn.slice_labels(np.repeat(X, n, 0), W, b, c, log_w, np.full(n, math.log(0.2)),
+                        g.uniform(size=n))
+    assert set(np.unique(z)) == {0, 1}
+    assert np.mean(z == 1) == pytest.approx(2 / 3, abs=0.015)
+
+
+@pytest.mark.parametrize("use_axes", [False, True])
+def test_two_means_matches_the_torch_subpartition(use_axes):
+    X, grp = _grouped_data(seed=4)
+    axes = np.random.default_rng(5).normal(size=(4, 3))
+    got = kn.two_means_groups(X, grp, 4, axes, use_axes)
+    want = two_means_groups(torch.from_numpy(X), torch.from_numpy(grp), 4,
+                            torch.from_numpy(axes) if use_axes else None)
+    np.testing.assert_array_equal(got, want.numpy())
+
+
+def test_carving_matches_the_torch_subpartition():
+    fam = _family()
+    X, grp = _grouped_data(seed=6, groups=3)
+    X = np.concatenate([X, np.random.default_rng(7).normal(size=(300, 3)) * 0.2])
+    grp = np.concatenate([grp, np.full(300, 3)])          # a group large enough to carve
+    anchors = np.array([np.flatnonzero(grp == k)[0] for k in range(4)])
+    got = kn.carve_groups(X, grp, 4, anchors, fam.mu0.numpy(), float(fam.kappa),
+                          float(fam.nu), fam.psi.numpy(), 3)
+    want = carve_groups(fam, torch.from_numpy(X), torch.from_numpy(grp), 4,
+                        torch.from_numpy(anchors))
+    np.testing.assert_array_equal(got, want.numpy())
+
+
+@pytest.mark.parametrize("max_rows", [1000, 20])
+def test_whitened_two_means_matches_the_torch_subpartition(max_rows):
+    """Group by group (the torch function also relabels small groups when any group of
+    the call exceeds max_rows), with the rows of larger groups subsampled by key."""
+    fam = _family()
+    X, grp = _grouped_data(seed=8)
+    keys = np.random.default_rng(9).uniform(size=X.shape[0])
+    axes = np.random.default_rng(10).normal(size=(4, 3))
+    got = kn.whitened_two_means_groups(X, grp, 4, axes, keys, max_rows, fam.mu0.numpy(),
+                                       float(fam.kappa), float(fam.nu), fam.psi.numpy())
+    for k in range(4):
+        rows = grp == k
+        want = refined_two_means_groups(
+            fam, torch.from_numpy(X[rows]), torch.zeros(int(rows.sum()), dtype=torch.long), 1,
+            torch.from_numpy(axes[k:k + 1]), n_iter=0, keys=torch.from_numpy(keys[rows]),
+            max_rows=max_rows)
+        np.testing.assert_array_equal(got[rows], want.numpy())
+
+
+def test_split_proposal_matches_the_torch_one():
+    g = np.random.default_rng(11)
+    grp = np.repeat(np.arange(3), 7)
+    log_q = np.log(g.dirichlet([1.0, 1.0], size=21))
+    side = g.uniform(size=21) < 0.5
+    li, lj = np.array([0, 7, 14]), np.array([3, 9, 20])
+    got = kn.log_split_proposal(log_q, side, grp, 3, li, lj)
+    want = log_split_proposal(torch.from_numpy(log_q), torch.from_numpy(side),
+                              torch.from_numpy(grp), 3, torch.from_numpy(li),
+                              torch.from_numpy(lj))
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("weights", [DirichletProcess(1.3), PitmanYor(0.3, 0.7),
+                                     FiniteDirichlet(6, 2.0), FiniteDirichlet(3, 2.0)],
+                         ids=["dp", "pitman-yor", "finite", "finite-full"])
+def test_gibbs_weights_match_the_weight_priors(weights):
+    gw = GibbsWeights(weights)
+    n = np.array([5.0, 1.0, 3.0, 7.0])
+    nt = torch.from_numpy(n)
+    assert gw.log_eppf(n) == pytest.approx(weights.log_eppf(nt), rel=1e-12)
+    n3 = n[:3]
+    conc, rest = weights.weight_concentration(torch.from_numpy(n3))
+    np.testing.assert_allclose(gw.concentration(n3), np.append(conc.numpy(), float(rest)))
+    # split ratios agree, whatever the additive convention of W(n)
+    for k in (1, 2, 3):
+        ours = (gw.log_new_block_ratio(k) + gw.log_block_weight(np.array([2.0, 3.0])).sum()
+                - gw.log_block_weight(np.array([5.0]))[0])
+        ref = float(weights.log_new_block_ratio(torch.tensor(float(k)))
+                    + weights.log_block_weight(torch.tensor([2.0, 3.0])).sum()
+                    - weights.log_block_weight(torch.tensor(5.0)))
+        assert ours == pytest.approx(ref, rel=1e-12) or ours == ref == -math.inf
+
+
+def test_dirichlet_log_draws_are_normalised_and_zero_concentration_is_minus_inf():
+    torch.manual_seed(0)
+    out = dirichlet_log(np.array([[2.0, 0.0, 3.0]] * 4000))
+    assert np.all(out[:, 1] == -np.inf)
+    np.testing.assert_allclose(np.exp(out).sum(1), 1.0)
+    assert np.exp(out[:, 0]).mean() == pytest.approx(0.4, abs=0.01)
+
+
+def test_backend_choice_and_refusals():
+    X = np.random.default_rng(0).normal(size=(40, 2))
+    auto = SubclusterSampler(max_iter=4, random_state=0).fit(X)
+    assert auto._compiled is not None
+    assert SubclusterSampler(max_iter=4, backend="torch").fit(X)._compiled is None
+    with pytest.raises(ValueError, match="backend"):
+        SubclusterSampler(max_iter=4, backend="numpy").fit(X)
+    counts = np.random.default_rng(0).integers(0, 5, size=(30, 3)).astype(float)
+    model = DPMixture(Multinomial(np.ones(3)), DirichletProcess(1.0))
+    assert SubclusterSampler(model=model, max_iter=4).fit(counts)._compiled is None
+    with pytest.raises(ValueError, match="compiled.*Multinomial"):
+        SubclusterSampler(model=model, max_iter=4, backend="compiled").fit(counts)
+    with pytest.raises(ValueError, match="refine_iter=3"):
+        SubclusterSampler(max_iter=4, backend="compiled", refine_iter=3).fit(X)
