@@ -209,6 +209,13 @@ def sample_components(kap, mu_n, nu, chol, normals, gammas, eps):
 
 
 @njit(cache=True)
+def sample_niw(n, s1, s2, mu0, kappa0, nu0, psi0, normals, gammas, eps):
+    """:func:`niw_posterior` then :func:`sample_components`, in one call."""
+    kap, mu, nu, chol = niw_posterior(n, s1, s2, mu0, kappa0, nu0, psi0)
+    return sample_components(kap, mu, nu, chol, normals, gammas, eps)
+
+
+@njit(cache=True)
 def map_components(kap, mu_n, nu, chol):
     """(W, b, c) of the NIW mode: mu = mu_n, Sigma = Psi_n / (nu_n + d + 2), with
     W = sqrt(nu_n + d + 2) C^{-1}."""
@@ -344,7 +351,8 @@ def slice_labels(X, W, b, c, log_w, log_u, u):
 @njit(cache=True)
 def local_partners(X, anchors, inv_bw2, u):
     """For each anchor i, a partner j != i drawn with probability proportional to
-    exp(-|x_j - x_i|^2 / (2 bw^2)) (shifted by the row's largest term)."""
+    exp(-|x_j - x_i|^2 / (2 bw^2)), by inverse CDF after shifting by the largest term
+    (terms below e^-50 of it left out, as in :func:`label_cdf`)."""
     n_rows, d = X.shape
     m = anchors.shape[0]
     out = np.empty(m, dtype=np.int64)
@@ -353,27 +361,31 @@ def local_partners(X, anchors, inv_bw2, u):
         i = anchors[p]
         best = -np.inf
         for j in range(n_rows):
-            if j == i:
-                w[j] = -np.inf
-                continue
             s = 0.0
             for a in range(d):
                 t = X[j, a] - X[i, a]
                 s += t * t
             w[j] = -0.5 * inv_bw2 * s
-            if w[j] > best:
+            if j != i and w[j] > best:
                 best = w[j]
+        w[i] = -np.inf
         acc = 0.0
         for j in range(n_rows):
-            if w[j] > -np.inf:
-                acc += math.exp(w[j] - best)
+            t = w[j] - best
+            if t > -50.0:
+                acc += math.exp(t)
             w[j] = acc
         t = u[p] * acc
-        pick = n_rows - 1 if n_rows - 1 != i else n_rows - 2
+        pick = -1
         for j in range(n_rows):
-            if w[j] > t and j != i:
+            if w[j] > t:
                 pick = j
                 break
+        if pick < 0:                 # u * acc rounded up to acc: the last atom with mass
+            for j in range(n_rows - 1, -1, -1):
+                if j != i and (j == 0 or w[j] > w[j - 1]):
+                    pick = j
+                    break
         out[p] = pick
     return out
 

@@ -131,6 +131,7 @@ class SubclusterState:
     born: torch.Tensor | None = None  # (K,) warm-up: iteration each cluster was created
     stats: object | None = None       # SuffStats of z, when the step that made z computed them
     sub_stats: object | None = None   # warm-up: SuffStats of the 2K sub-clusters (z, zs)
+    rng: object | None = None         # compiled backend: the chain's numpy Generator
 
     @property
     def k(self) -> int:
@@ -390,7 +391,8 @@ class SubclusterSampler(MCMCClusterer):
             zs = torch.from_numpy(self._compiled.warmup_sublabels(
                 z.numpy(), np.ones(int(z.max()) + 1, dtype=bool), np.zeros(n, dtype=np.int64)))
             born = torch.full((int(z.max()) + 1,), -self._burnout, dtype=torch.long)
-            return SubclusterState(X, z, float(getattr(weights, "alpha", 1.0)), zs=zs, born=born)
+            return self._compiled.seed_state(SubclusterState(
+                X, z, float(getattr(weights, "alpha", 1.0)), zs=zs, born=born))
         zs = self._warmup_sublabels(X, z, torch.ones(int(z.max()) + 1, dtype=torch.bool),
                                     torch.zeros(n, dtype=torch.long))
         # the clusters of the start may merge at once: a random start's clusters are

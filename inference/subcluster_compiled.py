@@ -9,9 +9,10 @@ Every step of :mod:`.subcluster` -- the warm-up's persistent sub-clusters, paral
 splits and burn-out-gated merges, the exact phase's restricted Gibbs, slice step
 and anchored split/merge/re-split batches with the four sub-partition kinds -- is
 written here on numpy arrays, with the loops over points and groups in the numba
-kernels of :mod:`.kernels`.  The Hastings ratios are the same expressions; the
-random numbers come from torch's generator in another order, so a seed gives other
-draws than the torch backend (the exact-posterior tests check both).
+kernels of :mod:`.kernels`.  Random numbers come from a numpy Generator seeded from
+torch's per-chain seed and kept in the chain's state (checkpoints resume it).  The
+Hastings ratios are the same expressions; a seed gives
+other draws than the torch backend (the exact-posterior tests check both).
 
 Not covered (the torch backend runs instead): other families or weight priors,
 ``refine_iter > 0``, and devices other than the CPU.
@@ -76,27 +77,10 @@ class GibbsWeights:
         return np.append(n - self.sigma, rest)
 
 
-# -- random numbers from torch's generator (seeded per chain, saved in checkpoints) ---
-def _rand(n) -> np.ndarray:
-    return torch.rand(n, dtype=torch.float64).numpy()
-
-
-def _log_rand(n) -> np.ndarray:
-    return np.log(np.maximum(_rand(n), 1e-300))
-
-
-def _randn(*shape) -> np.ndarray:
-    return torch.randn(shape, dtype=torch.float64).numpy()
-
-
-def _std_gamma(shape: np.ndarray) -> np.ndarray:
-    return torch._standard_gamma(torch.from_numpy(np.ascontiguousarray(shape))).numpy()
-
-
-def dirichlet_log(conc: np.ndarray) -> np.ndarray:
+def dirichlet_log(rng: np.random.Generator, conc: np.ndarray) -> np.ndarray:
     """log of a Dirichlet draw along the last axis; zero concentration -> -inf."""
     pos = conc > 0
-    g = np.where(pos, np.maximum(_std_gamma(np.where(pos, conc, 1.0)), 1e-300), 0.0)
+    g = np.where(pos, np.maximum(rng.standard_gamma(np.where(pos, conc, 1.0)), 1e-300), 0.0)
     with np.errstate(divide="ignore"):
         return np.log(g) - np.log(g.sum(-1, keepdims=True))
 
@@ -147,6 +131,16 @@ class CompiledGaussianSteps:
         self.keys = (None if sampler._row_keys is None
                      else sampler._row_keys.cpu().numpy().astype(np.float64))
 
+    def _log_rand(self, n) -> np.ndarray:
+        return np.log(np.maximum(self.rng.random(n), 1e-300))
+
+    def seed_state(self, state):
+        """Give a chain's first state its numpy generator, seeded from torch's (which the
+        sampler seeds per chain); it travels in the state, checkpoints included."""
+        state.rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,))))
+        self.rng = state.rng
+        return state
+
     # -- conjugate algebra on (n, s1, s2) --------------------------------------------
     def stats(self, X, lab, k):
         return kn.group_stats(X, np.ascontiguousarray(lab, dtype=np.int64), int(k))
@@ -161,11 +155,14 @@ class CompiledGaussianSteps:
 
     def sample_components(self, stats):
         """(W, b, c, mean) of draws theta_k ~ p(theta | X_k) for every group."""
-        kap, mu, nu, chol = self.posterior(stats)
-        g, d = mu.shape
-        shape = np.maximum(0.5 * (nu[:, None] - np.arange(d)[None]), 1e-300)
-        return kn.sample_components(kap, mu, nu, chol, _randn(g, d, d), _std_gamma(shape),
-                                    _randn(g, d))
+        n = stats[0]
+        g, d = stats[1].shape
+        rng = self.rng
+        # Bartlett's chi-square(nu_n - i) / 2 draws, nu_n = nu + n
+        shape = np.maximum(0.5 * (self.nu0 + n[:, None] - np.arange(d)[None]), 1e-300)
+        return kn.sample_niw(*stats, self.mu0, self.kappa0, self.nu0, self.psi0,
+                             rng.standard_normal((g, d, d)), rng.standard_gamma(shape),
+                             rng.standard_normal((g, d)))
 
     def split_terms(self, gw: GibbsWeights, s_a, s_b) -> np.ndarray:
         """log W(n_a) + log W(n_b) - log W(n) + log f(X_a) + log f(X_b) - log f(X)
@@ -183,12 +180,13 @@ class CompiledGaussianSteps:
     # -- the exact kernel ------------------------------------------------------------
     def exact_step(self, state, weights):
         s, X = self.s, self.X
+        self.rng = state.rng
         gw = GibbsWeights(weights)
         z = state.z.numpy()
         k = int(z.max()) + 1
         stats = state.stats if state.stats is not None else self.stats(X, z, k)
         # 1. weights and parameters from their conditionals
-        log_w = dirichlet_log(gw.concentration(stats[0]))
+        log_w = dirichlet_log(self.rng, gw.concentration(stats[0]))
         comps = self.sample_components(stats)
         # 2. restricted Gibbs (K kept), every slice_every-th iteration the slice step
         W, b, c, _ = comps
@@ -208,11 +206,11 @@ class CompiledGaussianSteps:
         on no cluster emptying, by rejection; half the time a random half of the rows."""
         s = self.s
         n = z_old.shape[0]
-        block = _rand(n) < 0.5 if float(_rand(1)[0]) < 0.5 else None
+        block = self.rng.random(n) < 0.5 if self.rng.random() < 0.5 else None
         if block is not None:
             cdf = np.ascontiguousarray(cdf[block])
         for _ in range(s.max_label_tries):
-            z = kn.draw_from_cdf(cdf, _rand(cdf.shape[0]))
+            z = kn.draw_from_cdf(cdf, self.rng.random(cdf.shape[0]))
             if block is not None:
                 z_new, z = z, z_old.copy()
                 z[block] = z_new
@@ -226,7 +224,7 @@ class CompiledGaussianSteps:
         over new prior atoms by the prior's sticks, z_i proportional to
         1[pi_j > u_i] f(x_i | theta_j)."""
         k = log_w.shape[0] - 1
-        log_u = log_w[z] + _log_rand(z.shape[0])
+        log_u = log_w[z] + self._log_rand(z.shape[0])
         log_new = weights.sample_rest_log_weights(k, float(log_w[k]), float(log_u.min())
                                                   ).numpy()
         W, b, c = comps[:3]
@@ -237,7 +235,7 @@ class CompiledGaussianSteps:
             W, b, c = (np.concatenate([W, new[0]]), np.concatenate([b, new[1]]),
                        np.concatenate([c, new[2]]))
         z = kn.slice_labels(self.X, W, b, c, np.concatenate([log_w[:k], log_new]), log_u,
-                            _rand(z.shape[0]))
+                            self.rng.random(z.shape[0]))
         return relabel(z)[0]
 
     def _finish(self, state, z, zs, counts, weights, born):
@@ -255,7 +253,8 @@ class CompiledGaussianSteps:
             stats = _pair_sums(sub)
         new = type(state)(state.X, torch.from_numpy(z), alpha, state.iteration + 1,
                           None if zs is None else torch.from_numpy(zs),
-                          None if born is None else torch.from_numpy(born), stats, sub)
+                          None if born is None else torch.from_numpy(born), stats, sub,
+                          state.rng)
         info = {"k": k, "lp": self.lp(weights, stats),
                 "merge_acceptance": counts["merge"][1] / max(counts["merge"][0], 1),
                 "resplit_acceptance": counts["resplit"][1] / max(counts["resplit"][0], 1),
@@ -267,14 +266,14 @@ class CompiledGaussianSteps:
         """:meth:`SubclusterSampler._anchor_pairs`: i uniform; j uniform or, with
         probability 1/2, from a Gaussian kernel around x_i."""
         n = self.X.shape[0]
-        i = (_rand(m) * n).astype(np.int64).clip(0, n - 1)
-        j = (_rand(m) * (n - 1)).astype(np.int64).clip(0, n - 2)
+        i = (self.rng.random(m) * n).astype(np.int64).clip(0, n - 1)
+        j = (self.rng.random(m) * (n - 1)).astype(np.int64).clip(0, n - 2)
         j = j + (j >= i)
         if n > 2:
-            local = np.flatnonzero(_rand(m) >= 0.5)
+            local = np.flatnonzero(self.rng.random(m) >= 0.5)
             if local.size:
                 j[local] = kn.local_partners(self.X, i[local], 1.0 / self.s._bandwidth2,
-                                             _rand(local.size))
+                                             self.rng.random(local.size))
         return np.stack([i, j], 1)
 
     def anchored_moves(self, z, gw, n_moves):
@@ -284,7 +283,7 @@ class CompiledGaussianSteps:
         if self.X.shape[0] < 2 or int(n_moves) < 1:
             return z, {"split": [0, 0], "merge": [0, 0], "resplit": [0, 0]}, None
         pairs = self.anchor_pairs(int(n_moves))
-        if s.resplit_prob > 0 and float(_rand(1)[0]) < s.resplit_prob:
+        if s.resplit_prob > 0 and self.rng.random() < s.resplit_prob:
             batch = self.resplit_batch(z, pairs, gw)
         else:
             batch = self.move_batch(z, pairs, gw)
@@ -303,10 +302,10 @@ class CompiledGaussianSteps:
         g, Xr = gid[rows], np.ascontiguousarray(self.X[rows])
         li, lj = np.searchsorted(rows, pairs[:, 0]), np.searchsorted(rows, pairs[:, 1])
         log_q = self.responsibilities(Xr, g, g_n, li, rows)
-        side = _log_rand(rows.shape[0]) < log_q[:, 1]
+        side = self._log_rand(rows.shape[0]) < log_q[:, 1]
         t0 = log_q[li, 0] + log_q[lj, 1]
         t1 = log_q[li, 1] + log_q[lj, 0]
-        flip = _log_rand(g_n) < t1 - np.logaddexp(t0, t1)
+        flip = self._log_rand(g_n) < t1 - np.logaddexp(t0, t1)
         side[li], side[lj] = flip, ~flip
         return ca, cb, rows, Xr, g, li, lj, log_q, side != side[li][g]
 
@@ -315,11 +314,11 @@ class CompiledGaussianSteps:
         sub-cluster weights Dir(n_h + a/2) and parameters from their posterior, each
         row against its own group's two (:meth:`_subcluster_responsibilities`)."""
         s = self.s
-        u = float(_rand(1)[0])
+        u = self.rng.random()
         kind = int(np.searchsorted(np.cumsum(s._kind_weights.numpy()), u, side="right"))
         kind = min(kind, 3)
         d = Xr.shape[1]
-        axes = _randn(g_n, d)
+        axes = self.rng.standard_normal((g_n, d))
         if kind <= 1:
             h = kn.two_means_groups(Xr, g, g_n, axes, kind == 1)
         elif kind == 2:
@@ -330,14 +329,14 @@ class CompiledGaussianSteps:
                                              int(s.refine_rows), self.mu0, self.kappa0,
                                              self.nu0, self.psi0)
         sub = self.stats(Xr, 2 * g + h, 2 * g_n)
-        log_w = dirichlet_log(sub[0].reshape(g_n, 2) + s._sub_alpha / 2)
+        log_w = dirichlet_log(self.rng, sub[0].reshape(g_n, 2) + s._sub_alpha / 2)
         W, b, c, _ = self.sample_components(sub)
         ll = kn.pair_loglik(Xr, g, W, b, c) + log_w[g]
         return ll - np.logaddexp(ll[:, 0], ll[:, 1])[:, None]
 
     def accept_in_sequence(self, gw, k, log_terms, is_split):
         """:func:`.moves.accept_in_sequence`: each move sees the K its predecessors left."""
-        log_u = _log_rand(log_terms.shape[0])
+        log_u = self._log_rand(log_terms.shape[0])
         out = np.zeros(log_terms.shape[0], dtype=bool)
         for m, (t, split) in enumerate(zip(log_terms.tolist(), is_split.tolist(),
                                            strict=True)):
@@ -401,7 +400,7 @@ class CompiledGaussianSteps:
         log_h = (terms[g_n:] - terms[:g_n]
                  + kn.log_split_proposal(log_q, old_b, g, g_n, li, lj)
                  - kn.log_split_proposal(log_q, new_b, g, g_n, li, lj))
-        accepted = _log_rand(g_n) < log_h
+        accepted = self._log_rand(g_n) < log_h
         counts["resplit"][1] = int(accepted.sum())
         if counts["resplit"][1]:
             moving = accepted[g]
@@ -425,6 +424,7 @@ class CompiledGaussianSteps:
 
     def warmup_step(self, state, weights):
         s, X = self.s, self.X
+        self.rng = state.rng
         gw = GibbsWeights(weights)
         z, zs, born = state.z.numpy(), state.zs.numpy(), state.born.numpy()
         it = state.iteration
@@ -432,13 +432,13 @@ class CompiledGaussianSteps:
         sub = state.sub_stats if state.sub_stats is not None \
             else self.stats(X, 2 * z + zs, 2 * k)
         stats = _pair_sums(sub)
-        log_pi = dirichlet_log(gw.concentration(stats[0]))[:k]
-        log_pibar = dirichlet_log(sub[0].reshape(k, 2) + s._sub_alpha / 2)
+        log_pi = dirichlet_log(self.rng, gw.concentration(stats[0]))[:k]
+        log_pibar = dirichlet_log(self.rng, sub[0].reshape(k, 2) + s._sub_alpha / 2)
         comps, sub_comps = self.sample_components(stats), self.sample_components(sub)
         W, b, c, _ = comps
-        z = kn.draw_from_cdf(kn.label_cdf(X, W, b, c + log_pi), _rand(X.shape[0]))
+        z = kn.draw_from_cdf(kn.label_cdf(X, W, b, c + log_pi), self.rng.random(X.shape[0]))
         pair = kn.pair_loglik(X, z, *sub_comps[:3]) + log_pibar[z]
-        zs = (_log_rand(X.shape[0]) < pair[:, 1] - np.logaddexp(pair[:, 0], pair[:, 1])
+        zs = (self._log_rand(X.shape[0]) < pair[:, 1] - np.logaddexp(pair[:, 0], pair[:, 1])
               ).astype(np.int64)
         z, kept = relabel(z)                   # empty clusters are dropped
         born = born[kept]
@@ -452,7 +452,7 @@ class CompiledGaussianSteps:
         log_h = (gw.log_new_block_ratio(k) + gw.log_block_weight(np.maximum(n1, 1))
                  + gw.log_block_weight(np.maximum(n2, 1)) - gw.log_block_weight(n1 + n2)
                  + lm_sub[0::2] + lm_sub[1::2] - self.log_marginal(stats))
-        split = (_log_rand(k) < log_h) & both
+        split = (self._log_rand(k) < log_h) & both
         n_split = int(split.sum())
         if n_split:
             target = np.full(k, -1, dtype=np.int64)
@@ -490,8 +490,8 @@ class CompiledGaussianSteps:
         s_i = tuple(a[i] for a in stats)
         s_j = tuple(a[j] for a in stats)
         log_h = -(gw.log_new_block_ratio(k_now - 1) + self.split_terms(gw, s_i, s_j))
-        accept = _log_rand(i.shape[0]) < log_h
-        order = torch.randperm(i.shape[0]).numpy()
+        accept = self._log_rand(i.shape[0]) < log_h
+        order = self.rng.permutation(i.shape[0])
         order = order[accept[order]]
         target = np.arange(born.shape[0])
         used = np.zeros(born.shape[0], dtype=bool)
@@ -515,10 +515,12 @@ class CompiledGaussianSteps:
         GaussianParams) drawn from their conditionals given the labels."""
         from ..models.families.gaussian_niw import GaussianParams
 
+        self.rng = state.rng
         z = state.z.numpy()
         stats = state.stats if state.stats is not None \
             else self.stats(self.X, z, int(z.max()) + 1)
-        log_w = torch.from_numpy(dirichlet_log(GibbsWeights(weights).concentration(stats[0])))
+        conc = GibbsWeights(weights).concentration(stats[0])
+        log_w = torch.from_numpy(dirichlet_log(self.rng, conc))
         params = None
         if with_params:
             W, _, _, mean = self.sample_components(stats)

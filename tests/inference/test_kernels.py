@@ -39,7 +39,9 @@ def _steps(family):
     est = SubclusterSampler(model=DPMixture(family, DirichletProcess(1.0)))
     est._row_keys = None
     X = torch.zeros((2, family.dim), dtype=torch.float64)
-    return CompiledGaussianSteps(est, X, family)
+    steps = CompiledGaussianSteps(est, X, family)
+    steps.rng = np.random.default_rng(0)
+    return steps
 
 
 def _grouped_data(seed=0, d=3, groups=4):
@@ -74,7 +76,6 @@ def test_component_draws_follow_the_niw_posterior():
     stats = kn.group_stats(X, grp, 1)
     reps = 20000
     many = tuple(np.repeat(a, reps, axis=0) for a in stats)
-    torch.manual_seed(0)
     W, b, c, mean = steps.sample_components(many)
     cov = np.linalg.inv(np.einsum("kji,kjl->kil", W, W))
     x = X[0]
@@ -207,8 +208,7 @@ def test_gibbs_weights_match_the_weight_priors(weights):
 
 
 def test_dirichlet_log_draws_are_normalised_and_zero_concentration_is_minus_inf():
-    torch.manual_seed(0)
-    out = dirichlet_log(np.array([[2.0, 0.0, 3.0]] * 4000))
+    out = dirichlet_log(np.random.default_rng(0), np.array([[2.0, 0.0, 3.0]] * 4000))
     assert np.all(out[:, 1] == -np.inf)
     np.testing.assert_allclose(np.exp(out).sum(1), 1.0)
     assert np.exp(out[:, 0]).mean() == pytest.approx(0.4, abs=0.01)
@@ -228,3 +228,14 @@ def test_backend_choice_and_refusals():
         SubclusterSampler(model=model, max_iter=4, backend="compiled").fit(counts)
     with pytest.raises(ValueError, match="refine_iter=3"):
         SubclusterSampler(max_iter=4, backend="compiled", refine_iter=3).fit(X)
+
+
+def test_local_partners_follow_the_kernel_and_never_pick_the_anchor():
+    X = np.array([[0.0, 0.0], [0.5, 0.0], [1.0, 0.0], [0.0, 2.0], [30.0, 0.0]])
+    u = np.random.default_rng(12).uniform(size=40000)
+    j = kn.local_partners(X, np.zeros(u.size, dtype=np.int64), 1.0, u)
+    w = np.exp(-0.5 * (X[1:] ** 2).sum(1))
+    assert not np.any(j == 0)
+    np.testing.assert_allclose(np.bincount(j, minlength=5)[1:] / u.size, w / w.sum(), atol=0.01)
+    # a u that rounds to the whole mass still gives a partner with weight, not the anchor
+    assert kn.local_partners(X, np.array([0]), 1.0, np.array([1.0]))[0] in (1, 2, 3)
