@@ -305,8 +305,11 @@ class SubclusterSampler(MCMCClusterer):
         (:mod:`.subcluster_compiled`), for GaussianNIW components with a DP,
         Pitman-Yor or finite Dirichlet prior on the CPU (``refine_iter=0``); a torch
         iteration costs about a thousand small tensor operations, whose dispatch, not
-        the arithmetic, sets the speed on a few thousand points.  "auto": "compiled"
-        where it applies, else "torch".  A seed gives other draws in each.
+        the arithmetic, sets the speed on a few thousand points (3-4x faster on the
+        speed benchmarks' d = 2 sets).  "auto": "compiled" where it applies and
+        d <= 16 (beyond, torch's GEMMs win), else "torch".  A seed gives other draws
+        in each.  The first fit in a fresh clone compiles the kernels (about 20 s;
+        then cached on disk, about 0.4 s to load per process).
     progress : bool, default False
         tqdm progress bar on stderr.
     checkpoint_every : int, default 10
@@ -412,9 +415,10 @@ class SubclusterSampler(MCMCClusterer):
             raise ValueError(f"backend must be 'auto', 'torch' or 'compiled', got {self.backend!r}")
         if self.backend == "torch":
             return None
-        from .subcluster_compiled import CompiledGaussianSteps, compiled_supported
+        from .subcluster_compiled import AUTO_MAX_DIM, CompiledGaussianSteps, compiled_supported
 
-        if not compiled_supported(model, self.refine_iter, X.device):
+        supported = compiled_supported(model, self.refine_iter, X.device)
+        if not supported or (self.backend == "auto" and X.shape[1] > AUTO_MAX_DIM):
             if self.backend == "compiled":
                 raise ValueError(
                     "backend='compiled' covers GaussianNIW components with a DP, Pitman-Yor "

@@ -239,3 +239,9 @@ def test_local_partners_follow_the_kernel_and_never_pick_the_anchor():
     np.testing.assert_allclose(np.bincount(j, minlength=5)[1:] / u.size, w / w.sum(), atol=0.01)
     # a u that rounds to the whole mass still gives a partner with weight, not the anchor
     assert kn.local_partners(X, np.array([0]), 1.0, np.array([1.0]))[0] in (1, 2, 3)
+
+
+def test_auto_backend_leaves_high_dimensions_to_torch():
+    X = np.random.default_rng(0).normal(size=(60, 17))
+    assert SubclusterSampler(max_iter=2).fit(X)._compiled is None
+    assert SubclusterSampler(max_iter=2, backend="compiled").fit(X)._compiled is not None
