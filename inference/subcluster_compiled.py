@@ -84,11 +84,16 @@ class GibbsWeights:
 
 
 def dirichlet_log(rng: np.random.Generator, conc: np.ndarray) -> np.ndarray:
-    """log of a Dirichlet draw along the last axis; zero concentration -> -inf."""
+    """log of a Dirichlet draw along the last axis, via Gamma variables; zero
+    concentration -> -inf."""
     pos = conc > 0
-    g = np.where(pos, np.maximum(rng.standard_gamma(np.where(pos, conc, 1.0)), 1e-300), 0.0)
-    with np.errstate(divide="ignore"):
+    if pos.all():
+        g = np.maximum(rng.standard_gamma(conc), 1e-300)
         return np.log(g) - np.log(g.sum(-1, keepdims=True))
+    g = np.where(pos, np.maximum(rng.standard_gamma(np.where(pos, conc, 1.0)), 1e-300), 0.0)
+    out = np.full(conc.shape, -np.inf)
+    np.log(g, out=out, where=pos)
+    return out - np.log(g.sum(-1, keepdims=True))
 
 
 def relabel(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +139,7 @@ class CompiledGaussianSteps:
         self.prior_const = (-kn.multigammaln(0.5 * self.nu0, d)
                             + self.nu0 * np.log(np.diag(psi_chol)).sum()
                             + 0.5 * d * math.log(self.kappa0))
+        self.kind_cdf = np.cumsum(sampler._kind_weights.numpy())
         self.keys = (None if sampler._row_keys is None
                      else sampler._row_keys.cpu().numpy().astype(np.float64))
 
@@ -320,9 +326,7 @@ class CompiledGaussianSteps:
         sub-cluster weights Dir(n_h + a/2) and parameters from their posterior, each
         row against its own group's two (:meth:`_subcluster_responsibilities`)."""
         s = self.s
-        u = self.rng.random()
-        kind = int(np.searchsorted(np.cumsum(s._kind_weights.numpy()), u, side="right"))
-        kind = min(kind, 3)
+        kind = min(int(np.searchsorted(self.kind_cdf, self.rng.random(), side="right")), 3)
         d = Xr.shape[1]
         axes = self.rng.standard_normal((g_n, d))
         if kind <= 1:

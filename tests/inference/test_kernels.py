@@ -38,6 +38,7 @@ def _family(d=3):
 def _steps(family):
     est = SubclusterSampler(model=DPMixture(family, DirichletProcess(1.0)))
     est._row_keys = None
+    est._kind_weights = torch.tensor([0.25, 0.25, 0.25, 0.25], dtype=torch.float64)
     X = torch.zeros((2, family.dim), dtype=torch.float64)
     steps = CompiledGaussianSteps(est, X, family)
     steps.rng = np.random.default_rng(0)
