@@ -55,14 +55,15 @@ def timed_fit(est, X):
     return est, time.perf_counter() - start
 
 
-def accuracy_methods(k_true: int, n: int, d: int, seed: int, iters: int):
+def accuracy_methods(k_true: int, n: int, d: int, seed: int, iters: int,
+                     backend: str = "auto"):
     methods = {
         "kmeans (K given)": KMeans(n_clusters=k_true, random_state=seed),
         "gmm (K given)": GaussianMixtureEM(n_clusters=k_true, random_state=seed),
         "dbscan": DBSCAN(),
         "bgm": BayesianGMM(truncation=max(2 * k_true, 30), random_state=seed),
         "subcluster": SubclusterSampler(max_iter=iters, random_state=seed,
-                                        store_log_likelihood=False),
+                                        store_log_likelihood=False, backend=backend),
     }
     methods["deepdpm"] = DeepDPM(random_state=seed, device="cpu")
     methods["deepdpm (init 3K)"] = DeepDPM(init_k=3 * k_true, random_state=seed, device="cpu")
@@ -74,12 +75,13 @@ def accuracy_methods(k_true: int, n: int, d: int, seed: int, iters: int):
     return methods
 
 
-def run_accuracy(sets, seed: int, iters: int, only=None) -> list[dict]:
+def run_accuracy(sets, seed: int, iters: int, only=None, backend: str = "auto") -> list[dict]:
     rows = []
     for name in sets:
         X, y = data.load_benchmark(name)
         k_true = int(np.unique(y).size)
-        for method, est in accuracy_methods(k_true, X.shape[0], X.shape[1], seed, iters).items():
+        for method, est in accuracy_methods(k_true, X.shape[0], X.shape[1], seed, iters,
+                                            backend).items():
             if only and method not in only:
                 continue
             row = {"data": name, "method": method, "N": X.shape[0], "d": X.shape[1],
@@ -366,6 +368,8 @@ def main(argv=None):
     p.add_argument("--sets", nargs="+", default=data.BENCHMARK_NAMES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iters", type=int, default=200, help="sampler iterations (accuracy)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "compiled"],
+                   help="accuracy: the sub-cluster sampler's backend")
     p.add_argument("--repeats", type=int, default=3, help="paired repeats (speed)")
     p.add_argument("--scale-n", type=int, default=1_000_000)
     p.add_argument("--scale-iters", type=int, default=20)
@@ -377,7 +381,7 @@ def main(argv=None):
     header = f"{date.today().isoformat()}, {machine()}"
     print(f"# bnpdeep benchmarks, {header}\n")
     if "accuracy" in args.sections:
-        rows = run_accuracy(args.sets, args.seed, args.iters, args.methods)
+        rows = run_accuracy(args.sets, args.seed, args.iters, args.methods, args.backend)
         name = "accuracy.json" if not args.methods else "accuracy_" + "_".join(
             m.split()[0] for m in args.methods) + ".json"
         (OUT / name).write_text(json.dumps(rows, indent=1))

@@ -28,6 +28,7 @@ from scipy.special import gammaln
 
 from ..models import DirichletProcess, FiniteDirichlet, GaussianNIW, PitmanYor
 from . import kernels as kn
+from .subcluster import disjoint_pairs
 
 # "auto" takes the compiled backend up to this dimension: its quadratic forms are
 # scalar loops (d^2 per point and cluster) where torch's are GEMMs.  At N=20,000,
@@ -111,16 +112,6 @@ def _pair_sums(stats):
 
 def _cat(*stats):
     return tuple(np.concatenate(parts) for parts in zip(*stats, strict=True))
-
-
-def disjoint_pairs(z: np.ndarray, pairs: np.ndarray) -> list[int]:
-    """:func:`.subcluster.disjoint_pairs` on numpy labels."""
-    taken, keep = set(), []
-    for m, (a, b) in enumerate(z[pairs].tolist()):
-        if a not in taken and b not in taken:
-            taken.update((a, b))
-            keep.append(m)
-    return keep
 
 
 class CompiledGaussianSteps:
