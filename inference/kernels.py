@@ -299,7 +299,8 @@ def pair_loglik(X, grp, W, b, c):
 @njit(cache=True)
 def draw_from_cdf(cdf, u):
     """One draw per row from the unnormalised CDF of :func:`label_cdf`: the first
-    column whose cumulative mass exceeds u_i times the row total (binary search)."""
+    column whose cumulative mass exceeds u_i times the row total (binary search);
+    a column that adds no mass is never drawn."""
     n_rows, k = cdf.shape
     out = np.empty(n_rows, dtype=np.int64)
     for i in range(n_rows):
@@ -311,40 +312,35 @@ def draw_from_cdf(cdf, u):
                 hi = mid
             else:
                 lo = mid + 1
+        if not cdf[i, lo] > t:      # u * total rounded up to the total: the last column
+            while lo > 0 and cdf[i, lo - 1] == cdf[i, lo]:      # that has mass
+                lo -= 1
         out[i] = lo
     return out
 
 
 @njit(cache=True, parallel=True)
-def slice_labels(X, W, b, c, log_w, log_u, u):
-    """Slice-sampler labels: z_i proportional to 1[log pi_j > log u_i] f(x_i | theta_j)
-    over all atoms j (occupied and new, ``log_w`` their log weights)."""
+def slice_cdf(X, W, b, c, log_w, log_u):
+    """The slice step's table: unnormalised cumulative probabilities of
+    p(z_i = j) proportional to 1[log pi_j > log u_i] f(x_i | theta_j) over all atoms j
+    (occupied and new, ``log_w`` their log weights), (N, J); atoms at or below the
+    slice add nothing, so :func:`draw_from_cdf` never picks them."""
     n_rows = X.shape[0]
     k = c.shape[0]
-    out = np.empty(n_rows, dtype=np.int64)
+    out = np.empty((n_rows, k))
     for i in prange(n_rows):
-        row = np.empty(k)
         m = -np.inf
         for j in range(k):
-            if log_w[j] > log_u[i]:
-                v = c[j] - 0.5 * _quad(X, i, W, b, j)
-            else:
-                v = -np.inf
-            row[j] = v
+            v = c[j] - 0.5 * _quad(X, i, W, b, j) if log_w[j] > log_u[i] else -np.inf
+            out[i, j] = v
             if v > m:
                 m = v
         acc = 0.0
         for j in range(k):
-            if row[j] - m > -50.0:
-                acc += math.exp(row[j] - m)
-            row[j] = acc
-        t = u[i] * acc
-        pick = k - 1
-        for j in range(k):
-            if row[j] > t:
-                pick = j
-                break
-        out[i] = pick
+            t = out[i, j] - m
+            if t > -50.0:
+                acc += math.exp(t)
+            out[i, j] = acc
     return out
 
 

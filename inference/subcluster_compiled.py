@@ -237,8 +237,8 @@ class CompiledGaussianSteps:
             new = self.sample_components((np.zeros(m), np.zeros((m, d)), np.zeros((m, d, d))))
             W, b, c = (np.concatenate([W, new[0]]), np.concatenate([b, new[1]]),
                        np.concatenate([c, new[2]]))
-        z = kn.slice_labels(self.X, W, b, c, np.concatenate([log_w[:k], log_new]), log_u,
-                            self.rng.random(z.shape[0]))
+        cdf = kn.slice_cdf(self.X, W, b, c, np.concatenate([log_w[:k], log_new]), log_u)
+        z = kn.draw_from_cdf(cdf, self.rng.random(z.shape[0]))
         return relabel(z)[0]
 
     def _finish(self, state, z, zs, counts, weights, born):

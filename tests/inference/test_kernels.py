@@ -126,9 +126,12 @@ def test_slice_labels_use_only_atoms_above_the_slice():
     log_w = np.log(np.array([0.5, 0.3, 0.1]))
     # u below the first two weights only: p(0) : p(1) = 1 : 2, atom 2 never
     n = 30000
-    z = kn.slice_labels(np.repeat(X, n, 0), W, b, c, log_w, np.full(n, math.log(0.2)),
-                        g.uniform(size=n))
+    cdf = kn.slice_cdf(np.repeat(X, n, 0), W, b, c, log_w, np.full(n, math.log(0.2)))
+    z = kn.draw_from_cdf(cdf, g.uniform(size=n))
     assert set(np.unique(z)) == {0, 1}
+    # an atom below the slice is never drawn, even for u = 1 or with mass before it
+    cdf = kn.slice_cdf(X, W, b, c, np.log(np.array([0.1, 0.5, 0.1])), np.array([math.log(0.2)]))
+    assert kn.draw_from_cdf(cdf[[0, 0, 0]], np.array([0.0, 0.5, 1.0])).tolist() == [1, 1, 1]
     assert np.mean(z == 1) == pytest.approx(2 / 3, abs=0.015)
 
 
