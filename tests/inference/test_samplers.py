@@ -173,13 +173,15 @@ def test_estimator_conventions_and_errors():
 @pytest.mark.parametrize("cls,kw,cut", [
     (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4), 47),
     (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4), 11),
+    (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4, backend="torch"), 47),
     (CollapsedGibbs, dict(max_iter=12, checkpoint_every=5), 8),
 ])
 def test_resumed_fit_ends_with_the_draws_of_an_uninterrupted_one(tmp_path, kill_at,
                                                                  cls, kw, cut):
     """Killed in the second chain (step 47 of 60) or the first (step 11), a resumed
     fit continues from the last checkpoint and gives the uninterrupted fit's draws,
-    traces and counters exactly."""
+    traces and counters exactly (the compiled backend's numpy generator travels in
+    the checkpointed state; the torch one's in torch's saved generator state)."""
     X, _ = _blobs(n=150, seed=5)
     full = cls(random_state=2, **kw).fit(X, checkpoint_dir=tmp_path / "full")
     undo = kill_at(cls, "_step", cut)
