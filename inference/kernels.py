@@ -257,30 +257,12 @@ def _quad(X, i, W, b, k):
     return q
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def label_cdf(X, W, b, c):
     """Unnormalised cumulative probabilities of the categorical of every row,
     p(z_i = k) proportional to exp(c_k - |W_k x_i - b_k|^2 / 2), (N, K): the label
-    step's N x K table in one pass.  Terms below e^-50 of the row's largest are
-    left out of the sums: each would change the row's probabilities by less than
-    1e-21, below float64 resolution of a sum that holds the largest term, 1."""
-    n_rows = X.shape[0]
-    k = c.shape[0]
-    out = np.empty((n_rows, k))
-    for i in prange(n_rows):
-        m = -np.inf
-        for j in range(k):
-            v = c[j] - 0.5 * _quad(X, i, W, b, j)
-            out[i, j] = v
-            if v > m:
-                m = v
-        acc = 0.0
-        for j in range(k):
-            t = out[i, j] - m
-            if t > -50.0:
-                acc += math.exp(t)
-            out[i, j] = acc
-    return out
+    step's N x K table (:func:`slice_cdf` with every atom above every slice)."""
+    return slice_cdf(X, W, b, c, np.zeros(c.shape[0]), np.full(X.shape[0], -np.inf))
 
 
 @njit(cache=True)
@@ -323,8 +305,11 @@ def draw_from_cdf(cdf, u):
 def slice_cdf(X, W, b, c, log_w, log_u):
     """The slice step's table: unnormalised cumulative probabilities of
     p(z_i = j) proportional to 1[log pi_j > log u_i] f(x_i | theta_j) over all atoms j
-    (occupied and new, ``log_w`` their log weights), (N, J); atoms at or below the
-    slice add nothing, so :func:`draw_from_cdf` never picks them."""
+    (occupied and new, ``log_w`` their log weights), (N, J), in one pass over the
+    rows; atoms at or below the slice add nothing, so :func:`draw_from_cdf` never
+    picks them.  Terms below e^-50 of the row's largest are left out of the sums:
+    each would change the row's probabilities by less than 1e-21, below float64
+    resolution of a sum that holds the largest term, 1."""
     n_rows = X.shape[0]
     k = c.shape[0]
     out = np.empty((n_rows, k))
