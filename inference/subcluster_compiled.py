@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from scipy.special import gammaln
 
-from ..models import DirichletProcess, FiniteDirichlet, GaussianNIW, PitmanYor
+from ..models import DirichletProcess, GaussianNIW
+from ..models.families.gaussian_niw import GaussianParams
 from . import kernels as kn
 from .subcluster import disjoint_pairs
 
@@ -40,25 +41,21 @@ AUTO_MAX_DIM = 16
 def compiled_supported(model, refine_iter: int, device) -> bool:
     """Whether the compiled backend covers this model and these settings."""
     return (type(model.family) is GaussianNIW
-            and type(model.weights) in (DirichletProcess, PitmanYor, FiniteDirichlet)
+            and model.weights.gibbs_parameters() is not None
             and int(refine_iter) == 0 and torch.device(device).type == "cpu")
 
 
 class GibbsWeights:
-    """A Gibbs-type EPPF V(N, K) prod_k W(n_k) in (alpha, sigma) form: the block
-    weights, the new-block ratio, and the Dirichlet of (pi_1..pi_K, pi_rest)."""
+    """A Gibbs-type EPPF V(N, K) prod_k W(n_k) in (alpha, sigma) form
+    (:meth:`~bnpdeep.models.weights.WeightPrior.gibbs_parameters`) on numpy arrays:
+    the block weights, the new-block ratio, the log EPPF and the Dirichlet of
+    (pi_1..pi_K, pi_rest)."""
 
     def __init__(self, weights):
-        self.max_clusters = math.inf
-        if isinstance(weights, DirichletProcess):
-            self.alpha, self.sigma = weights.alpha, 0.0
-        elif isinstance(weights, PitmanYor):
-            self.alpha, self.sigma = weights.alpha, weights.discount
-        elif isinstance(weights, FiniteDirichlet):
-            self.alpha, self.sigma = weights.alpha, -weights.alpha / weights.k
-            self.max_clusters = weights.k
-        else:
+        params = weights.gibbs_parameters()
+        if params is None:
             raise TypeError(f"no compiled form of {type(weights).__name__}")
+        self.alpha, self.sigma, self.max_clusters = params
         self._w1 = math.lgamma(1.0 - self.sigma)
 
     def log_block_weight(self, n: np.ndarray) -> np.ndarray:
@@ -176,9 +173,9 @@ class CompiledGaussianSteps:
         return (gw.log_block_weight(s_a[0]) + gw.log_block_weight(s_b[0])
                 - gw.log_block_weight(s_ab[0]) + lm[g:2 * g] + lm[2 * g:] - lm[:g])
 
-    def lp(self, weights, stats) -> float:
+    def lp(self, gw: GibbsWeights, stats) -> float:
         """log p(z, X): the log EPPF plus the clusters' log marginal likelihoods."""
-        return GibbsWeights(weights).log_eppf(stats[0]) + float(self.log_marginal(stats).sum())
+        return gw.log_eppf(stats[0]) + float(self.log_marginal(stats).sum())
 
     # -- the exact kernel ------------------------------------------------------------
     def exact_step(self, state, weights):
@@ -202,7 +199,7 @@ class CompiledGaussianSteps:
         n_moves = s.moves_per_iter if s.moves_per_iter is not None \
             else max(2, (int(z.max()) + 1) // 8)
         z, counts, _ = self.anchored_moves(z, gw, n_moves)
-        return self._finish(state, z, None, counts, weights, None)
+        return self._finish(state, z, None, counts, gw, None)
 
     def restricted_labels(self, cdf, z_old, k):
         """:meth:`SubclusterSampler._sample_labels`: labels given (pi, theta) conditioned
@@ -241,14 +238,15 @@ class CompiledGaussianSteps:
         z = kn.draw_from_cdf(cdf, self.rng.random(z.shape[0]))
         return relabel(z)[0]
 
-    def _finish(self, state, z, zs, counts, weights, born):
-        """Concentration update, statistics, log joint and the info of a step."""
+    def _finish(self, state, z, zs, counts, gw, born):
+        """Concentration update, statistics, log joint (under ``gw``, or the updated
+        concentration's weights) and the info of a step."""
         s, X = self.s, self.X
         k = int(z.max()) + 1
         alpha = state.alpha
         if s.alpha_prior is not None and isinstance(s._model.weights, DirichletProcess):
             alpha = s._escobar_west(alpha, k, X.shape[0])
-            weights = s._weights_for(alpha)
+            gw = GibbsWeights(s._weights_for(alpha))
         if zs is None:
             stats, sub = self.stats(X, z, k), None
         else:
@@ -258,7 +256,7 @@ class CompiledGaussianSteps:
                           None if zs is None else torch.from_numpy(zs),
                           None if born is None else torch.from_numpy(born), stats, sub,
                           state.rng)
-        info = {"k": k, "lp": self.lp(weights, stats),
+        info = {"k": k, "lp": self.lp(gw, stats),
                 "merge_acceptance": counts["merge"][1] / max(counts["merge"][0], 1),
                 "resplit_acceptance": counts["resplit"][1] / max(counts["resplit"][0], 1),
                 "split_acceptance": counts["split"][1] / max(counts["split"][0], 1)}
@@ -477,7 +475,7 @@ class CompiledGaussianSteps:
             born = np.concatenate([born, np.full(counts["split"][1], it)])[kept]
             born = np.where(touched, it, born)
             zs = self.warmup_sublabels(z, touched, zs)
-        new, info = self._finish(state, z, zs, counts, weights, born.astype(np.int64))
+        new, info = self._finish(state, z, zs, counts, gw, born.astype(np.int64))
         info["split_acceptance"] = (n_split + counts["split"][1]) / (k + counts["split"][0])
         return new, info
 
@@ -514,8 +512,6 @@ class CompiledGaussianSteps:
     def draw(self, state, weights, with_params: bool):
         """Weights (and, for the pointwise log-likelihood, parameters as torch
         GaussianParams) drawn from their conditionals given the labels."""
-        from ..models.families.gaussian_niw import GaussianParams
-
         self.rng = state.rng
         z = state.z.numpy()
         stats = state.stats if state.stats is not None \

@@ -75,6 +75,13 @@ class WeightPrior:
         new block (scalar): the ratio EPPF(counts + e_k) / EPPF(counts)."""
         raise NotImplementedError
 
+    def gibbs_parameters(self) -> tuple[float, float, float] | None:
+        """(alpha, sigma, largest K) when the EPPF is the Gibbs-type one with
+        V(N, K+1) / V(N, K) = alpha + K sigma and W(n) proportional to
+        Gamma(n - sigma): what the compiled sampler computes with.  None for a prior
+        of another form (a subclass that changes the EPPF must override this)."""
+        return None
+
     def weight_concentration(self, counts) -> tuple[torch.Tensor, torch.Tensor]:
         """Dirichlet parameters of (pi_1..pi_K, pi_rest) given a partition."""
         raise NotImplementedError
@@ -196,6 +203,9 @@ class DirichletProcess(WeightPrior):
         c = as_tensor(counts).reshape(-1)
         return torch.log(c), torch.tensor(math.log(self.alpha), dtype=DTYPE)
 
+    def gibbs_parameters(self):
+        return self.alpha, 0.0, math.inf
+
     def weight_concentration(self, counts):
         return as_tensor(counts).reshape(-1), torch.tensor(self.alpha, dtype=DTYPE)
 
@@ -253,6 +263,9 @@ class PitmanYor(WeightPrior):
         c = as_tensor(counts).reshape(-1)
         return c - self.discount, torch.tensor(self.alpha + c.numel() * self.discount,
                                                dtype=DTYPE)
+
+    def gibbs_parameters(self):
+        return self.alpha, self.discount, math.inf
 
     def rest_stick_prior(self, k, j):
         # given K blocks the rest is PY(discount, alpha + K discount) (Pitman 1996)
@@ -316,6 +329,10 @@ class FiniteDirichlet(WeightPrior):
         c = as_tensor(counts).reshape(-1)
         g = self.alpha / self.k
         return c + g, torch.tensor(max(self.k - c.numel(), 0) * g, dtype=DTYPE)
+
+    def gibbs_parameters(self):
+        # alpha + K sigma = (k - K) alpha / k: sigma = -alpha / k
+        return self.alpha, -self.alpha / self.k, float(self.k)
 
     def rest_stick_prior(self, k, j):
         # the K - k empty components share pi_rest by Dir(alpha / K, ..): generalised
