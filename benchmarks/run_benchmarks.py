@@ -49,7 +49,18 @@ def machine() -> str:
             f"threads, Python {platform.python_version()}, torch {torch.__version__}")
 
 
+# Idle time before every timed fit.  OpenBLAS's worker threads spin for about 0.1 s
+# after a BLAS call returns (their sleep timeout); a fit started in that window shares
+# the two cores with them.  Measured 2026-11-26 on a1, per-thread CPU from
+# /proc/self/task: a sampler fit started right after a BGM fit lost 50-60 ms of its
+# 120 ms to BGM's BLAS worker, and the paired a1 ratio was 2.6-3.1x back to back
+# against 4.2-4.4x with this pause before every fit (both samplers and BGM alike).
+SETTLE_SECONDS = 0.3
+
+
 def timed_fit(est, X):
+    """Fit after a quiet pause (:data:`SETTLE_SECONDS`); returns (est, seconds)."""
+    time.sleep(SETTLE_SECONDS)
     start = time.perf_counter()
     est.fit(X)
     return est, time.perf_counter() - start
