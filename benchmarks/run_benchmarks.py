@@ -66,14 +66,15 @@ def timed_fit(est, X):
     return est, time.perf_counter() - start
 
 
-def accuracy_methods(k_true: int, n: int, d: int, seed: int, iters: int,
+def accuracy_methods(k_true: int, n: int, d: int, seed: int, iters: int | None,
                      backend: str = "auto"):
     methods = {
         "kmeans (K given)": KMeans(n_clusters=k_true, random_state=seed),
         "gmm (K given)": GaussianMixtureEM(n_clusters=k_true, random_state=seed),
         "dbscan": DBSCAN(),
         "bgm": BayesianGMM(truncation=max(2 * k_true, 30), random_state=seed),
-        "subcluster": SubclusterSampler(max_iter=iters, random_state=seed,
+        "subcluster": SubclusterSampler(**({} if iters is None else {"max_iter": iters}),
+                                        random_state=seed,
                                         store_log_likelihood=False, backend=backend),
     }
     methods["deepdpm"] = DeepDPM(random_state=seed, device="cpu")
@@ -86,7 +87,8 @@ def accuracy_methods(k_true: int, n: int, d: int, seed: int, iters: int,
     return methods
 
 
-def run_accuracy(sets, seed: int, iters: int, only=None, backend: str = "auto") -> list[dict]:
+def run_accuracy(sets, seed: int, iters: int | None, only=None,
+                 backend: str = "auto") -> list[dict]:
     rows = []
     for name in sets:
         X, y = data.load_benchmark(name)
@@ -378,7 +380,8 @@ def main(argv=None):
                    help="accuracy: run only these methods (names as in the table)")
     p.add_argument("--sets", nargs="+", default=data.BENCHMARK_NAMES)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--iters", type=int, default=200, help="sampler iterations (accuracy)")
+    p.add_argument("--iters", type=int, default=None,
+                   help="sampler iterations (accuracy; default: the sampler's max_iter)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "compiled"],
                    help="accuracy: the sub-cluster sampler's backend")
     p.add_argument("--repeats", type=int, default=3, help="paired repeats (speed)")
@@ -396,8 +399,9 @@ def main(argv=None):
         name = "accuracy.json" if not args.methods else "accuracy_" + "_".join(
             m.split()[0] for m in args.methods) + ".json"
         (OUT / name).write_text(json.dumps(rows, indent=1))
+        iters = args.iters or SubclusterSampler().max_iter
         print(f"## Accuracy (standardised, init_k=1, seed {args.seed}, sampler "
-              f"{args.iters} iterations)\n\n{accuracy_table(rows)}\n")
+              f"{iters} iterations)\n\n{accuracy_table(rows)}\n")
     if "speed" in args.sections:
         rows = run_speed(args.seed, args.repeats)
         (OUT / "speed.json").write_text(json.dumps(rows, indent=1))

@@ -36,7 +36,8 @@ def _classical(cls_name):
 def _subcluster(k=None, seed=0, iters=None, progress=False):
     from bnpdeep.inference import SubclusterSampler
 
-    return SubclusterSampler(max_iter=iters or 200, random_state=seed, progress=progress)
+    kw = {} if iters is None else {"max_iter": iters}
+    return SubclusterSampler(random_state=seed, progress=progress, **kw)
 
 
 def _gibbs(k=None, seed=0, iters=None, progress=False):
