@@ -222,7 +222,8 @@ class SubclusterSampler(MCMCClusterer):
         that coarse splits miss, and resolve overlapping clusters (s3, s4).
     warmup : int, optional
         Iterations of Chang & Fisher's fast warm-up moves (default: all of the
-        burn-in).  Must not exceed the burn-in: kept draws come from the exact kernel.
+        burn-in; the number used is ``warmup_`` after ``fit``).  Must not exceed the
+        burn-in: kept draws come from the exact kernel.
         The warm-up's label step may empty clusters, which is what removes the small
         clusters a bad start leaves; the exact kernel removes a cluster only by an
         accepted merge, and merging a cluster of one or two outlying points needs the
@@ -233,8 +234,8 @@ class SubclusterSampler(MCMCClusterer):
         Warm-up iterations after a cluster is created by a split or merge before it
         may merge again (the clusters of the start may merge at once): on data whose
         coarse splits are only mildly favoured (15 overlapping blobs split in two),
-        an early merge undoes them.  Default: 15% of the warm-up, at least 5 (15 of
-        the default 100 warm-up iterations), so that a cluster can still merge
+        an early merge undoes them.  Default: 15% of the warm-up, at least 5 (30 of
+        the default 200 warm-up iterations), so that a cluster can still merge
         several times within a short warm-up (from init_k=12 on four blobs, the
         warm-up first splits its way to 25-40 clusters and then merges them).  On s4 (200
         iterations) a burn-out of 5 let the warm-up merge its way down to 6-10
@@ -368,6 +369,7 @@ class SubclusterSampler(MCMCClusterer):
         self.label_rejections_ = 0
         burn = self._burn_in()
         self._warmup = burn if self.warmup is None else int(self.warmup)
+        self.warmup_ = self._warmup
         self._burnout = max(5, 3 * self._warmup // 20) if self.burnout is None \
             else int(self.burnout)
         if self._burnout < 0:

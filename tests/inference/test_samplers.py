@@ -154,6 +154,8 @@ def test_estimator_conventions_and_errors():
         est.predict(np.zeros((3, 2)))
     X, _ = _blobs(n=100)
     est.fit(X)
+    assert est.warmup_ == 2                  # all of the burn-in, max_iter // 2
+    assert SubclusterSampler(max_iter=6, warmup=1).fit(X).warmup_ == 1
     with pytest.raises(DataError, match="features"):
         est.predict(np.zeros((3, 5)))
     with pytest.raises(TypeError, match="DPMixture"):
