@@ -52,13 +52,20 @@ def test_subcluster_recovers_k_from_one_and_from_too_many(init_k):
     est = SubclusterSampler(max_iter=60, init_k=init_k, random_state=0).fit(X)
     assert est.n_clusters_ == 4
     assert adjusted_rand_score(y, est.labels_) > 0.95
-    # draws after burn-in: draws x N labels, K per draw
+    # draws after burn-in: draws x N labels, K per draw.  Under the default DP(1) a
+    # one-point fifth cluster holds about 13% of the posterior mass (two such clusters
+    # about 1%), so the chain may visit K = 5 but stays at K = 4 most of the time --
+    # on either backend.
     assert est.label_draws_.shape == (30, 600)
-    assert est.k_draws_.min() >= 4
-    # One-point clusters carry real posterior mass under the default DP(1): over six
-    # chains of 4000 iterations each backend gave K = 4 / 5 / 6 in 0.72 / 0.23 / 0.04
-    # (torch) and 0.71 / 0.25 / 0.04 (compiled) of the draws.  An excursion to K = 5
-    # lasts tens of iterations, so the frequencies are checked on a longer chain.
+    assert np.isin(est.k_draws_, [4, 5]).all() and np.mean(est.k_draws_ == 4) > 0.5
+    est = SubclusterSampler(max_iter=60, init_k=init_k, random_state=0,
+                            backend="torch").fit(X)
+    assert est.n_clusters_ == 4
+    assert np.isin(est.k_draws_, [4, 5]).all() and np.mean(est.k_draws_ == 4) > 0.5
+    # Over six chains of 4000 iterations each backend gave K = 4 / 5 / 6 in
+    # 0.72 / 0.23 / 0.04 (torch) and 0.71 / 0.25 / 0.04 (compiled) of the draws; an
+    # excursion to K = 5 lasts tens of iterations, so a longer chain checks the
+    # frequencies too.
     long = SubclusterSampler(max_iter=1000, burn_in=100, init_k=init_k, random_state=0,
                              store_log_likelihood=False).fit(X)
     assert long.k_draws_.min() >= 4 and np.mean(long.k_draws_ == 4) > 0.5
