@@ -308,11 +308,11 @@ class SubclusterSampler(MCMCClusterer):
         (:mod:`.subcluster_compiled`), for GaussianNIW components with a DP,
         Pitman-Yor or finite Dirichlet prior on the CPU (``refine_iter=0``); a torch
         iteration costs about a thousand small tensor operations, whose dispatch, not
-        the arithmetic, sets the speed on a few thousand points (3-4x faster on the
-        speed benchmarks' d = 2 sets).  "auto": "compiled" where it applies and
+        the arithmetic, sets the speed on a few thousand points (1.8-4.0x faster on
+        the speed benchmarks' d = 2 sets, 2026-11-26).  "auto": "compiled" where it applies and
         d <= 16 (beyond, torch's GEMMs win), else "torch".  A seed gives other draws
         in each.  The first fit in a fresh clone compiles the kernels (about 20 s;
-        then cached on disk, about 0.4 s to load per process).
+        then cached on disk, 0.1-0.2 s to load per process).
     progress : bool, default False
         tqdm progress bar on stderr.
     checkpoint_every : int, default 10
@@ -368,14 +368,13 @@ class SubclusterSampler(MCMCClusterer):
         z, _ = relabel(torch.randint(0, min(int(self.init_k), n), (n,)))
         self.label_rejections_ = 0
         burn = self._burn_in()
-        self._warmup = burn if self.warmup is None else int(self.warmup)
-        self.warmup_ = self._warmup
-        self._burnout = max(5, 3 * self._warmup // 20) if self.burnout is None \
+        self.warmup_ = burn if self.warmup is None else int(self.warmup)
+        self._burnout = max(5, 3 * self.warmup_ // 20) if self.burnout is None \
             else int(self.burnout)
         if self._burnout < 0:
             raise ValueError(f"burnout must be non-negative, got {self.burnout}")
-        if not 0 <= self._warmup <= burn:
-            raise ValueError(f"warmup must lie in [0, burn_in={burn}], got {self._warmup}")
+        if not 0 <= self.warmup_ <= burn:
+            raise ValueError(f"warmup must lie in [0, burn_in={burn}], got {self.warmup_}")
         w = torch.as_tensor(self.proposal_weights, dtype=torch.float64)
         if w.shape != (4,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) \
                 or float(w.sum()) <= 0:
@@ -435,10 +434,10 @@ class SubclusterSampler(MCMCClusterer):
     def _step(self, state: SubclusterState):
         if self._compiled is not None:
             weights = self._weights_for(state.alpha)
-            if state.iteration < self._warmup:
+            if state.iteration < self.warmup_:
                 return self._compiled.warmup_step(state, weights)
             return self._compiled.exact_step(state, weights)
-        if state.iteration < self._warmup:
+        if state.iteration < self.warmup_:
             return self._warmup_step(state)
         return self._exact_step(state)
 
@@ -467,7 +466,7 @@ class SubclusterSampler(MCMCClusterer):
         # lie in), so the slice step reuses the log-likelihood table.
         loglik = fam.log_likelihood(X, params)
         slice_now = bool(self.slice_every) and (
-            (state.iteration - self._warmup) % self.slice_every == self.slice_every - 1)
+            (state.iteration - self.warmup_) % self.slice_every == self.slice_every - 1)
         logits = loglik + log_w[:k] if slice_now else loglik.add_(log_w[:k])
         z = self._sample_labels(logits, state.z, k)
         if slice_now:

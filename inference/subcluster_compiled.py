@@ -192,7 +192,7 @@ class CompiledGaussianSteps:
         W, b, c, _ = comps
         z = self.restricted_labels(kn.label_cdf(X, W, b, c + log_w[:k]), z, k)
         slice_now = bool(s.slice_every) and (
-            (state.iteration - s._warmup) % s.slice_every == s.slice_every - 1)
+            (state.iteration - s.warmup_) % s.slice_every == s.slice_every - 1)
         if slice_now:
             z = self.slice_labels(z, log_w, weights, comps)
         # 3. anchored split/merge moves
