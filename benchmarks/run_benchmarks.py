@@ -200,7 +200,7 @@ def step_profile(est, k_true: int) -> dict:
     exact iteration, and the seconds and iterations until the chain first reaches
     the true K (None if it never does)."""
     secs, ks = est.seconds_trace_[0], est.k_trace_[0]
-    warm = int(getattr(est, "warmup_", 0))
+    warm = est.warmup_
     hit = np.flatnonzero(ks == k_true)
     first = int(hit[0]) if hit.size else None
     return {"warmup_ms": float(np.median(secs[:warm])) * 1e3 if warm else None,
