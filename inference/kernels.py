@@ -18,8 +18,14 @@ per piece, for the backend in :mod:`.subcluster_compiled`:
   the anchor-local partner draw, and the sub-partitions of :mod:`.subpartition`
   (2-means, carving around an anchor, whitened 2-means) group by group.
 
-Every kernel is deterministic given its inputs: the random numbers come from the
-caller (torch's generator), so a fit is reproducible and resumable.
+* the anchored split/merge batch fused into one call: proposals, Hastings ratios,
+  sequential acceptance and the relabelling.
+
+Every kernel is deterministic given its inputs.  The random numbers come either
+from the caller or, for the fused ones (``draw_*``, :func:`pair_proposals`,
+:func:`split_merge_batch`), from the chain's numpy Generator passed in, drawn in
+the order of the numpy calls they replace (numba's Generator reproduces numpy's
+streams); a fit is reproducible and resumable either way.
 """
 
 from __future__ import annotations
@@ -301,6 +307,9 @@ def draw_from_cdf(cdf, u):
     return out
 
 
+ROW_CHUNK = 256      # rows per task of the parallel tables
+
+
 @njit(cache=True, parallel=True)
 def slice_cdf(X, W, b, c, log_w, log_u):
     """The slice step's table: unnormalised cumulative probabilities of
@@ -309,23 +318,40 @@ def slice_cdf(X, W, b, c, log_w, log_u):
     rows; atoms at or below the slice add nothing, so :func:`draw_from_cdf` never
     picks them.  Terms below e^-50 of the row's largest are left out of the sums:
     each would change the row's probabilities by less than 1e-21, below float64
-    resolution of a sum that holds the largest term, 1."""
-    n_rows = X.shape[0]
+    resolution of a sum that holds the largest term, 1.
+
+    The quadratic forms |W_j x_i - b_j|^2 are summed in :func:`_quad`'s order, with
+    the atoms innermost (W and b transposed so that the loop over j is contiguous
+    and vectorises); rows go in chunks of ``ROW_CHUNK`` to the threads."""
+    n_rows, d = X.shape
     k = c.shape[0]
+    Wt = np.ascontiguousarray(W.transpose(1, 2, 0))          # (d, d, K)
+    bt = np.ascontiguousarray(b.T)                           # (d, K)
     out = np.empty((n_rows, k))
-    for i in prange(n_rows):
-        m = -np.inf
-        for j in range(k):
-            v = c[j] - 0.5 * _quad(X, i, W, b, j) if log_w[j] > log_u[i] else -np.inf
-            out[i, j] = v
-            if v > m:
-                m = v
-        acc = 0.0
-        for j in range(k):
-            t = out[i, j] - m
-            if t > -50.0:
-                acc += math.exp(t)
-            out[i, j] = acc
+    for chunk in prange((n_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+        q, t = np.empty(k), np.empty(k)
+        for i in range(chunk * ROW_CHUNK, min(n_rows, (chunk + 1) * ROW_CHUNK)):
+            q[:] = 0.0
+            for a in range(d):
+                t[:] = -bt[a]
+                for j in range(d):
+                    xj = X[i, j]
+                    for g in range(k):
+                        t[g] += Wt[a, j, g] * xj
+                for g in range(k):
+                    q[g] += t[g] * t[g]
+            m = -np.inf
+            for g in range(k):
+                v = c[g] - 0.5 * q[g] if log_w[g] > log_u[i] else -np.inf
+                out[i, g] = v
+                if v > m:
+                    m = v
+            acc = 0.0
+            for g in range(k):
+                e = out[i, g] - m
+                if e > -50.0:
+                    acc += math.exp(e)
+                out[i, g] = acc
     return out
 
 
@@ -641,7 +667,239 @@ def log_split_proposal(log_q, side_b, grp, n_groups, li, lj):
 
 @njit(cache=True)
 def _logaddexp(a, b):
-    m = max(a, b)
-    if m == -np.inf:
-        return -np.inf
-    return m + math.log(math.exp(a - m) + math.exp(b - m))
+    """log(e^a + e^b), numpy's formula (log1p of the smaller term's ratio)."""
+    if a == b:
+        return a + math.log(2.0)
+    t = a - b
+    if t > 0:
+        return a + math.log1p(math.exp(-t))
+    if t <= 0:
+        return b + math.log1p(math.exp(t))
+    return np.nan
+
+
+# -- draws from the chain's generator ----------------------------------------------
+# These take the chain's numpy Generator and draw from it in the order of the numpy
+# calls they replace (numba's Generator methods reproduce numpy's streams), so that
+# several numpy steps cost one call.
+@njit(cache=True)
+def _log_uniform(rng):
+    return math.log(max(rng.random(), 1e-300))
+
+
+@njit(cache=True)
+def draw_niw(rng, n, s1, s2, mu0, kappa0, nu0, psi0):
+    """:func:`sample_niw` with its random numbers drawn here: N(0, 1) (G, d, d), then
+    Gamma((nu_n - i) / 2, 1) (G, d), then N(0, 1) (G, d), each in C order."""
+    n_groups, d = s1.shape
+    normals = np.empty((n_groups, d, d))
+    for g in range(n_groups):
+        for i in range(d):
+            for j in range(d):
+                normals[g, i, j] = rng.standard_normal()
+    gammas = np.empty((n_groups, d))
+    for g in range(n_groups):
+        for i in range(d):
+            gammas[g, i] = rng.standard_gamma(max(0.5 * (nu0 + n[g] - i), 1e-300))
+    eps = np.empty((n_groups, d))
+    for g in range(n_groups):
+        for i in range(d):
+            eps[g, i] = rng.standard_normal()
+    return sample_niw(n, s1, s2, mu0, kappa0, nu0, psi0, normals, gammas, eps)
+
+
+@njit(cache=True)
+def draw_dirichlet_log(rng, conc):
+    """log of one Dirichlet draw per row of ``conc`` (G, J), every entry positive,
+    via Gamma variables (floored at 1e-300)."""
+    n_groups, n_cols = conc.shape
+    out = np.empty((n_groups, n_cols))
+    for g in range(n_groups):
+        for j in range(n_cols):
+            out[g, j] = max(rng.standard_gamma(conc[g, j]), 1e-300)
+    for g in range(n_groups):
+        total = 0.0
+        for j in range(n_cols):
+            total += out[g, j]
+        log_total = math.log(total)
+        for j in range(n_cols):
+            out[g, j] = math.log(out[g, j]) - log_total
+    return out
+
+
+@njit(cache=True)
+def pair_proposals(rng, X, z, k, pairs, kind_cdf, sub_alpha, keys, max_rows, mu0, kappa0,
+                   nu0, psi0):
+    """The proposals of one batch of anchored moves on the disjoint anchor pairs (m, 2)
+    (:meth:`.subcluster.SubclusterSampler._pair_proposals`).  Group g holds the rows of
+    the clusters of pair g's anchors (one cluster for a split, two for a merge).  A
+    sub-partition kind is drawn for the batch from ``kind_cdf`` (2-means along a
+    random axis, along the principal axis, carving around the anchor, whitened
+    2-means), each group is split by it, sub-cluster weights are drawn from
+    Dir(n_h + a/2) and parameters from their NIW posterior, and each row's
+    log-responsibilities log q_l(h) against its own group's two are returned with a
+    split drawn from them, the anchors on opposite sides (the flip of the pair drawn
+    from q_i(0) q_j(1) against q_i(1) q_j(0)).
+
+    Returns (rows, group of each row, anchor positions li, lj in rows, log_q (n, 2),
+    new_b: the row is on anchor j's side)."""
+    n_pairs = pairs.shape[0]
+    d = X.shape[1]
+    group_of = np.full(k, -1, dtype=np.int64)
+    for m in range(n_pairs):
+        group_of[z[pairs[m, 1]]] = m
+    for m in range(n_pairs):
+        group_of[z[pairs[m, 0]]] = m
+    n_rows = 0
+    for i in range(z.shape[0]):
+        if group_of[z[i]] >= 0:
+            n_rows += 1
+    rows = np.empty(n_rows, dtype=np.int64)
+    grp = np.empty(n_rows, dtype=np.int64)
+    position = np.empty(z.shape[0], dtype=np.int64)
+    r = 0
+    for i in range(z.shape[0]):
+        if group_of[z[i]] >= 0:
+            rows[r], grp[r], position[i] = i, group_of[z[i]], r
+            r += 1
+    li = np.empty(n_pairs, dtype=np.int64)
+    lj = np.empty(n_pairs, dtype=np.int64)
+    for m in range(n_pairs):
+        li[m], lj[m] = position[pairs[m, 0]], position[pairs[m, 1]]
+    Xr = np.empty((n_rows, d))
+    for r in range(n_rows):
+        for a in range(d):
+            Xr[r, a] = X[rows[r], a]
+    # the batch's sub-partition kind and the groups' sub-partitions
+    u = rng.random()
+    kind = 0
+    while kind < kind_cdf.shape[0] and kind_cdf[kind] <= u:
+        kind += 1
+    kind = min(kind, 3)
+    axes = np.empty((n_pairs, d))
+    for m in range(n_pairs):
+        for a in range(d):
+            axes[m, a] = rng.standard_normal()
+    if kind <= 1:
+        h = two_means_groups(Xr, grp, n_pairs, axes, kind == 1)
+    elif kind == 2:
+        h = carve_groups(Xr, grp, n_pairs, li, mu0, kappa0, nu0, psi0, 3)
+    else:
+        if keys.shape[0] != X.shape[0]:
+            raise ValueError("the whitened 2-means kind needs one key per row")
+        h = whitened_two_means_groups(Xr, grp, n_pairs, axes, keys[rows], max_rows, mu0,
+                                      kappa0, nu0, psi0)
+    n, s1, s2 = group_stats(Xr, 2 * grp + h, 2 * n_pairs)
+    log_w = draw_dirichlet_log(rng, n.reshape(n_pairs, 2) + sub_alpha / 2)
+    W, b, c, _ = draw_niw(rng, n, s1, s2, mu0, kappa0, nu0, psi0)
+    log_q = pair_loglik(Xr, grp, W, b, c)
+    for r in range(n_rows):
+        l0 = log_q[r, 0] + log_w[grp[r], 0]
+        l1 = log_q[r, 1] + log_w[grp[r], 1]
+        norm = _logaddexp(l0, l1)
+        log_q[r, 0], log_q[r, 1] = l0 - norm, l1 - norm
+    # a split from the responsibilities, the anchors apart
+    side = np.empty(n_rows, dtype=np.bool_)
+    for r in range(n_rows):
+        side[r] = _log_uniform(rng) < log_q[r, 1]
+    for m in range(n_pairs):
+        t0 = log_q[li[m], 0] + log_q[lj[m], 1]
+        t1 = log_q[li[m], 1] + log_q[lj[m], 0]
+        side[li[m]] = _log_uniform(rng) < t1 - _logaddexp(t0, t1)
+    for m in range(n_pairs):
+        side[lj[m]] = not side[li[m]]
+    new_b = np.empty(n_rows, dtype=np.bool_)
+    for r in range(n_rows):
+        new_b[r] = side[r] != side[li[grp[r]]]
+    return rows, grp, li, lj, log_q, new_b
+
+
+# -- Hastings ratios of a Gibbs-type EPPF: log W(n) = lgamma(n - sigma) - lgamma(1 - sigma),
+# V(N, K+1) / V(N, K) = alpha + K sigma (zero from max_clusters blocks on) --------------
+@njit(cache=True)
+def log_new_block_ratio(alpha, sigma, max_clusters, k):
+    v = alpha + k * sigma
+    return math.log(v) if v > 0 and k < max_clusters else -np.inf
+
+
+@njit(cache=True)
+def split_terms(n_a, s1_a, s2_a, n_b, s1_b, s2_b, mu0, kappa0, nu0, psi0, prior_const,
+                sigma, log_w1):
+    """log W(n_a) + log W(n_b) - log W(n) + log f(X_a) + log f(X_b) - log f(X) of every
+    pair of groups (a, b) and their union (:func:`.moves.log_split_terms`)."""
+    g_n = n_a.shape[0]
+    n = np.concatenate((n_a + n_b, n_a, n_b))
+    s1 = np.concatenate((s1_a + s1_b, s1_a, s1_b))
+    s2 = np.concatenate((s2_a + s2_b, s2_a, s2_b))
+    kap, _, nu, chol = niw_posterior(n, s1, s2, mu0, kappa0, nu0, psi0)
+    lm = log_marginal(n, kap, nu, chol, prior_const)
+    out = np.empty(g_n)
+    for g in range(g_n):
+        out[g] = (math.lgamma(n_a[g] - sigma) - log_w1 + math.lgamma(n_b[g] - sigma) - log_w1
+                  - (math.lgamma(n[g] - sigma) - log_w1) + lm[g_n + g] + lm[2 * g_n + g]
+                  - lm[g])
+    return out
+
+
+@njit(cache=True)
+def split_merge_batch(rng, X, z, k, pairs, kind_cdf, sub_alpha, keys, max_rows, mu0, kappa0,
+                      nu0, psi0, prior_const, alpha, sigma, max_clusters, log_w1):
+    """One batch of anchored splits (both anchors in one cluster) and merges (in two)
+    on the disjoint pairs (m, 2) (:meth:`.subcluster.SubclusterSampler._move_batch`):
+    the proposals of :func:`pair_proposals`, the Hastings ratios
+    [split terms - log Q] for a split and [log Q - split terms] for the merge of the
+    anchors' two clusters, accepted in sequence so that each move sees the K its
+    predecessors left (:func:`.moves.accept_in_sequence`).  An accepted split gives
+    the anchor-j side the label K, K+1, ... in order; a merge relabels the anchor-j
+    cluster to the anchor-i one (empty labels are left for the caller to drop).
+
+    Returns (labels, accepted (m,), is_split (m,))."""
+    n_pairs = pairs.shape[0]
+    ca = np.empty(n_pairs, dtype=np.int64)
+    cb = np.empty(n_pairs, dtype=np.int64)
+    for m in range(n_pairs):
+        ca[m], cb[m] = z[pairs[m, 0]], z[pairs[m, 1]]
+    rows, grp, li, lj, log_q, new_b = pair_proposals(
+        rng, X, z, k, pairs, kind_cdf, sub_alpha, keys, max_rows, mu0, kappa0, nu0, psi0)
+    n_rows = rows.shape[0]
+    side_b = np.empty(n_rows, dtype=np.bool_)
+    lab = np.empty(n_rows, dtype=np.int64)
+    for r in range(n_rows):
+        g = grp[r]
+        side_b[r] = new_b[r] if ca[g] == cb[g] else z[rows[r]] == cb[g]
+        lab[r] = 2 * g + (1 if side_b[r] else 0)
+    Xr = np.empty((n_rows, X.shape[1]))
+    for r in range(n_rows):
+        Xr[r] = X[rows[r]]
+    n, s1, s2 = group_stats(Xr, lab, 2 * n_pairs)
+    terms = split_terms(n[0::2], s1[0::2], s2[0::2], n[1::2], s1[1::2], s2[1::2], mu0,
+                        kappa0, nu0, psi0, prior_const, sigma, log_w1)
+    log_prop = log_split_proposal(log_q, side_b, grp, n_pairs, li, lj)
+    log_u = np.empty(n_pairs)
+    for m in range(n_pairs):
+        log_u[m] = _log_uniform(rng)
+    accepted = np.zeros(n_pairs, dtype=np.bool_)
+    is_split = ca == cb
+    k_now = k
+    for m in range(n_pairs):
+        if is_split[m]:
+            log_h = terms[m] - log_prop[m] + log_new_block_ratio(alpha, sigma, max_clusters,
+                                                                 k_now)
+        else:
+            log_h = log_prop[m] - terms[m] - log_new_block_ratio(alpha, sigma, max_clusters,
+                                                                 k_now - 1)
+        if log_u[m] < log_h:
+            accepted[m] = True
+            k_now += 1 if is_split[m] else -1
+    z = z.copy()
+    new_label = np.empty(n_pairs, dtype=np.int64)
+    fresh = k
+    for m in range(n_pairs):
+        new_label[m] = ca[m]
+        if accepted[m] and is_split[m]:
+            new_label[m] = fresh
+            fresh += 1
+    for r in range(n_rows):
+        if side_b[r] and accepted[grp[r]]:
+            z[rows[r]] = new_label[grp[r]]
+    return z, accepted, is_split

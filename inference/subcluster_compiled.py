@@ -107,10 +107,6 @@ def _pair_sums(stats):
             s2.reshape(k, 2, d, d).sum(1))
 
 
-def _cat(*stats):
-    return tuple(np.concatenate(parts) for parts in zip(*stats, strict=True))
-
-
 class CompiledGaussianSteps:
     """The warm-up and exact steps of one chain of a :class:`SubclusterSampler` on
     numpy arrays; the sampler's settings are read from ``sampler``."""
@@ -127,8 +123,8 @@ class CompiledGaussianSteps:
         self.prior_const = (-kn.multigammaln(0.5 * self.nu0, d)
                             + self.nu0 * np.log(np.diag(psi_chol)).sum()
                             + 0.5 * d * math.log(self.kappa0))
-        self.kind_cdf = np.cumsum(sampler._kind_weights.numpy())
-        self.keys = (None if sampler._row_keys is None
+        self.kind_cdf = np.cumsum(sampler._kind_weights.numpy()).astype(np.float64)
+        self.keys = (np.zeros(0) if sampler._row_keys is None
                      else sampler._row_keys.cpu().numpy().astype(np.float64))
 
     def _log_rand(self, n) -> np.ndarray:
@@ -166,12 +162,9 @@ class CompiledGaussianSteps:
 
     def split_terms(self, gw: GibbsWeights, s_a, s_b) -> np.ndarray:
         """log W(n_a) + log W(n_b) - log W(n) + log f(X_a) + log f(X_b) - log f(X)
-        (:func:`.moves.log_split_terms`)."""
-        s_ab = tuple(a + b for a, b in zip(s_a, s_b, strict=True))
-        g = s_a[0].shape[0]
-        lm = self.log_marginal(_cat(s_ab, s_a, s_b))
-        return (gw.log_block_weight(s_a[0]) + gw.log_block_weight(s_b[0])
-                - gw.log_block_weight(s_ab[0]) + lm[g:2 * g] + lm[2 * g:] - lm[:g])
+        (:func:`.moves.log_split_terms`, :func:`.kernels.split_terms`)."""
+        return kn.split_terms(*s_a, *s_b, self.mu0, self.kappa0, self.nu0, self.psi0,
+                              self.prior_const, float(gw.sigma), gw._w1)
 
     def lp(self, gw: GibbsWeights, stats) -> float:
         """log p(z, X): the log EPPF plus the clusters' log marginal likelihoods."""
@@ -291,47 +284,16 @@ class CompiledGaussianSteps:
         return batch[0], batch[1], batch
 
     def pair_proposals(self, z, k, pairs):
-        """:meth:`SubclusterSampler._pair_proposals`: the groups of the kept pairs, their
-        sub-cluster responsibilities and a drawn split of each (anchors apart)."""
-        g_n = pairs.shape[0]
-        ca, cb = z[pairs[:, 0]], z[pairs[:, 1]]
-        group_of = np.full(k, -1, dtype=np.int64)
-        group_of[cb] = np.arange(g_n)
-        group_of[ca] = np.arange(g_n)
-        gid = group_of[z]
-        rows = np.flatnonzero(gid >= 0)
-        g, Xr = gid[rows], np.ascontiguousarray(self.X[rows])
-        li, lj = np.searchsorted(rows, pairs[:, 0]), np.searchsorted(rows, pairs[:, 1])
-        log_q = self.responsibilities(Xr, g, g_n, li, rows)
-        side = self._log_rand(rows.shape[0]) < log_q[:, 1]
-        t0 = log_q[li, 0] + log_q[lj, 1]
-        t1 = log_q[li, 1] + log_q[lj, 0]
-        flip = self._log_rand(g_n) < t1 - np.logaddexp(t0, t1)
-        side[li], side[lj] = flip, ~flip
-        return ca, cb, rows, Xr, g, li, lj, log_q, side != side[li][g]
-
-    def responsibilities(self, Xr, g, g_n, anchors, rows):
-        """log q_l(h): a sub-partition of each group of the kind drawn for the batch,
-        sub-cluster weights Dir(n_h + a/2) and parameters from their posterior, each
-        row against its own group's two (:meth:`_subcluster_responsibilities`)."""
+        """:meth:`SubclusterSampler._pair_proposals` (:func:`.kernels.pair_proposals`):
+        the groups of the kept pairs, their sub-cluster log-responsibilities and a
+        drawn split of each (anchors apart)."""
         s = self.s
-        kind = min(int(np.searchsorted(self.kind_cdf, self.rng.random(), side="right")), 3)
-        d = Xr.shape[1]
-        axes = self.rng.standard_normal((g_n, d))
-        if kind <= 1:
-            h = kn.two_means_groups(Xr, g, g_n, axes, kind == 1)
-        elif kind == 2:
-            h = kn.carve_groups(Xr, g, g_n, anchors, self.mu0, self.kappa0, self.nu0,
-                                self.psi0, 3)
-        else:
-            h = kn.whitened_two_means_groups(Xr, g, g_n, axes, self.keys[rows],
-                                             int(s.refine_rows), self.mu0, self.kappa0,
-                                             self.nu0, self.psi0)
-        sub = self.stats(Xr, 2 * g + h, 2 * g_n)
-        log_w = dirichlet_log(self.rng, sub[0].reshape(g_n, 2) + s._sub_alpha / 2)
-        W, b, c, _ = self.sample_components(sub)
-        ll = kn.pair_loglik(Xr, g, W, b, c) + log_w[g]
-        return ll - np.logaddexp(ll[:, 0], ll[:, 1])[:, None]
+        rows, g, li, lj, log_q, new_b = kn.pair_proposals(
+            self.rng, self.X, z, int(k), np.ascontiguousarray(pairs), self.kind_cdf,
+            float(s._sub_alpha), self.keys, int(s.refine_rows), self.mu0, self.kappa0,
+            self.nu0, self.psi0)
+        return (z[pairs[:, 0]], z[pairs[:, 1]], rows, np.ascontiguousarray(self.X[rows]), g,
+                li, lj, log_q, new_b)
 
     def accept_in_sequence(self, gw, k, log_terms, is_split):
         """:func:`.moves.accept_in_sequence`: each move sees the K its predecessors left."""
@@ -346,21 +308,16 @@ class CompiledGaussianSteps:
         return out
 
     def move_batch(self, z, pairs, gw):
-        """:meth:`SubclusterSampler._move_batch`: anchored splits and merges on disjoint
-        clusters; returns (labels, counts, kept old ids, touched)."""
+        """:meth:`SubclusterSampler._move_batch` (:func:`.kernels.split_merge_batch`):
+        anchored splits and merges on disjoint clusters; returns (labels, counts, kept
+        old ids, touched)."""
+        s = self.s
         k = int(z.max()) + 1
-        pairs = pairs[disjoint_pairs(z, pairs)]
-        g_n = pairs.shape[0]
-        ca, cb, rows, Xr, g, li, lj, log_q, new_b = self.pair_proposals(z, k, pairs)
-        is_split = ca == cb
-        side_b = np.where(is_split[g], new_b, z[rows] == cb[g])
-        sides = self.stats(Xr, 2 * g + side_b, 2 * g_n)
-        s_a = tuple(a[0::2] for a in sides)
-        s_b = tuple(a[1::2] for a in sides)
-        terms = self.split_terms(gw, s_a, s_b)
-        log_prop = kn.log_split_proposal(log_q, side_b, g, g_n, li, lj)
-        log_terms = np.where(is_split, terms - log_prop, log_prop - terms)
-        accepted = self.accept_in_sequence(gw, k, log_terms, is_split)
+        pairs = np.ascontiguousarray(pairs[disjoint_pairs(z, pairs)])
+        z, accepted, is_split = kn.split_merge_batch(
+            self.rng, self.X, z, k, pairs, self.kind_cdf, float(s._sub_alpha), self.keys,
+            int(s.refine_rows), self.mu0, self.kappa0, self.nu0, self.psi0, self.prior_const,
+            float(gw.alpha), float(gw.sigma), float(gw.max_clusters), gw._w1)
         n_split = int((accepted & is_split).sum())
         counts = {"split": [int(is_split.sum()), n_split],
                   "merge": [int((~is_split).sum()), int((accepted & ~is_split).sum())],
@@ -368,11 +325,7 @@ class CompiledGaussianSteps:
         touched = np.zeros(k + n_split, dtype=bool)
         kept = np.arange(k + n_split)
         if accepted.any():
-            new_label = np.where(is_split, k + np.cumsum(accepted & is_split) - 1, ca)
-            moving = side_b & accepted[g]
-            z = z.copy()
-            z[rows[moving]] = new_label[g[moving]]
-            touched[ca[accepted]] = True
+            touched[z[pairs[accepted, 0]]] = True
             touched[k:] = True
             if counts["merge"][1]:
                 z, kept = relabel(z)

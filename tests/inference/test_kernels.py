@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from bnpdeep.inference import kernels as kn
+from bnpdeep.inference import moves
 from bnpdeep.inference.subcluster import SubclusterSampler, log_split_proposal
 from bnpdeep.inference.subcluster_compiled import (
     CompiledGaussianSteps,
@@ -251,3 +252,90 @@ def test_auto_backend_leaves_high_dimensions_to_torch():
     X = np.random.default_rng(0).normal(size=(60, 17))
     assert SubclusterSampler(max_iter=2).fit(X)._compiled is None
     assert SubclusterSampler(max_iter=2, backend="compiled").fit(X)._compiled is not None
+
+
+def test_generator_kernels_draw_the_numpy_streams():
+    """draw_niw and draw_dirichlet_log take the chain's Generator and give what the
+    numpy calls they replace give, leaving the generator in the same state."""
+    fam = _family()
+    X, grp = _grouped_data()
+    n, s1, s2 = kn.group_stats(X, grp, 4)
+    mu0, psi0 = fam.mu0.numpy(), fam.psi.numpy()
+    kappa0, nu0 = float(fam.kappa), float(fam.nu)
+    ours, ref = np.random.default_rng(7), np.random.default_rng(7)
+    got = kn.draw_niw(ours, n, s1, s2, mu0, kappa0, nu0, psi0)
+    shape = np.maximum(0.5 * (nu0 + n[:, None] - np.arange(3)[None]), 1e-300)
+    want = kn.sample_niw(n, s1, s2, mu0, kappa0, nu0, psi0, ref.standard_normal((4, 3, 3)),
+                         ref.standard_gamma(shape), ref.standard_normal((4, 3)))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    conc = np.array([[0.5, 3.0], [20.0, 0.1], [1.0, 1.0]])
+    np.testing.assert_allclose(kn.draw_dirichlet_log(ours, conc), dirichlet_log(ref, conc),
+                               rtol=1e-14)
+    assert ours.random() == ref.random()
+
+
+@pytest.mark.parametrize("weights", [DirichletProcess(1.3), PitmanYor(0.3, 0.7)],
+                         ids=["dp", "pitman-yor"])
+def test_split_terms_match_the_moves_module(weights):
+    fam = _family()
+    X, grp = _grouped_data(groups=4)
+    Xt, gt = torch.from_numpy(X), torch.from_numpy(grp)
+    four = fam.suff_stats_labels(Xt, gt, 4)
+    union = fam.suff_stats_labels(Xt, gt % 2, 2)         # {0, 2} and {1, 3}
+    want = moves.log_split_terms(weights, fam, union, four[torch.tensor([0, 1])],
+                                 four[torch.tensor([2, 3])])
+    steps = _steps(fam)
+    n, s1, s2 = kn.group_stats(X, grp, 4)
+    got = steps.split_terms(GibbsWeights(weights), (n[:2], s1[:2], s2[:2]),
+                            (n[2:], s1[2:], s2[2:]))
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("weights", [DirichletProcess(1.0), PitmanYor(0.4, 0.5)],
+                         ids=["dp", "pitman-yor"])
+def test_split_merge_batch_is_the_composed_hastings_ratio(weights):
+    """The fused batch accepts exactly where the pieces it fuses, with the moves
+    module's split terms, proposal ratio and sequential acceptance, accept; and
+    moves the rows the accepted moves name."""
+    fam = _family(d=2)
+    X, grp = _grouped_data(seed=3, d=2, groups=4)
+    steps = _steps(fam)
+    gw = GibbsWeights(weights)
+    z = grp.copy()
+    z[np.flatnonzero(grp == 1)[::2]] = 4          # clusters 1 and 4 halve one group
+    first = {c: np.flatnonzero(z == c) for c in range(5)}
+    pairs = np.array([[first[0][0], first[0][1]], [first[1][0], first[4][0]],
+                      [first[3][0], first[2][0]]], dtype=np.int64)     # a split, two merges
+    keys = np.random.default_rng(0).random(X.shape[0])
+    seen = set()
+    for seed in range(40):
+        ours, ref = np.random.default_rng(seed), np.random.default_rng(seed)
+        z_new, accepted, is_split = kn.split_merge_batch(
+            ours, X, z, 5, pairs, steps.kind_cdf, 1.0, keys, 200, steps.mu0,
+            steps.kappa0, steps.nu0, steps.psi0, steps.prior_const, gw.alpha, gw.sigma,
+            float(gw.max_clusters), gw._w1)
+        rows, g, li, lj, log_q, new_b = kn.pair_proposals(
+            ref, X, z, 5, pairs, steps.kind_cdf, 1.0, keys, 200, steps.mu0,
+            steps.kappa0, steps.nu0, steps.psi0)
+        split = np.array([True, False, False])
+        side_b = np.where(split[g], new_b, z[rows] == z[pairs[g, 1]])
+        Xt = torch.from_numpy(X[rows])
+        sides = fam.suff_stats_labels(Xt, torch.from_numpy(2 * g + side_b), 6)
+        whole = fam.suff_stats_labels(Xt, torch.from_numpy(g), 3)
+        terms = moves.log_split_terms(weights, fam, whole, sides[torch.tensor([0, 2, 4])],
+                                      sides[torch.tensor([1, 3, 5])]).numpy()
+        log_prop = log_split_proposal(*(torch.from_numpy(a) for a in
+                                        (log_q, side_b, g)), 3,
+                                      torch.from_numpy(li), torch.from_numpy(lj)).numpy()
+        want = moves.accept_in_sequence(weights, 5, np.where(split, terms - log_prop,
+                                                             log_prop - terms),
+                                        split, uniform=ref.random(3)).numpy()
+        np.testing.assert_array_equal(is_split, split)
+        np.testing.assert_array_equal(accepted, want)
+        moved = rows[side_b & accepted[g]]
+        target = np.where(split, [5, -1, -1], z[pairs[:, 0]])
+        np.testing.assert_array_equal(np.delete(z_new, moved), np.delete(z, moved))
+        assert np.all(z_new[moved] == target[g[side_b & accepted[g]]])
+        seen.update((m, bool(a)) for m, a in enumerate(accepted))
+    assert seen == {(m, a) for m in range(3) for a in (True, False)}   # both ways, each move
