@@ -710,21 +710,50 @@ def draw_niw(rng, n, s1, s2, mu0, kappa0, nu0, psi0):
 
 @njit(cache=True)
 def draw_dirichlet_log(rng, conc):
-    """log of one Dirichlet draw per row of ``conc`` (G, J), every entry positive,
-    via Gamma variables (floored at 1e-300)."""
+    """log of one Dirichlet draw per row of ``conc`` (G, J) via Gamma variables
+    (floored at 1e-300); a zero concentration gives -inf (its Gamma(1) variable is
+    drawn and dropped, as the numpy form does)."""
     n_groups, n_cols = conc.shape
     out = np.empty((n_groups, n_cols))
     for g in range(n_groups):
         for j in range(n_cols):
-            out[g, j] = max(rng.standard_gamma(conc[g, j]), 1e-300)
+            v = max(rng.standard_gamma(conc[g, j] if conc[g, j] > 0 else 1.0), 1e-300)
+            out[g, j] = v if conc[g, j] > 0 else 0.0
     for g in range(n_groups):
         total = 0.0
         for j in range(n_cols):
             total += out[g, j]
         log_total = math.log(total)
         for j in range(n_cols):
-            out[g, j] = math.log(out[g, j]) - log_total
+            out[g, j] = (math.log(out[g, j]) if conc[g, j] > 0 else -np.inf) - log_total
     return out
+
+
+@njit(cache=True)
+def anchor_pairs(rng, X, m, inv_bw2):
+    """m anchor pairs (i, j), i != j: i uniform over the rows; j uniform or, with
+    probability 1/2 (when N > 2), from the Gaussian kernel around x_i
+    (:func:`local_partners`)."""
+    n_rows = X.shape[0]
+    pairs = np.empty((m, 2), dtype=np.int64)
+    for p in range(m):
+        pairs[p, 0] = min(int(rng.random() * n_rows), n_rows - 1)
+    for p in range(m):
+        j = min(int(rng.random() * (n_rows - 1)), n_rows - 2)
+        pairs[p, 1] = j + 1 if j >= pairs[p, 0] else j
+    if n_rows > 2:
+        local = np.empty(m, dtype=np.bool_)
+        for p in range(m):
+            local[p] = rng.random() >= 0.5
+        idx = np.flatnonzero(local)
+        if idx.shape[0]:
+            u = np.empty(idx.shape[0])
+            for p in range(idx.shape[0]):
+                u[p] = rng.random()
+            partners = local_partners(X, pairs[idx, 0].copy(), inv_bw2, u)
+            for p in range(idx.shape[0]):
+                pairs[idx[p], 1] = partners[p]
+    return pairs
 
 
 @njit(cache=True)
@@ -903,3 +932,80 @@ def split_merge_batch(rng, X, z, k, pairs, kind_cdf, sub_alpha, keys, max_rows, 
         if side_b[r] and accepted[grp[r]]:
             z[rows[r]] = new_label[grp[r]]
     return z, accepted, is_split
+
+
+@njit(cache=True)
+def _log_block_weight(n, sigma, log_w1):
+    return math.lgamma(n - sigma) - log_w1
+
+
+@njit(cache=True)
+def warmup_labels(rng, X, n, s1, s2, conc, sub_alpha, mu0, kappa0, nu0, psi0, prior_const,
+                  alpha, sigma, max_clusters, log_w1):
+    """The draws of a warm-up iteration of Chang & Fisher's sampler given the
+    sub-cluster statistics (n, s1, s2) of K clusters (2K groups, sub-cluster h of
+    cluster k at 2k + h): weights pi ~ Dir(``conc``) and sub-weights
+    pibar_k ~ Dir(n_k0 + a/2, n_k1 + a/2), cluster and sub-cluster parameters from
+    their NIW posteriors; labels z_i ~ pi_k N(x_i | theta_k) over all K, sub-labels
+    zbar_i ~ pibar_{z_i h} N(x_i | theta_{z_i h}); empty clusters dropped; then each
+    cluster's split into its two sub-clusters drawn on Chang & Fisher's eq. 15,
+    H = V-ratio W(n_0) W(n_1) / W(n) f(X_0) f(X_1) / f(X) (sub-clusters of one
+    point floored at one, a split needs both non-empty).
+
+    Returns (labels, sub-labels, old ids of the kept clusters, split (K',), and the
+    kept clusters' sub-cluster statistics (n, s1, s2))."""
+    n_rows = X.shape[0]
+    k = n.shape[0] // 2
+    d = X.shape[1]
+    nk = np.empty(k)
+    s1k = np.empty((k, d))
+    s2k = np.empty((k, d, d))
+    for g in range(k):
+        nk[g] = n[2 * g] + n[2 * g + 1]
+        s1k[g] = s1[2 * g] + s1[2 * g + 1]
+        s2k[g] = s2[2 * g] + s2[2 * g + 1]
+    log_pi = draw_dirichlet_log(rng, conc.reshape(1, -1))[0]
+    log_pibar = draw_dirichlet_log(rng, n.reshape(k, 2) + sub_alpha / 2)
+    W, b, c, _ = draw_niw(rng, nk, s1k, s2k, mu0, kappa0, nu0, psi0)
+    Ws, bs, cs, _ = draw_niw(rng, n, s1, s2, mu0, kappa0, nu0, psi0)
+    u = np.empty(n_rows)
+    for i in range(n_rows):
+        u[i] = rng.random()
+    z = draw_from_cdf(label_cdf(X, W, b, c + log_pi[:k]), u)
+    pair = pair_loglik(X, z, Ws, bs, cs)
+    zs = np.empty(n_rows, dtype=np.int64)
+    for i in range(n_rows):
+        l0 = pair[i, 0] + log_pibar[z[i], 0]
+        l1 = pair[i, 1] + log_pibar[z[i], 1]
+        zs[i] = 1 if _log_uniform(rng) < l1 - _logaddexp(l0, l1) else 0
+    # drop the clusters left empty
+    new_id = np.full(k, -1, dtype=np.int64)
+    for i in range(n_rows):
+        new_id[z[i]] = 0
+    kept = np.flatnonzero(new_id == 0)
+    k = kept.shape[0]
+    for j in range(k):
+        new_id[kept[j]] = j
+    lab = np.empty(n_rows, dtype=np.int64)
+    for i in range(n_rows):
+        z[i] = new_id[z[i]]
+        lab[i] = 2 * z[i] + zs[i]
+    n, s1, s2 = group_stats(X, lab, 2 * k)
+    for g in range(k):
+        nk[g] = n[2 * g] + n[2 * g + 1]
+        s1k[g] = s1[2 * g] + s1[2 * g + 1]
+        s2k[g] = s2[2 * g] + s2[2 * g + 1]
+    kap, _, nu, chol = niw_posterior(n, s1, s2, mu0, kappa0, nu0, psi0)
+    lm_sub = log_marginal(n, kap, nu, chol, prior_const)
+    kap, _, nu, chol = niw_posterior(nk[:k], s1k[:k], s2k[:k], mu0, kappa0, nu0, psi0)
+    lm = log_marginal(nk[:k], kap, nu, chol, prior_const)
+    ratio = log_new_block_ratio(alpha, sigma, max_clusters, k)
+    split = np.zeros(k, dtype=np.bool_)
+    for g in range(k):
+        n1, n2 = n[2 * g], n[2 * g + 1]
+        log_h = (ratio + _log_block_weight(max(n1, 1.0), sigma, log_w1)
+                 + _log_block_weight(max(n2, 1.0), sigma, log_w1)
+                 - _log_block_weight(n1 + n2, sigma, log_w1)
+                 + lm_sub[2 * g] + lm_sub[2 * g + 1] - lm[g])
+        split[g] = _log_uniform(rng) < log_h and n1 > 0 and n2 > 0
+    return z, zs, kept, split, (n, s1, s2)

@@ -83,15 +83,10 @@ class GibbsWeights:
 
 def dirichlet_log(rng: np.random.Generator, conc: np.ndarray) -> np.ndarray:
     """log of a Dirichlet draw along the last axis, via Gamma variables; zero
-    concentration -> -inf."""
-    pos = conc > 0
-    if pos.all():
-        g = np.maximum(rng.standard_gamma(conc), 1e-300)
-        return np.log(g) - np.log(g.sum(-1, keepdims=True))
-    g = np.where(pos, np.maximum(rng.standard_gamma(np.where(pos, conc, 1.0)), 1e-300), 0.0)
-    out = np.full(conc.shape, -np.inf)
-    np.log(g, out=out, where=pos)
-    return out - np.log(g.sum(-1, keepdims=True))
+    concentration -> -inf (:func:`.kernels.draw_dirichlet_log`)."""
+    conc = np.asarray(conc, dtype=np.float64)
+    flat = np.ascontiguousarray(conc.reshape(-1, conc.shape[-1]))
+    return kn.draw_dirichlet_log(rng, flat).reshape(conc.shape)
 
 
 def relabel(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,15 +145,9 @@ class CompiledGaussianSteps:
         return kn.log_marginal(stats[0], kap, nu, chol, self.prior_const)
 
     def sample_components(self, stats):
-        """(W, b, c, mean) of draws theta_k ~ p(theta | X_k) for every group."""
-        n = stats[0]
-        g, d = stats[1].shape
-        rng = self.rng
-        # Bartlett's chi-square(nu_n - i) / 2 draws, nu_n = nu + n
-        shape = np.maximum(0.5 * (self.nu0 + n[:, None] - np.arange(d)[None]), 1e-300)
-        return kn.sample_niw(*stats, self.mu0, self.kappa0, self.nu0, self.psi0,
-                             rng.standard_normal((g, d, d)), rng.standard_gamma(shape),
-                             rng.standard_normal((g, d)))
+        """(W, b, c, mean) of draws theta_k ~ p(theta | X_k) for every group
+        (:func:`.kernels.draw_niw`)."""
+        return kn.draw_niw(self.rng, *stats, self.mu0, self.kappa0, self.nu0, self.psi0)
 
     def split_terms(self, gw: GibbsWeights, s_a, s_b) -> np.ndarray:
         """log W(n_a) + log W(n_b) - log W(n) + log f(X_a) + log f(X_b) - log f(X)
@@ -257,18 +246,8 @@ class CompiledGaussianSteps:
 
     # -- anchored moves --------------------------------------------------------------
     def anchor_pairs(self, m: int) -> np.ndarray:
-        """:meth:`SubclusterSampler._anchor_pairs`: i uniform; j uniform or, with
-        probability 1/2, from a Gaussian kernel around x_i."""
-        n = self.X.shape[0]
-        i = (self.rng.random(m) * n).astype(np.int64).clip(0, n - 1)
-        j = (self.rng.random(m) * (n - 1)).astype(np.int64).clip(0, n - 2)
-        j = j + (j >= i)
-        if n > 2:
-            local = np.flatnonzero(self.rng.random(m) >= 0.5)
-            if local.size:
-                j[local] = kn.local_partners(self.X, i[local], 1.0 / self.s._bandwidth2,
-                                             self.rng.random(local.size))
-        return np.stack([i, j], 1)
+        """:meth:`SubclusterSampler._anchor_pairs` (:func:`.kernels.anchor_pairs`)."""
+        return kn.anchor_pairs(self.rng, self.X, int(m), 1.0 / self.s._bandwidth2)
 
     def anchored_moves(self, z, gw, n_moves):
         """One batch of anchored proposals: split/merge or, with probability
@@ -384,27 +363,13 @@ class CompiledGaussianSteps:
         sub = state.sub_stats if state.sub_stats is not None \
             else self.stats(X, 2 * z + zs, 2 * k)
         stats = _pair_sums(sub)
-        log_pi = dirichlet_log(self.rng, gw.concentration(stats[0]))[:k]
-        log_pibar = dirichlet_log(self.rng, sub[0].reshape(k, 2) + s._sub_alpha / 2)
-        comps, sub_comps = self.sample_components(stats), self.sample_components(sub)
-        W, b, c, _ = comps
-        z = kn.draw_from_cdf(kn.label_cdf(X, W, b, c + log_pi), self.rng.random(X.shape[0]))
-        pair = kn.pair_loglik(X, z, *sub_comps[:3]) + log_pibar[z]
-        zs = (self._log_rand(X.shape[0]) < pair[:, 1] - np.logaddexp(pair[:, 0], pair[:, 1])
-              ).astype(np.int64)
-        z, kept = relabel(z)                   # empty clusters are dropped
+        z, zs, kept, split, sub = kn.warmup_labels(
+            self.rng, X, *sub, gw.concentration(stats[0]), float(s._sub_alpha), self.mu0,
+            self.kappa0, self.nu0, self.psi0, self.prior_const, float(gw.alpha),
+            float(gw.sigma), float(gw.max_clusters), gw._w1)
         born = born[kept]
-        k = int(z.max()) + 1
-        sub = self.stats(X, 2 * z + zs, 2 * k)
+        k = kept.shape[0]
         stats = _pair_sums(sub)
-        # parallel splits along the sub-clusters (Chang & Fisher eq. 15)
-        n1, n2 = sub[0][0::2], sub[0][1::2]
-        lm_sub = self.log_marginal(sub)
-        both = (n1 > 0) & (n2 > 0)
-        log_h = (gw.log_new_block_ratio(k) + gw.log_block_weight(np.maximum(n1, 1))
-                 + gw.log_block_weight(np.maximum(n2, 1)) - gw.log_block_weight(n1 + n2)
-                 + lm_sub[0::2] + lm_sub[1::2] - self.log_marginal(stats))
-        split = (self._log_rand(k) < log_h) & both
         n_split = int(split.sum())
         if n_split:
             target = np.full(k, -1, dtype=np.int64)
