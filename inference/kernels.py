@@ -289,22 +289,27 @@ def draw_from_cdf(cdf, u):
     """One draw per row from the unnormalised CDF of :func:`label_cdf`: the first
     column whose cumulative mass exceeds u_i times the row total (binary search);
     a column that adds no mass is never drawn."""
-    n_rows, k = cdf.shape
-    out = np.empty(n_rows, dtype=np.int64)
-    for i in range(n_rows):
-        t = u[i] * cdf[i, k - 1]
-        lo, hi = 0, k - 1
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if cdf[i, mid] > t:
-                hi = mid
-            else:
-                lo = mid + 1
-        if not cdf[i, lo] > t:      # u * total rounded up to the total: the last column
-            while lo > 0 and cdf[i, lo - 1] == cdf[i, lo]:      # that has mass
-                lo -= 1
-        out[i] = lo
+    out = np.empty(cdf.shape[0], dtype=np.int64)
+    for i in range(cdf.shape[0]):
+        out[i] = _draw_row(cdf, i, u[i])
     return out
+
+
+@njit(cache=True, inline="always")
+def _draw_row(cdf, i, u):
+    k = cdf.shape[1]
+    t = u * cdf[i, k - 1]
+    lo, hi = 0, k - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cdf[i, mid] > t:
+            hi = mid
+        else:
+            lo = mid + 1
+    if not cdf[i, lo] > t:      # u * total rounded up to the total: the last column
+        while lo > 0 and cdf[i, lo - 1] == cdf[i, lo]:      # that has mass
+            lo -= 1
+    return lo
 
 
 ROW_CHUNK = 256      # rows per task of the parallel tables
@@ -1009,3 +1014,37 @@ def warmup_labels(rng, X, n, s1, s2, conc, sub_alpha, mu0, kappa0, nu0, psi0, pr
                  + lm_sub[2 * g] + lm_sub[2 * g + 1] - lm[g])
         split[g] = _log_uniform(rng) < log_h and n1 > 0 and n2 > 0
     return z, zs, kept, split, (n, s1, s2)
+
+
+@njit(cache=True)
+def restricted_labels(rng, X, z_old, n, s1, s2, conc, mu0, kappa0, nu0, psi0, max_tries):
+    """The exact phase's restricted Gibbs step on K clusters with statistics (n, s1, s2):
+    weights (pi_1..pi_K, pi_rest) ~ Dir(``conc``), parameters from their NIW
+    posteriors, then labels z_i ~ pi_k N(x_i | theta_k) over the K clusters given no
+    cluster empties, by rejection (at most ``max_tries`` draws; the old labels if all
+    empty one); half of the time only a random half of the rows is redrawn.
+
+    Returns (labels, log weights (K+1,), W, b, c of the drawn components, accepted)."""
+    n_rows = X.shape[0]
+    k = n.shape[0]
+    log_w = draw_dirichlet_log(rng, conc.reshape(1, -1))[0]
+    W, b, c, _ = draw_niw(rng, n, s1, s2, mu0, kappa0, nu0, psi0)
+    cdf = label_cdf(X, W, b, c + log_w[:k])
+    if rng.random() < 0.5:
+        block = np.empty(n_rows, dtype=np.bool_)
+        for i in range(n_rows):
+            block[i] = rng.random() < 0.5
+        rows = np.flatnonzero(block)
+    else:
+        rows = np.arange(n_rows)
+    counts = np.empty(k, dtype=np.int64)
+    for _ in range(max_tries):
+        z = z_old.copy()
+        for r in range(rows.shape[0]):
+            z[rows[r]] = _draw_row(cdf, rows[r], rng.random())
+        counts[:] = 0
+        for i in range(n_rows):
+            counts[z[i]] += 1
+        if counts.min() > 0:
+            return z, log_w, W, b, c, True
+    return z_old, log_w, W, b, c, False

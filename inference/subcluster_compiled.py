@@ -167,39 +167,22 @@ class CompiledGaussianSteps:
         z = state.z.numpy()
         k = int(z.max()) + 1
         stats = state.stats if state.stats is not None else self.stats(X, z, k)
-        # 1. weights and parameters from their conditionals
-        log_w = dirichlet_log(self.rng, gw.concentration(stats[0]))
-        comps = self.sample_components(stats)
-        # 2. restricted Gibbs (K kept), every slice_every-th iteration the slice step
-        W, b, c, _ = comps
-        z = self.restricted_labels(kn.label_cdf(X, W, b, c + log_w[:k]), z, k)
+        # 1-2. weights and parameters from their conditionals, restricted Gibbs (K kept);
+        # every slice_every-th iteration the slice step
+        z, log_w, W, b, c, moved = kn.restricted_labels(
+            self.rng, X, z, *stats, gw.concentration(stats[0]), self.mu0, self.kappa0,
+            self.nu0, self.psi0, int(s.max_label_tries))
+        if not moved:
+            s.label_rejections_ += 1
         slice_now = bool(s.slice_every) and (
             (state.iteration - s.warmup_) % s.slice_every == s.slice_every - 1)
         if slice_now:
-            z = self.slice_labels(z, log_w, weights, comps)
+            z = self.slice_labels(z, log_w, weights, (W, b, c))
         # 3. anchored split/merge moves
         n_moves = s.moves_per_iter if s.moves_per_iter is not None \
             else max(2, (int(z.max()) + 1) // 8)
         z, counts, _ = self.anchored_moves(z, gw, n_moves)
         return self._finish(state, z, None, counts, gw, None)
-
-    def restricted_labels(self, cdf, z_old, k):
-        """:meth:`SubclusterSampler._sample_labels`: labels given (pi, theta) conditioned
-        on no cluster emptying, by rejection; half the time a random half of the rows."""
-        s = self.s
-        n = z_old.shape[0]
-        block = self.rng.random(n) < 0.5 if self.rng.random() < 0.5 else None
-        if block is not None:
-            cdf = np.ascontiguousarray(cdf[block])
-        for _ in range(s.max_label_tries):
-            z = kn.draw_from_cdf(cdf, self.rng.random(cdf.shape[0]))
-            if block is not None:
-                z_new, z = z, z_old.copy()
-                z[block] = z_new
-            if np.bincount(z, minlength=k).min() > 0:
-                return z
-        s.label_rejections_ += 1
-        return z_old
 
     def slice_labels(self, z, log_w, weights, comps):
         """:meth:`SubclusterSampler._slice_labels`: u_i ~ U(0, pi_{z_i}), the rest mass
