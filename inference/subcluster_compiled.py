@@ -33,8 +33,8 @@ from .subcluster import disjoint_pairs
 
 # "auto" takes the compiled backend up to this dimension: its quadratic forms are
 # scalar loops (d^2 per point and cluster) where torch's are GEMMs.  At N=20,000,
-# K=10, 40 iterations (2026-11-26, 2-core CPU) compiled/torch took 0.19/0.55 s at
-# d=2, 0.40/0.71 s at d=8, 1.19/1.51 s at d=16 and 3.97/2.42 s at d=32.
+# K=10, 40 iterations (2026-11-26, 2-core CPU, best of two) compiled/torch took
+# 0.21/0.70 s at d=2, 0.44/0.78 s at d=8, 1.06/1.16 s at d=16 and 3.31/2.39 s at d=32.
 AUTO_MAX_DIM = 16
 
 
