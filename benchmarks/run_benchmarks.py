@@ -36,6 +36,7 @@ from bnpdeep.inference import (
     MemoizedVB,
     SubclusterSampler,
 )
+from bnpdeep.inference.subcluster_compiled import load_kernels
 
 from bnpdeep import data
 from bnpdeep.metrics import evaluate, k_within
@@ -157,23 +158,13 @@ def accuracy_table(rows) -> str:
 SPEED_SAMPLERS = {"subcluster (100 it)": "compiled", "subcluster torch (100 it)": "torch"}
 
 
-def kernel_load_seconds() -> float:
-    """Seconds of the first compiled fit in this process (on 50 points): numba loading
-    the kernels from its on-disk cache, or compiling them on a cold cache (a fresh
-    clone).  Paid once per process; the timed fits below come after it."""
-    X = np.random.default_rng(0).normal(size=(50, 2))
-    start = time.perf_counter()
-    SubclusterSampler(max_iter=4, backend="compiled").fit(X)
-    return time.perf_counter() - start
-
-
 def run_speed(seed: int, repeats: int) -> list[dict]:
     """Sub-cluster sampler (100 iterations; compiled and torch backends) against BGM on
     the same data, same run, paired repeats."""
     cases = {"synthetic N=10000 d=2 K=10": data.make_mixture(10_000, 2, 10, seed=seed),
              "a1 (N=3000, K=20)": data.load_benchmark("a1"),
              "synthetic N=20000 d=2 K=50": data.make_mixture(20_000, 2, 50, seed=seed)}
-    rows = [{"case": "kernel load", "method": "compiled", "seconds": kernel_load_seconds()}]
+    rows = [{"case": "kernel load", "method": "compiled", "seconds": load_kernels()}]
     print(f"  compiled kernels loaded in {rows[0]['seconds']:.2f} s", file=sys.stderr)
     for case, (X, y) in cases.items():
         k_true = int(np.unique(y).size)
