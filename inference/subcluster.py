@@ -308,11 +308,12 @@ class SubclusterSampler(MCMCClusterer):
         (:mod:`.subcluster_compiled`), for GaussianNIW components with a DP,
         Pitman-Yor or finite Dirichlet prior on the CPU (``refine_iter=0``); a torch
         iteration costs about a thousand small tensor operations, whose dispatch, not
-        the arithmetic, sets the speed on a few thousand points (1.8-4.0x faster on
-        the speed benchmarks' d = 2 sets, 2026-11-26).  "auto": "compiled" where it applies and
-        d <= 16 (beyond, torch's GEMMs win), else "torch".  A seed gives other draws
-        in each.  The first fit in a fresh clone compiles the kernels (about 20 s;
-        then cached on disk, 0.1-0.2 s to load per process).
+        the arithmetic, sets the speed on a few thousand points (2.3-5.1x faster on
+        the speed benchmarks' d = 2 sets, 2026-11-26).  "auto": "compiled" where it
+        applies and d <= 16 (beyond, torch's GEMMs win), else "torch".  A seed gives
+        other draws in each.  The kernels are compiled once into numba's on-disk
+        cache (about 45 s; ``make venv`` does it, else the first fit), then load in
+        0.1-0.3 s per process.
     progress : bool, default False
         tqdm progress bar on stderr.
     checkpoint_every : int, default 10

@@ -9,10 +9,15 @@ Every step of :mod:`.subcluster` -- the warm-up's persistent sub-clusters, paral
 splits and burn-out-gated merges, the exact phase's restricted Gibbs, slice step
 and anchored split/merge/re-split batches with the four sub-partition kinds -- is
 written here on numpy arrays, with the loops over points and groups in the numba
-kernels of :mod:`.kernels`.  Random numbers come from a numpy Generator seeded from
-torch's per-chain seed and kept in the chain's state (checkpoints resume it).  The
-Hastings ratios are the same expressions; a seed gives
-other draws than the torch backend (the exact-posterior tests check both).
+kernels of :mod:`.kernels`; the hot parts of a step (the warm-up's draws and
+parallel split decisions, the exact phase's restricted Gibbs labels, a whole
+anchored split/merge batch) are one kernel call each, since on a few thousand
+points the cost of a call, not its arithmetic, sets the speed.  Random numbers
+come from a numpy Generator seeded from torch's per-chain seed and kept in the
+chain's state (checkpoints resume it); the fused kernels draw from it in the
+order of the numpy calls they replaced.  The Hastings ratios are the same
+expressions; a seed gives other draws than the torch backend (the
+exact-posterior tests check both).
 
 Not covered (the torch backend runs instead): other families or weight priors,
 ``refine_iter > 0``, and devices other than the CPU.
