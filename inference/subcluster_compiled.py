@@ -262,18 +262,6 @@ class CompiledGaussianSteps:
         return (z[pairs[:, 0]], z[pairs[:, 1]], rows, np.ascontiguousarray(self.X[rows]), g,
                 li, lj, log_q, new_b)
 
-    def accept_in_sequence(self, gw, k, log_terms, is_split):
-        """:func:`.moves.accept_in_sequence`: each move sees the K its predecessors left."""
-        log_u = self._log_rand(log_terms.shape[0])
-        out = np.zeros(log_terms.shape[0], dtype=bool)
-        for m, (t, split) in enumerate(zip(log_terms.tolist(), is_split.tolist(),
-                                           strict=True)):
-            log_h = t + gw.log_new_block_ratio(k) if split else t - gw.log_new_block_ratio(k - 1)
-            if log_u[m] < log_h:
-                out[m] = True
-                k += 1 if split else -1
-        return out
-
     def move_batch(self, z, pairs, gw):
         """:meth:`SubclusterSampler._move_batch` (:func:`.kernels.split_merge_batch`):
         anchored splits and merges on disjoint clusters; returns (labels, counts, kept
