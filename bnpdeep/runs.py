@@ -2,7 +2,8 @@
 
 A run folder holds ``labels.npy``, ``summary.json`` (method, n_clusters, time_s,
 and nmi/ari/acc when labels are known), ``idata.nc`` for the Bayesian methods,
-and ``checkpoint.pt`` while a long run is under way.
+and ``checkpoint.pt`` while a long run is under way (a sampler's kept label and
+log-likelihood draws beside it, in append-only ``.npz`` files).
 """
 
 from __future__ import annotations
@@ -65,6 +66,20 @@ class RunFolder:
         torch.save(state, tmp)
         os.replace(tmp, path)
         return path
+
+    def save_arrays(self, name: str, **arrays: np.ndarray) -> Path:
+        """Atomically write numpy arrays (``.npz``) beside the checkpoint."""
+        self._ensure()
+        path = self.path / name
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+        return path
+
+    def load_arrays(self, name: str) -> dict[str, np.ndarray]:
+        with np.load(self.path / name) as f:
+            return {key: f[key] for key in f.files}
 
     def load_checkpoint(self, name: str | None = None) -> dict | None:
         """The last checkpoint, or None if there is none."""

@@ -214,6 +214,40 @@ def test_resumed_fit_ends_with_the_draws_of_an_uninterrupted_one(tmp_path, kill_
                                       b.sample_stats["merge_acceptance"].values)
 
 
+def test_checkpoints_write_each_kept_draw_once(tmp_path, monkeypatch):
+    """The kept label and log-likelihood draws go to append-only files beside the
+    checkpoint, each draw once; the checkpoint itself holds none of them, so saving
+    costs the same at the end of a long run as at its start.  A fresh fit in the
+    folder drops the files a previous fit left."""
+    from bnpdeep.runs import RunFolder
+
+    X, _ = _blobs(n=120, seed=4)
+    written = []
+    save = RunFolder.save_arrays
+
+    def spy(self, name, **arrays):
+        written.append((name, arrays["labels"].shape[0], arrays["log_lik"].shape))
+        return save(self, name, **arrays)
+
+    monkeypatch.setattr(RunFolder, "save_arrays", spy)
+    est = SubclusterSampler(max_iter=40, n_chains=2, checkpoint_every=5, random_state=1)
+    est.fit(X, checkpoint_dir=tmp_path)
+    # each chain: 20 kept draws after burn-in, written in contiguous pieces
+    assert sum(n for _, n, _ in written) == 2 * 20
+    assert all(shape[1] == 120 for _, _, shape in written)
+    saved = RunFolder(tmp_path).load_checkpoint(est._CHECKPOINT)
+    for c, rec in enumerate(saved["chains"]):
+        assert rec.labels == [] and rec.log_lik == []
+        stops = [0] + [b for _, b in rec.draw_files]
+        assert [a for a, _ in rec.draw_files] == stops[:-1] and stops[-1] == 20
+        back = np.stack(est._restored(rec, c).labels)
+        np.testing.assert_array_equal(back, np.stack(est.chains_[c].labels))
+    left = sorted(p.name for p in tmp_path.glob("*.npz"))
+    SubclusterSampler(max_iter=40, n_chains=1, checkpoint_every=40, random_state=1).fit(
+        X, checkpoint_dir=tmp_path)
+    assert len(left) > 1 and len(list(tmp_path.glob("*.npz"))) == 1
+
+
 def test_checkpoint_of_other_data_or_settings_is_refused(tmp_path):
     X, _ = _blobs(n=100, seed=6)
     SubclusterSampler(max_iter=10, checkpoint_every=3).fit(X, checkpoint_dir=tmp_path)
