@@ -20,6 +20,7 @@ results one chain of ``sample`` draws, stored on the ``draw`` axis with
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import arviz as az
@@ -66,7 +67,10 @@ def k_summary(idata: az.InferenceData, hdi_prob: float = 0.9) -> dict:
     of K and lp.  When every draw of every chain holds the same value (to round-off:
     1e-12 relative), the values ArviZ gives an exactly constant array are reported --
     R-hat NaN (undefined), ESS the number of draws -- rather than the infinite R-hat
-    that round-off differences between chains would produce."""
+    that round-off differences between chains would produce.  When each chain holds
+    one value but the chains disagree (no within-chain variance, W = 0), R-hat is
+    infinite, as Gelman & Rubin's sqrt(((n-1)/n W + B/n) / W) gives: ArviZ's
+    rank-normalised R-hat returns NaN there, which would read as "no variation"."""
     k = idata.posterior["K"].values
     lo, hi = np.quantile(k, [(1 - hdi_prob) / 2, 1 - (1 - hdi_prob) / 2])
     out = {"k_mean": float(k.mean()), "k_low": float(lo), "k_high": float(hi)}
@@ -78,7 +82,10 @@ def k_summary(idata: az.InferenceData, hdi_prob: float = 0.9) -> dict:
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                out[f"rhat_{name}"] = float(az.rhat(da.to_dataset(name=name))[name])
+                rhat = float(az.rhat(da.to_dataset(name=name))[name])
+                if np.isnan(rhat) and np.ptp(values, axis=1).max() == 0:
+                    rhat = math.inf            # chains each stuck at their own value
+                out[f"rhat_{name}"] = rhat
                 out[f"ess_{name}"] = float(az.ess(da.to_dataset(name=name),
                                                   method="bulk")[name])
     return out

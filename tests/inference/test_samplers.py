@@ -113,6 +113,22 @@ def test_inference_data_schema_loo_and_multichain_diagnostics():
     assert np.array_equal(same.posterior["K"].values, idata.posterior["K"].values)
 
 
+def test_k_summary_of_chains_stuck_at_different_k_is_infinite_rhat():
+    """Chains each holding one K but disagreeing are the plainest non-convergence:
+    R-hat infinite (W = 0), not NaN; identical constant chains stay NaN (undefined)."""
+    lp = np.random.default_rng(0).normal(size=(3, 50))
+    stuck = az.from_dict(posterior={"K": np.repeat([[4], [5], [7]], 50, axis=1)},
+                         sample_stats={"lp": lp})
+    summary = k_summary(stuck)
+    assert summary["rhat_K"] == np.inf
+    assert np.isfinite(summary["rhat_lp"])
+    same = az.from_dict(posterior={"K": np.full((3, 50), 4)}, sample_stats={"lp": lp})
+    assert np.isnan(k_summary(same)["rhat_K"])
+    mixing = az.from_dict(posterior={"K": np.random.default_rng(1).integers(4, 6, (3, 50))},
+                          sample_stats={"lp": lp})
+    assert 0.9 < k_summary(mixing)["rhat_K"] < 1.1
+
+
 def test_gibbs_estimator_on_a_small_mixture():
     X, y = _blobs(n=120, seed=4)
     est = CollapsedGibbs(max_iter=30, random_state=0).fit(X)
