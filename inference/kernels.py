@@ -63,6 +63,21 @@ def group_stats(X, lab, n_groups):
 
 
 @njit(cache=True)
+def pair_sums(n, s1, s2):
+    """Statistics of groups 2g and 2g + 1 added: a cluster's from its two
+    sub-clusters'."""
+    k = n.shape[0] // 2
+    nk = np.empty(k)
+    s1k = np.empty((k, s1.shape[1]))
+    s2k = np.empty((k, s1.shape[1], s1.shape[1]))
+    for g in range(k):
+        nk[g] = n[2 * g] + n[2 * g + 1]
+        s1k[g] = s1[2 * g] + s1[2 * g + 1]
+        s2k[g] = s2[2 * g] + s2[2 * g + 1]
+    return nk, s1k, s2k
+
+
+@njit(cache=True)
 def _cholesky_into(A, L):
     """Lower Cholesky factor of A into L; False when A is not positive definite."""
     d = A.shape[0]
@@ -775,8 +790,8 @@ def pair_proposals(rng, X, z, k, pairs, kind_cdf, sub_alpha, keys, max_rows, mu0
     split drawn from them, the anchors on opposite sides (the flip of the pair drawn
     from q_i(0) q_j(1) against q_i(1) q_j(0)).
 
-    Returns (rows, group of each row, anchor positions li, lj in rows, log_q (n, 2),
-    new_b: the row is on anchor j's side)."""
+    Returns (rows, their data X[rows], group of each row, anchor positions li, lj in
+    rows, log_q (n, 2), new_b: the row is on anchor j's side)."""
     n_pairs = pairs.shape[0]
     d = X.shape[1]
     group_of = np.full(k, -1, dtype=np.int64)
@@ -845,7 +860,7 @@ def pair_proposals(rng, X, z, k, pairs, kind_cdf, sub_alpha, keys, max_rows, mu0
     new_b = np.empty(n_rows, dtype=np.bool_)
     for r in range(n_rows):
         new_b[r] = side[r] != side[li[grp[r]]]
-    return rows, grp, li, lj, log_q, new_b
+    return rows, Xr, grp, li, lj, log_q, new_b
 
 
 # -- Hastings ratios of a Gibbs-type EPPF: log W(n) = lgamma(n - sigma) - lgamma(1 - sigma),
@@ -893,7 +908,7 @@ def split_merge_batch(rng, X, z, k, pairs, kind_cdf, sub_alpha, keys, max_rows, 
     cb = np.empty(n_pairs, dtype=np.int64)
     for m in range(n_pairs):
         ca[m], cb[m] = z[pairs[m, 0]], z[pairs[m, 1]]
-    rows, grp, li, lj, log_q, new_b = pair_proposals(
+    rows, Xr, grp, li, lj, log_q, new_b = pair_proposals(
         rng, X, z, k, pairs, kind_cdf, sub_alpha, keys, max_rows, mu0, kappa0, nu0, psi0)
     n_rows = rows.shape[0]
     side_b = np.empty(n_rows, dtype=np.bool_)
@@ -902,9 +917,6 @@ def split_merge_batch(rng, X, z, k, pairs, kind_cdf, sub_alpha, keys, max_rows, 
         g = grp[r]
         side_b[r] = new_b[r] if ca[g] == cb[g] else z[rows[r]] == cb[g]
         lab[r] = 2 * g + (1 if side_b[r] else 0)
-    Xr = np.empty((n_rows, X.shape[1]))
-    for r in range(n_rows):
-        Xr[r] = X[rows[r]]
     n, s1, s2 = group_stats(Xr, lab, 2 * n_pairs)
     terms = split_terms(n[0::2], s1[0::2], s2[0::2], n[1::2], s1[1::2], s2[1::2], mu0,
                         kappa0, nu0, psi0, prior_const, sigma, log_w1)
@@ -958,17 +970,10 @@ def warmup_labels(rng, X, n, s1, s2, conc, sub_alpha, mu0, kappa0, nu0, psi0, pr
     point floored at one, a split needs both non-empty).
 
     Returns (labels, sub-labels, old ids of the kept clusters, split (K',), and the
-    kept clusters' sub-cluster statistics (n, s1, s2))."""
+    kept clusters' sub-cluster and cluster statistics (n, s1, s2))."""
     n_rows = X.shape[0]
     k = n.shape[0] // 2
-    d = X.shape[1]
-    nk = np.empty(k)
-    s1k = np.empty((k, d))
-    s2k = np.empty((k, d, d))
-    for g in range(k):
-        nk[g] = n[2 * g] + n[2 * g + 1]
-        s1k[g] = s1[2 * g] + s1[2 * g + 1]
-        s2k[g] = s2[2 * g] + s2[2 * g + 1]
+    nk, s1k, s2k = pair_sums(n, s1, s2)
     log_pi = draw_dirichlet_log(rng, conc.reshape(1, -1))[0]
     log_pibar = draw_dirichlet_log(rng, n.reshape(k, 2) + sub_alpha / 2)
     W, b, c, _ = draw_niw(rng, nk, s1k, s2k, mu0, kappa0, nu0, psi0)
@@ -996,14 +1001,11 @@ def warmup_labels(rng, X, n, s1, s2, conc, sub_alpha, mu0, kappa0, nu0, psi0, pr
         z[i] = new_id[z[i]]
         lab[i] = 2 * z[i] + zs[i]
     n, s1, s2 = group_stats(X, lab, 2 * k)
-    for g in range(k):
-        nk[g] = n[2 * g] + n[2 * g + 1]
-        s1k[g] = s1[2 * g] + s1[2 * g + 1]
-        s2k[g] = s2[2 * g] + s2[2 * g + 1]
+    nk, s1k, s2k = pair_sums(n, s1, s2)
     kap, _, nu, chol = niw_posterior(n, s1, s2, mu0, kappa0, nu0, psi0)
     lm_sub = log_marginal(n, kap, nu, chol, prior_const)
-    kap, _, nu, chol = niw_posterior(nk[:k], s1k[:k], s2k[:k], mu0, kappa0, nu0, psi0)
-    lm = log_marginal(nk[:k], kap, nu, chol, prior_const)
+    kap, _, nu, chol = niw_posterior(nk, s1k, s2k, mu0, kappa0, nu0, psi0)
+    lm = log_marginal(nk, kap, nu, chol, prior_const)
     ratio = log_new_block_ratio(alpha, sigma, max_clusters, k)
     split = np.zeros(k, dtype=np.bool_)
     for g in range(k):
@@ -1013,7 +1015,7 @@ def warmup_labels(rng, X, n, s1, s2, conc, sub_alpha, mu0, kappa0, nu0, psi0, pr
                  - _log_block_weight(n1 + n2, sigma, log_w1)
                  + lm_sub[2 * g] + lm_sub[2 * g + 1] - lm[g])
         split[g] = _log_uniform(rng) < log_h and n1 > 0 and n2 > 0
-    return z, zs, kept, split, (n, s1, s2)
+    return z, zs, kept, split, (n, s1, s2), (nk, s1k, s2k)
 
 
 @njit(cache=True)

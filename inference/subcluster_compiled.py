@@ -60,15 +60,16 @@ class GibbsWeights:
         params = weights.gibbs_parameters()
         if params is None:
             raise TypeError(f"no compiled form of {type(weights).__name__}")
-        self.alpha, self.sigma, self.max_clusters = params
-        self._w1 = math.lgamma(1.0 - self.sigma)
+        self.alpha, self.sigma, self.max_clusters = (float(p) for p in params)
+        self.log_w1 = math.lgamma(1.0 - self.sigma)
+        # what the kernels take: (alpha, sigma, largest K, log W(1) normaliser)
+        self.kernel_args = (self.alpha, self.sigma, self.max_clusters, self.log_w1)
 
     def log_block_weight(self, n: np.ndarray) -> np.ndarray:
-        return gammaln(n - self.sigma) - self._w1
+        return gammaln(n - self.sigma) - self.log_w1
 
     def log_new_block_ratio(self, k: int) -> float:
-        v = self.alpha + k * self.sigma
-        return math.log(v) if v > 0 and k < self.max_clusters else -math.inf
+        return kn.log_new_block_ratio(self.alpha, self.sigma, self.max_clusters, k)
 
     def log_eppf(self, n: np.ndarray) -> float:
         """log V(N, K) + sum_k log W(n_k), with
@@ -97,14 +98,6 @@ def dirichlet_log(rng: np.random.Generator, conc: np.ndarray) -> np.ndarray:
 def relabel(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     present = np.bincount(z) > 0
     return (np.cumsum(present) - 1)[z], np.flatnonzero(present)
-
-
-def _pair_sums(stats):
-    n, s1, s2 = stats
-    k = n.shape[0] // 2
-    d = s1.shape[1]
-    return (n.reshape(k, 2).sum(1), s1.reshape(k, 2, d).sum(1),
-            s2.reshape(k, 2, d, d).sum(1))
 
 
 class CompiledGaussianSteps:
@@ -158,7 +151,7 @@ class CompiledGaussianSteps:
         """log W(n_a) + log W(n_b) - log W(n) + log f(X_a) + log f(X_b) - log f(X)
         (:func:`.moves.log_split_terms`, :func:`.kernels.split_terms`)."""
         return kn.split_terms(*s_a, *s_b, self.mu0, self.kappa0, self.nu0, self.psi0,
-                              self.prior_const, float(gw.sigma), gw._w1)
+                              self.prior_const, gw.sigma, gw.log_w1)
 
     def lp(self, gw: GibbsWeights, stats) -> float:
         """log p(z, X): the log EPPF plus the clusters' log marginal likelihoods."""
@@ -221,7 +214,7 @@ class CompiledGaussianSteps:
             stats, sub = self.stats(X, z, k), None
         else:
             sub = self.stats(X, 2 * z + zs, 2 * k)
-            stats = _pair_sums(sub)
+            stats = kn.pair_sums(*sub)
         new = type(state)(state.X, torch.from_numpy(z), alpha, state.iteration + 1,
                           None if zs is None else torch.from_numpy(zs),
                           None if born is None else torch.from_numpy(born), stats, sub,
@@ -255,12 +248,11 @@ class CompiledGaussianSteps:
         the groups of the kept pairs, their sub-cluster log-responsibilities and a
         drawn split of each (anchors apart)."""
         s = self.s
-        rows, g, li, lj, log_q, new_b = kn.pair_proposals(
+        rows, Xr, g, li, lj, log_q, new_b = kn.pair_proposals(
             self.rng, self.X, z, int(k), np.ascontiguousarray(pairs), self.kind_cdf,
             float(s._sub_alpha), self.keys, int(s.refine_rows), self.mu0, self.kappa0,
             self.nu0, self.psi0)
-        return (z[pairs[:, 0]], z[pairs[:, 1]], rows, np.ascontiguousarray(self.X[rows]), g,
-                li, lj, log_q, new_b)
+        return z[pairs[:, 0]], z[pairs[:, 1]], rows, Xr, g, li, lj, log_q, new_b
 
     def move_batch(self, z, pairs, gw):
         """:meth:`SubclusterSampler._move_batch` (:func:`.kernels.split_merge_batch`):
@@ -272,7 +264,7 @@ class CompiledGaussianSteps:
         z, accepted, is_split = kn.split_merge_batch(
             self.rng, self.X, z, k, pairs, self.kind_cdf, float(s._sub_alpha), self.keys,
             int(s.refine_rows), self.mu0, self.kappa0, self.nu0, self.psi0, self.prior_const,
-            float(gw.alpha), float(gw.sigma), float(gw.max_clusters), gw._w1)
+            *gw.kernel_args)
         n_split = int((accepted & is_split).sum())
         counts = {"split": [int(is_split.sum()), n_split],
                   "merge": [int((~is_split).sum()), int((accepted & ~is_split).sum())],
@@ -338,14 +330,12 @@ class CompiledGaussianSteps:
         k = int(z.max()) + 1
         sub = state.sub_stats if state.sub_stats is not None \
             else self.stats(X, 2 * z + zs, 2 * k)
-        stats = _pair_sums(sub)
-        z, zs, kept, split, sub = kn.warmup_labels(
+        stats = kn.pair_sums(*sub)
+        z, zs, kept, split, sub, stats = kn.warmup_labels(
             self.rng, X, *sub, gw.concentration(stats[0]), float(s._sub_alpha), self.mu0,
-            self.kappa0, self.nu0, self.psi0, self.prior_const, float(gw.alpha),
-            float(gw.sigma), float(gw.max_clusters), gw._w1)
+            self.kappa0, self.nu0, self.psi0, self.prior_const, *gw.kernel_args)
         born = born[kept]
         k = kept.shape[0]
-        stats = _pair_sums(sub)
         n_split = int(split.sum())
         if n_split:
             target = np.full(k, -1, dtype=np.int64)

@@ -313,9 +313,8 @@ def test_split_merge_batch_is_the_composed_hastings_ratio(weights):
         ours, ref = np.random.default_rng(seed), np.random.default_rng(seed)
         z_new, accepted, is_split = kn.split_merge_batch(
             ours, X, z, 5, pairs, steps.kind_cdf, 1.0, keys, 200, steps.mu0,
-            steps.kappa0, steps.nu0, steps.psi0, steps.prior_const, gw.alpha, gw.sigma,
-            float(gw.max_clusters), gw._w1)
-        rows, g, li, lj, log_q, new_b = kn.pair_proposals(
+            steps.kappa0, steps.nu0, steps.psi0, steps.prior_const, *gw.kernel_args)
+        rows, _, g, li, lj, log_q, new_b = kn.pair_proposals(
             ref, X, z, 5, pairs, steps.kind_cdf, 1.0, keys, 200, steps.mu0,
             steps.kappa0, steps.nu0, steps.psi0)
         split = np.array([True, False, False])
