@@ -17,6 +17,16 @@ import numpy as np
 from .results import ClusteringResult
 
 
+def _write_atomically(path: Path, write) -> Path:
+    """``write(binary file)`` into a temporary file beside ``path``, then renamed onto
+    it: a reader never sees a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+    return path
+
+
 class RunFolder:
     """A folder for one run; created on first write."""
 
@@ -38,9 +48,8 @@ class RunFolder:
         summary = result.summary()
         if extra:
             summary.update(extra)
-        tmp = folder / (self.SUMMARY + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, folder / self.SUMMARY)
+        _write_atomically(folder / self.SUMMARY, lambda f: f.write(
+            (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode()))
         if result.idata is not None:
             result.idata.to_netcdf(str(folder / self.IDATA))
         return folder
@@ -61,21 +70,12 @@ class RunFolder:
         import torch
 
         self._ensure()
-        path = self.checkpoint_path(name)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        return path
+        return _write_atomically(self.checkpoint_path(name), lambda f: torch.save(state, f))
 
     def save_arrays(self, name: str, **arrays: np.ndarray) -> Path:
         """Atomically write numpy arrays (``.npz``) beside the checkpoint."""
         self._ensure()
-        path = self.path / name
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-        return path
+        return _write_atomically(self.path / name, lambda f: np.savez(f, **arrays))
 
     def load_arrays(self, name: str) -> dict[str, np.ndarray]:
         with np.load(self.path / name) as f:
