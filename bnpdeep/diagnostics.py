@@ -20,7 +20,6 @@ results one chain of ``sample`` draws, stored on the ``draw`` axis with
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import arviz as az
@@ -84,7 +83,7 @@ def k_summary(idata: az.InferenceData, hdi_prob: float = 0.9) -> dict:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 rhat = float(az.rhat(da.to_dataset(name=name))[name])
                 if np.isnan(rhat) and np.ptp(values, axis=1).max() == 0:
-                    rhat = math.inf            # chains each stuck at their own value
+                    rhat = np.inf              # chains each stuck at their own value
                 out[f"rhat_{name}"] = rhat
                 out[f"ess_{name}"] = float(az.ess(da.to_dataset(name=name),
                                                   method="bulk")[name])

@@ -180,7 +180,7 @@ class MCMCClusterer(CheckpointedEstimator):
             if running is not None:
                 running["record"] = self._restored(running["record"], running["chain"])
         elif self._checkpointing and self._checkpoint_dir.is_dir():
-            self._clear_draw_files()
+            self._clear_checkpoint()
         on_gpu = device.type == "cuda"
         for chain in range(len(self.chains_), self.n_chains):
             # no autograd anywhere in a chain: inference mode saves the per-operation
@@ -196,8 +196,7 @@ class MCMCClusterer(CheckpointedEstimator):
                 running = None
                 if self._checkpointing:
                     self._save_state({"fingerprint": fingerprint, "running": None,
-                                      "chains": [self._stored(r, c)
-                                                 for c, r in enumerate(self.chains_)]})
+                                      "chains": self._stored_chains()})
         self._collect()
         return self
 
@@ -269,8 +268,15 @@ class MCMCClusterer(CheckpointedEstimator):
         return dataclasses.replace(rec, labels=labels, log_lik=log_lik,
                                    draw_files=list(rec.draw_files))
 
-    def _clear_draw_files(self):
-        """A fresh checkpointed fit drops the draw files a previous one left."""
+    def _stored_chains(self) -> list[ChainRecord]:
+        return [self._stored(r, c) for c, r in enumerate(self.chains_)]
+
+    def _clear_checkpoint(self):
+        """A fresh checkpointed fit drops the checkpoint and draw files a previous one
+        left (a checkpoint must never outlive the draw files it names)."""
+        from bnpdeep.runs import RunFolder
+
+        RunFolder(self._checkpoint_dir).clear_checkpoint(self._CHECKPOINT)
         for path in self._checkpoint_dir.glob(f"{self._CHECKPOINT}.chain*.draws*.npz"):
             path.unlink()
 
@@ -279,7 +285,7 @@ class MCMCClusterer(CheckpointedEstimator):
         saved: the resumed fit is given it again)."""
         self._save_state({
             "fingerprint": fingerprint,
-            "chains": [self._stored(r, c) for c, r in enumerate(self.chains_)],
+            "chains": self._stored_chains(),
             "running": {"chain": chain, "iteration": it + 1,
                         "state": dataclasses.replace(state, X=None),
                         "record": self._stored(rec, chain),

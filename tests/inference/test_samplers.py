@@ -230,7 +230,7 @@ def test_resumed_fit_ends_with_the_draws_of_an_uninterrupted_one(tmp_path, kill_
                                       b.sample_stats["merge_acceptance"].values)
 
 
-def test_checkpoints_write_each_kept_draw_once(tmp_path, monkeypatch):
+def test_checkpoints_write_each_kept_draw_once(tmp_path, monkeypatch, kill_at):
     """The kept label and log-likelihood draws go to append-only files beside the
     checkpoint, each draw once; the checkpoint itself holds none of them, so saving
     costs the same at the end of a long run as at its start.  A fresh fit in the
@@ -262,6 +262,12 @@ def test_checkpoints_write_each_kept_draw_once(tmp_path, monkeypatch):
     SubclusterSampler(max_iter=40, n_chains=1, checkpoint_every=40, random_state=1).fit(
         X, checkpoint_dir=tmp_path)
     assert len(left) > 1 and len(list(tmp_path.glob("*.npz"))) == 1
+    # a fresh fit killed before its first save leaves no checkpoint naming lost files
+    undo = kill_at(SubclusterSampler, "_step", 2)
+    with pytest.raises(KeyboardInterrupt):
+        SubclusterSampler(max_iter=40, checkpoint_every=5).fit(X, checkpoint_dir=tmp_path)
+    undo()
+    assert not (tmp_path / est._CHECKPOINT).exists() and not list(tmp_path.glob("*.npz"))
 
 
 def test_checkpoint_of_other_data_or_settings_is_refused(tmp_path):
