@@ -78,6 +78,23 @@ def pair_sums(n, s1, s2):
 
 
 @njit(cache=True)
+def relabel(z):
+    """Labels renumbered 0..K'-1 in order, the empty ones dropped; and the old ids
+    of the kept labels."""
+    present = np.zeros(z.max() + 1, dtype=np.bool_)
+    for i in range(z.shape[0]):
+        present[z[i]] = True
+    kept = np.flatnonzero(present)
+    new_id = np.empty(present.shape[0], dtype=np.int64)
+    for j in range(kept.shape[0]):
+        new_id[kept[j]] = j
+    out = np.empty_like(z)
+    for i in range(z.shape[0]):
+        out[i] = new_id[z[i]]
+    return out, kept
+
+
+@njit(cache=True)
 def _cholesky_into(A, L):
     """Lower Cholesky factor of A into L; False when A is not positive definite."""
     d = A.shape[0]
@@ -988,18 +1005,9 @@ def warmup_labels(rng, X, n, s1, s2, conc, sub_alpha, mu0, kappa0, nu0, psi0, pr
         l0 = pair[i, 0] + log_pibar[z[i], 0]
         l1 = pair[i, 1] + log_pibar[z[i], 1]
         zs[i] = 1 if _log_uniform(rng) < l1 - _logaddexp(l0, l1) else 0
-    # drop the clusters left empty
-    new_id = np.full(k, -1, dtype=np.int64)
-    for i in range(n_rows):
-        new_id[z[i]] = 0
-    kept = np.flatnonzero(new_id == 0)
+    z, kept = relabel(z)                    # the clusters left empty are dropped
     k = kept.shape[0]
-    for j in range(k):
-        new_id[kept[j]] = j
-    lab = np.empty(n_rows, dtype=np.int64)
-    for i in range(n_rows):
-        z[i] = new_id[z[i]]
-        lab[i] = 2 * z[i] + zs[i]
+    lab = 2 * z + zs
     n, s1, s2 = group_stats(X, lab, 2 * k)
     nk, s1k, s2k = pair_sums(n, s1, s2)
     kap, _, nu, chol = niw_posterior(n, s1, s2, mu0, kappa0, nu0, psi0)

@@ -95,11 +95,6 @@ def dirichlet_log(rng: np.random.Generator, conc: np.ndarray) -> np.ndarray:
     return kn.draw_dirichlet_log(rng, flat).reshape(conc.shape)
 
 
-def relabel(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    present = np.bincount(z) > 0
-    return (np.cumsum(present) - 1)[z], np.flatnonzero(present)
-
-
 class CompiledGaussianSteps:
     """The warm-up and exact steps of one chain of a :class:`SubclusterSampler` on
     numpy arrays; the sampler's settings are read from ``sampler``."""
@@ -199,7 +194,7 @@ class CompiledGaussianSteps:
                        np.concatenate([c, new[2]]))
         cdf = kn.slice_cdf(self.X, W, b, c, np.concatenate([log_w[:k], log_new]), log_u)
         z = kn.draw_from_cdf(cdf, self.rng.random(z.shape[0]))
-        return relabel(z)[0]
+        return kn.relabel(z)[0]
 
     def _finish(self, state, z, zs, counts, gw, born):
         """Concentration update, statistics, log joint (under ``gw``, or the updated
@@ -275,7 +270,7 @@ class CompiledGaussianSteps:
             touched[z[pairs[accepted, 0]]] = True
             touched[k:] = True
             if counts["merge"][1]:
-                z, kept = relabel(z)
+                z, kept = kn.relabel(z)
         return z, counts, kept, touched[kept]
 
     def resplit_batch(self, z, pairs, gw):
@@ -389,7 +384,7 @@ class CompiledGaussianSteps:
         zs = np.where(used[z], (target[z] != z).astype(np.int64), zs)
         z = target[z]
         born = np.where(used, it, born)
-        z, kept = relabel(z)
+        z, kept = kn.relabel(z)
         return z, zs, born[kept]
 
     # -- draws -------------------------------------------------------------------------
