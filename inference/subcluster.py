@@ -314,8 +314,8 @@ class SubclusterSampler(MCMCClusterer):
         the speed benchmarks' d = 2 sets, 2026-11-26).  "auto": "compiled" where it
         applies and d <= 16 (beyond, torch's GEMMs win), else "torch".  A seed gives
         other draws in each.  The kernels are compiled once into numba's on-disk
-        cache (about 45 s; ``make venv`` does it, else the first fit), then load in
-        0.1-0.3 s per process.
+        cache (about 45 s; ``make venv`` does it, else the first fit, which says so on
+        stderr), then load in 0.1-0.3 s per process.
     progress : bool, default False
         tqdm progress bar on stderr.
     checkpoint_every : int, default 10
@@ -421,7 +421,12 @@ class SubclusterSampler(MCMCClusterer):
             raise ValueError(f"backend must be 'auto', 'torch' or 'compiled', got {self.backend!r}")
         if self.backend == "torch":
             return None
-        from .subcluster_compiled import AUTO_MAX_DIM, CompiledGaussianSteps, compiled_supported
+        from .subcluster_compiled import (
+            AUTO_MAX_DIM,
+            CompiledGaussianSteps,
+            compiled_supported,
+            ensure_kernels,
+        )
 
         supported = compiled_supported(model, self.refine_iter, X.device)
         if not supported or (self.backend == "auto" and X.shape[1] > AUTO_MAX_DIM):
@@ -432,6 +437,7 @@ class SubclusterSampler(MCMCClusterer):
                     f"{type(model.family).__name__}, {type(model.weights).__name__}, "
                     f"device {X.device}, refine_iter={self.refine_iter}")
             return None
+        ensure_kernels()
         return CompiledGaussianSteps(self, X, model.family)
 
     def _step(self, state: SubclusterState):

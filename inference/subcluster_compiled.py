@@ -424,8 +424,41 @@ def load_kernels() -> float:
     return time.perf_counter() - start
 
 
+# Seconds a first kernel load may take before ensure_kernels says it is compiling.
+COMPILE_NOTICE_AFTER = 2.0
+_kernels_ready = False
+
+
+def ensure_kernels() -> None:
+    """Load the kernels once per process before a compiled fit.  Where numba's cache
+    holds them this takes 0.1-0.3 s; where it does not (a fresh ``pip install``) the
+    compile takes about 45 s, and a line on stderr says so once the load has run past
+    ``COMPILE_NOTICE_AFTER`` seconds, so that a first fit does not look hung."""
+    global _kernels_ready
+    if _kernels_ready:
+        return
+    _kernels_ready = True                  # load_kernels' own fits come back through here
+    import sys
+    import threading
+
+    notice = threading.Timer(COMPILE_NOTICE_AFTER, lambda: print(
+        "bnpdeep: compiling the sub-cluster sampler's numba kernels into numba's cache "
+        "(once per install, about 45 s on 2 cores; backend='torch' skips them)",
+        file=sys.stderr, flush=True))
+    notice.daemon = True
+    notice.start()
+    try:
+        load_kernels()
+    except BaseException:
+        _kernels_ready = False
+        raise
+    finally:
+        notice.cancel()
+
+
 if __name__ == "__main__":
     print(f"compiled sub-cluster kernels ready in {load_kernels():.1f} s")
 
 
-__all__ = ["CompiledGaussianSteps", "GibbsWeights", "compiled_supported", "load_kernels"]
+__all__ = ["CompiledGaussianSteps", "GibbsWeights", "compiled_supported", "ensure_kernels",
+           "load_kernels"]

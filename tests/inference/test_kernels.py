@@ -237,6 +237,35 @@ def test_backend_choice_and_refusals():
         SubclusterSampler(max_iter=4, backend="compiled", refine_iter=3).fit(X)
 
 
+def test_first_compiled_fit_loads_the_kernels_once_and_says_when_it_compiles(monkeypatch, capsys):
+    import time
+
+    import bnpdeep.inference.subcluster_compiled as sc
+
+    loads = []
+    monkeypatch.setattr(sc, "_kernels_ready", False)
+    monkeypatch.setattr(sc, "COMPILE_NOTICE_AFTER", 0.05)
+    monkeypatch.setattr(sc, "load_kernels", lambda: (loads.append(1), time.sleep(0.5)))
+    X = np.random.default_rng(0).normal(size=(40, 2))
+    SubclusterSampler(max_iter=2).fit(X)
+    SubclusterSampler(max_iter=2).fit(X)
+    SubclusterSampler(max_iter=2, backend="torch").fit(X)
+    assert loads == [1]
+    assert capsys.readouterr().err.count("compiling the sub-cluster sampler's numba kernels") == 1
+    # a load from the cache (shorter than the notice delay) prints nothing
+    monkeypatch.setattr(sc, "_kernels_ready", False)
+    monkeypatch.setattr(sc, "COMPILE_NOTICE_AFTER", 5.0)
+    monkeypatch.setattr(sc, "load_kernels", lambda: loads.append(2))
+    SubclusterSampler(max_iter=2).fit(X)
+    assert loads == [1, 2] and "compiling" not in capsys.readouterr().err
+    # a failed load is tried again by the next fit
+    monkeypatch.setattr(sc, "_kernels_ready", False)
+    monkeypatch.setattr(sc, "load_kernels", lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        SubclusterSampler(max_iter=2).fit(X)
+    assert sc._kernels_ready is False
+
+
 def test_local_partners_follow_the_kernel_and_never_pick_the_anchor():
     X = np.array([[0.0, 0.0], [0.5, 0.0], [1.0, 0.0], [0.0, 2.0], [30.0, 0.0]])
     u = np.random.default_rng(12).uniform(size=40000)
