@@ -67,32 +67,43 @@ class CollapsedGibbs(MCMCClusterer):
     def _step(self, state: GibbsState):
         fam, weights = self._model.family, self._model.weights
         X = state.X
-        z = state.z.clone()
-        stats = fam.suff_stats_labels(X, z, state.k)
-        rows = [fam.suff_stats(X[i:i + 1]) for i in range(X.shape[0])] if not hasattr(
-            self, "_rows") or self._rows[0] is not X else self._rows[1]
-        self._rows = (X, rows)
-        prior = fam.empty_stats(1)
-        for i in range(X.shape[0]):
-            k_old = int(z[i])
-            stats = _add_at(stats, k_old, rows[i], -1.0)
-            if float(stats.n[k_old]) < 0.5:             # the cluster emptied: drop it
-                keep = [c for c in range(stats.k) if c != k_old]
-                stats = stats[keep]
-                z[z > k_old] -= 1
-            log_w_old, log_w_new = weights.log_crp_weights(stats.n)
-            cand = type(stats).cat([stats, prior])
-            logits = fam.log_predictive(X[i:i + 1], cand)[0]
-            logits = logits + torch.cat([log_w_old, log_w_new.reshape(1)])
-            k_new = int(sample_categorical(logits))
-            if k_new == stats.k:
-                stats = type(stats).cat([stats, rows[i]])
-            else:
-                stats = _add_at(stats, k_new, rows[i], 1.0)
-            z[i] = k_new
+        stats = fam.suff_stats_labels(X, state.z, state.k)
+        if getattr(self, "_rows", (None,))[0] is not X:
+            self._rows = (X, [fam.suff_stats(X[i:i + 1]) for i in range(X.shape[0])])
+        z, stats = collapsed_updates(fam, weights, X, state.z, stats, range(X.shape[0]),
+                                     self._rows[1])
         state = GibbsState(X, z, stats.k, state.alpha)
         lp = float(weights.log_eppf(stats.n) + fam.log_marginal(stats).sum())
         return state, {"k": state.k, "lp": lp}
+
+
+def collapsed_updates(fam, weights, X, z, stats, idx, rows=None):
+    """Algorithm 3's update of z_i for each i of ``idx`` in turn (the module's
+    predictive rule); ``stats`` are the statistics of the clusters of ``z`` (labels
+    0..K-1), ``rows`` optionally each row's own statistics.  Returns the new labels
+    (0..K'-1, in order of first appearance of the surviving ids) and statistics."""
+    z = z.clone()
+    prior = fam.empty_stats(1)
+    for i in idx:
+        i = int(i)
+        row = rows[i] if rows is not None else fam.suff_stats(X[i:i + 1])
+        k_old = int(z[i])
+        stats = _add_at(stats, k_old, row, -1.0)
+        if float(stats.n[k_old]) < 0.5:             # the cluster emptied: drop it
+            keep = [c for c in range(stats.k) if c != k_old]
+            stats = stats[keep]
+            z[z > k_old] -= 1
+        log_w_old, log_w_new = weights.log_crp_weights(stats.n)
+        cand = type(stats).cat([stats, prior])
+        logits = fam.log_predictive(X[i:i + 1], cand)[0]
+        logits = logits + torch.cat([log_w_old, log_w_new.reshape(1)])
+        k_new = int(sample_categorical(logits))
+        if k_new == stats.k:
+            stats = type(stats).cat([stats, row])
+        else:
+            stats = _add_at(stats, k_new, row, 1.0)
+        z[i] = k_new
+    return z, stats
 
 
 def _add_at(stats, k, row, sign):

@@ -1058,3 +1058,171 @@ def restricted_labels(rng, X, z_old, n, s1, s2, conc, mu0, kappa0, nu0, psi0, ma
         if counts.min() > 0:
             return z, log_w, W, b, c, True
     return z_old, log_w, W, b, c, False
+
+
+# -- collapsed Gibbs updates (Neal 2000, algorithm 3) ----------------------------------
+@njit(cache=True)
+def _predictive_terms(n, s1, s2, g, mu0, kappa0, nu0, psi0, mu, chol, const, scale, half,
+                      psi):
+    """The NIW posterior predictive of group g, a multivariate Student-t with
+    df = nu_n - d + 1, location mu_n and scale Psi_n (kappa_n + 1) / (kappa_n df)
+    (Murphy 2007, eq. 258), stored as mu_n, the Cholesky factor of Psi_n (the
+    posterior of :func:`niw_posterior`), the log normaliser, c df (the divisor of the
+    Psi_n-Mahalanobis distance) and (df + d) / 2; ``psi`` is (d, d) scratch."""
+    d = s1.shape[1]
+    kap = kappa0 + n[g]
+    for a in range(d):
+        mu[g, a] = (kappa0 * mu0[a] + s1[g, a]) / kap
+    for a in range(d):
+        for b in range(a + 1):
+            v = psi0[a, b] + s2[g, a, b] + kappa0 * mu0[a] * mu0[b] - kap * mu[g, a] * mu[g, b]
+            psi[a, b] = v
+            psi[b, a] = v
+    cholesky_jitter(psi, chol[g])
+    df = nu0 + n[g] - d + 1.0
+    c = (kap + 1.0) / (kap * df)
+    logdet = 0.0
+    for a in range(d):
+        logdet += 2.0 * math.log(chol[g, a, a])
+    const[g] = (math.lgamma(0.5 * (df + d)) - math.lgamma(0.5 * df)
+                - 0.5 * d * math.log(df * math.pi) - 0.5 * (logdet + d * math.log(c)))
+    scale[g] = c * df
+    half[g] = 0.5 * (df + d)
+
+
+@njit(cache=True)
+def _log_predictive(x, g, mu, chol, const, scale, half, y):
+    """log t(x | group g) from :func:`_predictive_terms` (``y`` is scratch, (d,))."""
+    d = x.shape[0]
+    maha = 0.0
+    for a in range(d):
+        v = x[a] - mu[g, a]
+        for b in range(a):
+            v -= chol[g, a, b] * y[b]
+        y[a] = v / chol[g, a, a]
+        maha += y[a] * y[a]
+    return const[g] - half[g] * math.log1p(maha / scale[g])
+
+
+@njit(cache=True)
+def _add_row(x, g, sign, n, s1, s2):
+    d = x.shape[0]
+    n[g] += sign
+    for a in range(d):
+        s1[g, a] += sign * x[a]
+        for b in range(d):
+            s2[g, a, b] += sign * x[a] * x[b]
+
+
+@njit(cache=True)
+def collapsed_labels(rng, X, z, k, idx, n, s1, s2, mu0, kappa0, nu0, psi0, alpha, sigma,
+                     max_clusters):
+    """Neal's (2000) algorithm 3 on the rows ``idx``, one after another: x_i leaves its
+    cluster (an emptied cluster is dropped) and joins cluster k with probability
+    proportional to (n_k,-i - sigma) t(x_i | X_k,-i), or a new one with
+    (alpha + K_-i sigma) t(x_i) -- the predictive rule of a Gibbs-type EPPF
+    (:func:`log_new_block_ratio`) times the NIW posterior predictive.  Weights and
+    parameters are integrated out, so each update leaves p(z | X) invariant.
+
+    (n, s1, s2) are the statistics of the K clusters of ``z``; returns the new labels
+    (renumbered 0..K'-1) and their statistics.  One ``rng.random()`` per row."""
+    d = X.shape[1]
+    cap = k + idx.shape[0]
+    cn = np.zeros(cap)
+    cs1 = np.zeros((cap, d))
+    cs2 = np.zeros((cap, d, d))
+    cn[:k] = n
+    cs1[:k] = s1
+    cs2[:k] = s2
+    alive = np.zeros(cap, dtype=np.bool_)
+    alive[:k] = True
+    psi = np.empty((d, d))
+    mu = np.empty((cap, d))
+    chol = np.zeros((cap, d, d))
+    const = np.empty(cap)
+    scale = np.empty(cap)
+    half = np.empty(cap)
+    for g in range(k):
+        _predictive_terms(cn, cs1, cs2, g, mu0, kappa0, nu0, psi0, mu, chol, const, scale, half,
+                          psi)
+    pmu = np.empty((1, d))
+    pchol = np.zeros((1, d, d))
+    pconst = np.empty(1)
+    pscale = np.empty(1)
+    phalf = np.empty(1)
+    _predictive_terms(np.zeros(1), np.zeros((1, d)), np.zeros((1, d, d)), 0, mu0, kappa0, nu0,
+                      psi0, pmu, pchol, pconst, pscale, phalf, psi)
+    # the leaving row's cluster as it was, restored when the row comes back
+    keep_mu = np.empty(d)
+    keep_chol = np.empty((d, d))
+    y = np.empty(d)
+    logits = np.empty(cap + 1)
+    slots = np.empty(cap + 1, dtype=np.int64)
+    z = z.copy()
+    k_live = k
+    n_slots = k
+    for t in range(idx.shape[0]):
+        i = idx[t]
+        x = X[i]
+        old = z[i]
+        keep_mu[:] = mu[old]
+        keep_chol[:, :] = chol[old]
+        keep = (const[old], scale[old], half[old])
+        _add_row(x, old, -1.0, cn, cs1, cs2)
+        emptied = cn[old] < 0.5
+        if emptied:
+            alive[old] = False
+            k_live -= 1
+            cn[old] = 0.0
+            cs1[old] = 0.0
+            cs2[old] = 0.0
+        else:
+            _predictive_terms(cn, cs1, cs2, old, mu0, kappa0, nu0, psi0, mu, chol, const,
+                              scale, half, psi)
+        m = 0
+        top = -np.inf
+        for g in range(n_slots):
+            if alive[g]:
+                logits[m] = math.log(cn[g] - sigma) + _log_predictive(
+                    x, g, mu, chol, const, scale, half, y)
+                slots[m] = g
+                top = max(top, logits[m])
+                m += 1
+        logits[m] = log_new_block_ratio(alpha, sigma, max_clusters, k_live) + _log_predictive(
+            x, 0, pmu, pchol, pconst, pscale, phalf, y)
+        slots[m] = -1
+        top = max(top, logits[m])
+        m += 1
+        total = 0.0
+        for j in range(m):
+            total += math.exp(logits[j] - top)
+            logits[j] = total
+        u = rng.random() * total
+        pick = m - 1
+        for j in range(m):
+            if u < logits[j]:
+                pick = j
+                break
+        new = slots[pick]
+        if new < 0:                                  # a new cluster: the first free slot
+            new = old if emptied else n_slots
+            if not emptied:
+                for g in range(n_slots):
+                    if not alive[g]:
+                        new = g
+                        break
+            if new == n_slots:
+                n_slots += 1
+            alive[new] = True
+            k_live += 1
+        _add_row(x, new, 1.0, cn, cs1, cs2)
+        if new == old and not emptied:
+            mu[old] = keep_mu
+            chol[old] = keep_chol
+            const[old], scale[old], half[old] = keep
+        else:
+            _predictive_terms(cn, cs1, cs2, new, mu0, kappa0, nu0, psi0, mu, chol, const,
+                              scale, half, psi)
+        z[i] = new
+    z, kept = relabel(z)
+    return z, cn[kept], cs1[kept], cs2[kept]

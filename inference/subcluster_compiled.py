@@ -175,7 +175,15 @@ class CompiledGaussianSteps:
         n_moves = s.moves_per_iter if s.moves_per_iter is not None \
             else max(2, (int(z.max()) + 1) // 8)
         z, counts, _ = self.anchored_moves(z, gw, n_moves)
-        return self._finish(state, z, None, counts, gw, None)
+        # 4. collapsed Gibbs updates of gibbs_points_ labels drawn at random
+        k = int(z.max()) + 1
+        stats = self.stats(X, z, k)
+        if s.gibbs_points_:
+            idx = self.rng.choice(X.shape[0], s.gibbs_points_, replace=False)
+            z, *stats = kn.collapsed_labels(
+                self.rng, X, z, k, idx, *stats, self.mu0, self.kappa0, self.nu0, self.psi0,
+                gw.alpha, gw.sigma, gw.max_clusters)
+        return self._finish(state, z, None, counts, gw, None, tuple(stats))
 
     def slice_labels(self, z, log_w, weights, comps):
         """:meth:`SubclusterSampler._slice_labels`: u_i ~ U(0, pi_{z_i}), the rest mass
@@ -196,9 +204,10 @@ class CompiledGaussianSteps:
         z = kn.draw_from_cdf(cdf, self.rng.random(z.shape[0]))
         return kn.relabel(z)[0]
 
-    def _finish(self, state, z, zs, counts, gw, born):
-        """Concentration update, statistics, log joint (under ``gw``, or the updated
-        concentration's weights) and the info of a step."""
+    def _finish(self, state, z, zs, counts, gw, born, stats=None):
+        """Concentration update, statistics (``stats`` when the step has them), log
+        joint (under ``gw``, or the updated concentration's weights) and the info of a
+        step."""
         s, X = self.s, self.X
         k = int(z.max()) + 1
         alpha = state.alpha
@@ -206,7 +215,7 @@ class CompiledGaussianSteps:
             alpha = s._escobar_west(alpha, k, X.shape[0])
             gw = GibbsWeights(s._weights_for(alpha))
         if zs is None:
-            stats, sub = self.stats(X, z, k), None
+            stats, sub = (self.stats(X, z, k) if stats is None else stats), None
         else:
             sub = self.stats(X, 2 * z + zs, 2 * k)
             stats = kn.pair_sums(*sub)

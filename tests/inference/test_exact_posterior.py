@@ -82,6 +82,10 @@ def _runs():
     for case in CASES:
         yield pytest.param(case, CollapsedGibbs, {}, id=f"{case}-gibbs")
         yield pytest.param(case, SubclusterSampler, {}, id=f"{case}-subcluster")
+        # the split/merge moves without the collapsed Gibbs updates, which could hide
+        # a small error in their Hastings ratios
+        yield pytest.param(case, SubclusterSampler, {"gibbs_points": 0},
+                           id=f"{case}-subcluster-moves")
         if case in NIW_CASES:
             yield pytest.param(case, SubclusterSampler, {"backend": "torch"},
                                id=f"{case}-subcluster-torch")
@@ -93,7 +97,8 @@ def test_partition_frequencies_match_the_exact_posterior(case, sampler, options)
     model, X = make_model(), make_data()
     exact = exact_partition_posterior(model, X)
     assert max(exact.values()) < 0.5          # a posterior worth testing: spread out
-    n_iter = _n_iter(case, **options) if sampler is SubclusterSampler else N_ITER
+    n_iter = _n_iter(case, options.get("backend", "auto")) if sampler is SubclusterSampler \
+        else N_ITER
     est = sampler(model=model, max_iter=n_iter, burn_in=200, store_log_likelihood=False,
                   random_state=1, **options).fit(X)
     if case in NIW_CASES and sampler is SubclusterSampler:
@@ -120,7 +125,7 @@ def test_slice_label_step_alone_matches_the_exact_posterior(weights, backend):
     X = _points()
     exact = exact_partition_posterior(model, X)
     est = SubclusterSampler(model=model, max_iter=N_SLICE, burn_in=200, slice_every=1,
-                            moves_per_iter=0, store_log_likelihood=False,
+                            moves_per_iter=0, gibbs_points=0, store_log_likelihood=False,
                             random_state=4, backend=backend).fit(X)
     assert est.k_draws_.max() <= weights.max_clusters
     tv = total_variation(exact, empirical_partition_distribution(est.label_draws_))
@@ -156,6 +161,23 @@ class _CountingSampler(SubclusterSampler):
 
 @pytest.mark.parametrize("case", NIW_CASES)
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_collapsed_gibbs_updates_alone_match_the_exact_posterior(case, backend):
+    """The exact phase with no split/merge moves and no slice step: the restricted
+    Gibbs step (which keeps K) and the collapsed Gibbs updates of ``gibbs_points``
+    labels drawn at random -- here 3 of the 5 -- which open and empty clusters."""
+    make_model, make_data = CASES[case]
+    model, X = make_model(), make_data()
+    exact = exact_partition_posterior(model, X)
+    est = SubclusterSampler(model=model, max_iter=_n_iter(case, backend), burn_in=200,
+                            warmup=0, moves_per_iter=0, slice_every=0, gibbs_points=3,
+                            store_log_likelihood=False, random_state=7, backend=backend).fit(X)
+    assert est.gibbs_points_ == 3 and len(np.unique(est.k_draws_)) >= 4
+    tv = total_variation(exact, empirical_partition_distribution(est.label_draws_))
+    assert tv < 0.05, f"collapsed Gibbs updates on {case} ({backend}): TV {tv:.3f}"
+
+
+@pytest.mark.parametrize("case", NIW_CASES)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_batches_of_moves_on_disjoint_clusters_match_the_exact_posterior(case, backend):
     """Eight anchor pairs per iteration: most batches carry two or more moves on
     disjoint clusters (a split beside a merge), decided in sequence -- under
@@ -166,7 +188,8 @@ def test_batches_of_moves_on_disjoint_clusters_match_the_exact_posterior(case, b
     exact = exact_partition_posterior(model, X)
     n_iter = _n_iter(case, backend)
     est = _CountingSampler(model=model, max_iter=n_iter, burn_in=200, moves_per_iter=8,
-                           store_log_likelihood=False, random_state=2, backend=backend).fit(X)
+                           gibbs_points=0, store_log_likelihood=False, random_state=2,
+                           backend=backend).fit(X)
     assert est.multi_move_batches_ > n_iter // 3
     tv = total_variation(exact, empirical_partition_distribution(est.label_draws_))
     assert tv < 0.05, f"batched moves on {case}: TV {tv:.3f}"
@@ -194,7 +217,7 @@ def test_refined_subpartitions_match_the_exact_posterior(case, weights, refine_i
     exact = exact_partition_posterior(model, X)
     est = SubclusterSampler(model=model, max_iter=_n_iter(case, backend, refine_iter),
                             burn_in=200, proposal_weights=weights, refine_iter=refine_iter,
-                            refine_rows=3, backend=backend,
+                            refine_rows=3, backend=backend, gibbs_points=0,
                             store_log_likelihood=False, random_state=3).fit(X)
     tv = total_variation(exact, empirical_partition_distribution(est.label_draws_))
     assert tv < 0.05, f"refined proposals {weights} on {case}: TV {tv:.3f}"
@@ -217,7 +240,8 @@ def test_resplits_match_the_exact_posterior_given_k(case, backend):
     est = SubclusterSampler(model=model, max_iter=_n_iter(case, backend), burn_in=200,
                             warmup=0, init_k=2,
                             slice_every=0, resplit_prob=1.0, moves_per_iter=4,
-                            store_log_likelihood=False, random_state=5, backend=backend).fit(X)
+                            gibbs_points=0, store_log_likelihood=False, random_state=5,
+                            backend=backend).fit(X)
     assert (est.k_trace_ == 2).all()
     assert np.mean(est.chains_[0].stats["resplit_acceptance"]) > 0.1
     tv = total_variation(given_two, empirical_partition_distribution(est.label_draws_))
@@ -267,10 +291,11 @@ def test_eight_points_where_carving_engages_match_the_exact_posterior():
         a = np.array(part)
         co += p * (a[:, None] == a[None])
         p_k[len(set(part))] += p
-    for weights in [(0.0, 0.0, 1.0, 0.0), (1.0, 1.0, 1.0, 0.5)]:
+    # carving alone (no collapsed Gibbs updates), then the default sampler
+    for weights, gibbs_points in [((0.0, 0.0, 1.0, 0.0), 0), ((1.0, 1.0, 1.0, 0.5), None)]:
         est = SubclusterSampler(model=model, max_iter=N_SLICE, burn_in=200,
-                                proposal_weights=weights, store_log_likelihood=False,
-                                random_state=0).fit(X)
+                                proposal_weights=weights, gibbs_points=gibbs_points,
+                                store_log_likelihood=False, random_state=0).fit(X)
         draws = est.label_draws_
         co_hat = np.mean(draws[:, :, None] == draws[:, None, :], 0)
         p_k_hat = np.bincount(est.k_draws_.ravel(), minlength=9) / est.k_draws_.size

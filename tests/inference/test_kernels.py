@@ -37,6 +37,11 @@ def _family(d=3):
     return GaussianNIW(np.linspace(-1, 1, d), 0.3, d + 2.5, a @ a.T + d * np.eye(d))
 
 
+def _prior(family):
+    """(mu0, kappa, nu, Psi) of a GaussianNIW as the kernels take them."""
+    return family.mu0.numpy(), float(family.kappa), float(family.nu), family.psi.numpy()
+
+
 def _steps(family):
     est = SubclusterSampler(model=DPMixture(family, DirichletProcess(1.0)))
     est._row_keys = None
@@ -367,3 +372,76 @@ def test_split_merge_batch_is_the_composed_hastings_ratio(weights):
         assert np.all(z_new[moved] == target[g[side_b & accepted[g]]])
         seen.update((m, bool(a)) for m, a in enumerate(accepted))
     assert seen == {(m, a) for m in range(3) for a in (True, False)}   # both ways, each move
+
+
+def test_collapsed_predictive_is_the_family_student_t():
+    fam = _family(3)
+    X, grp = _grouped_data(3, d=3)
+    n, s1, s2 = kn.group_stats(X, grp, 4)
+    mu, chol = np.empty((4, 3)), np.zeros((4, 3, 3))
+    const, scale, half = np.empty(4), np.empty(4), np.empty(4)
+    for g in range(4):
+        kn._predictive_terms(n, s1, s2, g, *_prior(fam), mu, chol, const, scale, half,
+                             np.empty((3, 3)))
+    stats = fam.suff_stats_labels(torch.as_tensor(X), torch.as_tensor(grp), 4)
+    want = fam.log_predictive(torch.as_tensor(X[:20]), stats).numpy()
+    got = np.array([[kn._log_predictive(X[i], g, mu, chol, const, scale, half, np.empty(3))
+                     for g in range(4)] for i in range(20)])
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("weights", [DirichletProcess(2.0), PitmanYor(0.5, 0.4),
+                                     FiniteDirichlet(3.0, 5)])
+def test_collapsed_update_draws_from_the_predictive_rule(weights):
+    """One row's update, drawn 40,000 times from the same state, against the
+    probabilities algorithm 3 gives it: the weight prior's predictive rule (torch)
+    times the family's posterior predictive."""
+    fam = _family(2)
+    g = np.random.default_rng(5)
+    X = np.concatenate([g.normal(size=(6, 2)), g.normal(size=(5, 2)) + 2.5, [[0.7, 1.4]]])
+    z = np.array([0] * 6 + [1] * 5 + [2])
+    z[0], i = 2, 0                          # row 0 leaves a two-point cluster
+    rest = np.arange(len(z)) != i
+    stats = fam.suff_stats_labels(torch.as_tensor(X[rest]), torch.as_tensor(z[rest]), 3)
+    log_old, log_new = weights.log_crp_weights(stats.n)
+    cand = type(stats).cat([stats, fam.empty_stats(1)])
+    logits = fam.log_predictive(torch.as_tensor(X[i:i + 1]), cand)[0] + torch.cat(
+        [log_old, log_new.reshape(1)])
+    want = torch.softmax(logits, 0).numpy()
+    gw = GibbsWeights(weights)
+    stats_np = kn.group_stats(X, z, 3)
+    rng = np.random.default_rng(0)
+    m = 40000
+    drawn = np.empty(m, dtype=np.int64)
+    for t in range(m):
+        out, n, _, _ = kn.collapsed_labels(rng, X, z, 3, np.array([i]), *stats_np,
+                                           *_prior(fam), gw.alpha, gw.sigma,
+                                           gw.max_clusters)
+        drawn[t] = out[i]
+        assert n.sum() == len(z) and n.min() > 0
+    got = np.bincount(drawn, minlength=4) / m
+    se = np.sqrt(want * (1 - want) / m)
+    assert np.all(np.abs(got - want) < 4.5 * se + 1e-12), (got, want)
+
+
+def test_collapsed_sweeps_keep_the_statistics_of_their_labels():
+    """Many sweeps that open and empty clusters: the statistics returned are those of
+    the labels returned, labels stay 0..K-1 with every cluster occupied."""
+    fam = _family(3)
+    X, grp = _grouped_data(7, d=3, groups=5)
+    z = np.where(np.arange(len(grp)) < 6, len(grp) % 3 + np.arange(len(grp)) % 3, grp)
+    z = kn.relabel(z)[0]
+    gw = GibbsWeights(DirichletProcess(5.0))
+    rng = np.random.default_rng(1)
+    ks = set()
+    for _ in range(30):
+        k = int(z.max()) + 1
+        idx = rng.permutation(len(z))
+        z, n, s1, s2 = kn.collapsed_labels(rng, X, z, k, idx, *kn.group_stats(X, z, k),
+                                           *_prior(fam), gw.alpha, gw.sigma, gw.max_clusters)
+        k = int(z.max()) + 1
+        ks.add(k)
+        assert np.array_equal(np.unique(z), np.arange(k)) and n.shape == (k,)
+        for got, want in zip((n, s1, s2), kn.group_stats(X, z, k), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    assert len(ks) > 2                       # clusters did open and empty
