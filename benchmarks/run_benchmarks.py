@@ -6,6 +6,7 @@
     python benchmarks/run_benchmarks.py accuracy --methods bgm movb svi
     python benchmarks/run_benchmarks.py movb-speed
     python benchmarks/run_benchmarks.py scale
+    python benchmarks/run_benchmarks.py mixing
 
 Each section prints a markdown table and writes JSON into bench_out/.  Every
 method runs in the same process, one after the other, so ratios between them
@@ -39,6 +40,7 @@ from bnpdeep.inference import (
 from bnpdeep.inference.subcluster_compiled import load_kernels
 
 from bnpdeep import data
+from bnpdeep.diagnostics import k_summary
 from bnpdeep.metrics import evaluate, k_within
 
 OUT = Path("bench_out")
@@ -362,11 +364,43 @@ def run_scale(seed: int, n: int, iters: int) -> dict:
             "peak_rss_gib": peak, "rss_before_fit_gib": before}
 
 
+def run_mixing(seed: int, chains: int = 4, iters: int = 400) -> list[dict]:
+    """The exact phase's mixing on the demo data (digits, PCA 10): several chains
+    from K=1, with and without the collapsed Gibbs updates (gibbs_points 0, the
+    default, every point); R-hat and bulk ESS of K and lp, the chains' mean K and
+    log joint, and the clusters of at most 3 points in each chain's last draw."""
+    X, _ = data.demo_data()
+    rows = []
+    for gibbs_points in (0, None, X.shape[0]):
+        est = SubclusterSampler(max_iter=iters, n_chains=chains, random_state=seed,
+                                gibbs_points=gibbs_points, store_log_likelihood=False)
+        est, secs = timed_fit(est, X)
+        idata = est.to_inference_data()
+        last = est.label_draws_.reshape(chains, -1, X.shape[0])[:, -1]
+        rows.append({"gibbs_points": est.gibbs_points_, "seconds": secs, **k_summary(idata),
+                     "k_per_chain": est.k_draws_.mean(1).round(2).tolist(),
+                     "lp_mean": float(idata.sample_stats["lp"].mean()),
+                     "small_clusters": [int((np.bincount(z) <= 3).sum()) for z in last]})
+    return rows
+
+
+def mixing_table(rows) -> str:
+    out = ["| gibbs_points | seconds | R-hat K | ESS K | R-hat lp | ESS lp | mean K per chain "
+           "| mean lp | clusters of <= 3 points (last draw per chain) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['gibbs_points']} | {r['seconds']:.1f} | {r['rhat_K']:.2f} | "
+                   f"{r['ess_K']:.0f} | {r['rhat_lp']:.2f} | {r['ess_lp']:.0f} | "
+                   f"{', '.join(f'{k:g}' for k in r['k_per_chain'])} | {r['lp_mean']:.1f} | "
+                   f"{', '.join(map(str, r['small_clusters']))} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sections", nargs="*",
-                   default=["accuracy", "speed", "movb-speed", "deepdpm", "scale"],
-                   choices=["accuracy", "speed", "movb-speed", "deepdpm", "scale"])
+                   default=["accuracy", "speed", "movb-speed", "deepdpm", "scale", "mixing"],
+                   choices=["accuracy", "speed", "movb-speed", "deepdpm", "scale", "mixing"])
     p.add_argument("--methods", nargs="+", default=None,
                    help="accuracy: run only these methods (names as in the table)")
     p.add_argument("--sets", nargs="+", default=data.BENCHMARK_NAMES)
@@ -418,6 +452,11 @@ def main(argv=None):
               f"- E-step (float64, K={es['k']}): {es['seconds']:.3f} s per pass, "
               f"{es['gflops']:.1f} GFLOP/s = {100 * es['fraction_of_matmul']:.1f}% of the "
               f"float32 matmul rate ({es['matmul_f32_gflops']:.1f} GFLOP/s)\n")
+    if "mixing" in args.sections:
+        rows = run_mixing(args.seed)
+        (OUT / "mixing.json").write_text(json.dumps(rows, indent=1))
+        print(f"## Mixing of the exact phase (digits, PCA 10, 4 chains of 400 iterations, "
+              f"seed {args.seed})\n\n{mixing_table(rows)}\n")
     if "scale" in args.sections:
         res = run_scale(args.seed, args.scale_n, args.scale_iters)
         (OUT / "scale.json").write_text(json.dumps(res, indent=1))

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from .mcmc import MCMCClusterer, relabel, sample_categorical
+from .mcmc import MCMCClusterer, relabel
 
 
 @dataclass
@@ -68,46 +69,52 @@ class CollapsedGibbs(MCMCClusterer):
         fam, weights = self._model.family, self._model.weights
         X = state.X
         stats = fam.suff_stats_labels(X, state.z, state.k)
-        if getattr(self, "_rows", (None,))[0] is not X:
-            self._rows = (X, [fam.suff_stats(X[i:i + 1]) for i in range(X.shape[0])])
-        z, stats = collapsed_updates(fam, weights, X, state.z, stats, range(X.shape[0]),
-                                     self._rows[1])
+        z, stats = collapsed_updates(fam, weights, X, state.z, stats, range(X.shape[0]))
         state = GibbsState(X, z, stats.k, state.alpha)
         lp = float(weights.log_eppf(stats.n) + fam.log_marginal(stats).sum())
         return state, {"k": state.k, "lp": lp}
 
 
-def collapsed_updates(fam, weights, X, z, stats, idx, rows=None):
+def collapsed_updates(fam, weights, X, z, stats, idx):
     """Algorithm 3's update of z_i for each i of ``idx`` in turn (the module's
     predictive rule); ``stats`` are the statistics of the clusters of ``z`` (labels
-    0..K-1), ``rows`` optionally each row's own statistics.  Returns the new labels
-    (0..K'-1, in order of first appearance of the surviving ids) and statistics."""
+    0..K-1).  Returns the new labels (0..K'-1: an emptied cluster's id is dropped, a
+    new cluster is the last) and their statistics.  The rows' own statistics and
+    prior predictive densities are computed once for all of ``idx``; each update
+    then costs one posterior predictive over the K clusters."""
+    idx = [int(i) for i in idx]
     z = z.clone()
-    prior = fam.empty_stats(1)
-    for i in idx:
-        i = int(i)
-        row = rows[i] if rows is not None else fam.suff_stats(X[i:i + 1])
+    stats = stats.clone()                              # updated in place below
+    rows = fam.suff_stats_labels(X[idx], torch.arange(len(idx), device=X.device), len(idx))
+    log_prior = fam.log_predictive(X[idx], fam.empty_stats(1))[:, 0].tolist()
+    for t, i in enumerate(idx):
         k_old = int(z[i])
-        stats = _add_at(stats, k_old, row, -1.0)
+        _add_at(stats, k_old, rows, t, -1.0)
         if float(stats.n[k_old]) < 0.5:             # the cluster emptied: drop it
             keep = [c for c in range(stats.k) if c != k_old]
             stats = stats[keep]
             z[z > k_old] -= 1
         log_w_old, log_w_new = weights.log_crp_weights(stats.n)
-        cand = type(stats).cat([stats, prior])
-        logits = fam.log_predictive(X[i:i + 1], cand)[0]
-        logits = logits + torch.cat([log_w_old, log_w_new.reshape(1)])
-        k_new = int(sample_categorical(logits))
+        logits = (fam.log_predictive(X[i:i + 1], stats)[0] + log_w_old).tolist()
+        logits.append(log_prior[t] + float(log_w_new))
+        k_new = _draw(np.asarray(logits))
         if k_new == stats.k:
-            stats = type(stats).cat([stats, row])
+            stats = type(stats).cat([stats, rows[t]])
         else:
-            stats = _add_at(stats, k_new, row, 1.0)
+            _add_at(stats, k_new, rows, t, 1.0)
         z[i] = k_new
     return z, stats
 
 
-def _add_at(stats, k, row, sign):
-    out = stats._map(lambda v: v.clone())
-    for name, v in out.fields.items():
-        v[k] = v[k] + sign * row.fields[name][0]
-    return out
+def _draw(logits: np.ndarray) -> int:
+    """A categorical draw from unnormalised log-probabilities, by inverse CDF with a
+    uniform from torch's generator (the chain's seed)."""
+    cdf = np.cumsum(np.exp(logits - logits.max()))
+    u = float(torch.rand((), dtype=torch.float64)) * cdf[-1]
+    return min(int(np.searchsorted(cdf, u, side="right")), len(cdf) - 1)
+
+
+def _add_at(stats, k, rows, t, sign):
+    """Row t of ``rows`` added to (sign 1) or taken from (-1) cluster k, in place."""
+    for name, v in stats.fields.items():
+        v[k].add_(rows.fields[name][t], alpha=sign)
