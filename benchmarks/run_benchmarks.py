@@ -367,11 +367,11 @@ def run_scale(seed: int, n: int, iters: int) -> dict:
 def run_mixing(seed: int, chains: int = 4, iters: int = 400) -> list[dict]:
     """The exact phase's mixing on the demo data (digits, PCA 10): several chains
     from K=1, with and without the collapsed Gibbs updates (gibbs_points 0, the
-    default, every point); R-hat and bulk ESS of K and lp, the chains' mean K and
+    default; "auto"; every point); R-hat and bulk ESS of K and lp, the chains' mean K and
     log joint, and the clusters of at most 3 points in each chain's last draw."""
     X, _ = data.demo_data()
     rows = []
-    for gibbs_points in (0, None, X.shape[0]):
+    for gibbs_points in (0, "auto", X.shape[0]):
         est = SubclusterSampler(max_iter=iters, n_chains=chains, random_state=seed,
                                 gibbs_points=gibbs_points, store_log_likelihood=False)
         est, secs = timed_fit(est, X)

@@ -82,16 +82,16 @@ sub-clusters per cluster proposing splits, merges:
    Optionally (``resplit_prob``) a batch is instead one of re-splits: for a pair
    across clusters A and B, a new split of A + B drawn the same way, accepted with
    log H = log p(z' | X) - log p(z | X) + log Q(A, B) - log Q(A', B'), K unchanged.
-4. Collapsed Gibbs updates (Neal 2000, algorithm 3; :func:`.gibbs.collapsed_updates`,
-   compiled :func:`.kernels.collapsed_labels`) of ``gibbs_points`` labels drawn
-   uniformly at random, independently of the state, one after another: z_i given
-   z_-i with weights and parameters integrated out, so a point may leave a small
-   cluster (which then empties) or open one.  Each update leaves p(z | X)
-   invariant, and step 1 of the next iteration redraws the weights and parameters
-   from the new partition.  Steps 2-3 alone keep the small clusters they are
-   given: the restricted step cannot empty a cluster, the slice step redraws a
-   one-point cluster's parameters around its point, and a merge of a few outlying
-   points needs a reverse split that isolates them.
+4. Optionally (``gibbs_points``), collapsed Gibbs updates (Neal 2000, algorithm
+   3; :func:`.gibbs.collapsed_updates`, compiled :func:`.kernels.collapsed_labels`)
+   of labels drawn uniformly at random, independently of the state, one after
+   another: z_i given z_-i with weights and parameters integrated out, so a point
+   may leave a small cluster (which then empties) or open one.  Each update leaves
+   p(z | X) invariant, and step 1 of the next iteration redraws the weights and
+   parameters from the new partition.  Steps 2-3 rarely remove a small cluster:
+   the restricted step cannot empty one, the slice step redraws a one-point
+   cluster's parameters around its point, and a merge of a few outlying points
+   needs a reverse split that isolates them.
 5. Optionally alpha | K ~ the Escobar & West (1995) auxiliary-variable update.
 
 The posterior ratios come from :mod:`bnpdeep.inference.moves`, so any weight
@@ -131,7 +131,7 @@ from .subpartition import (
     two_means_groups,
 )
 
-# Labels given a collapsed Gibbs update per exact iteration when gibbs_points is None.
+# Labels given a collapsed Gibbs update per exact iteration when gibbs_points="auto".
 GIBBS_POINTS_COMPILED = 256
 GIBBS_POINTS_TORCH = 32
 
@@ -288,17 +288,24 @@ class SubclusterSampler(MCMCClusterer):
         reuses the restricted step's weights, parameters and log-likelihood table;
         cost, side by side: about 2%, 5% and 16% more time on the N=10,000, a1 and
         50-cluster speed cases.  0: never.
-    gibbs_points : int, optional
+    gibbs_points : int or "auto", default 0
         Labels given a collapsed Gibbs update (step 4) per exact iteration, drawn at
-        random (all of them on fewer points).  Default 256 on the compiled backend
+        random (all of them on fewer points); "auto": 256 on the compiled backend
         (0.18 ms an iteration at K=10, d=2; 1.4 ms at K=32, d=10), 32 on the torch
-        one, whose update is a Python loop of small tensor operations (about 0.5 ms
-        a point at K=32, d=10).  On the demo data (digits, PCA 10, 4 chains of 400
-        iterations) every chain kept one K through all its kept draws without them
-        (K 32, 35, 33, 37: R-hat of K infinite, split/merge acceptance 0); with 256
-        K moves within each chain (R-hat 2.6; 1.8 with all 1,797 points, at twice
-        the time), and the log joint of the draws rises.  Chains that leave the
-        warm-up far apart still take longer than that to agree.  0: none.
+        one, whose update is a Python loop of small tensor operations (about 0.4 ms
+        a point at K=32, d=10).  Without them the exact phase rarely changes K: on
+        the demo data (digits, PCA 10; ``run_benchmarks.py mixing``, 4 chains of 400
+        iterations) R-hat of K is 21 with 0, 1.9 with "auto" and 2.1 with all 1,797
+        points.  They are off by default because they show that the default weak
+        prior's posterior favours many clusters of a few outlying points on some
+        real sets: from K=1 the chain with "auto" moves on wdbc (d=30) from K=2
+        (collapsed log joint -4294) to K 3-57 (best draw K=52, -2426) and on wine
+        from K=2 (-2987) to K 4-10 (K=7, -2942) -- states of far higher posterior
+        that the moves alone never reach -- and the 12-set benchmark falls from
+        11/12 sets within tolerance and mean NMI 0.808 to 9/12 and 0.788
+        (2026-11-26).  With 0 the kept draws stay near the warm-up's partition,
+        which on such data is not the posterior's K: a question of the prior
+        (Gaussian components and heavy-tailed data), not of the sampler.
     resplit_prob : float, default 0
         Probability that a batch of anchored moves (warm-up and exact phase) is a
         batch of re-splits (:meth:`_resplit_batch`) instead of splits and merges:
@@ -358,7 +365,7 @@ class SubclusterSampler(MCMCClusterer):
                  warmup=None,
                  burnout=None, proposal_weights=(1.0, 1.0, 1.0, 0.5), refine_iter: int = 0,
                  refine_rows: int = 1000,
-                 slice_every: int = 2, gibbs_points=None, resplit_prob: float = 0.0,
+                 slice_every: int = 2, gibbs_points=0, resplit_prob: float = 0.0,
                  alpha_prior=None,
                  store_log_likelihood: bool = True, max_label_tries: int = 10,
                  random_state=0, device="cpu", backend: str = "auto",
@@ -414,9 +421,10 @@ class SubclusterSampler(MCMCClusterer):
         self._kind_weights = w / w.sum()
         if int(self.slice_every) < 0:
             raise ValueError(f"slice_every must be a non-negative integer, got {self.slice_every}")
-        if self.gibbs_points is not None and int(self.gibbs_points) < 0:
-            raise ValueError(
-                f"gibbs_points must be a non-negative integer, got {self.gibbs_points}")
+        if self.gibbs_points != "auto" and not (
+                isinstance(self.gibbs_points, (int, np.integer)) and self.gibbs_points >= 0):
+            raise ValueError("gibbs_points must be a non-negative integer or 'auto', got "
+                             f"{self.gibbs_points!r}")
         if not 0.0 <= float(self.resplit_prob) <= 1.0:
             raise ValueError(f"resplit_prob must lie in [0, 1], got {self.resplit_prob}")
         # fixed per-row keys (independent of the partition) that pick the rows a refined
@@ -428,7 +436,7 @@ class SubclusterSampler(MCMCClusterer):
         self._bandwidth2 = max(float(X.var(0).mean()) * 0.01, 1e-12)
         self._compiled = self._compiled_steps(X, model)
         default = GIBBS_POINTS_COMPILED if self._compiled is not None else GIBBS_POINTS_TORCH
-        self.gibbs_points_ = min(n, default if self.gibbs_points is None
+        self.gibbs_points_ = min(n, default if self.gibbs_points == "auto"
                                  else int(self.gibbs_points))
         if self._compiled is not None:
             zs = torch.from_numpy(self._compiled.warmup_sublabels(

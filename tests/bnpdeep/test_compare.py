@@ -36,16 +36,10 @@ def test_table_rows_and_report_files(report):
     assert (table["nmi"] > 0.95).all()
     assert table.loc["kmeans", "k_source"] == "true K (labels)"
     assert set(table.loc[["subcluster", "movb"], "loo_rank"]) == {1, 2}
-    # The sampler's chains visit K = 4 (a one-point cluster) now and then through its
-    # collapsed Gibbs updates (before them both chains held K = 3 in every draw): R-hat
-    # of K is ArviZ's on the same draws, flagged only above the limit.  moVB has one
-    # "chain": its R-hat is undefined (NaN), not infinite, and not flagged.
-    k_draws = result.idata["subcluster"].posterior["K"]
-    assert table.loc["subcluster", "rhat_K"] == pytest.approx(
-        float(az.rhat(k_draws.to_dataset(name="K"))["K"]))
-    assert table.loc["subcluster", "rhat_flag"] == (
-        max(table.loc["subcluster", "rhat_K"], table.loc["subcluster", "rhat_lp"]) > 1.01)
-    assert np.isnan(table.loc["movb", "rhat_K"]) and not table.loc["movb", "rhat_flag"]
+    # both chains hold one partition in every draw here: R-hat is undefined (NaN, blank),
+    # not infinite, and not flagged
+    assert np.isnan(table.loc["subcluster", "rhat_K"])
+    assert not table.loc["subcluster", "rhat_flag"]
     for name in ("report.md", "report.html", "k_traces.png", "k_posterior.png",
                  "loo_compare.png", "clusters_2d.png", "coclustering_subcluster.png",
                  "confusion.png", "idata_subcluster.nc", "idata_movb.nc"):

@@ -82,10 +82,11 @@ def _runs():
     for case in CASES:
         yield pytest.param(case, CollapsedGibbs, {}, id=f"{case}-gibbs")
         yield pytest.param(case, SubclusterSampler, {}, id=f"{case}-subcluster")
-        # the split/merge moves without the collapsed Gibbs updates, which could hide
-        # a small error in their Hastings ratios
-        yield pytest.param(case, SubclusterSampler, {"gibbs_points": 0},
-                           id=f"{case}-subcluster-moves")
+        # with the collapsed Gibbs updates (off by default: the default runs check the
+        # split/merge moves without them, which could hide a small error in their
+        # Hastings ratios)
+        yield pytest.param(case, SubclusterSampler, {"gibbs_points": "auto"},
+                           id=f"{case}-subcluster-gibbs")
         if case in NIW_CASES:
             yield pytest.param(case, SubclusterSampler, {"backend": "torch"},
                                id=f"{case}-subcluster-torch")
@@ -291,8 +292,8 @@ def test_eight_points_where_carving_engages_match_the_exact_posterior():
         a = np.array(part)
         co += p * (a[:, None] == a[None])
         p_k[len(set(part))] += p
-    # carving alone (no collapsed Gibbs updates), then the default sampler
-    for weights, gibbs_points in [((0.0, 0.0, 1.0, 0.0), 0), ((1.0, 1.0, 1.0, 0.5), None)]:
+    # carving alone, then every kind with the collapsed Gibbs updates
+    for weights, gibbs_points in [((0.0, 0.0, 1.0, 0.0), 0), ((1.0, 1.0, 1.0, 0.5), "auto")]:
         est = SubclusterSampler(model=model, max_iter=N_SLICE, burn_in=200,
                                 proposal_weights=weights, gibbs_points=gibbs_points,
                                 store_log_likelihood=False, random_state=0).fit(X)

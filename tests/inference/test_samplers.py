@@ -53,17 +53,15 @@ def test_subcluster_recovers_k_from_one_and_from_too_many(init_k):
     assert est.n_clusters_ == 4
     assert adjusted_rand_score(y, est.labels_) > 0.95
     # draws after burn-in: draws x N labels, K per draw.  Under the default DP(1) a
-    # one-point fifth cluster holds about 13% of the posterior mass and K = 5 / 6
-    # about 23% / 4% in all (the long chains below), so the chain may visit K = 5 or 6
-    # but stays at K = 4 most of the time -- on either backend.  (Before the exact
-    # phase had collapsed Gibbs updates its 30 draws never reached K = 6; with them
-    # one of the 30 compiled draws at init_k=12 does, as 4% of the mass should.)
+    # one-point fifth cluster holds about 13% of the posterior mass (two such clusters
+    # about 1%), so the chain may visit K = 5 but stays at K = 4 most of the time --
+    # on either backend.
     assert est.label_draws_.shape == (30, 600)
-    assert np.isin(est.k_draws_, [4, 5, 6]).all() and np.mean(est.k_draws_ == 4) > 0.5
+    assert np.isin(est.k_draws_, [4, 5]).all() and np.mean(est.k_draws_ == 4) > 0.5
     est = SubclusterSampler(max_iter=60, init_k=init_k, random_state=0,
                             backend="torch").fit(X)
     assert est.n_clusters_ == 4
-    assert np.isin(est.k_draws_, [4, 5, 6]).all() and np.mean(est.k_draws_ == 4) > 0.5
+    assert np.isin(est.k_draws_, [4, 5]).all() and np.mean(est.k_draws_ == 4) > 0.5
     # Over six chains of 4000 iterations each backend gave K = 4 / 5 / 6 in
     # 0.72 / 0.23 / 0.04 (torch) and 0.71 / 0.25 / 0.04 (compiled) of the draws; an
     # excursion to K = 5 lasts tens of iterations, so a longer chain checks the
@@ -310,8 +308,11 @@ def test_device_argument_is_checked(cls):
 
 def test_gibbs_points_default_and_check():
     X, _ = _blobs(n=100)
-    assert SubclusterSampler(max_iter=4).fit(X).gibbs_points_ == 100       # min(N, 256)
-    assert SubclusterSampler(max_iter=4, backend="torch").fit(X).gibbs_points_ == 32
+    assert SubclusterSampler(max_iter=4).fit(X).gibbs_points_ == 0
+    auto = SubclusterSampler(max_iter=4, gibbs_points="auto")
+    assert auto.fit(X).gibbs_points_ == 100                                 # min(N, 256)
+    assert auto.set_params(backend="torch").fit(X).gibbs_points_ == 32
     assert SubclusterSampler(max_iter=4, gibbs_points=500).fit(X).gibbs_points_ == 100
-    with pytest.raises(ValueError, match="gibbs_points"):
-        SubclusterSampler(max_iter=4, gibbs_points=-1).fit(X)
+    for bad in (-1, 2.5, "all"):
+        with pytest.raises(ValueError, match="gibbs_points"):
+            SubclusterSampler(max_iter=4, gibbs_points=bad).fit(X)
