@@ -242,8 +242,8 @@ class SubclusterSampler(MCMCClusterer):
         The warm-up's label step may empty clusters, which is what removes the
         clusters a bad start leaves; the exact kernel's moves undo a random start
         slowly (from init_k=12 on four blobs, a warm-up of 15 of 30 burn-in
-        iterations left K at 5-11 for the rest of a 60-iteration run, 4-9 with the
-        collapsed Gibbs updates; 30 of 30 gives K = 4).
+        iterations left K at 5-11 for the rest of a 60-iteration run at seeds 0-3
+        on both backends, 4-10 with ``gibbs_points="auto"``; 30 of 30 gives K = 4).
     burnout : int, optional
         Warm-up iterations after a cluster is created by a split or merge before it
         may merge again (the clusters of the start may merge at once): on data whose
