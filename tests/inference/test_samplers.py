@@ -199,6 +199,10 @@ def test_estimator_conventions_and_errors():
     (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4), 47),
     (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4), 11),
     (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4, backend="torch"), 47),
+    (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4, gibbs_points="auto"),
+     47),
+    (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4, gibbs_points="auto",
+                             backend="torch"), 47),
     (CollapsedGibbs, dict(max_iter=12, checkpoint_every=5), 8),
 ])
 def test_resumed_fit_ends_with_the_draws_of_an_uninterrupted_one(tmp_path, kill_at,
