@@ -149,16 +149,25 @@ def niw_posterior(n, s1, s2, mu0, kappa0, nu0, psi0):
     chol = np.zeros((n_groups, d, d))
     psi = np.empty((d, d))
     for g in range(n_groups):
-        for a in range(d):
-            mu[g, a] = (kappa0 * mu0[a] + s1[g, a]) / kap[g]
-        for a in range(d):
-            for b in range(a + 1):
-                v = (psi0[a, b] + s2[g, a, b] + kappa0 * mu0[a] * mu0[b]
-                     - kap[g] * mu[g, a] * mu[g, b])
-                psi[a, b] = v
-                psi[b, a] = v
-        cholesky_jitter(psi, chol[g])
+        _posterior_into(n, s1, s2, g, mu0, kappa0, psi0, mu, chol, psi)
     return kap, mu, nu, chol
+
+
+@njit(cache=True)
+def _posterior_into(n, s1, s2, g, mu0, kappa0, psi0, mu, chol, psi):
+    """mu_n and the Cholesky factor of Psi_n of group g (:func:`niw_posterior`) into
+    ``mu[g]`` and ``chol[g]``; ``psi`` is (d, d) scratch."""
+    d = s1.shape[1]
+    kap = kappa0 + n[g]
+    for a in range(d):
+        mu[g, a] = (kappa0 * mu0[a] + s1[g, a]) / kap
+    for a in range(d):
+        for b in range(a + 1):
+            v = (psi0[a, b] + s2[g, a, b] + kappa0 * mu0[a] * mu0[b]
+                 - kap * mu[g, a] * mu[g, b])
+            psi[a, b] = v
+            psi[b, a] = v
+    cholesky_jitter(psi, chol[g])
 
 
 @njit(cache=True)
@@ -1071,14 +1080,7 @@ def _predictive_terms(n, s1, s2, g, mu0, kappa0, nu0, psi0, mu, chol, const, sca
     Psi_n-Mahalanobis distance) and (df + d) / 2; ``psi`` is (d, d) scratch."""
     d = s1.shape[1]
     kap = kappa0 + n[g]
-    for a in range(d):
-        mu[g, a] = (kappa0 * mu0[a] + s1[g, a]) / kap
-    for a in range(d):
-        for b in range(a + 1):
-            v = psi0[a, b] + s2[g, a, b] + kappa0 * mu0[a] * mu0[b] - kap * mu[g, a] * mu[g, b]
-            psi[a, b] = v
-            psi[b, a] = v
-    cholesky_jitter(psi, chol[g])
+    _posterior_into(n, s1, s2, g, mu0, kappa0, psi0, mu, chol, psi)
     df = nu0 + n[g] - d + 1.0
     c = (kap + 1.0) / (kap * df)
     logdet = 0.0
