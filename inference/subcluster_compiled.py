@@ -95,6 +95,13 @@ def dirichlet_log(rng: np.random.Generator, conc: np.ndarray) -> np.ndarray:
     return kn.draw_dirichlet_log(rng, flat).reshape(conc.shape)
 
 
+def niw_arrays(family: GaussianNIW) -> tuple:
+    """(mu0, kappa, nu, Psi) of a GaussianNIW as the kernels take them: float64 numpy
+    arrays and floats."""
+    return (family.mu0.cpu().numpy().astype(np.float64), float(family.kappa),
+            float(family.nu), family.psi.cpu().numpy().astype(np.float64))
+
+
 class CompiledGaussianSteps:
     """The warm-up and exact steps of one chain of a :class:`SubclusterSampler` on
     numpy arrays; the sampler's settings are read from ``sampler``."""
@@ -102,15 +109,13 @@ class CompiledGaussianSteps:
     def __init__(self, sampler, X: torch.Tensor, family: GaussianNIW):
         self.s = sampler
         self.X = np.ascontiguousarray(X.detach().cpu().numpy(), dtype=np.float64)
-        self.mu0 = family.mu0.cpu().numpy().astype(np.float64)
-        self.kappa0 = float(family.kappa)
-        self.nu0 = float(family.nu)
-        self.psi0 = family.psi.cpu().numpy().astype(np.float64)
+        # (mu0, kappa, nu, Psi), the NIW prior as every kernel takes it
+        self.prior = niw_arrays(family)
+        _, kappa0, nu0, psi0 = self.prior
         d = self.X.shape[1]
-        psi_chol = np.linalg.cholesky(self.psi0)
-        self.prior_const = (-kn.multigammaln(0.5 * self.nu0, d)
-                            + self.nu0 * np.log(np.diag(psi_chol)).sum()
-                            + 0.5 * d * math.log(self.kappa0))
+        self.prior_const = (-kn.multigammaln(0.5 * nu0, d)
+                            + nu0 * np.log(np.diag(np.linalg.cholesky(psi0))).sum()
+                            + 0.5 * d * math.log(kappa0))
         self.kind_cdf = np.cumsum(sampler._kind_weights.numpy()).astype(np.float64)
         self.keys = (np.zeros(0) if sampler._row_keys is None
                      else sampler._row_keys.cpu().numpy().astype(np.float64))
@@ -131,7 +136,7 @@ class CompiledGaussianSteps:
 
     def posterior(self, stats):
         n, s1, s2 = stats
-        return kn.niw_posterior(n, s1, s2, self.mu0, self.kappa0, self.nu0, self.psi0)
+        return kn.niw_posterior(n, s1, s2, *self.prior)
 
     def log_marginal(self, stats) -> np.ndarray:
         kap, _, nu, chol = self.posterior(stats)
@@ -140,13 +145,13 @@ class CompiledGaussianSteps:
     def sample_components(self, stats):
         """(W, b, c, mean) of draws theta_k ~ p(theta | X_k) for every group
         (:func:`.kernels.draw_niw`)."""
-        return kn.draw_niw(self.rng, *stats, self.mu0, self.kappa0, self.nu0, self.psi0)
+        return kn.draw_niw(self.rng, *stats, *self.prior)
 
     def split_terms(self, gw: GibbsWeights, s_a, s_b) -> np.ndarray:
         """log W(n_a) + log W(n_b) - log W(n) + log f(X_a) + log f(X_b) - log f(X)
         (:func:`.moves.log_split_terms`, :func:`.kernels.split_terms`)."""
-        return kn.split_terms(*s_a, *s_b, self.mu0, self.kappa0, self.nu0, self.psi0,
-                              self.prior_const, gw.sigma, gw.log_w1)
+        return kn.split_terms(*s_a, *s_b, *self.prior, self.prior_const, gw.sigma,
+                              gw.log_w1)
 
     def lp(self, gw: GibbsWeights, stats) -> float:
         """log p(z, X): the log EPPF plus the clusters' log marginal likelihoods."""
@@ -163,8 +168,8 @@ class CompiledGaussianSteps:
         # 1-2. weights and parameters from their conditionals, restricted Gibbs (K kept);
         # every slice_every-th iteration the slice step
         z, log_w, W, b, c, moved = kn.restricted_labels(
-            self.rng, X, z, *stats, gw.concentration(stats[0]), self.mu0, self.kappa0,
-            self.nu0, self.psi0, int(s.max_label_tries))
+            self.rng, X, z, *stats, gw.concentration(stats[0]), *self.prior,
+            int(s.max_label_tries))
         if not moved:
             s.label_rejections_ += 1
         slice_now = bool(s.slice_every) and (
@@ -181,8 +186,7 @@ class CompiledGaussianSteps:
         if s.gibbs_points_:
             idx = self.rng.choice(X.shape[0], s.gibbs_points_, replace=False)
             z, *stats = kn.collapsed_labels(
-                self.rng, X, z, k, idx, *stats, self.mu0, self.kappa0, self.nu0, self.psi0,
-                gw.alpha, gw.sigma, gw.max_clusters)
+                self.rng, X, z, k, idx, *stats, *self.prior, *gw.kernel_args[:3])
         return self._finish(state, z, None, counts, gw, None, tuple(stats))
 
     def slice_labels(self, z, log_w, weights, comps):
@@ -254,8 +258,7 @@ class CompiledGaussianSteps:
         s = self.s
         rows, Xr, g, li, lj, log_q, new_b = kn.pair_proposals(
             self.rng, self.X, z, int(k), np.ascontiguousarray(pairs), self.kind_cdf,
-            float(s._sub_alpha), self.keys, int(s.refine_rows), self.mu0, self.kappa0,
-            self.nu0, self.psi0)
+            float(s._sub_alpha), self.keys, int(s.refine_rows), *self.prior)
         return z[pairs[:, 0]], z[pairs[:, 1]], rows, Xr, g, li, lj, log_q, new_b
 
     def move_batch(self, z, pairs, gw):
@@ -267,8 +270,7 @@ class CompiledGaussianSteps:
         pairs = np.ascontiguousarray(pairs[disjoint_pairs(z, pairs)])
         z, accepted, is_split = kn.split_merge_batch(
             self.rng, self.X, z, k, pairs, self.kind_cdf, float(s._sub_alpha), self.keys,
-            int(s.refine_rows), self.mu0, self.kappa0, self.nu0, self.psi0, self.prior_const,
-            *gw.kernel_args)
+            int(s.refine_rows), *self.prior, self.prior_const, *gw.kernel_args)
         n_split = int((accepted & is_split).sum())
         counts = {"split": [int(is_split.sum()), n_split],
                   "merge": [int((~is_split).sum()), int((accepted & ~is_split).sum())],
@@ -336,8 +338,8 @@ class CompiledGaussianSteps:
             else self.stats(X, 2 * z + zs, 2 * k)
         stats = kn.pair_sums(*sub)
         z, zs, kept, split, sub, stats = kn.warmup_labels(
-            self.rng, X, *sub, gw.concentration(stats[0]), float(s._sub_alpha), self.mu0,
-            self.kappa0, self.nu0, self.psi0, self.prior_const, *gw.kernel_args)
+            self.rng, X, *sub, gw.concentration(stats[0]), float(s._sub_alpha), *self.prior,
+            self.prior_const, *gw.kernel_args)
         born = born[kept]
         k = kept.shape[0]
         n_split = int(split.sum())

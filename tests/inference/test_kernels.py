@@ -14,6 +14,7 @@ from bnpdeep.inference.subcluster_compiled import (
     CompiledGaussianSteps,
     GibbsWeights,
     dirichlet_log,
+    niw_arrays,
 )
 from bnpdeep.inference.subpartition import (
     carve_groups,
@@ -35,11 +36,6 @@ from scipy import stats as st
 def _family(d=3):
     a = np.random.default_rng(1).normal(size=(d, d))
     return GaussianNIW(np.linspace(-1, 1, d), 0.3, d + 2.5, a @ a.T + d * np.eye(d))
-
-
-def _prior(family):
-    """(mu0, kappa, nu, Psi) of a GaussianNIW as the kernels take them."""
-    return family.mu0.numpy(), float(family.kappa), float(family.nu), family.psi.numpy()
 
 
 def _steps(family):
@@ -158,8 +154,7 @@ def test_carving_matches_the_torch_subpartition():
     X = np.concatenate([X, np.random.default_rng(7).normal(size=(300, 3)) * 0.2])
     grp = np.concatenate([grp, np.full(300, 3)])          # a group large enough to carve
     anchors = np.array([np.flatnonzero(grp == k)[0] for k in range(4)])
-    got = kn.carve_groups(X, grp, 4, anchors, fam.mu0.numpy(), float(fam.kappa),
-                          float(fam.nu), fam.psi.numpy(), 3)
+    got = kn.carve_groups(X, grp, 4, anchors, *niw_arrays(fam), 3)
     want = carve_groups(fam, torch.from_numpy(X), torch.from_numpy(grp), 4,
                         torch.from_numpy(anchors))
     np.testing.assert_array_equal(got, want.numpy())
@@ -173,8 +168,7 @@ def test_whitened_two_means_matches_the_torch_subpartition(max_rows):
     X, grp = _grouped_data(seed=8)
     keys = np.random.default_rng(9).uniform(size=X.shape[0])
     axes = np.random.default_rng(10).normal(size=(4, 3))
-    got = kn.whitened_two_means_groups(X, grp, 4, axes, keys, max_rows, fam.mu0.numpy(),
-                                       float(fam.kappa), float(fam.nu), fam.psi.numpy())
+    got = kn.whitened_two_means_groups(X, grp, 4, axes, keys, max_rows, *niw_arrays(fam))
     for k in range(4):
         rows = grp == k
         want = refined_two_means_groups(
@@ -294,8 +288,7 @@ def test_generator_kernels_draw_the_numpy_streams():
     fam = _family()
     X, grp = _grouped_data()
     n, s1, s2 = kn.group_stats(X, grp, 4)
-    mu0, psi0 = fam.mu0.numpy(), fam.psi.numpy()
-    kappa0, nu0 = float(fam.kappa), float(fam.nu)
+    mu0, kappa0, nu0, psi0 = niw_arrays(fam)
     ours, ref = np.random.default_rng(7), np.random.default_rng(7)
     got = kn.draw_niw(ours, n, s1, s2, mu0, kappa0, nu0, psi0)
     shape = np.maximum(0.5 * (nu0 + n[:, None] - np.arange(3)[None]), 1e-300)
@@ -346,11 +339,10 @@ def test_split_merge_batch_is_the_composed_hastings_ratio(weights):
     for seed in range(40):
         ours, ref = np.random.default_rng(seed), np.random.default_rng(seed)
         z_new, accepted, is_split = kn.split_merge_batch(
-            ours, X, z, 5, pairs, steps.kind_cdf, 1.0, keys, 200, steps.mu0,
-            steps.kappa0, steps.nu0, steps.psi0, steps.prior_const, *gw.kernel_args)
+            ours, X, z, 5, pairs, steps.kind_cdf, 1.0, keys, 200, *steps.prior,
+            steps.prior_const, *gw.kernel_args)
         rows, _, g, li, lj, log_q, new_b = kn.pair_proposals(
-            ref, X, z, 5, pairs, steps.kind_cdf, 1.0, keys, 200, steps.mu0,
-            steps.kappa0, steps.nu0, steps.psi0)
+            ref, X, z, 5, pairs, steps.kind_cdf, 1.0, keys, 200, *steps.prior)
         split = np.array([True, False, False])
         side_b = np.where(split[g], new_b, z[rows] == z[pairs[g, 1]])
         Xt = torch.from_numpy(X[rows])
@@ -381,7 +373,7 @@ def test_collapsed_predictive_is_the_family_student_t():
     mu, chol = np.empty((4, 3)), np.zeros((4, 3, 3))
     const, scale, half = np.empty(4), np.empty(4), np.empty(4)
     for g in range(4):
-        kn._predictive_terms(n, s1, s2, g, *_prior(fam), mu, chol, const, scale, half,
+        kn._predictive_terms(n, s1, s2, g, *niw_arrays(fam), mu, chol, const, scale, half,
                              np.empty((3, 3)))
     stats = fam.suff_stats_labels(torch.as_tensor(X), torch.as_tensor(grp), 4)
     want = fam.log_predictive(torch.as_tensor(X[:20]), stats).numpy()
@@ -415,7 +407,7 @@ def test_collapsed_update_draws_from_the_predictive_rule(weights):
     drawn = np.empty(m, dtype=np.int64)
     for t in range(m):
         out, n, _, _ = kn.collapsed_labels(rng, X, z, 3, np.array([i]), *stats_np,
-                                           *_prior(fam), gw.alpha, gw.sigma,
+                                           *niw_arrays(fam), gw.alpha, gw.sigma,
                                            gw.max_clusters)
         drawn[t] = out[i]
         assert n.sum() == len(z) and n.min() > 0
@@ -438,7 +430,7 @@ def test_collapsed_sweeps_keep_the_statistics_of_their_labels():
         k = int(z.max()) + 1
         idx = rng.permutation(len(z))
         z, n, s1, s2 = kn.collapsed_labels(rng, X, z, k, idx, *kn.group_stats(X, z, k),
-                                           *_prior(fam), gw.alpha, gw.sigma, gw.max_clusters)
+                                           *niw_arrays(fam), gw.alpha, gw.sigma, gw.max_clusters)
         k = int(z.max()) + 1
         ks.add(k)
         assert np.array_equal(np.unique(z), np.arange(k)) and n.shape == (k,)
