@@ -364,7 +364,7 @@ def run_scale(seed: int, n: int, iters: int) -> dict:
             "peak_rss_gib": peak, "rss_before_fit_gib": before}
 
 
-def run_mixing(seed: int, chains: int = 4, iters: int = 400) -> list[dict]:
+def run_mixing(seed: int, chains: int, iters: int) -> list[dict]:
     """The exact phase's mixing on the demo data (digits, PCA 10): several chains
     from K=1, with and without the collapsed Gibbs updates (gibbs_points 0, the
     default; "auto"; every point); R-hat and bulk ESS of K and lp, the chains' mean K and
@@ -396,11 +396,14 @@ def mixing_table(rows) -> str:
     return "\n".join(out)
 
 
+SECTIONS = ("accuracy", "speed", "movb-speed", "deepdpm", "scale", "mixing")
+MIXING_CHAINS, MIXING_ITERS = 4, 400
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sections", nargs="*",
-                   default=["accuracy", "speed", "movb-speed", "deepdpm", "scale", "mixing"],
-                   choices=["accuracy", "speed", "movb-speed", "deepdpm", "scale", "mixing"])
+                   default=list(SECTIONS), choices=SECTIONS)
     p.add_argument("--methods", nargs="+", default=None,
                    help="accuracy: run only these methods (names as in the table)")
     p.add_argument("--sets", nargs="+", default=data.BENCHMARK_NAMES)
@@ -453,10 +456,10 @@ def main(argv=None):
               f"{es['gflops']:.1f} GFLOP/s = {100 * es['fraction_of_matmul']:.1f}% of the "
               f"float32 matmul rate ({es['matmul_f32_gflops']:.1f} GFLOP/s)\n")
     if "mixing" in args.sections:
-        rows = run_mixing(args.seed)
+        rows = run_mixing(args.seed, MIXING_CHAINS, MIXING_ITERS)
         (OUT / "mixing.json").write_text(json.dumps(rows, indent=1))
-        print(f"## Mixing of the exact phase (digits, PCA 10, 4 chains of 400 iterations, "
-              f"seed {args.seed})\n\n{mixing_table(rows)}\n")
+        print(f"## Mixing of the exact phase (digits, PCA 10, {MIXING_CHAINS} chains of "
+              f"{MIXING_ITERS} iterations, seed {args.seed})\n\n{mixing_table(rows)}\n")
     if "scale" in args.sections:
         res = run_scale(args.seed, args.scale_n, args.scale_iters)
         (OUT / "scale.json").write_text(json.dumps(res, indent=1))
