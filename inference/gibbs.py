@@ -28,6 +28,7 @@ class GibbsState:
     z: torch.Tensor
     k: int
     alpha: float
+    hyper: dict | None = None
 
 
 class CollapsedGibbs(MCMCClusterer):
@@ -61,17 +62,22 @@ class CollapsedGibbs(MCMCClusterer):
         if self.init_k < 1:
             raise ValueError(f"init_k must be at least 1, got {self.init_k}")
         self._model = model
+        hyper = self._setup_hyperparameters(model)
         n = X.shape[0]
         z, _ = relabel(torch.randint(0, min(int(self.init_k), n), (n,)))
-        return GibbsState(X, z, int(z.max()) + 1, float(getattr(model.weights, "alpha", 1.0)))
+        return GibbsState(X, z, int(z.max()) + 1, float(getattr(model.weights, "alpha", 1.0)),
+                          hyper)
 
     def _step(self, state: GibbsState):
-        fam, weights = self._model.family, self._model.weights
+        """A sweep of algorithm 3 over every point, then the hyperparameters and alpha
+        given the partition (:mod:`.hyperparameters`)."""
+        self._family = fam = self._hyper.family(state.hyper or {})
+        weights = self._weights_for(state.alpha)
         X = state.X
         stats = fam.suff_stats_labels(X, state.z, state.k)
         z, stats = collapsed_updates(fam, weights, X, state.z, stats, range(X.shape[0]))
-        state = GibbsState(X, z, stats.k, state.alpha)
-        lp = float(weights.log_eppf(stats.n) + fam.log_marginal(stats).sum())
+        hyper, alpha, lp = self._update_hyperparameters(state.hyper, state.alpha, stats)
+        state = GibbsState(X, z, stats.k, alpha, hyper)
         return state, {"k": state.k, "lp": lp}
 
 

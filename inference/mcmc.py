@@ -31,7 +31,9 @@ from tqdm.auto import tqdm
 from bnpdeep.linalg import as_tensor
 
 from ..models import DirichletProcess, DPMixture, GaussianNIW
+from ..models.hyperpriors import log_prob
 from .base import CheckpointedEstimator, resolve_device
+from .hyperparameters import HyperparameterStep, update_alpha
 
 
 def default_model(X) -> DPMixture:
@@ -106,6 +108,7 @@ class ChainRecord:
     labels: list = field(default_factory=list)
     log_lik: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    hyper: dict = field(default_factory=dict)      # name -> kept draws of a hyperparameter
     # (start, stop) of the kept draws whose labels and log-likelihoods are already in
     # files beside the checkpoint
     draw_files: list = field(default_factory=list)
@@ -160,7 +163,7 @@ class MCMCClusterer(CheckpointedEstimator):
         model = self._resolve_model(X)
         model.family.validate(X)
         if model.family.device != device:
-            model = DPMixture(model.family.to(device), model.weights, model.truncation)
+            model = model.with_family(model.family.to(device))
         self.model_ = model
         Xt = as_tensor(X, device=device)
         self._X_train = Xt
@@ -325,12 +328,15 @@ class MCMCClusterer(CheckpointedEstimator):
                 rec.k.append(int(info["k"]))
                 rec.lp.append(float(info["lp"]))
                 rec.alpha.append(float(draw["alpha"]))
+                for name, value in (getattr(state, "hyper", None) or {}).items():
+                    rec.hyper.setdefault(name, []).append(np.asarray(
+                        value.cpu() if torch.is_tensor(value) else value, dtype=np.float64))
                 w = torch.exp(draw["log_pi"]).cpu().numpy()
                 rec.weights.append(np.sort(w)[::-1])
                 rec.labels.append(draw["labels"].cpu().numpy().astype(np.int32))
                 if self.store_log_likelihood:
                     rec.log_lik.append(pointwise_log_likelihood(
-                        model.family, X, draw["log_pi"], draw["params"],
+                        self._family, X, draw["log_pi"], draw["params"],
                         draw["log_pi_rest"]).cpu().numpy())
             if self.progress:
                 bar.set_postfix(K=int(info["k"]), lp=f"{float(info['lp']):.1f}")
@@ -339,11 +345,47 @@ class MCMCClusterer(CheckpointedEstimator):
         return rec
 
     def _weights_for(self, alpha):
-        return self._model.weights
+        """The weight prior at the chain's current alpha (a DP's is sampled when it has
+        a prior)."""
+        w = self._model.weights
+        if isinstance(w, DirichletProcess) and alpha != w.alpha:
+            return DirichletProcess(alpha)
+        return w
+
+    # -- hyperparameters (inference/hyperparameters.py) ------------------------------
+    def _setup_hyperparameters(self, model) -> dict:
+        """The chain's hyperparameter kernel and the starting values; ``_family`` is
+        the family at the current values, which every step uses."""
+        self._hyper = HyperparameterStep(model)
+        prior = model.hyperpriors.alpha if model.hyperpriors is not None else None
+        if prior is None and getattr(self, "alpha_prior", None) is not None \
+                and isinstance(model.weights, DirichletProcess):
+            shape, rate = (float(v) for v in self.alpha_prior)
+            prior = torch.distributions.Gamma(torch.tensor(shape, dtype=torch.float64),
+                                              torch.tensor(rate, dtype=torch.float64))
+        self._alpha_hyperprior = prior
+        values = self._hyper.initial()
+        self._family = self._hyper.family(values)
+        return values
+
+    def _update_hyperparameters(self, hyper, alpha, stats):
+        """The hyperparameters, then alpha, each from its conditional given the
+        partition whose cluster statistics are ``stats``; returns (hyper, alpha, lp)
+        with lp = log p(X, z, hyper, alpha), the log joint of the collapsed state."""
+        if self._hyper.active:
+            hyper = self._hyper.update(hyper, stats)
+            self._family = self._hyper.family(hyper)
+        lp = self._hyper.log_prior(hyper) if hyper else 0.0
+        if self._alpha_hyperprior is not None:
+            alpha = update_alpha(self._alpha_hyperprior, alpha, stats.n)
+            lp += float(log_prob(self._alpha_hyperprior, alpha))
+        weights = self._weights_for(alpha)
+        lp += float(weights.log_eppf(stats.n) + self._family.log_marginal(stats).sum())
+        return hyper, alpha, lp
 
     def _draw(self, state) -> dict:
         """Weights and parameters drawn from their conditionals given the labels."""
-        fam = self._model.family
+        fam = self._family
         weights = self._weights_for(state.alpha)
         # the statistics of the current labels, when the step left them in the state
         stats = getattr(state, "stats", None)
@@ -366,14 +408,19 @@ class MCMCClusterer(CheckpointedEstimator):
         self.k_trace_ = np.array([r.k_trace for r in recs])
         self.lp_trace_ = np.array([r.lp_trace for r in recs])
         self.seconds_trace_ = np.array([r.seconds_trace for r in recs])
-        fam = self.model_.family
+        # the hyperparameters of the highest-posterior draw
+        self.hyper_ = {name: (float(v[d]) if v[d].ndim == 0 else v[d])
+                       for name, v in ((n, np.asarray(vals)) for n, vals in recs[c].hyper.items())}
+        fam = HyperparameterStep(self.model_).family(self.hyper_)
+        self._predict_family = fam
         Xt = self._X_train
         stats = fam.suff_stats_labels(Xt, torch.as_tensor(self.labels_), self.n_clusters_)
         self._predict_stats = stats
 
     def _predict(self, X):
-        """Posterior predictive assignment: argmax_k log N_k + log p(x | X_k)."""
-        fam = self.model_.family
+        """Posterior predictive assignment: argmax_k log N_k + log p(x | X_k), under
+        the hyperparameters of the highest-posterior draw."""
+        fam = self._predict_family
         stats = self._predict_stats
         scores = torch.log(stats.n)[None] + fam.log_predictive(
             as_tensor(X, device=stats.n.device), stats)
@@ -395,6 +442,10 @@ class MCMCClusterer(CheckpointedEstimator):
             "observed_data": self._X_train.cpu().numpy(),
             "dims": {"weights": ["component"]},
         }
+        for name in recs[0].hyper:
+            out["posterior"][name] = np.array([np.stack(r.hyper[name]) for r in recs])
+            if out["posterior"][name].ndim == 3:
+                out["dims"][name] = ["feature"]
         for name in self._stat_names:
             burn = self._burn_in()
             out["sample_stats"][name] = np.array(

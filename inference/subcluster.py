@@ -111,7 +111,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..models import DirichletProcess
 from . import moves
 from .gibbs import collapsed_updates
 from .mcmc import (
@@ -134,6 +133,8 @@ from .subpartition import (
 # Labels given a collapsed Gibbs update per exact iteration when gibbs_points="auto".
 GIBBS_POINTS_COMPILED = 256
 GIBBS_POINTS_TORCH = 32
+# Anchor pairs drawn per exact iteration when moves_per_iter is None.
+MOVES_PER_ITER = 4
 
 
 @dataclass
@@ -147,6 +148,7 @@ class SubclusterState:
     stats: object | None = None       # SuffStats of z, when the step that made z computed them
     sub_stats: object | None = None   # warm-up: SuffStats of the 2K sub-clusters (z, zs)
     rng: object | None = None         # compiled backend: the chain's numpy Generator
+    hyper: dict | None = None         # values of the family's hyperparameters
 
     @property
     def k(self) -> int:
@@ -365,7 +367,7 @@ class SubclusterSampler(MCMCClusterer):
                  warmup=None,
                  burnout=None, proposal_weights=(1.0, 1.0, 1.0, 0.5), refine_iter: int = 0,
                  refine_rows: int = 1000,
-                 slice_every: int = 2, gibbs_points=0, resplit_prob: float = 0.0,
+                 slice_every: int = 2, gibbs_points="auto", resplit_prob: float = 0.0,
                  alpha_prior=None,
                  store_log_likelihood: bool = True, max_label_tries: int = 10,
                  random_state=0, device="cpu", backend: str = "auto",
@@ -400,13 +402,24 @@ class SubclusterSampler(MCMCClusterer):
         if self.init_k < 1:
             raise ValueError(f"init_k must be at least 1, got {self.init_k}")
         self._model = model
+        hyper = self._setup_hyperparameters(model)
         weights = model.weights
         self._sub_alpha = weights.alpha if getattr(weights, "alpha", 0) > 0 else 1.0
         n = X.shape[0]
         z, _ = relabel(torch.randint(0, min(int(self.init_k), n), (n,)))
         self.label_rejections_ = 0
         burn = self._burn_in()
-        self.warmup_ = burn if self.warmup is None else int(self.warmup)
+        # the exact kernel gets a burn-in of its own after the warm-up
+        self.warmup_ = burn // 2 if self.warmup is None else int(self.warmup)
+        # a number of anchored moves fixed for the chain: a count read from the state
+        # (say K // 8) would compose a state-dependent number of MH steps, which does
+        # not in general leave the posterior invariant
+        self.moves_per_iter_ = MOVES_PER_ITER if self.moves_per_iter is None \
+            else self.moves_per_iter
+        if not (isinstance(self.moves_per_iter_, (int, np.integer))
+                and self.moves_per_iter_ >= 0):
+            raise ValueError("moves_per_iter must be a non-negative integer, got "
+                             f"{self.moves_per_iter!r}")
         self._burnout = max(5, 3 * self.warmup_ // 20) if self.burnout is None \
             else int(self.burnout)
         if self._burnout < 0:
@@ -443,19 +456,14 @@ class SubclusterSampler(MCMCClusterer):
                 z.numpy(), np.ones(int(z.max()) + 1, dtype=bool), np.zeros(n, dtype=np.int64)))
             born = torch.full((int(z.max()) + 1,), -self._burnout, dtype=torch.long)
             return self._compiled.seed_state(SubclusterState(
-                X, z, float(getattr(weights, "alpha", 1.0)), zs=zs, born=born))
+                X, z, float(getattr(weights, "alpha", 1.0)), zs=zs, born=born, hyper=hyper))
         zs = self._warmup_sublabels(X, z, torch.ones(int(z.max()) + 1, dtype=torch.bool),
                                     torch.zeros(n, dtype=torch.long))
         # the clusters of the start may merge at once: a random start's clusters are
         # interleaved pieces of the data, not splits to protect
         born = torch.full((int(z.max()) + 1,), -self._burnout, dtype=torch.long)
-        return SubclusterState(X, z, float(getattr(weights, "alpha", 1.0)), zs=zs, born=born)
-
-    def _weights_for(self, alpha):
-        w = self._model.weights
-        if isinstance(w, DirichletProcess) and alpha != w.alpha:
-            return DirichletProcess(alpha)
-        return w
+        return SubclusterState(X, z, float(getattr(weights, "alpha", 1.0)), zs=zs, born=born,
+                               hyper=hyper)
 
     def _compiled_steps(self, X, model):
         """The compiled backend's steps for this chain, or None for the torch one."""
@@ -483,7 +491,9 @@ class SubclusterSampler(MCMCClusterer):
         return CompiledGaussianSteps(self, X, model.family)
 
     def _step(self, state: SubclusterState):
+        self._family = self._hyper.family(state.hyper or {})
         if self._compiled is not None:
+            self._compiled.set_family(self._family)
             weights = self._weights_for(state.alpha)
             if state.iteration < self.warmup_:
                 return self._compiled.warmup_step(state, weights)
@@ -499,7 +509,7 @@ class SubclusterSampler(MCMCClusterer):
                                    with_params=self.store_log_likelihood)
 
     def _exact_step(self, state: SubclusterState):
-        fam = self._model.family
+        fam = self._family
         weights = self._weights_for(state.alpha)
         X = state.X
         k = state.k
@@ -522,7 +532,7 @@ class SubclusterSampler(MCMCClusterer):
         z = self._sample_labels(logits, state.z, k)
         if slice_now:
             z = self._slice_labels(X, z, log_w, weights, loglik)
-        state = SubclusterState(X, z, state.alpha, state.iteration)
+        state = SubclusterState(X, z, state.alpha, state.iteration, hyper=state.hyper)
 
         # 3. anchored split/merge moves
         state, counts, _ = self._anchored_moves(state, weights)
@@ -533,14 +543,11 @@ class SubclusterSampler(MCMCClusterer):
         if self.gibbs_points_:
             idx = torch.randperm(n)[:self.gibbs_points_]
             z, stats = collapsed_updates(fam, weights, X, state.z, stats, idx)
-            state = SubclusterState(X, z, state.alpha, state.iteration)
+            state = SubclusterState(X, z, state.alpha, state.iteration, hyper=state.hyper)
 
-        # 5. concentration
-        if self.alpha_prior is not None and isinstance(self._model.weights, DirichletProcess):
-            state.alpha = self._escobar_west(state.alpha, state.k, n)
-            weights = self._weights_for(state.alpha)
-
-        lp = float(weights.log_eppf(stats.n) + fam.log_marginal(stats).sum())
+        # 5. hyperparameters and concentration given the partition
+        state.hyper, state.alpha, lp = self._update_hyperparameters(state.hyper, state.alpha,
+                                                                    stats)
         state.iteration += 1
         state.stats = stats
         info = {"k": state.k, "lp": lp,
@@ -551,14 +558,13 @@ class SubclusterSampler(MCMCClusterer):
 
     def _anchored_moves(self, state: SubclusterState, weights, n_moves=None):
         """One batch of anchored proposals from ``n_moves`` anchor pairs (default
-        ``moves_per_iter``, else max(2, K // 8)), each an exact Metropolis-Hastings
+        ``moves_per_iter_``, a number fixed for the chain), each an exact Metropolis-Hastings
         step: splits and merges (:meth:`_move_batch`) or, with probability
         ``resplit_prob``, re-splits (:meth:`_resplit_batch`); returns the new state, per
         kind of move [proposed, accepted], and the :class:`MoveBatch` (None when no
         move was proposed)."""
-        k = state.k
         if n_moves is None:
-            n_moves = self.moves_per_iter if self.moves_per_iter is not None else max(2, k // 8)
+            n_moves = self.moves_per_iter_
         if state.X.shape[0] < 2 or int(n_moves) < 1:
             return state, {"split": [0, 0], "merge": [0, 0], "resplit": [0, 0]}, None
         pairs = self._anchor_pairs(state.X, int(n_moves))
@@ -569,7 +575,7 @@ class SubclusterSampler(MCMCClusterer):
         else:
             batch = self._move_batch(state, pairs, weights)
         new = SubclusterState(state.X, batch.z, state.alpha, state.iteration, state.zs,
-                              state.born)
+                              state.born, hyper=state.hyper)
         return new, batch.counts, batch
 
     def _slice_labels(self, X, z, log_w, weights, loglik):
@@ -589,7 +595,7 @@ class SubclusterSampler(MCMCClusterer):
         split/merge proposal isolates can still dissolve (its u_i is below every
         weight) and the chain mixes over K.  Only rows with u_i below the largest new
         weight are scored against the new atoms."""
-        fam = self._model.family
+        fam = self._family
         k = log_w.shape[0] - 1
         log_u = log_w[z] + torch.log(torch.rand(z.shape[0], dtype=log_w.dtype)
                                      .clamp_min(1e-300)).to(log_w.device)
@@ -631,7 +637,7 @@ class SubclusterSampler(MCMCClusterer):
 
     # -- warm-up: Chang & Fisher's moves as published (draws discarded) -----------
     def _warmup_step(self, state: SubclusterState):
-        fam = self._model.family
+        fam = self._family
         weights = self._weights_for(state.alpha)
         X, k = state.X, state.k
         zs = state.zs if state.zs is not None else torch.randint(0, 2, (X.shape[0],))
@@ -673,7 +679,8 @@ class SubclusterSampler(MCMCClusterer):
         if int(eligible.sum()) > 1:
             z, zs, born = self._warmup_merges(z, zs, born, stats, weights, eligible,
                                               k + n_split, it)
-        state = SubclusterState(X, z, state.alpha, state.iteration, zs, born)
+        state = SubclusterState(X, z, state.alpha, state.iteration, zs, born,
+                                hyper=state.hyper)
         # the exact anchored moves too: they make progress where the posterior gains
         # little from coarse splits (many overlapping blobs)
         n_moves = self.warmup_moves if self.warmup_moves is not None else max(3, state.k // 2)
@@ -683,13 +690,11 @@ class SubclusterSampler(MCMCClusterer):
             born = torch.cat([state.born, torch.full((counts["split"][1],), it)])[batch.kept]
             state.born = torch.where(batch.touched, it, born)
             state.zs = self._warmup_sublabels(X, state.z, batch.touched, state.zs)
-        if self.alpha_prior is not None and isinstance(self._model.weights, DirichletProcess):
-            state.alpha = self._escobar_west(state.alpha, state.k, X.shape[0])
-            weights = self._weights_for(state.alpha)
         # the sub-cluster statistics serve this lp and the next step's start
         state.sub_stats = fam.suff_stats_labels(X, 2 * state.z + state.zs, 2 * state.k)
         stats = state.sub_stats.pair_sums()
-        lp = float(weights.log_eppf(stats.n) + fam.log_marginal(stats).sum())
+        state.hyper, state.alpha, lp = self._update_hyperparameters(state.hyper, state.alpha,
+                                                                    stats)
         state.iteration += 1
         state.stats = stats
         return state, {"k": state.k, "lp": lp,
@@ -716,7 +721,7 @@ class SubclusterSampler(MCMCClusterer):
     def _warmup_merges(self, z, zs, born, stats, weights, eligible, k_now, it):
         """All pairs of eligible clusters in random order, each cluster merging at most
         once, accepted on the posterior ratio."""
-        fam = self._model.family
+        fam = self._family
         k = stats.k
         i, j = torch.triu_indices(k, k, 1)
         keep = eligible[i] & eligible[j]
@@ -783,7 +788,7 @@ class SubclusterSampler(MCMCClusterer):
         sub-cluster draws, statistics and ratios of all of them are computed in one
         pass of batched operations, and only the block-count factor of the EPPF is
         applied in sequence (:func:`moves.accept_in_sequence`)."""
-        fam = self._model.family
+        fam = self._family
         X, z, k = state.X, state.z, state.k
         pairs = pairs[disjoint_pairs(z, pairs)]
         n_groups = pairs.shape[0]
@@ -839,7 +844,7 @@ class SubclusterSampler(MCMCClusterer):
         split needs an intermediate state the posterior may make all but
         unreachable (one cluster too few); a re-split moves a misplaced boundary
         between two overlapping clusters in one step."""
-        fam = self._model.family
+        fam = self._family
         X, z, k = state.X, state.z, state.k
         keep = disjoint_pairs(z, pairs)
         pairs = pairs[keep]
@@ -921,7 +926,7 @@ class SubclusterSampler(MCMCClusterer):
         composition and the mixture over kinds leave the posterior invariant): one
         sub-partition pass per batch instead of one per kind present (11% fewer torch
         operations per iteration on a1)."""
-        fam = self._model.family
+        fam = self._family
         kind = int(torch.multinomial(self._kind_weights, 1))
         axes = torch.randn(n_groups, Xr.shape[1], dtype=Xr.dtype)
         if kind == 0:
@@ -939,14 +944,6 @@ class SubclusterSampler(MCMCClusterer):
         ll = own_pair_loglik(fam, Xr, g, n_groups, fam.sample_posterior(sub)) + log_w[g]
         return ll - torch.logsumexp(ll, 1, keepdim=True)
 
-    def _escobar_west(self, alpha, k, n):
-        """alpha | K, N under a Gamma(a, b) prior (Escobar & West 1995, eq. 13)."""
-        a, b = (float(v) for v in self.alpha_prior)
-        eta = float(torch.distributions.Beta(alpha + 1.0, float(n)).sample())
-        rate = b - math.log(eta)
-        odds = (a + k - 1) / (n * rate)
-        shape = a + k if float(torch.rand(())) < odds / (1 + odds) else a + k - 1
-        return float(torch.distributions.Gamma(shape, rate).sample())
 
 
 __all__ = ["SubclusterSampler", "SubclusterState", "MoveBatch", "disjoint_pairs",

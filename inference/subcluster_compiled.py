@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from scipy.special import gammaln
 
-from ..models import DirichletProcess, GaussianNIW
+from ..models import GaussianNIW, SuffStats
 from ..models.families.gaussian_niw import GaussianParams
 from . import kernels as kn
 from .subcluster import disjoint_pairs
@@ -109,16 +109,24 @@ class CompiledGaussianSteps:
     def __init__(self, sampler, X: torch.Tensor, family: GaussianNIW):
         self.s = sampler
         self.X = np.ascontiguousarray(X.detach().cpu().numpy(), dtype=np.float64)
-        # (mu0, kappa, nu, Psi), the NIW prior as every kernel takes it
+        self._family = None
+        self.set_family(family)
+        self.kind_cdf = np.cumsum(sampler._kind_weights.numpy()).astype(np.float64)
+        self.keys = (np.zeros(0) if sampler._row_keys is None
+                     else sampler._row_keys.cpu().numpy().astype(np.float64))
+
+    def set_family(self, family: GaussianNIW) -> None:
+        """Take the NIW prior (mu0, kappa, nu, Psi) every kernel is given from
+        ``family`` (its hyperparameters change along the chain)."""
+        if family is self._family:
+            return
+        self._family = family
         self.prior = niw_arrays(family)
         _, kappa0, nu0, psi0 = self.prior
         d = self.X.shape[1]
         self.prior_const = (-kn.multigammaln(0.5 * nu0, d)
                             + nu0 * np.log(np.diag(np.linalg.cholesky(psi0))).sum()
                             + 0.5 * d * math.log(kappa0))
-        self.kind_cdf = np.cumsum(sampler._kind_weights.numpy()).astype(np.float64)
-        self.keys = (np.zeros(0) if sampler._row_keys is None
-                     else sampler._row_keys.cpu().numpy().astype(np.float64))
 
     def _log_rand(self, n) -> np.ndarray:
         return np.log(np.maximum(self.rng.random(n), 1e-300))
@@ -153,10 +161,6 @@ class CompiledGaussianSteps:
         return kn.split_terms(*s_a, *s_b, *self.prior, self.prior_const, gw.sigma,
                               gw.log_w1)
 
-    def lp(self, gw: GibbsWeights, stats) -> float:
-        """log p(z, X): the log EPPF plus the clusters' log marginal likelihoods."""
-        return gw.log_eppf(stats[0]) + float(self.log_marginal(stats).sum())
-
     # -- the exact kernel ------------------------------------------------------------
     def exact_step(self, state, weights):
         s, X = self.s, self.X
@@ -177,9 +181,7 @@ class CompiledGaussianSteps:
         if slice_now:
             z = self.slice_labels(z, log_w, weights, (W, b, c))
         # 3. anchored split/merge moves
-        n_moves = s.moves_per_iter if s.moves_per_iter is not None \
-            else max(2, (int(z.max()) + 1) // 8)
-        z, counts, _ = self.anchored_moves(z, gw, n_moves)
+        z, counts, _ = self.anchored_moves(z, gw, s.moves_per_iter_)
         # 4. collapsed Gibbs updates of gibbs_points_ labels drawn at random
         k = int(z.max()) + 1
         stats = self.stats(X, z, k)
@@ -209,25 +211,25 @@ class CompiledGaussianSteps:
         return kn.relabel(z)[0]
 
     def _finish(self, state, z, zs, counts, gw, born, stats=None):
-        """Concentration update, statistics (``stats`` when the step has them), log
-        joint (under ``gw``, or the updated concentration's weights) and the info of a
-        step."""
+        """Statistics (``stats`` when the step has them), the hyperparameter and
+        concentration updates given them (the sampler's, shared with the torch
+        backend), the log joint and the info of a step."""
         s, X = self.s, self.X
         k = int(z.max()) + 1
-        alpha = state.alpha
-        if s.alpha_prior is not None and isinstance(s._model.weights, DirichletProcess):
-            alpha = s._escobar_west(alpha, k, X.shape[0])
-            gw = GibbsWeights(s._weights_for(alpha))
         if zs is None:
             stats, sub = (self.stats(X, z, k) if stats is None else stats), None
         else:
             sub = self.stats(X, 2 * z + zs, 2 * k)
             stats = kn.pair_sums(*sub)
+        n, s1, s2 = (torch.from_numpy(a) for a in stats)
+        hyper, alpha, lp = s._update_hyperparameters(state.hyper, state.alpha,
+                                                     SuffStats(n=n, sx=s1, sxx=s2))
+        self.set_family(s._family)
         new = type(state)(state.X, torch.from_numpy(z), alpha, state.iteration + 1,
                           None if zs is None else torch.from_numpy(zs),
                           None if born is None else torch.from_numpy(born), stats, sub,
-                          state.rng)
-        info = {"k": k, "lp": self.lp(gw, stats),
+                          state.rng, hyper)
+        info = {"k": k, "lp": lp,
                 "merge_acceptance": counts["merge"][1] / max(counts["merge"][0], 1),
                 "resplit_acceptance": counts["resplit"][1] / max(counts["resplit"][0], 1),
                 "split_acceptance": counts["split"][1] / max(counts["split"][0], 1)}

@@ -12,6 +12,7 @@ from .families import (
     MultinomialParams,
     SuffStats,
 )
+from .hyperpriors import Hyperpriors
 from .weights import (
     DirichletProcess,
     FiniteDirichlet,
@@ -22,7 +23,7 @@ from .weights import (
 
 __all__ = [
     "InverseWishart", "NormalInverseWishart", "MultinomialCounts",
-    "DPMixture", "gather_params",
+    "DPMixture", "gather_params", "Hyperpriors",
     "ConjugateFamily", "SuffStats",
     "GaussianNIW", "GaussianParams", "DiagonalGaussian", "DiagGaussianParams",
     "Multinomial", "MultinomialParams",

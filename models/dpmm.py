@@ -23,6 +23,7 @@ from pyro import poutine
 from bnpdeep.linalg import as_tensor
 
 from .families.base import ConjugateFamily
+from .hyperpriors import Hyperpriors
 from .weights import DirichletProcess, FiniteDirichlet, WeightPrior, stick_breaking
 
 
@@ -46,10 +47,15 @@ class DPMixture:
         representation.  Algorithms that do not need a truncation (the
         samplers, moVB, DeepDPM) change it as K changes; for FiniteDirichlet it
         is the number of components k.
+    hyperpriors : Hyperpriors, optional
+        Priors on the family's hyperparameters (e.g. ``kappa``, ``psi_scale``) and on
+        ``alpha``: sites of the program, drawn before the weights and components;
+        ``family`` and ``weights`` then give the hyperparameters' starting values
+        and, for ``psi_scale``, the fixed matrix Psi0 it scales.
     """
 
     def __init__(self, family: ConjugateFamily, weights: WeightPrior | None = None,
-                 truncation: int = 30):
+                 truncation: int = 30, hyperpriors: Hyperpriors | None = None):
         if not isinstance(family, ConjugateFamily):
             raise TypeError(f"family must be a ConjugateFamily, got {type(family).__name__}")
         self.family = family
@@ -61,9 +67,19 @@ class DPMixture:
         if int(truncation) < 1:
             raise ValueError(f"truncation must be at least 1, got {truncation}")
         self.truncation = int(truncation)
+        if hyperpriors is not None:
+            if not isinstance(hyperpriors, Hyperpriors):
+                raise TypeError("hyperpriors must be a Hyperpriors, got "
+                                f"{type(hyperpriors).__name__}")
+            hyperpriors.check(family, self.weights)
+        self.hyperpriors = hyperpriors
 
     def with_truncation(self, truncation: int) -> "DPMixture":
-        return DPMixture(self.family, self.weights, truncation)
+        return DPMixture(self.family, self.weights, truncation, self.hyperpriors)
+
+    def with_family(self, family: ConjugateFamily) -> "DPMixture":
+        """The same model with another family (e.g. moved to another device)."""
+        return DPMixture(family, self.weights, self.truncation, self.hyperpriors)
 
     # -- the Pyro program ---------------------------------------------------------
     def model(self, X=None, n: int | None = None, subsample_size: int | None = None):
@@ -75,14 +91,17 @@ class DPMixture:
             X = as_tensor(X, device=self.family.device)
             n = X.shape[0]
         t = self.truncation
-        pi = self.weights.pyro_sample_weights(t) if t > 1 else torch.ones(
-            1, dtype=torch.float64, device=self.family.device)
+        family, weights = self.family, self.weights
+        if self.hyperpriors is not None:
+            family, weights = self.hyperpriors.pyro_sample(family, weights)
+        pi = weights.pyro_sample_weights(t) if t > 1 else torch.ones(
+            1, dtype=torch.float64, device=family.device)
         with pyro.plate("components", t):
-            params = self.family.pyro_sample_params()
+            params = family.pyro_sample_params()
         with pyro.plate("data", n, subsample_size=subsample_size) as idx:
             z = pyro.sample("z", pdist.Categorical(pi))
             obs = None if X is None else X[idx]
-            pyro.sample("obs", self.family.likelihood(gather_params(params, z)), obs=obs)
+            pyro.sample("obs", family.likelihood(gather_params(params, z)), obs=obs)
         return z
 
     __call__ = model
@@ -113,14 +132,29 @@ class DPMixture:
         tr = poutine.trace(conditioned).get_trace(X)
         return float(tr.log_prob_sum())
 
-    def log_joint_collapsed(self, X, z) -> float:
+    def log_joint_collapsed(self, X, z, hyper: dict | None = None) -> float:
         """log p(X, z) with weights and parameters integrated out:
-        log EPPF(n_1..n_K) + sum_k log p(X_k)."""
+        log EPPF(n_1..n_K) + sum_k log p(X_k); with ``hyper`` (values of the
+        hyperparameters, ``alpha`` among them if it has a prior), log p(X, z, hyper):
+        the same at those values plus their log prior density."""
         z = torch.as_tensor(z, dtype=torch.long)
         _, z = torch.unique(z, return_inverse=True)
         k = int(z.max()) + 1
-        stats = self.family.suff_stats_labels(X, z, k)
-        return float(self.weights.log_eppf(stats.n) + self.family.log_marginal(stats).sum())
+        family, weights, extra = self.family, self.weights, 0.0
+        if hyper:
+            from .hyperpriors import log_prob
+
+            hp = self.hyperpriors
+            values = {n: v for n, v in hyper.items() if n != "alpha"}
+            family = hp.family_at(family, values)
+            extra = hp.log_prob(values)
+            if "alpha" in hyper:
+                weights = DirichletProcess(float(hyper["alpha"]))
+                extra += float(log_prob(hp.alpha, float(hyper["alpha"])))
+        stats = family.suff_stats_labels(X, z, k)
+        return float(weights.log_eppf(stats.n) + family.log_marginal(stats).sum()) + extra
 
     def __repr__(self):
-        return f"DPMixture({self.family!r}, {self.weights!r}, truncation={self.truncation})"
+        hp = "" if self.hyperpriors is None else f", {self.hyperpriors!r}"
+        return (f"DPMixture({self.family!r}, {self.weights!r}, truncation={self.truncation}"
+                f"{hp})")

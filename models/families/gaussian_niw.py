@@ -84,6 +84,8 @@ class GaussianNIW(ConjugateFamily):
         except ValueError:
             raise ValueError("psi must be symmetric positive definite") from None
         self._psi_logdet = logdet_from_chol(self.psi_chol)
+        # psi = psi_scale * Psi0, Psi0 the psi the family was first built with
+        self.psi_scale, self._psi_base = 1.0, self.psi
         # the prior's share of the posterior statistics, used by every update
         self._kappa_mu0 = self.kappa * self.mu0
         self._psi_plus = self.psi + self.kappa * torch.outer(self.mu0, self.mu0)
@@ -116,7 +118,29 @@ class GaussianNIW(ConjugateFamily):
         return cls(X.mean(0), kappa, d + nu_offset, scale * cov, device=device)
 
     def to(self, device) -> "GaussianNIW":
-        return GaussianNIW(self.mu0, self.kappa, self.nu, self.psi, device=device)
+        out = GaussianNIW(self.mu0, self.kappa, self.nu, self.psi, device=device)
+        out.psi_scale, out._psi_base = self.psi_scale, self._psi_base.to(device)
+        return out
+
+    # ---- hyperparameters (models/hyperpriors.py) --------------------------------
+    hyperparameter_names = ("kappa", "psi_scale", "nu", "mu0")
+
+    def hyperparameter_value(self, name: str):
+        if name == "mu0":
+            return self.mu0.clone()
+        return float(getattr(self, name))
+
+    def with_hyperparameters(self, kappa=None, psi_scale=None, nu=None, mu0=None
+                             ) -> "GaussianNIW":
+        """This family with some hyperparameters replaced; ``psi_scale`` scales the
+        Psi0 this family was built from (not its current psi)."""
+        scale = self.psi_scale if psi_scale is None else float(psi_scale)
+        out = GaussianNIW(self.mu0 if mu0 is None else mu0,
+                          self.kappa if kappa is None else kappa,
+                          self.nu if nu is None else nu,
+                          self._psi_base * scale, device=self._device)
+        out.psi_scale, out._psi_base = scale, self._psi_base
+        return out
 
     def _row_stats(self, X):
         return {"n": torch.ones(X.shape[0], dtype=X.dtype, device=X.device),

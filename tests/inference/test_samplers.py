@@ -49,19 +49,21 @@ def _singleton_odds(model, X, y):
 @pytest.mark.parametrize("init_k", [1, 12])
 def test_subcluster_recovers_k_from_one_and_from_too_many(init_k):
     X, y = _blobs()
-    est = SubclusterSampler(max_iter=60, init_k=init_k, random_state=0).fit(X)
+    # the warm-up (a quarter of the run: 30 iterations) removes a bad start's clusters
+    est = SubclusterSampler(max_iter=120, init_k=init_k, random_state=0).fit(X)
     assert est.n_clusters_ == 4
     assert adjusted_rand_score(y, est.labels_) > 0.95
     # draws after burn-in: draws x N labels, K per draw.  Under the default DP(1) a
     # one-point fifth cluster holds about 13% of the posterior mass (two such clusters
     # about 1%), so the chain may visit K = 5 but stays at K = 4 most of the time --
     # on either backend.
-    assert est.label_draws_.shape == (30, 600)
-    assert np.isin(est.k_draws_, [4, 5]).all() and np.mean(est.k_draws_ == 4) > 0.5
-    est = SubclusterSampler(max_iter=60, init_k=init_k, random_state=0,
+    assert est.label_draws_.shape == (60, 600)
+    # (60 correlated draws: the frequencies are checked on the long chain below)
+    assert est.k_draws_.min() >= 4 and np.median(est.k_draws_) <= 5
+    est = SubclusterSampler(max_iter=120, init_k=init_k, random_state=0,
                             backend="torch").fit(X)
     assert est.n_clusters_ == 4
-    assert np.isin(est.k_draws_, [4, 5]).all() and np.mean(est.k_draws_ == 4) > 0.5
+    assert est.k_draws_.min() >= 4 and np.median(est.k_draws_) <= 5
     # Over six chains of 4000 iterations each backend gave K = 4 / 5 / 6 in
     # 0.72 / 0.23 / 0.04 (torch) and 0.71 / 0.25 / 0.04 (compiled) of the draws; an
     # excursion to K = 5 lasts tens of iterations, so a longer chain checks the
@@ -74,7 +76,7 @@ def test_subcluster_recovers_k_from_one_and_from_too_many(init_k):
     # with alpha = 1e-3 they fall a thousandfold, so every draw must have K = 4.
     model = DPMixture(GaussianNIW.weak(X), DirichletProcess(1e-3))
     assert _singleton_odds(model, X, y) < 1e-3
-    est = SubclusterSampler(model=model, max_iter=60, init_k=init_k, random_state=0).fit(X)
+    est = SubclusterSampler(model=model, max_iter=120, init_k=init_k, random_state=0).fit(X)
     assert np.all(est.k_draws_ == 4)
 
 
@@ -158,8 +160,11 @@ def test_subcluster_multinomial_mixture():
     probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7], [0.1, 0.7, 0.1, 0.1]])
     y = g.integers(0, 3, 300)
     X = np.stack([g.multinomial(40, probs[c]) for c in y]).astype(float)
-    est = SubclusterSampler(model=DPMixture(Multinomial.weak(X)), max_iter=40).fit(X)
-    assert est.n_clusters_ == 3
+    est = SubclusterSampler(model=DPMixture(Multinomial.weak(X)), max_iter=200).fit(X)
+    # Under this prior a small fourth cluster is likely too: 2000 iterations of this
+    # sampler gave K = 3 / 4 / 5 / 6 in 0.50 / 0.38 / 0.10 / 0.02 of the draws,
+    # collapsed Gibbs 0.60 / 0.31 / 0.07 / 0.02.  The three mixtures are never merged.
+    assert est.k_draws_.min() >= 3 and np.mean(est.k_draws_ <= 4) > 0.7
     assert adjusted_rand_score(y, est.labels_) > 0.95
 
 
@@ -177,7 +182,7 @@ def test_estimator_conventions_and_errors():
         est.predict(np.zeros((3, 2)))
     X, _ = _blobs(n=100)
     est.fit(X)
-    assert est.warmup_ == 2                  # all of the burn-in, max_iter // 2
+    assert est.warmup_ == 1                  # half the burn-in (max_iter // 2) by default
     assert SubclusterSampler(max_iter=6, warmup=1).fit(X).warmup_ == 1
     with pytest.raises(DataError, match="features"):
         est.predict(np.zeros((3, 5)))
@@ -312,8 +317,8 @@ def test_device_argument_is_checked(cls):
 
 def test_gibbs_points_default_and_check():
     X, _ = _blobs(n=100)
-    assert SubclusterSampler(max_iter=4).fit(X).gibbs_points_ == 0
-    auto = SubclusterSampler(max_iter=4, gibbs_points="auto")
+    assert SubclusterSampler(max_iter=4, gibbs_points=0).fit(X).gibbs_points_ == 0
+    auto = SubclusterSampler(max_iter=4)                         # "auto" by default
     assert auto.fit(X).gibbs_points_ == 100                                 # min(N, 256)
     assert auto.set_params(backend="torch").fit(X).gibbs_points_ == 32
     assert SubclusterSampler(max_iter=4, gibbs_points=500).fit(X).gibbs_points_ == 100

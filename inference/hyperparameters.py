@@ -1,0 +1,171 @@
+"""Exact updates of hyperparameters given the partition, for every sampler.
+
+With the component parameters and weights integrated out, a hyperparameter h of
+the family has the conditional
+
+    p(h | z, X, rest) proportional to p(h) prod_k p(X_k | h),
+
+the collapsed marginal likelihood of every cluster at h (Rasmussen 2000, Sec. 3,
+samples the same conditionals with instantiated parameters).  Each hyperparameter
+is updated in turn by a kernel that leaves its conditional invariant:
+
+* a grid prior (``pyro.distributions.Empirical``): the conditional is enumerated
+  over the grid and drawn exactly (a Gibbs step);
+* a continuous prior on the positive reals: slice sampling (Neal 2003, Fig. 3 and 5:
+  stepping out, then shrinkage) of u = log h, whose density is the conditional
+  times the Jacobian h;
+* a Gaussian prior (``mu0``): elliptical slice sampling (Murray, Adams & MacKay
+  2010, Fig. 2), exact for a Gaussian prior times any likelihood.
+
+alpha of a DP given K under a Gamma prior is Escobar & West's (1995, eq. 13)
+auxiliary-variable draw; under a grid it is enumerated with the Ewens EPPF.
+
+Random numbers come from torch's generator (the chain's seed).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bnpdeep.linalg import DTYPE
+
+from ..models import DirichletProcess
+from ..models.hyperpriors import grid_values, is_grid, log_prob
+
+
+def slice_log_scale(log_density, x0: float, width: float = 1.0, max_steps: int = 32
+                    ) -> float:
+    """One slice-sampling update of a positive scalar x with unnormalised log density
+    ``log_density(x)``, run on u = log x (target log_density(e^u) + u): a level
+    below the current density, an interval of ``width`` placed at random around u
+    and stepped out (at most ``max_steps`` steps a side), then shrunk towards u until
+    a point lies above the level (Neal 2003, Fig. 3 and 5)."""
+    def target(u):
+        return log_density(math.exp(u)) + u
+
+    u0 = math.log(x0)
+    level = target(u0) + math.log(float(torch.rand((), dtype=DTYPE)) or 1e-300)
+    left = u0 - width * float(torch.rand((), dtype=DTYPE))
+    right = left + width
+    j = int(float(torch.rand((), dtype=DTYPE)) * max_steps)
+    k = max_steps - 1 - j
+    while j > 0 and target(left) > level:
+        left -= width
+        j -= 1
+    while k > 0 and target(right) > level:
+        right += width
+        k -= 1
+    while True:
+        u = left + (right - left) * float(torch.rand((), dtype=DTYPE))
+        if target(u) > level:
+            return math.exp(u)
+        if u < u0:
+            left = u
+        else:
+            right = u
+
+
+def elliptical_slice(log_lik, x0: torch.Tensor, mean: torch.Tensor, scale_tril: torch.Tensor
+                     ) -> torch.Tensor:
+    """One elliptical slice-sampling update of x with prior N(mean, L L^T) and
+    log-likelihood ``log_lik(x)`` (Murray, Adams & MacKay 2010, Fig. 2)."""
+    nu = scale_tril @ torch.randn(mean.shape[0], dtype=mean.dtype)
+    level = log_lik(x0) + math.log(float(torch.rand((), dtype=DTYPE)) or 1e-300)
+    theta = 2 * math.pi * float(torch.rand((), dtype=DTYPE))
+    low, high = theta - 2 * math.pi, theta
+    f = x0 - mean
+    while True:
+        x = mean + f * math.cos(theta) + nu * math.sin(theta)
+        if log_lik(x) > level:
+            return x
+        if theta < 0:
+            low = theta
+        else:
+            high = theta
+        theta = low + (high - low) * float(torch.rand((), dtype=DTYPE))
+
+
+def draw_grid(log_conditional, prior):
+    """An exact draw from a conditional over a grid prior's values."""
+    values, logw = grid_values(prior)
+    logits = torch.tensor([float(logw[i]) + log_conditional(values[i])
+                           for i in range(values.shape[0])], dtype=DTYPE)
+    i = int(torch.multinomial(torch.softmax(logits, 0), 1))
+    v = values[i]
+    return float(v) if v.numel() == 1 else v.clone()
+
+
+def escobar_west(alpha: float, k: int, n: int, shape: float, rate: float) -> float:
+    """alpha | K, N under a Gamma(shape, rate) prior (Escobar & West 1995, eq. 13):
+    eta ~ Beta(alpha + 1, N), then alpha from a two-component Gamma mixture."""
+    eta = float(torch.distributions.Beta(alpha + 1.0, float(n)).sample())
+    r = rate - math.log(eta)
+    odds = (shape + k - 1) / (n * r)
+    a = shape + k if float(torch.rand(())) < odds / (1 + odds) else shape + k - 1
+    return float(torch.distributions.Gamma(a, r).sample())
+
+
+class HyperparameterStep:
+    """Updates of a model's hyperparameters given a partition (the module's
+    kernels); ``values`` is a dict name -> value, the chain's state."""
+
+    def __init__(self, model):
+        self.model = model
+        self.hyperpriors = model.hyperpriors
+
+    @property
+    def active(self) -> bool:
+        return self.hyperpriors is not None and bool(self.hyperpriors.names)
+
+    def initial(self) -> dict:
+        return self.hyperpriors.initial(self.model.family) if self.active else {}
+
+    def family(self, values: dict):
+        """The family at ``values``."""
+        return self.hyperpriors.family_at(self.model.family, values) if values \
+            else self.model.family
+
+    def log_prior(self, values: dict) -> float:
+        return self.hyperpriors.log_prob(values) if values else 0.0
+
+    def update(self, values: dict, stats) -> dict:
+        """Each family hyperparameter in turn from p(h | z, X, the others): ``stats``
+        are the statistics of the partition's clusters."""
+        values = dict(values)
+        for name in self.hyperpriors.names:
+            prior = self.hyperpriors.priors[name]
+
+            def log_lik(v, name=name):
+                try:
+                    fam = self.family({**values, name: v})
+                except ValueError:             # outside the family's domain (nu <= d - 1)
+                    return -math.inf
+                return float(fam.log_marginal(stats).sum())
+
+            if is_grid(prior):
+                values[name] = draw_grid(log_lik, prior)
+            elif isinstance(prior, torch.distributions.MultivariateNormal):
+                values[name] = elliptical_slice(log_lik, torch.as_tensor(values[name], dtype=DTYPE),
+                                                prior.loc.to(DTYPE), prior.scale_tril.to(DTYPE))
+            else:
+                def log_density(v, log_lik=log_lik, prior=prior):
+                    lp = float(log_prob(prior, v))
+                    return lp + log_lik(v) if math.isfinite(lp) else -math.inf
+
+                values[name] = slice_log_scale(log_density, float(values[name]))
+        return values
+
+
+def update_alpha(prior, alpha: float, counts: torch.Tensor) -> float:
+    """alpha of a DP given the block sizes ``counts`` (K, N): Escobar & West under a
+    Gamma prior, an exact draw over a grid prior (Ewens EPPF)."""
+    k, n = int(counts.numel()), float(counts.sum())
+    if is_grid(prior):
+        return draw_grid(lambda a: DirichletProcess(float(a)).log_eppf(counts), prior)
+    return escobar_west(alpha, k, int(n), float(prior.concentration), float(prior.rate))
+
+
+__all__ = ["HyperparameterStep", "slice_log_scale", "elliptical_slice", "draw_grid",
+           "escobar_west", "update_alpha"]
