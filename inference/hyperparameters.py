@@ -138,11 +138,13 @@ class HyperparameterStep:
             prior = self.hyperpriors.priors[name]
 
             def log_lik(v, name=name):
+                # outside the family's domain (nu <= d - 1), or so far out that a
+                # posterior scale matrix is not positive definite in float64 (psi_scale
+                # near 0 beside a one-point cluster): density taken as 0
                 try:
-                    fam = self.family({**values, name: v})
-                except ValueError:             # outside the family's domain (nu <= d - 1)
+                    return float(self.family({**values, name: v}).log_marginal(stats).sum())
+                except ValueError:
                     return -math.inf
-                return float(fam.log_marginal(stats).sum())
 
             if is_grid(prior):
                 values[name] = draw_grid(log_lik, prior)

@@ -92,7 +92,10 @@ sub-clusters per cluster proposing splits, merges:
    the restricted step cannot empty one, the slice step redraws a one-point
    cluster's parameters around its point, and a merge of a few outlying points
    needs a reverse split that isolates them.
-5. Optionally alpha | K ~ the Escobar & West (1995) auxiliary-variable update.
+5. The model's hyperparameters given the partition (:mod:`.hyperparameters`:
+   grid enumeration, slice sampling on the log scale, elliptical slice sampling),
+   and alpha | K by the Escobar & West (1995) auxiliary-variable update when it has
+   a prior: each a Gibbs-type update of one coordinate of (z, h, alpha).
 
 The posterior ratios come from :mod:`bnpdeep.inference.moves`, so any weight
 prior with a Gibbs-type EPPF (DP, Pitman-Yor, finite Dirichlet) and any conjugate
@@ -230,22 +233,20 @@ class SubclusterSampler(MCMCClusterer):
         Iterations discarded before draws are kept (default ``max_iter // 2``).
     thin : int, default 1
     n_chains : int, default 1
-    moves_per_iter : int, optional
-        Exact-phase anchored split/merge proposals per iteration (default
-        max(2, K // 8)).
+    moves_per_iter : int, default 4
+        Anchor pairs drawn per exact iteration (:data:`MOVES_PER_ITER`), each proposing
+        a split or a merge.  Fixed for the chain: a number read from the state would
+        make the kernel a state-dependent composition of Metropolis-Hastings steps,
+        which in general does not leave the posterior invariant.
     warmup_moves : int, optional
         Anchored proposals per warm-up iteration (default max(3, K // 2)), on top of
-        Chang & Fisher's parallel splits and merges: they carve out tight groups
-        that coarse splits miss, and resolve overlapping clusters (s3, s4).
+        Chang & Fisher's parallel splits and merges.  The warm-up's draws are
+        discarded, so its moves may depend on the state.
     warmup : int, optional
-        Iterations of Chang & Fisher's fast warm-up moves (default: all of the
-        burn-in; the number used is ``warmup_`` after ``fit``).  Must not exceed the
-        burn-in: kept draws come from the exact kernel.
-        The warm-up's label step may empty clusters, which is what removes the
-        clusters a bad start leaves; the exact kernel's moves undo a random start
-        slowly (from init_k=12 on four blobs, a warm-up of 15 of 30 burn-in
-        iterations left K at 5-11 for the rest of a 60-iteration run at seeds 0-3
-        on both backends, 4-10 with ``gibbs_points="auto"``; 30 of 30 gives K = 4).
+        Iterations of Chang & Fisher's fast warm-up moves (default: half of the
+        burn-in; the number used is ``warmup_`` after ``fit``), which find K from a bad
+        start quickly; the rest of the burn-in is the exact kernel's own.  Must not
+        exceed the burn-in: kept draws come from the exact kernel.
     burnout : int, optional
         Warm-up iterations after a cluster is created by a split or merge before it
         may merge again (the clusters of the start may merge at once): on data whose
@@ -290,24 +291,13 @@ class SubclusterSampler(MCMCClusterer):
         reuses the restricted step's weights, parameters and log-likelihood table;
         cost, side by side: about 2%, 5% and 16% more time on the N=10,000, a1 and
         50-cluster speed cases.  0: never.
-    gibbs_points : int or "auto", default 0
-        Labels given a collapsed Gibbs update (step 4) per exact iteration, drawn at
-        random (all of them on fewer points); "auto": 256 on the compiled backend
-        (0.18 ms an iteration at K=10, d=2; 1.4 ms at K=32, d=10), 32 on the torch
-        one, whose update is a Python loop of small tensor operations (about 0.4 ms
-        a point at K=32, d=10).  Without them the exact phase rarely changes K: on
-        the demo data (digits, PCA 10; ``run_benchmarks.py mixing``, 4 chains of 400
-        iterations) R-hat of K is 21 with 0, 1.9 with "auto" and 2.1 with all 1,797
-        points.  They are off by default because they show that the default weak
-        prior's posterior favours many clusters of a few outlying points on some
-        real sets: from K=1 the chain with "auto" moves on wdbc (d=30) from K=2
-        (collapsed log joint -4294) to K 3-57 (best draw K=52, -2426) and on wine
-        from K=2 (-2987) to K 4-10 (K=7, -2942) -- states of far higher posterior
-        that the moves alone never reach -- and the 12-set benchmark falls from
-        11/12 sets within tolerance and mean NMI 0.808 to 9/12 and 0.788
-        (2026-11-26).  With 0 the kept draws stay near the warm-up's partition,
-        which on such data is not the posterior's K: a question of the prior
-        (Gaussian components and heavy-tailed data), not of the sampler.
+    gibbs_points : int or "auto", default "auto"
+        Labels given a collapsed Gibbs update (step 4) per exact iteration, drawn
+        uniformly whatever the state (all of them on fewer points); "auto": 256 on the
+        compiled backend, 32 on the torch one, whose update is a Python loop.  They
+        let small clusters empty and open, which the restricted step cannot and the
+        split/merge moves rarely do: without them K barely moves in the kept draws.
+        0 turns them off.
     resplit_prob : float, default 0
         Probability that a batch of anchored moves (warm-up and exact phase) is a
         batch of re-splits (:meth:`_resplit_batch`) instead of splits and merges:
@@ -321,7 +311,12 @@ class SubclusterSampler(MCMCClusterer):
         from splits and merges cost elsewhere (s2 -9,301 against -9,177 at seed 0,
         ecoli -981 against -757), hence off by default.
     alpha_prior : (shape, rate), optional
-        Gamma hyperprior on the DP concentration, updated by Escobar & West.
+        Gamma hyperprior on the DP concentration, updated by Escobar & West; the same
+        as ``Hyperpriors(alpha=Gamma(shape, rate))`` in the model, which takes
+        precedence.  The model's other hyperparameters (``DPMixture(...,
+        hyperpriors=...)``) are updated after step 4 of every iteration, warm-up
+        included, each from its conditional given the partition
+        (:mod:`.hyperparameters`); their draws are in ``to_inference_data()``.
     store_log_likelihood : bool, default True
         Keep the N pointwise log-likelihoods of every draw (for LOO): 8 bytes per
         point and kept draw (1.6 GB for N = 1,000,000 and the default 200 draws,
