@@ -367,22 +367,20 @@ def run_scale(seed: int, n: int, iters: int) -> dict:
 MIXING_SETS = ("ecoli", "wine", "wdbc")     # the benchmark sets with d >= 7 besides g2mg
 
 
-def run_mixing(seed: int, chains: int, iters: int, n_jobs: int = 1) -> list[dict]:
+def run_mixing(seed: int, chains: int, iters: int) -> list[dict]:
     """Mixing of the sampler at its defaults: ``chains`` chains from K=1 on the demo
     data (digits, PCA 10) and on the benchmark sets with d >= 7; R-hat (rank-
     normalised) and bulk ESS of K and lp, the chains' mean K and log joint, and the
     clusters of at most 3 points in each chain's last draw.  The demo data also run
     without the collapsed Gibbs updates (``gibbs_points=0``), for contrast."""
-    cases = [("digits (PCA 10)", data.demo_data()[0], {}),
-             ("digits (PCA 10)", data.demo_data()[0], {"gibbs_points": 0})]
+    digits = data.demo_data()[0]
+    cases = [("digits (PCA 10)", digits, {}), ("digits (PCA 10)", digits, {"gibbs_points": 0})]
     cases += [(name, data.load_benchmark(name)[0], {}) for name in MIXING_SETS
               if data.benchmark_root() is not None]
     rows = []
     for name, X, options in cases:
         est = SubclusterSampler(max_iter=iters, n_chains=chains, random_state=seed,
                                 store_log_likelihood=False, **options)
-        if n_jobs != 1 and "n_jobs" in est.get_params():
-            est.set_params(n_jobs=n_jobs)
         est, secs = timed_fit(est, X)
         idata = est.to_inference_data()
         last = est.label_draws_.reshape(chains, -1, X.shape[0])[:, -1]

@@ -23,7 +23,7 @@ from pyro import poutine
 from bnpdeep.linalg import as_tensor
 
 from .families.base import ConjugateFamily
-from .hyperpriors import Hyperpriors
+from .hyperpriors import Hyperpriors, log_prob
 from .weights import DirichletProcess, FiniteDirichlet, WeightPrior, stick_breaking
 
 
@@ -142,8 +142,6 @@ class DPMixture:
         k = int(z.max()) + 1
         family, weights, extra = self.family, self.weights, 0.0
         if hyper:
-            from .hyperpriors import log_prob
-
             hp = self.hyperpriors
             values = {n: v for n, v in hyper.items() if n != "alpha"}
             family = hp.family_at(family, values)

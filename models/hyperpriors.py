@@ -29,8 +29,8 @@ import math
 
 import pyro
 import pyro.distributions as pdist
-from pyro.distributions.torch_distribution import TorchDistributionMixin
 import torch
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 
 from bnpdeep.linalg import DTYPE, as_tensor
 
@@ -44,8 +44,8 @@ def is_grid(prior) -> bool:
 
 def grid_values(prior) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, log probabilities) of a grid prior, values (G,) or (G, d)."""
-    values = prior._samples
-    return values.to(DTYPE), torch.log_softmax(prior._log_weights.to(DTYPE), 0)
+    return (prior.enumerate_support().to(DTYPE),
+            torch.log_softmax(prior.log_weights.to(DTYPE), 0))
 
 
 class Hyperpriors:
@@ -142,14 +142,7 @@ def log_prob(prior, value) -> torch.Tensor:
         i = int(match.argmin())
         return logw[i] if float(match[i]) < 1e-9 * (1 + float(value.abs().max())) \
             else torch.tensor(-math.inf, dtype=DTYPE)
-    return prior.log_prob(value.to(_dtype_of(prior))).to(DTYPE).sum()
-
-
-def _dtype_of(prior) -> torch.dtype:
-    for v in vars(prior).values():
-        if isinstance(v, torch.Tensor) and v.is_floating_point():
-            return v.dtype
-    return DTYPE
+    return prior.log_prob(value.to(prior.mean.dtype)).to(DTYPE).sum()
 
 
 def _plain(v):

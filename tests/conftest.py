@@ -1,6 +1,7 @@
 """Fixtures shared by the test packages."""
 
 import pytest
+import torch
 
 
 @pytest.fixture
@@ -21,3 +22,13 @@ def kill_at(monkeypatch):
         return lambda: monkeypatch.setattr(cls, method, original)
 
     return install
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (long single-chain runs: no thread start-up
+    per small operation), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,7 +13,6 @@ up here.  (Sampling noise alone is about 0.02-0.03 at these chain lengths.)
 
 import numpy as np
 import pytest
-import torch
 from bnpdeep.inference.exact import (
     empirical_partition_distribution,
     exact_partition_posterior,
@@ -66,12 +65,7 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 NIW_CASES = ["niw-dp", "niw-pitman-yor"]

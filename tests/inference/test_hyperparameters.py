@@ -5,7 +5,8 @@
   by quadrature on a fixed partition (Kolmogorov-Smirnov).
 * The samplers with hyperparameters in the state are checked against the enumerated
   joint posterior of (partition, hyperparameters) on five points, with grid priors.
-* The Pyro program samples the hyperparameters as sites; checkpoints restore them.
+* The Pyro program samples the hyperparameters as sites (checkpoints: the resume
+  test of test_samplers.py runs a hierarchical model too).
 """
 
 import math
@@ -36,12 +37,7 @@ def grid(values, probs=None):
     return pdist.Empirical(values, torch.log(probs))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fixed_partition(d=2, n=60, seed=0):
@@ -245,26 +241,3 @@ def test_hyperpriors_are_checked():
     from bnpdeep.models import PitmanYor
     with pytest.raises(ValueError, match="DirichletProcess"):
         DPMixture(fam, PitmanYor(0.2, 1.0), hyperpriors=Hyperpriors(alpha=gamma(1.0, 1.0)))
-
-
-@pytest.mark.parametrize("backend", ["auto", "torch"])
-def test_resumed_fit_restores_the_hyperparameters(tmp_path, kill_at, backend):
-    """Killed mid-way, a resumed fit continues with the checkpointed hyperparameters
-    and ends with the uninterrupted fit's draws of them."""
-    g = np.random.default_rng(5)
-    X = np.concatenate([g.normal(-3, 1, (60, 2)), g.normal(3, 1, (60, 2))])
-    hp = Hyperpriors(kappa=gamma(1.0, 1.0), psi_scale=gamma(1.0, 1.0), alpha=gamma(1.0, 1.0))
-    model = DPMixture(GaussianNIW(np.zeros(2), 1.0, 4.0, np.eye(2)), hyperpriors=hp)
-    kw = dict(model=model, max_iter=30, n_chains=2, checkpoint_every=4, backend=backend,
-              random_state=2)
-    full = SubclusterSampler(**kw).fit(X, checkpoint_dir=tmp_path / "full")
-    undo = kill_at(SubclusterSampler, "_step", 47)
-    with pytest.raises(KeyboardInterrupt):
-        SubclusterSampler(**kw).fit(X, checkpoint_dir=tmp_path / "cut")
-    undo()
-    resumed = SubclusterSampler(**kw).fit(X, checkpoint_dir=tmp_path / "cut", resume=True)
-    a, b = resumed.to_inference_data(), full.to_inference_data()
-    for name in ("kappa", "psi_scale", "alpha", "log_joint"):
-        np.testing.assert_array_equal(a.posterior[name].values, b.posterior[name].values)
-    assert np.ptp(a.posterior["kappa"].values) > 0
-    np.testing.assert_array_equal(resumed.label_draws_, full.label_draws_)
