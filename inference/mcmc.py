@@ -368,10 +368,12 @@ class MCMCClusterer(CheckpointedEstimator):
         self._family = self._hyper.family(values)
         return values
 
-    def _update_hyperparameters(self, hyper, alpha, stats):
+    def _update_hyperparameters(self, hyper, alpha, stats, log_joint=None):
         """The hyperparameters, then alpha, each from its conditional given the
         partition whose cluster statistics are ``stats``; returns (hyper, alpha, lp)
-        with lp = log p(X, z, hyper, alpha), the log joint of the collapsed state."""
+        with lp = log p(X, z, hyper, alpha), the log joint of the collapsed state.
+        ``log_joint(family, weights)``, when given, is log EPPF + sum_k log p(X_k)
+        under them (a compiled backend's own), else the models' torch one."""
         if self._hyper.active:
             hyper = self._hyper.update(hyper, stats)
             self._family = self._hyper.family(hyper)
@@ -380,8 +382,10 @@ class MCMCClusterer(CheckpointedEstimator):
             alpha = update_alpha(self._alpha_hyperprior, alpha, stats.n)
             lp += float(log_prob(self._alpha_hyperprior, alpha))
         weights = self._weights_for(alpha)
-        lp += float(weights.log_eppf(stats.n) + self._family.log_marginal(stats).sum())
-        return hyper, alpha, lp
+        if log_joint is not None:
+            return hyper, alpha, lp + log_joint(self._family, weights)
+        return hyper, alpha, lp + float(weights.log_eppf(stats.n)
+                                        + self._family.log_marginal(stats).sum())
 
     def _draw(self, state) -> dict:
         """Weights and parameters drawn from their conditionals given the labels."""
