@@ -10,8 +10,8 @@ posterior ratio
 For the Dirichlet process the EPPF term is log alpha + lgamma(N1) + lgamma(N2)
 - lgamma(N) (Chang & Fisher 2013, eq. 15; Ronen et al. 2022, eq. 7); for
 Pitman-Yor and the finite Dirichlet it follows from their EPPFs, with no special
-cases here.  A merge is the reverse move, log H_merge = -log H_split, plus --
-for the sub-cluster sampler -- the probability of the sub-cluster split that
+cases here.  A merge is the reverse move, with the reverse ratio (written out in
+:func:`log_merge_ratio`) plus -- for the sub-cluster sampler -- the probability of the sub-cluster split that
 would undo the merge (Chang & Fisher 2013, Sec. 5.2).
 
 Every function is vectorised over candidate moves.
@@ -53,10 +53,17 @@ def log_split_ratio(weights, family, k_blocks, stats, stats_1, stats_2) -> torch
 
 
 def log_merge_ratio(weights, family, k_blocks, stats_1, stats_2) -> torch.Tensor:
-    """log H_merge = -log H_split of the reverse split, for merging clusters 1 and 2 of a
-    partition of ``k_blocks`` blocks (batched over candidate pairs)."""
-    return -log_split_ratio(weights, family, torch.as_tensor(k_blocks) - 1,
-                            stats_1 + stats_2, stats_1, stats_2)
+    """log H_merge for merging clusters 1 and 2 of a partition of ``k_blocks`` blocks
+    into one (batched over candidate pairs), from the merged and the current state:
+    log V(N, K-1) - log V(N, K) + log W(n1 + n2) - log W(n1) - log W(n2)
+    + log f(X_1 u X_2) - log f(X_1) - log f(X_2)."""
+    b = stats_1.k
+    lm = family.log_marginal(type(stats_1).cat([stats_1 + stats_2, stats_1, stats_2]))
+    k_after = torch.as_tensor(k_blocks, dtype=DTYPE) - 1
+    return (-weights.log_new_block_ratio(k_after)
+            + weights.log_block_weight(stats_1.n + stats_2.n)
+            - weights.log_block_weight(stats_1.n) - weights.log_block_weight(stats_2.n)
+            + lm[:b] - lm[b:2 * b] - lm[2 * b:])
 
 
 def log_marginal_split_terms(family, stats, sub_stats) -> torch.Tensor:
