@@ -11,8 +11,8 @@ For the Dirichlet process the EPPF term is log alpha + lgamma(N1) + lgamma(N2)
 - lgamma(N) (Chang & Fisher 2013, eq. 15; Ronen et al. 2022, eq. 7); for
 Pitman-Yor and the finite Dirichlet it follows from their EPPFs, with no special
 cases here.  A merge is the reverse move, with the reverse ratio (written out in
-:func:`log_merge_ratio`) plus -- for the sub-cluster sampler -- the probability of the sub-cluster split that
-would undo the merge (Chang & Fisher 2013, Sec. 5.2).
+:func:`log_merge_ratio`) plus -- for the sub-cluster sampler -- the probability
+of the sub-cluster split that would undo the merge (Chang & Fisher 2013, Sec. 5.2).
 
 Every function is vectorised over candidate moves.
 """
