@@ -371,7 +371,9 @@ def run_mixing(seed: int, chains: int, iters: int) -> list[dict]:
     """Mixing of the sampler at its defaults: ``chains`` chains from K=1 on the demo
     data (digits, PCA 10) and on the benchmark sets with d >= 7; R-hat (rank-
     normalised) and bulk ESS of K and lp, the chains' mean K and log joint, and the
-    clusters of at most 3 points in each chain's last draw.  The demo data also run
+    clusters of at most 3 points in each chain's last draw; the chains run in one
+    worker process per core (``n_jobs=-1``), and the seconds are wall-clock, worker
+    start-up included.  The demo data also run
     without the collapsed Gibbs updates (``gibbs_points=0``), for contrast."""
     digits = data.demo_data()[0]
     cases = [("digits (PCA 10)", digits, {}), ("digits (PCA 10)", digits, {"gibbs_points": 0})]
@@ -379,8 +381,8 @@ def run_mixing(seed: int, chains: int, iters: int) -> list[dict]:
               if data.benchmark_root() is not None]
     rows = []
     for name, X, options in cases:
-        est = SubclusterSampler(max_iter=iters, n_chains=chains, random_state=seed,
-                                store_log_likelihood=False, **options)
+        est = SubclusterSampler(max_iter=iters, n_chains=chains, n_jobs=-1,
+                                random_state=seed, store_log_likelihood=False, **options)
         est, secs = timed_fit(est, X)
         idata = est.to_inference_data()
         last = est.label_draws_.reshape(chains, -1, X.shape[0])[:, -1]

@@ -35,7 +35,7 @@ class CollapsedGibbs(MCMCClusterer):
     """Neal's algorithm 3 for any conjugate family and weight prior.
 
     Parameters are those of :class:`SubclusterSampler` (``model``, ``init_k``,
-    ``max_iter``, ``burn_in``, ``thin``, ``n_chains``, ``store_log_likelihood``,
+    ``max_iter``, ``burn_in``, ``thin``, ``n_chains``, ``n_jobs``, ``store_log_likelihood``,
     ``random_state``, ``progress``, ``checkpoint_every``); one iteration is one sweep
     over all points.
     """
@@ -43,7 +43,8 @@ class CollapsedGibbs(MCMCClusterer):
     method_name = "gibbs"
 
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 100, burn_in=None,
-                 thin: int = 1, n_chains: int = 1, store_log_likelihood: bool = True,
+                 thin: int = 1, n_chains: int = 1, n_jobs: int = 1,
+                 store_log_likelihood: bool = True,
                  random_state=0, device="cpu", progress: bool = False,
                  checkpoint_every: int = 10):
         self.model = model
@@ -52,6 +53,7 @@ class CollapsedGibbs(MCMCClusterer):
         self.burn_in = burn_in
         self.thin = thin
         self.n_chains = n_chains
+        self.n_jobs = n_jobs
         self.store_log_likelihood = store_log_likelihood
         self.random_state = random_state
         self.device = device

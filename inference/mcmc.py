@@ -21,11 +21,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.base import clone
 from tqdm.auto import tqdm
 
 from bnpdeep.linalg import as_tensor
@@ -34,6 +38,20 @@ from ..models import DirichletProcess, DPMixture, GaussianNIW
 from ..models.hyperpriors import log_prob
 from .base import CheckpointedEstimator, resolve_device
 from .hyperparameters import HyperparameterStep, update_alpha
+
+
+def _chain_in_worker(est, X, model, chain: int, burn: int, seed: int, threads: int):
+    """One chain of ``est`` in a worker process (:meth:`MCMCClusterer._run_chains_in_workers`);
+    returns its record and its chain attributes."""
+    import numba
+
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    Xt = torch.from_numpy(X)
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        torch.manual_seed(seed * 1000 + chain)
+        rec = est._run_chain(Xt, model, chain, burn)
+    return rec, {a: getattr(est, a) for a in est._chain_attributes}
 
 
 def default_model(X) -> DPMixture:
@@ -185,6 +203,9 @@ class MCMCClusterer(CheckpointedEstimator):
         elif self._checkpointing and self._checkpoint_dir.is_dir():
             self._clear_checkpoint()
         on_gpu = device.type == "cuda"
+        workers = self._workers(self.n_chains - len(self.chains_), on_gpu)
+        if workers > 1:
+            self.chains_ = self._run_chains_in_workers(Xt, model, burn, seed, workers)
         for chain in range(len(self.chains_), self.n_chains):
             # no autograd anywhere in a chain: inference mode saves the per-operation
             # version-counter and autograd bookkeeping (about 8% of a fit at N=10,000).
@@ -202,6 +223,41 @@ class MCMCClusterer(CheckpointedEstimator):
                                       "chains": self._stored_chains()})
         self._collect()
         return self
+
+    def _workers(self, n_left: int, on_gpu: bool) -> int:
+        """Worker processes for the chains left: ``n_jobs`` (-1: one per CPU core),
+        at most one per chain; 1 runs them in this process."""
+        n_jobs = int(getattr(self, "n_jobs", 1))
+        if n_jobs == 0 or n_jobs < -1:
+            raise ValueError(f"n_jobs must be a positive integer or -1, got {n_jobs}")
+        n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
+        workers = min(n_jobs, n_left)
+        if workers > 1 and (self._checkpointing or on_gpu):
+            raise ValueError("n_jobs > 1 runs chains in worker processes, which do not "
+                             "checkpoint or share a GPU; fit with n_jobs=1 to use "
+                             + ("checkpoint_dir" if self._checkpointing else "a GPU"))
+        return max(workers, 1)
+
+    def _run_chains_in_workers(self, X, model, burn: int, seed: int, workers: int):
+        """Every chain in one of ``workers`` spawned processes, each with torch's
+        threads shared out between them; chain c is seeded ``seed * 1000 + c`` as in
+        this process, so its draws are the ones ``n_jobs=1`` gives (on the CPU, at
+        the same number of threads per chain).  The chain attributes are the last
+        chain's, as in this process."""
+        threads = max(1, torch.get_num_threads() // workers)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            unfitted, data = clone(self), X.cpu().numpy()
+            jobs = [pool.submit(_chain_in_worker, unfitted, data, model, chain, burn, seed,
+                                threads) for chain in range(self.n_chains)]
+            results = [job.result() for job in jobs]
+        for name, value in results[-1][1].items():
+            setattr(self, name, value)
+        # this process's per-fit settings (warm-up length, Gibbs points, hyperparameter
+        # step, ...), set up as a chain's start does, without touching its generator
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            self._init_state(X, model, 0)
+        return [rec for rec, _ in results]
 
     # -- checkpoints -------------------------------------------------------------------
     def _fingerprint(self, X) -> dict:

@@ -233,6 +233,12 @@ class SubclusterSampler(MCMCClusterer):
         Iterations discarded before draws are kept (default ``max_iter // 2``).
     thin : int, default 1
     n_chains : int, default 1
+    n_jobs : int, default 1
+        Worker processes the chains run in (-1: one per CPU core; at most one per
+        chain).  Chain c is seeded from ``random_state`` and c wherever it runs, so
+        the draws do not depend on ``n_jobs``; each worker takes its share of torch's
+        threads and pays a process start (about 2-4 s).  Not with checkpoints or a
+        GPU (one process holds those).
     moves_per_iter : int, default 4
         Anchor pairs drawn per exact iteration (:data:`MOVES_PER_ITER`), each proposing
         a split or a merge.  Fixed for the chain: a number read from the state would
@@ -358,7 +364,8 @@ class SubclusterSampler(MCMCClusterer):
     _chain_attributes = ("label_rejections_",)
 
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 400, burn_in=None,
-                 thin: int = 1, n_chains: int = 1, moves_per_iter=None, warmup_moves=None,
+                 thin: int = 1, n_chains: int = 1, n_jobs: int = 1, moves_per_iter=None,
+                 warmup_moves=None,
                  warmup=None,
                  burnout=None, proposal_weights=(1.0, 1.0, 1.0, 0.5), refine_iter: int = 0,
                  refine_rows: int = 1000,
@@ -373,6 +380,7 @@ class SubclusterSampler(MCMCClusterer):
         self.burn_in = burn_in
         self.thin = thin
         self.n_chains = n_chains
+        self.n_jobs = n_jobs
         self.moves_per_iter = moves_per_iter
         self.warmup_moves = warmup_moves
         self.warmup = warmup

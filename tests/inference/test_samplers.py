@@ -354,3 +354,32 @@ def test_gibbs_points_default_and_check():
     for bad in (-1, 2.5, "all"):
         with pytest.raises(ValueError, match="gibbs_points"):
             SubclusterSampler(max_iter=4, gibbs_points=bad).fit(X)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SubclusterSampler(max_iter=60, n_chains=3, random_state=3),
+    lambda: SubclusterSampler(max_iter=40, n_chains=2, backend="torch", random_state=3),
+    lambda: CollapsedGibbs(max_iter=20, n_chains=2, random_state=3)],
+    ids=["compiled", "torch", "gibbs"])
+def test_chains_in_worker_processes_give_the_same_draws(make, one_thread):
+    """n_jobs=2: every chain in a spawned worker, seeded from random_state and its
+    index, gives the draws, traces and log-likelihoods of n_jobs=1 (one thread each)."""
+    X, _ = _blobs(seed=5, n=60)
+    one = make().fit(X)
+    two = make().set_params(n_jobs=2).fit(X)
+    np.testing.assert_array_equal(one.label_draws_, two.label_draws_)
+    np.testing.assert_array_equal(one.lp_trace_, two.lp_trace_)
+    np.testing.assert_array_equal(one.to_inference_data().log_likelihood["x"],
+                                  two.to_inference_data().log_likelihood["x"])
+    assert np.array_equal(one.labels_, two.labels_)
+    assert (one.predict(X) == two.predict(X)).all()
+    if isinstance(one, SubclusterSampler):
+        assert (one.warmup_, one.gibbs_points_) == (two.warmup_, two.gibbs_points_)
+
+
+def test_worker_processes_do_not_checkpoint(tmp_path):
+    X, _ = _blobs(seed=5, n=40)
+    with pytest.raises(ValueError, match="n_jobs=1 to use checkpoint_dir"):
+        SubclusterSampler(max_iter=10, n_chains=2, n_jobs=2).fit(X, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="n_jobs must be"):
+        SubclusterSampler(max_iter=10, n_chains=2, n_jobs=0).fit(X)
