@@ -14,7 +14,8 @@ posterior invariant, which an exact enumeration on six points exposes:
 
 This sampler runs in two phases.
 
-Warm-up (the burn-in): Chang & Fisher's moves, which find K fast
+Warm-up (the first ``warmup`` iterations, half the burn-in by default): Chang &
+Fisher's moves, which find K fast
 from any start -- persistent sub-cluster labels resampled with the labels,
 restricted Gibbs that may empty clusters, every cluster proposing to split along
 its sub-clusters in parallel, merges of pairs of clusters -- with three changes
@@ -30,7 +31,7 @@ that make it robust from a bad start:
 * the exact anchored moves below run as well: on such data they make progress
   where the parallel sub-cluster splits stall.
 
-Its draws are discarded.
+Its draws are discarded; the rest of the burn-in runs the exact kernel.
 
 Sampling (the kept draws): a kernel in which every step leaves the posterior
 exactly invariant, with the same structure -- instantiated weights and
@@ -82,8 +83,8 @@ sub-clusters per cluster proposing splits, merges:
    Optionally (``resplit_prob``) a batch is instead one of re-splits: for a pair
    across clusters A and B, a new split of A + B drawn the same way, accepted with
    log H = log p(z' | X) - log p(z | X) + log Q(A, B) - log Q(A', B'), K unchanged.
-4. Optionally (``gibbs_points``), collapsed Gibbs updates (Neal 2000, algorithm
-   3; :func:`.gibbs.collapsed_updates`, compiled :func:`.kernels.collapsed_labels`)
+4. ``gibbs_points`` collapsed Gibbs updates (Neal 2000, algorithm 3;
+   :func:`.gibbs.collapsed_updates`, compiled :func:`.kernels.collapsed_labels`)
    of labels drawn uniformly at random, independently of the state, one after
    another: z_i given z_-i with weights and parameters integrated out, so a point
    may leave a small cluster (which then empties) or open one.  Each update leaves
@@ -222,16 +223,17 @@ class SubclusterSampler(MCMCClusterer):
     Parameters
     ----------
     model : DPMixture, optional
+        The model, its hyperpriors included (``DPMixture(..., hyperpriors=...)``).
         Default: DP(alpha=1) mixture of full Gaussians with ``GaussianNIW.weak(X)``.
     init_k : int, default 1
         Initial number of clusters (random labels).
     max_iter : int, default 400
-        Iterations per chain.  (400 rather than 200 since 2026-11-26: on the 12
-        benchmark sets, seeds 0-5, mean NMI 0.809 against 0.802, every seed at
-        least as good; benchmarks/README.md.)
+        Iterations per chain.
     burn_in : int, optional
-        Iterations discarded before draws are kept (default ``max_iter // 2``).
+        Iterations discarded before draws are kept (default ``max_iter // 2``): the
+        warm-up, then the exact kernel's own burn-in.
     thin : int, default 1
+        Keep every ``thin``-th iteration after the burn-in.
     n_chains : int, default 1
     n_jobs : int, default 1
         Worker processes the chains run in (-1: one per CPU core; at most one per
@@ -239,124 +241,94 @@ class SubclusterSampler(MCMCClusterer):
         the draws do not depend on ``n_jobs``; each worker takes its share of torch's
         threads and pays a process start (about 2-4 s).  Not with checkpoints or a
         GPU (one process holds those).
-    moves_per_iter : int, default 4
-        Anchor pairs drawn per exact iteration (:data:`MOVES_PER_ITER`), each proposing
-        a split or a merge.  Fixed for the chain: a number read from the state would
-        make the kernel a state-dependent composition of Metropolis-Hastings steps,
-        which in general does not leave the posterior invariant.
-    warmup_moves : int, optional
-        Anchored proposals per warm-up iteration (default max(3, K // 2)), on top of
-        Chang & Fisher's parallel splits and merges.  The warm-up's draws are
-        discarded, so its moves may depend on the state.
-    warmup : int, optional
-        Iterations of Chang & Fisher's fast warm-up moves (default: half of the
-        burn-in; the number used is ``warmup_`` after ``fit``), which find K from a bad
-        start quickly; the rest of the burn-in is the exact kernel's own.  Must not
-        exceed the burn-in: kept draws come from the exact kernel.
-    burnout : int, optional
-        Warm-up iterations after a cluster is created by a split or merge before it
-        may merge again (the clusters of the start may merge at once): on data whose
-        coarse splits are only mildly favoured (15 overlapping blobs split in two),
-        an early merge undoes them.  Default: 15% of the warm-up, at least 5 (30 of
-        the default 200 warm-up iterations), so that a cluster can still merge
-        several times within a short warm-up (from init_k=12 on four blobs, the
-        warm-up first splits its way to 25-40 clusters and then merges them).  On s4 (200
-        iterations) a burn-out of 5 let the warm-up merge its way down to 6-10
-        clusters (seeds 0-4: K 17, 13, 14, 13, 6 at the end, NMI 0.39-0.60, mean
-        0.53); with 15 it ends at K 12-17 (NMI 0.57-0.62, mean 0.60).
-    proposal_weights : four non-negative numbers, default (1, 1, 1, 0.5)
-        Relative probabilities of the sub-partition kinds an exact-phase split/merge
-        proposal draws (whatever the state, so every mixture is exact): 2-means from
-        the principal axis, 2-means from a random axis, a group carved around the
-        anchor, and 2-means along a random axis in the cluster's whitened
-        coordinates (followed by ``refine_iter`` EM iterations of its
-        full-covariance sub-mixture, none by default).  The last finds splits that
-        no isotropic halving proposes: on ecoli the chain otherwise stays in a
-        state with one 318-point cluster (two constant columns) whose every 2-means
-        halving has log H_s < -100, and the 12-set NMI is 0.14 there instead of
-        0.29-0.34.  The warm-up's anchored proposals draw from the same kinds: with
-        the whitened kind there too, ecoli from K=1 ended in that state at 1 of 8
-        seeds instead of 3 of 8.
-    refine_iter : int, default 0
-        EM iterations after the whitened 2-means of the fourth kind.  On ecoli 0, 3,
-        6 and 20 iterations gave the same K and NMI at seeds 0-4, and 20 cost 27%
-        more time at N=10,000, so none by default.
-    refine_rows : int, default 1000
-        The whitened sub-partition of a larger cluster is fitted on this many of its
-        rows (those of smallest key; keys are drawn once per chain, independently of
-        the partition), then every row goes to the sub-component that explains it
-        better: the cost per proposal stays bounded on large clusters (N = 1e6).
-    slice_every : int, default 2
-        Every ``slice_every``-th exact iteration follows the K-preserving restricted
-        Gibbs step with a slice step (Kalli, Griffin & Walker 2011): clusters may then
-        empty and new ones open, which the split/merge moves alone almost never do
-        for one-point clusters.  On four blobs of 600 points, where a one-point fifth
-        cluster holds about 13% of the posterior mass, chains without it (and without
-        the collapsed Gibbs updates, which came later) kept K = 4 in all but 2 of 30
-        runs; with it about 12% of the draws have K = 5.  It
-        reuses the restricted step's weights, parameters and log-likelihood table;
-        cost, side by side: about 2%, 5% and 16% more time on the N=10,000, a1 and
-        50-cluster speed cases.  0: never.
-    gibbs_points : int or "auto", default "auto"
-        Labels given a collapsed Gibbs update (step 4) per exact iteration, drawn
-        uniformly whatever the state (all of them on fewer points); "auto": 256 on the
-        compiled backend, 32 on the torch one, whose update is a Python loop.  They
-        let small clusters empty and open, which the restricted step cannot and the
-        split/merge moves rarely do: without them K barely moves in the kept draws.
-        0 turns them off.
-    resplit_prob : float, default 0
-        Probability that a batch of anchored moves (warm-up and exact phase) is a
-        batch of re-splits (:meth:`_resplit_batch`) instead of splits and merges:
-        K-preserving moves that redraw the boundary between the anchors' two
-        clusters, which a merge-then-split cannot do when the merged state is
-        improbable.  The kernel is drawn whatever the state, so the sampler stays
-        exact (tests/inference/test_exact_posterior.py).  Measured at 200
-        iterations, seeds 0-2: on s4, with 0.5 the best kept log joint rose at two
-        seeds (-12,787 and -12,687 against -13,329 and -13,494) and fell at one
-        (-13,525 against -13,188), NMI 0.58 either way; but the batches it takes
-        from splits and merges cost elsewhere (s2 -9,301 against -9,177 at seed 0,
-        ecoli -981 against -757), hence off by default.
     alpha_prior : (shape, rate), optional
-        Gamma hyperprior on the DP concentration, updated by Escobar & West; the same
-        as ``Hyperpriors(alpha=Gamma(shape, rate))`` in the model, which takes
-        precedence.  The model's other hyperparameters (``DPMixture(...,
-        hyperpriors=...)``) are updated after step 4 of every iteration, warm-up
-        included, each from its conditional given the partition
+        Gamma hyperprior on the DP concentration, updated by Escobar & West (1995);
+        the same as ``Hyperpriors(alpha=Gamma(shape, rate))`` in the model, which
+        takes precedence.  The model's hyperparameters are updated after step 4 of
+        every iteration, each from its conditional given the partition
         (:mod:`.hyperparameters`); their draws are in ``to_inference_data()``.
     store_log_likelihood : bool, default True
         Keep the N pointwise log-likelihoods of every draw (for LOO): 8 bytes per
-        point and kept draw (1.6 GB for N = 1,000,000 and the default 200 draws,
-        beside 0.8 GB of label draws); turn it off on large data.
-    max_label_tries : int, default 10
-        Rejection attempts of the K-preserving label step before the labels are
-        kept unchanged for that iteration (counted in ``label_rejections_``).  The
-        cap keeps the step exact: given (pi, theta) the chance of success does not
-        depend on the current labels, so the step is a mixture of the exact
-        conditional and staying put, and both leave the posterior invariant.
+        point and kept draw; turn it off on large data.
     random_state : int, default 0
     device : {"cpu", "cuda", "cuda:<i>", "auto"}, default "cpu"
         Where the chains run: the data and the model's family are moved there, and
         every tensor a step creates goes there (random draws then come from that
         device's generator, so a seed gives other chains on a GPU than on the CPU).
-        "auto": CUDA when torch sees a GPU.  The GPU path has not run in this
-        project's CI (no GPU there).
+        "auto": CUDA when torch sees a GPU.
     backend : {"auto", "torch", "compiled"}, default "auto"
         "torch": the generic implementation, any conjugate family and device.
-        "compiled": the same sampler with its loops in numba kernels
-        (:mod:`.subcluster_compiled`), for GaussianNIW components with a DP,
-        Pitman-Yor or finite Dirichlet prior on the CPU (``refine_iter=0``); a torch
-        iteration costs about a thousand small tensor operations, whose dispatch, not
-        the arithmetic, sets the speed on a few thousand points (2.3-5.1x faster on
-        the speed benchmarks' d = 2 sets, 2026-11-26).  "auto": "compiled" where it
-        applies and d <= 16 (beyond, torch's GEMMs win), else "torch".  A seed gives
-        other draws in each.  The kernels are compiled once into numba's on-disk
-        cache (about 45 s; ``make venv`` does it, else the first fit, which says so on
-        stderr), then load in 0.1-0.3 s per process.
+        "compiled": the same kernel with its loops in numba (:mod:`.subcluster_compiled`),
+        for GaussianNIW components with a DP, Pitman-Yor or finite Dirichlet prior on
+        the CPU with ``refine_iter=0``; on a few thousand points a torch iteration's
+        cost is the dispatch of its small tensor operations, not the arithmetic.
+        "auto": "compiled" where it applies and d <= 16 (beyond, torch's GEMMs win),
+        else "torch".  A seed gives other draws in each.  The kernels compile once
+        into numba's on-disk cache (``make venv`` does it, else the first fit, which
+        says so on stderr).
     progress : bool, default False
         tqdm progress bar on stderr.
     checkpoint_every : int, default 10
         Iterations between checkpoints when ``fit(X, checkpoint_dir=...)``; resume
         with ``fit(X, checkpoint_dir=..., resume=True)``.
+
+    Expert settings (each keeps the kept draws exact whatever its value; the
+    defaults are measured in benchmarks/README.md):
+
+    moves_per_iter : int, default 4
+        Anchor pairs drawn per exact iteration (:data:`MOVES_PER_ITER`), each proposing
+        a split or a merge.  Fixed for the chain: a number read from the state would
+        make the kernel a state-dependent composition of Metropolis-Hastings steps,
+        which in general does not leave the posterior invariant.
+    gibbs_points : int or "auto", default "auto"
+        Labels given a collapsed Gibbs update (step 4) per exact iteration, drawn
+        uniformly whatever the state (all of them on fewer points); "auto": 256 on
+        the compiled backend, 32 on the torch one, whose update is a Python loop.
+        They let small clusters empty and open, which the restricted step cannot
+        and the split/merge moves rarely do.  0 turns them off.
+    slice_every : int, default 2
+        Every ``slice_every``-th exact iteration follows the restricted Gibbs step
+        with a slice step (Kalli, Griffin & Walker 2011), which can empty and open
+        clusters given the same weights and parameters.  0: never.
+    proposal_weights : four non-negative numbers, default (1, 1, 1, 0.5)
+        Probabilities (normalised) of the sub-partition kinds a split/merge proposal
+        draws, whatever the state: 2-means from the principal axis, 2-means from a
+        random axis, a group carved around the anchor, and 2-means along a random
+        axis in the cluster's whitened coordinates (which finds splits no isotropic
+        halving proposes, e.g. along a nearly constant column).
+    refine_iter : int, default 0
+        EM iterations of the full-covariance sub-mixture after the whitened 2-means
+        of the fourth kind (torch backend only).
+    refine_rows : int, default 1000
+        The whitened sub-partition of a larger cluster is fitted on this many of its
+        rows (those of smallest key; keys are drawn once per chain, independently of
+        the partition), then every row goes to the sub-component that explains it
+        better: the cost of a proposal stays bounded on large clusters.
+    resplit_prob : float, default 0
+        Probability that a batch of anchored moves is a batch of re-splits
+        (:meth:`_resplit_batch`): K-preserving redraws of the boundary between the
+        anchors' two clusters, which a merge-then-split cannot make when the merged
+        state is improbable.
+    max_label_tries : int, default 10
+        Rejection attempts of the K-preserving label step before the labels are
+        kept unchanged for that iteration (counted in ``label_rejections_``).  Given
+        (pi, theta) the chance of success does not depend on the current labels, so
+        the step is a mixture of the exact conditional and staying put.
+
+    Warm-up settings (its draws are discarded, so its moves may depend on the state):
+
+    warmup : int, optional
+        Iterations of Chang & Fisher's fast moves, which find K from a bad start
+        quickly (default: half of the burn-in; ``warmup_`` after ``fit``).  Must not
+        exceed the burn-in.
+    warmup_moves : int, optional
+        Anchored proposals per warm-up iteration (default max(3, K // 2)), on top of
+        the parallel sub-cluster splits and merges.
+    burnout : int, optional
+        Warm-up iterations after a cluster is created by a split or merge before it
+        may merge again (the clusters of the start may merge at once), so that a
+        mildly favoured coarse split is not undone at once.  Default: 15% of the
+        warm-up, at least 5.
     """
 
     method_name = "subcluster"
