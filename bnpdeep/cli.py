@@ -114,13 +114,13 @@ DEMO_METHODS = ("deepdpm", "subcluster", "movb", "bgm", "kmeans", "gmm", "dbscan
 
 
 def run_compare(X, y, methods, *, chains: int, seed: int, out, iters=None, quiet=False,
-                data_name="data", stream=None):
+                data_name="data", stream=None, jobs: int = 1):
     """Run :func:`bnpdeep.compare.compare`, print its table and where the report lies."""
     from bnpdeep.compare import compare, format_table
 
     stream = sys.stdout if stream is None else stream
     result = compare(X, methods=methods, y=y, chains=chains, seed=seed, out=out,
-                     iters=iters, progress=not quiet, data_name=data_name)
+                     iters=iters, progress=not quiet, data_name=data_name, jobs=jobs)
     print(format_table(result.table), file=stream)
     for note in result.notes:
         print(f"- {note}", file=stream)
@@ -131,7 +131,7 @@ def run_compare(X, y, methods, *, chains: int, seed: int, out, iters=None, quiet
 
 
 def run_demo(methods=DEMO_METHODS, seed: int = 0, out="demo_report", chains: int = 4,
-             stream=None):
+             stream=None, jobs: int = 1):
     """Compare the methods on the embedded demo data (digits, PCA 10) and write a report."""
     from bnpdeep import data
 
@@ -140,12 +140,12 @@ def run_demo(methods=DEMO_METHODS, seed: int = 0, out="demo_report", chains: int
     print(f"digits (scikit-learn), standardised, PCA to 10 dims: {X.shape[0]} x "
           f"{X.shape[1]}, true K = {np.unique(y).size}", file=stream, flush=True)
     return run_compare(X, y, list(methods), chains=chains, seed=seed, out=out,
-                       data_name="digits (PCA 10)", stream=stream)
+                       data_name="digits (PCA 10)", stream=stream, jobs=jobs)
 
 
 def _cmd_demo(args) -> int:
     run_demo(methods=args.methods or DEMO_METHODS, seed=args.seed, out=args.out,
-             chains=args.chains)
+             chains=args.chains, jobs=args.jobs)
     return 0
 
 
@@ -154,7 +154,7 @@ def _cmd_compare(args) -> int:
     X, y = _load_input(args.data, args.labels, args.standardize)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     run_compare(X, y, methods, chains=args.chains, seed=args.seed, out=args.out,
-                quiet=args.quiet, data_name=str(args.data))
+                quiet=args.quiet, data_name=str(args.data), jobs=args.jobs)
     return 0
 
 
@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", default=",".join(DEMO_METHODS),
                    help=f"comma-separated, from: {', '.join(METHODS)}")
     c.add_argument("--chains", type=int, default=4, help="chains of the MCMC methods")
+    c.add_argument("--jobs", type=int, default=1,
+                   help="worker processes for the MCMC chains (-1: one per core)")
     c.add_argument("--out", required=True, help="report folder")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--standardize", action="store_true", help="zero mean, unit variance")
@@ -207,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--methods", nargs="+", choices=list(METHODS))
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--chains", type=int, default=4)
+    m.add_argument("--jobs", type=int, default=1,
+                   help="worker processes for the MCMC chains (-1: one per core)")
     m.add_argument("--out", default="demo_report", help="report folder")
     m.set_defaults(run=_cmd_demo)
     return p

@@ -86,13 +86,15 @@ def _trace(est):
 
 def compare(X, methods=DEFAULT_METHODS, y=None, *, chains: int = 4, seed: int = 0,
             iters: dict | None = None, out=None, progress: bool = True,
-            data_name: str = "data") -> Comparison:
+            data_name: str = "data", jobs: int = 1) -> Comparison:
     """Fit ``methods`` (names from :data:`bnpdeep.METHODS`) on X and compare them.
 
     Methods that need K (k-means, EM-GMM) are told the true K when labels ``y`` are
     given, else the K of the first Bayesian method that ran (the report says which).
-    MCMC methods run ``chains`` chains.  A method that fails gets a row with its error;
-    the others still run.  ``iters``: method -> iterations / epochs / laps.
+    MCMC methods run ``chains`` chains, in ``jobs`` worker processes (their
+    ``n_jobs``; -1: one per core; the draws do not depend on it).  A method that
+    fails gets a row with its error; the others still run.  ``iters``: method ->
+    iterations / epochs / laps.
     Returns a :class:`Comparison` (unpacks as ``table, idata``); with ``out`` writes the
     report there.
     """
@@ -137,6 +139,8 @@ def compare(X, methods=DEFAULT_METHODS, y=None, *, chains: int = 4, seed: int = 
                                  progress=progress)
             if method.mcmc and "n_chains" in est.get_params():
                 est.set_params(n_chains=int(chains))
+            if method.mcmc and "n_jobs" in est.get_params():
+                est.set_params(n_jobs=int(jobs))
             start = time.perf_counter()
             est.fit(X)
             row["seconds"] = time.perf_counter() - start

@@ -144,3 +144,14 @@ def test_html_report_renders_in_headless_chromium(report, tmp_path):
 
     pixels = mpimg.imread(shot)
     assert pixels.std() > 0.05          # not a blank page
+
+
+def test_compare_runs_mcmc_chains_in_workers_with_the_same_draws(three_blobs):
+    X, y = three_blobs
+    runs = [compare(X, methods=["subcluster"], y=y, chains=2, iters={"subcluster": 40},
+                    progress=False, jobs=jobs) for jobs in (1, 2)]
+    (_, one), (_, two) = runs
+    np.testing.assert_array_equal(one["subcluster"].posterior["K"],
+                                  two["subcluster"].posterior["K"])
+    np.testing.assert_array_equal(one["subcluster"].posterior["log_joint"],
+                                  two["subcluster"].posterior["log_joint"])
