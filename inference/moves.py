@@ -137,6 +137,22 @@ def accept_in_sequence(weights, k_blocks: int, log_terms, is_split, uniform=None
     return torch.tensor(out, dtype=torch.bool)
 
 
-__all__ = ["log_eppf_split_ratio", "log_split_terms", "log_split_ratio", "log_merge_ratio",
-           "log_marginal_split_terms", "log_subcluster_merge_proposal", "mh_accept",
-           "accept_in_sequence"]
+def disjoint_pairs(z, pairs) -> list[int]:
+    """Indices of the anchor pairs (m, 2) kept for one batch of moves: in order, each
+    pair whose clusters no kept pair has taken yet.
+
+    A pair is dropped exactly when one of its anchors lies in the rows of an earlier
+    kept pair's clusters, and a move maps the rows of its own clusters onto
+    themselves; so the kept set is the same before and after any of the kept moves
+    (tests/inference/test_moves.py checks this on random partitions)."""
+    taken, keep = set(), []
+    for m, (a, b) in enumerate(z[pairs].tolist()):
+        if a not in taken and b not in taken:
+            taken.update((a, b))
+            keep.append(m)
+    return keep
+
+
+__all__ = ["disjoint_pairs", "log_eppf_split_ratio", "log_split_terms", "log_split_ratio",
+           "log_merge_ratio", "log_marginal_split_terms", "log_subcluster_merge_proposal",
+           "mh_accept", "accept_in_sequence"]

@@ -126,6 +126,7 @@ from .mcmc import (
     sample_categorical,
     sample_from_cdf,
 )
+from .moves import disjoint_pairs
 from .subpartition import (
     carve_groups,
     own_pair_loglik,
@@ -185,22 +186,6 @@ class PairProposals(NamedTuple):
     lj: torch.Tensor      # (m,) position of anchor j
     log_q: torch.Tensor   # (n, 2) sub-cluster log-responsibilities
     new_b: torch.Tensor   # (n,) the drawn split: True on the side that holds j
-
-
-def disjoint_pairs(z: torch.Tensor, pairs: torch.Tensor) -> list[int]:
-    """Indices of the anchor pairs (m, 2) kept for one batch of moves: in order, each
-    pair whose clusters no kept pair has taken yet.
-
-    A pair is dropped exactly when one of its anchors lies in the rows of an earlier
-    kept pair's clusters, and a move maps the rows of its own clusters onto
-    themselves; so the kept set is the same before and after any of the kept moves
-    (tests/inference/test_moves.py checks this on random partitions)."""
-    taken, keep = set(), []
-    for m, (a, b) in enumerate(z[pairs].tolist()):
-        if a not in taken and b not in taken:
-            taken.update((a, b))
-            keep.append(m)
-    return keep
 
 
 def log_split_proposal(log_q, side_b, g, n_groups, li, lj) -> torch.Tensor:
@@ -921,5 +906,4 @@ class SubclusterSampler(MCMCClusterer):
 
 
 
-__all__ = ["SubclusterSampler", "SubclusterState", "MoveBatch", "disjoint_pairs",
-           "log_split_proposal"]
+__all__ = ["SubclusterSampler", "SubclusterState", "MoveBatch", "log_split_proposal"]

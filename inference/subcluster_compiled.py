@@ -34,7 +34,7 @@ from scipy.special import gammaln
 from ..models import GaussianNIW, SuffStats
 from ..models.families.gaussian_niw import GaussianParams
 from . import kernels as kn
-from .subcluster import disjoint_pairs
+from .moves import disjoint_pairs
 
 # "auto" takes the compiled backend up to this dimension: its quadratic forms are
 # scalar loops (d^2 per point and cluster) where torch's are GEMMs.  At N=20,000,

@@ -7,7 +7,8 @@ import pytest
 import torch
 from bnpdeep.inference import moves
 from bnpdeep.inference.mcmc import relabel
-from bnpdeep.inference.subcluster import disjoint_pairs, log_split_proposal
+from bnpdeep.inference.moves import disjoint_pairs
+from bnpdeep.inference.subcluster import log_split_proposal
 from bnpdeep.inference.subpartition import two_means
 from bnpdeep.models import (
     DiagonalGaussian,
