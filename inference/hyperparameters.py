@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from bnpdeep.linalg import DTYPE
@@ -130,9 +131,14 @@ class HyperparameterStep:
     def log_prior(self, values: dict) -> float:
         return self.hyperpriors.log_prob(values) if values else 0.0
 
-    def update(self, values: dict, stats) -> dict:
+    def update(self, values: dict, stats, log_marginal=None) -> dict:
         """Each family hyperparameter in turn from p(h | z, X, the others): ``stats``
-        are the statistics of the partition's clusters."""
+        are the statistics of the partition's clusters; ``log_marginal(family)``, when
+        given, is sum_k log p(X_k) under ``family`` for those clusters (a compiled
+        backend's), else the family's own."""
+        if log_marginal is None:
+            def log_marginal(family):
+                return float(family.log_marginal(stats).sum())
         values = dict(values)
         for name in self.hyperpriors.names:
             prior = self.hyperpriors.priors[name]
@@ -142,8 +148,8 @@ class HyperparameterStep:
                 # posterior scale matrix is not positive definite in float64 (psi_scale
                 # near 0 beside a one-point cluster): density taken as 0
                 try:
-                    return float(self.family({**values, name: v}).log_marginal(stats).sum())
-                except ValueError:
+                    return log_marginal(self.family({**values, name: v}))
+                except (ValueError, np.linalg.LinAlgError):
                     return -math.inf
 
             if is_grid(prior):

@@ -424,24 +424,26 @@ class MCMCClusterer(CheckpointedEstimator):
         self._family = self._hyper.family(values)
         return values
 
-    def _update_hyperparameters(self, hyper, alpha, stats, log_joint=None):
+    def _update_hyperparameters(self, hyper, alpha, stats, log_marginal=None, log_eppf=None):
         """The hyperparameters, then alpha, each from its conditional given the
         partition whose cluster statistics are ``stats``; returns (hyper, alpha, lp)
         with lp = log p(X, z, hyper, alpha), the log joint of the collapsed state.
-        ``log_joint(family, weights)``, when given, is log EPPF + sum_k log p(X_k)
-        under them (a compiled backend's own), else the models' torch one."""
+        ``log_marginal(family)`` (sum_k log p(X_k)) and ``log_eppf(weights)``, when
+        given, are a compiled backend's own for these clusters, else the models'."""
+        if log_marginal is None:
+            def log_marginal(family):
+                return float(family.log_marginal(stats).sum())
+        if log_eppf is None:
+            def log_eppf(weights):
+                return float(weights.log_eppf(stats.n))
         if self._hyper.active:
-            hyper = self._hyper.update(hyper, stats)
+            hyper = self._hyper.update(hyper, stats, log_marginal)
             self._family = self._hyper.family(hyper)
         lp = self._hyper.log_prior(hyper) if hyper else 0.0
         if self._alpha_hyperprior is not None:
             alpha = update_alpha(self._alpha_hyperprior, alpha, stats.n)
             lp += float(log_prob(self._alpha_hyperprior, alpha))
-        weights = self._weights_for(alpha)
-        if log_joint is not None:
-            return hyper, alpha, lp + log_joint(self._family, weights)
-        return hyper, alpha, lp + float(weights.log_eppf(stats.n)
-                                        + self._family.log_marginal(stats).sum())
+        return hyper, alpha, lp + log_eppf(self._weights_for(alpha)) + log_marginal(self._family)
 
     def _draw(self, state) -> dict:
         """Weights and parameters drawn from their conditionals given the labels."""

@@ -223,14 +223,14 @@ class CompiledGaussianSteps:
             stats = kn.pair_sums(*sub)
         n, s1, s2 = (torch.from_numpy(a) for a in stats)
 
-        def log_joint(family, weights):
+        def log_marginal(family):
             self.set_family(family)
-            return GibbsWeights(weights).log_eppf(stats[0]) + float(
-                self.log_marginal(stats).sum())
+            return float(self.log_marginal(stats).sum())
 
-        hyper, alpha, lp = s._update_hyperparameters(state.hyper, state.alpha,
-                                                     SuffStats(n=n, sx=s1, sxx=s2),
-                                                     log_joint)
+        hyper, alpha, lp = s._update_hyperparameters(
+            state.hyper, state.alpha, SuffStats(n=n, sx=s1, sxx=s2), log_marginal,
+            lambda weights: GibbsWeights(weights).log_eppf(stats[0]))
+        self.set_family(s._family)
         new = type(state)(state.X, torch.from_numpy(z), alpha, state.iteration + 1,
                           None if zs is None else torch.from_numpy(zs),
                           None if born is None else torch.from_numpy(born), stats, sub,

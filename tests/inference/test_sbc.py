@@ -19,8 +19,9 @@ dominate, and the exact-posterior tests are what checks each move alone.
 
 import numpy as np
 import pytest
+import torch
 from bnpdeep.inference.subcluster import SubclusterSampler
-from bnpdeep.models import DirichletProcess, DPMixture, GaussianNIW
+from bnpdeep.models import DirichletProcess, DPMixture, GaussianNIW, Hyperpriors
 from scipy import stats
 
 ALPHA, N, D = 20.0, 80, 2
@@ -30,12 +31,12 @@ L, THIN, BURN = 19, 10, 100          # 19 kept draws: ranks 0..19, five bins of 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def simulate(g: np.random.Generator):
-    """(X, z) from the CRP(ALPHA) and the NIW(MU0, KAPPA, NU, PSI) prior."""
+def simulate(g: np.random.Generator, alpha=ALPHA, kappa=KAPPA, psi=PSI):
+    """(X, z) from the CRP(alpha) and the NIW(MU0, kappa, NU, psi) prior."""
     z = np.zeros(N, dtype=int)
     counts = [1]
     for i in range(1, N):
-        p = np.array(counts + [ALPHA])
+        p = np.array(counts + [alpha])
         k = int(g.choice(p.size, p=p / p.sum()))
         if k == len(counts):
             counts.append(1)
@@ -44,8 +45,8 @@ def simulate(g: np.random.Generator):
         z[i] = k
     X = np.empty((N, D))
     for k in range(len(counts)):
-        sigma = stats.invwishart.rvs(df=NU, scale=PSI, random_state=g)
-        mu = g.multivariate_normal(MU0, sigma / KAPPA)
+        sigma = stats.invwishart.rvs(df=NU, scale=psi, random_state=g)
+        mu = g.multivariate_normal(MU0, sigma / kappa)
         X[z == k] = g.multivariate_normal(mu, sigma, size=int((z == k).sum()))
     return X, z
 
@@ -91,3 +92,35 @@ def test_a_sampler_of_the_wrong_posterior_fails_calibration():
     ranks_k, _ = sbc_ranks(200, "auto", alpha=15.0)
     assert uniformity_p(ranks_k, 5) < 1e-6
     assert np.mean(ranks_k) > L / 2 + 3
+
+
+# hyperpriors: alpha ~ Gamma(4, rate 0.2) (mean 20), kappa ~ Gamma(2, rate 20) (mean
+# 0.1), psi = psi_scale * PSI with psi_scale ~ Gamma(4, rate 4) (mean 1)
+HYPER = {"alpha": (4.0, 0.2), "kappa": (2.0, 20.0), "psi_scale": (4.0, 4.0)}
+
+
+def test_ranks_with_hyperparameters_drawn_from_their_priors_are_uniform():
+    """SBC of the hierarchy: each data set draws (alpha, kappa, psi_scale) from their
+    Gamma priors, then the partition and the data; the sampler updates all three
+    with the partition (:mod:`bnpdeep.inference.hyperparameters`).  The ranks of K
+    and of each hyperparameter among the thinned draws are uniform."""
+    g = np.random.default_rng(1)
+    n_sets = 40
+    ranks = {name: [] for name in ("K", *HYPER)}
+    priors = Hyperpriors(**{name: torch.distributions.Gamma(
+        torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64))
+        for name, (a, b) in HYPER.items()})
+    for r in range(n_sets):
+        truth = {name: float(g.gamma(a, 1.0 / b)) for name, (a, b) in HYPER.items()}
+        X, z = simulate(g, truth["alpha"], truth["kappa"], truth["psi_scale"] * PSI)
+        model = DPMixture(GaussianNIW(MU0, KAPPA, NU, PSI), DirichletProcess(20.0),
+                          hyperpriors=priors)
+        est = SubclusterSampler(model=model, max_iter=BURN + L * THIN, burn_in=BURN,
+                                thin=THIN, store_log_likelihood=False,
+                                random_state=r).fit(X)
+        post = est.to_inference_data().posterior
+        ranks["K"].append(rank(est.k_draws_.ravel(), np.unique(z).size, g))
+        for name in HYPER:
+            ranks[name].append(rank(post[name].values.ravel(), truth[name], g))
+    p = {name: uniformity_p(np.array(v), 4) for name, v in ranks.items()}
+    assert min(p.values()) > 0.01, f"SBC with hyperpriors: p = {p}"
