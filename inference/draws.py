@@ -29,7 +29,7 @@ def approximate_posterior_arrays(family, weight_prior, X: torch.Tensor, log_r: t
     ``sample_log_pi()`` returns one draw of (log pi (K,), log pi_rest) where pi_rest
     is the mass left to components no point uses (None when there is none);
     ``sample_params()`` one draw of the K components' parameters.  The torch random
-    state is restored afterwards, so drawing does not disturb a seeded session.
+    state is restored afterwards, so drawing does not disturb the caller's seeded stream.
     """
     gen_state = torch.get_rng_state()
     torch.manual_seed(0 if seed is None else int(seed))

@@ -230,7 +230,6 @@ class CompiledGaussianSteps:
         hyper, alpha, lp = s._update_hyperparameters(
             state.hyper, state.alpha, SuffStats(n=n, sx=s1, sxx=s2), log_marginal,
             lambda weights: GibbsWeights(weights).log_eppf(stats[0]))
-        self.set_family(s._family)
         new = type(state)(state.X, torch.from_numpy(z), alpha, state.iteration + 1,
                           None if zs is None else torch.from_numpy(zs),
                           None if born is None else torch.from_numpy(born), stats, sub,
