@@ -20,6 +20,11 @@ class DataError(ValueError):
     """Input data that bnpdeep cannot use; the message says exactly why."""
 
 
+class NonNumericDataError(DataError, TypeError):
+    """Input holding values that are not numbers (a ``TypeError`` too, as numpy's own
+    conversion error is)."""
+
+
 class DataWarning(UserWarning):
     """Input data that bnpdeep can use but that deserves attention."""
 
@@ -31,32 +36,54 @@ def _rows(idx: np.ndarray, limit: int = 5) -> str:
     return f"{'row' if idx.size == 1 else 'rows'} {shown}{more}"
 
 
+def _is_sparse(X) -> bool:
+    try:
+        import scipy.sparse
+    except ImportError:                                      # pragma: no cover
+        return False
+    return scipy.sparse.issparse(X)
+
+
+def _first_bad_cell(arr: np.ndarray):
+    """(row, column, value) of the first cell of an object array float() cannot read."""
+    for idx, value in np.ndenumerate(arr):
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return idx, value
+    return None, None
+
+
 def _to_numpy(X, name: str) -> np.ndarray:
+    if _is_sparse(X):
+        raise DataError(f"{name} is a scipy sparse matrix ({X.shape[0]} x {X.shape[1]}, "
+                        f"{X.nnz} stored values); sparse input is not supported: bnpdeep's "
+                        f"models need dense rows, pass {name}.toarray()")
     if hasattr(X, "detach") and hasattr(X, "cpu"):          # torch tensor
         X = X.detach().cpu().numpy()
     if hasattr(X, "select_dtypes") and hasattr(X, "columns"):  # pandas DataFrame
         bad = [str(c) for c in X.columns if not np.issubdtype(X[c].dtype, np.number)
                and X[c].dtype != bool]
         if bad:
-            raise DataError(f"{name} has non-numeric columns: {', '.join(bad)}")
-        return X.to_numpy(dtype=float)
+            raise NonNumericDataError(f"{name} has non-numeric columns: {', '.join(bad)}; "
+                                      f"each value must be a string or a number float() "
+                                      f"can read")
+        X = X.to_numpy()
     arr = np.asarray(X)
+    if arr.dtype.kind == "c" or (arr.dtype == object and any(
+            isinstance(v, complex) for v in arr.flat)):
+        raise DataError(f"Complex data not supported: {name} has complex values; pass the "
+                        f"real and imaginary parts as separate columns if both matter")
     if arr.dtype.kind in "fiub":
         return arr.astype(float)
-    if arr.ndim == 2:
-        bad = []
-        for j in range(arr.shape[1]):
-            try:
-                arr[:, j].astype(float)
-            except (TypeError, ValueError):
-                bad.append(j)
-        if bad:
-            raise DataError(f"{name} has non-numeric values in columns "
-                            f"{', '.join(map(str, bad[:10]))}")
     try:
         return arr.astype(float)
     except (TypeError, ValueError):
-        raise DataError(f"{name} holds non-numeric values (dtype {arr.dtype})") from None
+        where, value = _first_bad_cell(arr)
+        cell = f"[{', '.join(map(str, where))}]" if where is not None else ""
+        raise NonNumericDataError(
+            f"{name}{cell} = {value!r} is not a number ({name} has dtype {arr.dtype}); "
+            f"float() argument must be a string or a real number") from None
 
 
 def constant_columns(X) -> np.ndarray:
@@ -65,26 +92,43 @@ def constant_columns(X) -> np.ndarray:
     return np.flatnonzero(np.ptp(X, axis=0) == 0) if X.shape[0] else np.array([], int)
 
 
+def _check_magnitude(arr: np.ndarray, name: str):
+    """Refuse values whose squares, summed over the rows, overflow float64: the
+    sufficient statistics (sums of x x^T) of such data are infinite."""
+    bound = np.sqrt(np.finfo(np.float64).max / max(arr.shape[0], 1))
+    big = np.abs(arr) > bound
+    if big.any():
+        rows = np.flatnonzero(big.any(1))
+        raise DataError(f"{name} has values up to {np.abs(arr).max():.3g} in {_rows(rows)} "
+                        f"(0-based); sums of their squares over {arr.shape[0]} rows overflow "
+                        f"float64 (any value above {bound:.3g} does); rescale the columns, "
+                        f"e.g. divide each by its largest absolute value")
+
+
 def check_array(X, *, name: str = "X", min_rows: int = 2, n_features: int | None = None,
                 warn: bool = True) -> np.ndarray:
     """Validate a data matrix and return it as a float64, C-contiguous 2-D array.
 
-    Raises :class:`DataError` for non-numeric values, NaN or infinite values (naming
-    the rows), 1-D or 3-D input, too few rows, no columns, or a number of features
-    other than ``n_features``.  Warns (:class:`DataWarning`) about zero-variance
+    Raises :class:`DataError` for sparse or complex input, non-numeric values (naming
+    the cell; also a ``TypeError``), NaN or infinite values (naming the rows), values
+    so large that the sums of their squares overflow float64, 1-D or 3-D input, too
+    few rows, no columns, or a number of features other than ``n_features``.  Warns (:class:`DataWarning`) about zero-variance
     columns and about more features than rows.
     """
     arr = _to_numpy(X, name)
     if arr.ndim == 1:
         raise DataError(f"{name} is 1-D with shape ({arr.shape[0]},); pass a 2-D array of "
-                        f"shape (n_samples, n_features), e.g. X.reshape(-1, 1)")
+                        f"shape (n_samples, n_features). Reshape your data with "
+                        f"X.reshape(-1, 1) for one feature or X.reshape(1, -1) for one row")
     if arr.ndim != 2:
         raise DataError(f"{name} has {arr.ndim} dimensions (shape {arr.shape}); "
                         f"pass a 2-D array of shape (n_samples, n_features)")
     if arr.shape[1] == 0:
-        raise DataError(f"{name} has no columns")
+        raise DataError(f"{name} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 "
+                        f"is required.")
     if arr.shape[0] < min_rows:
-        raise DataError(f"{name} has {arr.shape[0]} rows; at least {min_rows} are needed")
+        raise DataError(f"{name} has n_samples={arr.shape[0]} (shape={arr.shape}); at least "
+                        f"{min_rows} {'row is' if min_rows == 1 else 'rows are'} needed")
     finite = np.isfinite(arr)
     if not finite.all():
         nan_rows = np.flatnonzero(np.isnan(arr).any(1))
@@ -95,6 +139,7 @@ def check_array(X, *, name: str = "X", min_rows: int = 2, n_features: int | None
         if inf_rows.size:
             parts.append(f"infinite values in {_rows(inf_rows)}")
         raise DataError(f"{name} has {' and '.join(parts)} (0-based); remove or impute them")
+    _check_magnitude(arr, name)
     if n_features is not None and arr.shape[1] != n_features:
         raise DataError(f"{name} has {arr.shape[1]} features but the model was fitted on "
                         f"{n_features}")

@@ -5,7 +5,10 @@
 * fitted attributes end in ``_``: ``labels_``, ``n_clusters_``, ``fit_time_``,
   ``n_features_in_``;
 * ``predict`` before ``fit`` raises ``NotFittedError``; with another number of
-  features it raises :class:`bnpdeep.data.DataError`.
+  features it raises :class:`bnpdeep.data.DataError`; a DataFrame's columns are
+  kept as ``feature_names_in_`` and checked as scikit-learn does;
+* input kinds that are not supported (sparse, complex, strings) are refused with
+  a message saying so, and the estimator tags say the same.
 """
 
 from __future__ import annotations
@@ -48,19 +51,34 @@ class ClusterEstimator(ClusterMixin, BaseEstimator):
         model = getattr(self, "model", None)
         family = getattr(model, "family", None)
         if family is not None:
-            X = family.validate(X, min_rows=2)
+            X_checked = family.validate(X, min_rows=2)
         else:
             from bnpdeep.data import check_array
 
-            X = check_array(X)
-        self.n_features_in_ = X.shape[1]
-        return X
+            X_checked = check_array(X)
+        self._check_columns(X, reset=True)
+        return X_checked
 
     def _validate_predict_data(self, X) -> np.ndarray:
         from bnpdeep.data import check_array
 
         self._check_is_fitted()
-        return check_array(X, min_rows=1, n_features=self.n_features_in_)
+        X_checked = check_array(X, min_rows=1)
+        self._check_columns(X, reset=False)
+        return X_checked
+
+    def _check_columns(self, X, reset: bool):
+        """``n_features_in_`` and ``feature_names_in_`` as scikit-learn sets and checks
+        them (names from a DataFrame's columns; a mismatch warns, a different number of
+        features is an error)."""
+        from sklearn.utils.validation import validate_data
+
+        from bnpdeep.data import DataError
+
+        try:
+            validate_data(self, X, reset=reset, skip_check_array=True)
+        except ValueError as err:
+            raise DataError(str(err)) from None
 
     def _check_is_fitted(self):
         if not hasattr(self, "labels_"):

@@ -49,6 +49,7 @@ class KMeans(ClusterEstimator):
         self.cluster_centers_ = self.estimator_.cluster_centers_
         self.n_clusters_ = int(np.unique(self.labels_).size)
         self.inertia_ = float(self.estimator_.inertia_)
+        self.n_iter_ = int(self.estimator_.n_iter_)
 
     def _predict(self, X):
         return self.estimator_.predict(X)
@@ -79,6 +80,7 @@ class GaussianMixtureEM(ClusterEstimator):
         self.weights_ = self.estimator_.weights_
         self.means_ = self.estimator_.means_
         self.converged_ = bool(self.estimator_.converged_)
+        self.n_iter_ = int(self.estimator_.n_iter_)
 
     def _predict(self, X):
         return self.estimator_.predict(X)
@@ -178,6 +180,7 @@ class BayesianGMM(ClusterEstimator):
         self.n_clusters_ = int(used.size)
         self.weights_ = self.estimator_.weights_
         self.converged_ = bool(self.estimator_.converged_)
+        self.n_iter_ = int(self.estimator_.n_iter_)
 
     def _predict(self, X):
         raw = self.estimator_.predict(X)

@@ -464,6 +464,7 @@ class MCMCClusterer(CheckpointedEstimator):
         best = recs[c].labels[d]
         _, self.labels_ = np.unique(best, return_inverse=True)
         self.n_clusters_ = int(self.labels_.max()) + 1
+        self.n_iter_ = int(self.max_iter)                     # iterations of each chain
         self.label_draws_ = np.concatenate([np.stack(r.labels) for r in recs])
         self.k_draws_ = np.array([r.k for r in recs])
         self.lp_draws_ = lp

@@ -39,9 +39,9 @@ def test_many_nan_rows_are_abbreviated():
 @pytest.mark.parametrize("X, pattern", [
     (np.arange(5.0), "1-D"),
     (np.zeros((2, 3, 4)), "3 dimensions"),
-    (np.zeros((1, 3)), "1 rows; at least 2"),
-    (np.zeros((4, 0)), "no columns"),
-    (np.array([["1", "a"], ["2", "b"]], dtype=object), "non-numeric values in columns 1"),
+    (np.zeros((1, 3)), r"n_samples=1 .*at least 2 rows"),
+    (np.zeros((4, 0)), r"0 feature\(s\)"),
+    (np.array([["1", "a"], ["2", "b"]], dtype=object), r"X\[0, 1\] = .a. is not a number"),
 ])
 def test_shape_and_type_errors(X, pattern):
     with pytest.raises(DataError, match=pattern):
@@ -64,7 +64,7 @@ def test_constant_column_and_wide_data_warn_and_still_fit():
 def test_predict_with_other_number_of_features():
     X = np.random.default_rng(1).normal(size=(40, 3))
     est = KMeans(n_clusters=2, random_state=0).fit(X)
-    with pytest.raises(DataError, match="has 2 features but the model was fitted on 3"):
+    with pytest.raises(DataError, match="X has 2 features, but KMeans is expecting 3 features"):
         est.predict(X[:, :2])
 
 
