@@ -112,8 +112,9 @@ def check_array(X, *, name: str = "X", min_rows: int = 2, n_features: int | None
     Raises :class:`DataError` for sparse or complex input, non-numeric values (naming
     the cell; also a ``TypeError``), NaN or infinite values (naming the rows), values
     so large that the sums of their squares overflow float64, 1-D or 3-D input, too
-    few rows, no columns, or a number of features other than ``n_features``.  Warns (:class:`DataWarning`) about zero-variance
-    columns and about more features than rows.
+    few rows, no columns, or a number of features other than ``n_features``.  Warns
+    (:class:`DataWarning`) about zero-variance columns and about more features than
+    rows.
     """
     arr = _to_numpy(X, name)
     if arr.ndim == 1:

@@ -5,8 +5,15 @@ import warnings
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from bnpdeep import (DBSCAN, BayesianGMM, CollapsedGibbs, GaussianMixtureEM, KMeans,
-                     MemoizedVB, SubclusterSampler)
+from bnpdeep import (
+    DBSCAN,
+    BayesianGMM,
+    CollapsedGibbs,
+    GaussianMixtureEM,
+    KMeans,
+    MemoizedVB,
+    SubclusterSampler,
+)
 
 ESTIMATORS = [KMeans(n_clusters=3, n_init=1), GaussianMixtureEM(n_clusters=3), DBSCAN(),
               BayesianGMM(truncation=5), CollapsedGibbs(max_iter=10),
