@@ -130,3 +130,16 @@ def test_make_mixture_labels_and_separation():
     means = np.stack([X[y == c].mean(0) for c in range(5)])
     gaps = np.linalg.norm(means[:, None] - means[None], axis=-1) + np.eye(5) * 1e9
     assert gaps.min() > 4.0
+
+
+def test_values_whose_squares_overflow_and_sparse_input_are_refused():
+    import scipy.sparse
+
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    X[3, 1] = 1e300
+    with pytest.raises(DataError, match=r"values up to 1e\+300 in row 3 .*overflow float64"):
+        check_array(X)
+    with pytest.raises(DataError, match="sparse input is not supported"):
+        check_array(scipy.sparse.random(20, 3, density=0.5, format="csr", random_state=0))
+    with pytest.raises(DataError, match="Complex data not supported"):
+        check_array(np.ones((4, 2)) + 1j)
