@@ -36,14 +36,6 @@ def _rows(idx: np.ndarray, limit: int = 5) -> str:
     return f"{'row' if idx.size == 1 else 'rows'} {shown}{more}"
 
 
-def _is_sparse(X) -> bool:
-    try:
-        import scipy.sparse
-    except ImportError:                                      # pragma: no cover
-        return False
-    return scipy.sparse.issparse(X)
-
-
 def _first_bad_cell(arr: np.ndarray):
     """(row, column, value) of the first cell of an object array float() cannot read."""
     for idx, value in np.ndenumerate(arr):
@@ -55,7 +47,9 @@ def _first_bad_cell(arr: np.ndarray):
 
 
 def _to_numpy(X, name: str) -> np.ndarray:
-    if _is_sparse(X):
+    import scipy.sparse
+
+    if scipy.sparse.issparse(X):
         raise DataError(f"{name} is a scipy sparse matrix ({X.shape[0]} x {X.shape[1]}, "
                         f"{X.nnz} stored values); sparse input is not supported: bnpdeep's "
                         f"models need dense rows, pass {name}.toarray()")
@@ -70,16 +64,16 @@ def _to_numpy(X, name: str) -> np.ndarray:
                                       f"can read")
         X = X.to_numpy()
     arr = np.asarray(X)
-    if arr.dtype.kind == "c" or (arr.dtype == object and any(
-            isinstance(v, complex) for v in arr.flat)):
-        raise DataError(f"Complex data not supported: {name} has complex values; pass the "
-                        f"real and imaginary parts as separate columns if both matter")
-    if arr.dtype.kind in "fiub":
-        return arr.astype(float)
+    complex_msg = (f"Complex data not supported: {name} has complex values; pass the real "
+                   f"and imaginary parts as separate columns if both matter")
+    if arr.dtype.kind == "c":
+        raise DataError(complex_msg)
     try:
         return arr.astype(float)
     except (TypeError, ValueError):
         where, value = _first_bad_cell(arr)
+        if isinstance(value, complex):
+            raise DataError(complex_msg) from None
         cell = f"[{', '.join(map(str, where))}]" if where is not None else ""
         raise NonNumericDataError(
             f"{name}{cell} = {value!r} is not a number ({name} has dtype {arr.dtype}); "
@@ -96,10 +90,11 @@ def _check_magnitude(arr: np.ndarray, name: str):
     """Refuse values whose squares, summed over the rows, overflow float64: the
     sufficient statistics (sums of x x^T) of such data are infinite."""
     bound = np.sqrt(np.finfo(np.float64).max / max(arr.shape[0], 1))
-    big = np.abs(arr) > bound
+    size = np.abs(arr)
+    big = size > bound
     if big.any():
         rows = np.flatnonzero(big.any(1))
-        raise DataError(f"{name} has values up to {np.abs(arr).max():.3g} in {_rows(rows)} "
+        raise DataError(f"{name} has values up to {size.max():.3g} in {_rows(rows)} "
                         f"(0-based); sums of their squares over {arr.shape[0]} rows overflow "
                         f"float64 (any value above {bound:.3g} does); rescale the columns, "
                         f"e.g. divide each by its largest absolute value")
