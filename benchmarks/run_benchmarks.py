@@ -341,7 +341,7 @@ def run_deepdpm_speed(seed: int, n: int = 100_000, d: int = 32, k: int = 20,
         start = time.perf_counter()
         est._log_targets(Xt)
         times.append(time.perf_counter() - start)
-    kk = est._mixture.k
+    kk = est.guide_.k
     flops = 2.0 * n * kk * d * d      # the GEMM-based Mahalanobis terms dominate
     out["estep"] = {"seconds": float(np.median(times)), "k": kk,
                     "gflops": flops / np.median(times) / 1e9,

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -40,6 +41,21 @@ def resolve_device(spec):
         raise ValueError(f"device={spec!r}, but torch sees no CUDA device "
                          "(torch.cuda.is_available() is False); use 'cpu' or 'auto'")
     return device
+
+
+@contextlib.contextmanager
+def own_pyro_state(device=None):
+    """Run a fit in a Pyro parameter-store scope of its own and with torch's generator
+    forked (CPU, and the CUDA device when ``device`` is one): the user's parameters and
+    seeded stream are as they were afterwards, whatever the fit seeds or registers."""
+    import pyro
+    import torch
+
+    device = torch.device("cpu" if device is None else device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with pyro.get_param_store().scope(), torch.random.fork_rng(devices=cuda):
+        yield
 
 
 class ClusterEstimator(ClusterMixin, BaseEstimator):

@@ -24,6 +24,12 @@ import torch
 from bnpdeep.linalg import DTYPE
 
 
+def group_means(stats) -> torch.Tensor:
+    """Weighted mean of the rows of each group of a SuffStats, (K, d)."""
+    total = stats.fields["sx"] if "sx" in stats.fields else stats.fields["counts"]
+    return total / stats.n.clamp_min(1e-12)[:, None]
+
+
 def log_eppf_split_ratio(weights, k_blocks, n1, n2) -> torch.Tensor:
     """log EPPF after splitting a block of n1 + n2 points into n1 and n2, minus before,
     in a partition of ``k_blocks`` blocks (vectorised over candidate splits):

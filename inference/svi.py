@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from bnpdeep.linalg import as_tensor
 
 from ..models import FiniteDirichlet, stick_breaking
-from .base import ClusterEstimator
+from .base import ClusterEstimator, own_pyro_state
 from .draws import approximate_posterior_arrays
 from .mcmc import default_model
 
@@ -120,6 +120,12 @@ class MeanFieldSVI(ClusterEstimator):
         return values
 
     def _fit(self, X):
+        # the fitted guide keeps its parameters as module attributes
+        family = (self.model.family if self.model is not None else None)
+        with own_pyro_state(getattr(family, "device", None)):
+            self._fit_scoped(X)
+
+    def _fit_scoped(self, X):
         self._check_options()
         model = default_model(X) if self.model is None else self.model
         t = model.weights.k if isinstance(model.weights, FiniteDirichlet) else int(self.truncation)
@@ -130,8 +136,7 @@ class MeanFieldSVI(ClusterEstimator):
         self._X = X
         n = X.shape[0]
         batch = min(int(self.batch_size), n)
-        pyro.set_rng_seed(0 if self.random_state is None else int(self.random_state))
-        pyro.clear_param_store()
+        torch.manual_seed(0 if self.random_state is None else int(self.random_state))
         program = config_enumerate(self.model_.model)
         init = self._init_values(X, t)
         self.guide_ = AutoNormal(poutine.block(program, hide=["z"]),

@@ -1,8 +1,10 @@
 """DeepDPM: clustering and sub-clustering nets as the guide of the DP mixture, their
 surgery on split/merge, and the trainer (Ronen, Finder & Freifeld, CVPR 2022)."""
 
-from .guide import DeepDPMGuide, stick_fractions
+from .guide import DeepDPMGuide, Mixture, Surgery, stick_fractions
+from .loss import DeepDPMLoss
 from .nets import ClusterNet, SubclusterNets
 from .trainer import DeepDPM
 
-__all__ = ["ClusterNet", "DeepDPM", "DeepDPMGuide", "SubclusterNets", "stick_fractions"]
+__all__ = ["ClusterNet", "DeepDPM", "DeepDPMGuide", "DeepDPMLoss", "Mixture", "SubclusterNets",
+           "Surgery", "stick_fractions"]

@@ -6,9 +6,9 @@ import pyro
 import pytest
 import torch
 from bnpdeep.inference import DeepDPM
-from bnpdeep.inference.deepdpm import ClusterNet, DeepDPMGuide, SubclusterNets, stick_fractions
+from bnpdeep.inference.deepdpm import ClusterNet, DeepDPMLoss, SubclusterNets, stick_fractions
 from bnpdeep.models import DPMixture, GaussianNIW, stick_breaking
-from pyro.infer import SVI, TraceEnum_ELBO
+from pyro.infer import SVI, Predictive, TraceEnum_ELBO
 
 from bnpdeep.data import make_mixture
 from bnpdeep.metrics import evaluate
@@ -55,20 +55,139 @@ def test_stick_fractions_invert_stick_breaking():
     torch.testing.assert_close(stick_breaking(stick_fractions(pi)), pi)
 
 
-def test_guide_runs_under_pyro_svi():
-    pyro.clear_param_store()
+def test_guide_runs_under_pyro_svi_with_trace_enum_elbo():
+    """The fitted guide_ and model_ are a Pyro model/guide pair: SVI with
+    TraceEnum_ELBO trains the clustering net and lowers the loss."""
     X, _ = _easy(200, 3)
     est = DeepDPM(init_k=3, max_epochs=2, burn_in_epochs=100).fit(X)
-    m = est._mixture
-    model = DPMixture(est._family, truncation=m.k)
-    guide = DeepDPMGuide(est._family, est._cluster_net, m.log_pi, m.params, est._scale)
-    svi = SVI(model.model, guide, pyro.optim.Adam({"lr": 1e-3}),
-              TraceEnum_ELBO(max_plate_nesting=1))
-    w0 = est._cluster_net.out.weight.detach().clone()
-    losses = [svi.step(torch.as_tensor(X), subsample_size=64) for _ in range(5)]
+    guide = est.guide_
+    w0 = guide.cluster_net.out.weight.detach().clone()
+    with pyro.get_param_store().scope():
+        svi = SVI(est.model_.model, guide, pyro.optim.Adam({"lr": 1e-2}),
+                  TraceEnum_ELBO(max_plate_nesting=1))
+        Xt = torch.as_tensor(X)
+        losses = [svi.step(Xt) for _ in range(30)]
+        assert any(name.startswith(guide.pyro_names()[0]) for name in pyro.get_param_store())
     assert np.all(np.isfinite(losses))
-    assert not torch.equal(w0, est._cluster_net.out.weight.detach())
-    assert any(name.startswith("deepdpm_cluster_net") for name in pyro.get_param_store())
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert not torch.equal(w0, guide.cluster_net.out.weight.detach())
+
+
+def test_paper_loss_under_svi_lowers_the_kl_and_trains_both_nets():
+    X, _ = _easy(300, 3)
+    est = DeepDPM(init_k=3, max_epochs=1, burn_in_epochs=100).fit(X)
+    guide, Xt = est.guide_, torch.as_tensor(X)
+    loss = DeepDPMLoss("kl")
+    sub0 = guide.sub_nets.w1.detach().clone()
+    with pyro.get_param_store().scope():
+        svi = SVI(est.model_.model, guide, pyro.optim.Adam({"lr": 1e-2}), loss)
+        first = svi.step(Xt)
+        cluster0 = loss.last["cluster"]
+        for _ in range(40):
+            svi.step(Xt)
+    assert svi.evaluate_loss(Xt) < first
+    assert loss.last["cluster"] < cluster0
+    assert not torch.equal(sub0, guide.sub_nets.w1.detach())
+
+
+def test_e_step_targets_are_the_models_conditional_of_z():
+    """log r^E from the guide's point parameters equals Pyro's enumeration of z in the
+    model replayed at the guide's values of the global sites."""
+    from pyro import poutine
+    from pyro.infer import config_enumerate
+
+    X, _ = _easy(200, 3)
+    est = DeepDPM(init_k=3, max_epochs=1, burn_in_epochs=1).fit(X)
+    guide, Xt = est.guide_, torch.as_tensor(X)
+    g = poutine.trace(guide).get_trace(Xt)
+    g.remove_node("z")
+    model = poutine.enum(config_enumerate(est.model_.model), first_available_dim=-2)
+    tr = poutine.trace(poutine.replay(model, trace=g)).get_trace(Xt)
+    tr.compute_log_prob()
+    joint = tr.nodes["z"]["log_prob"] + tr.nodes["obs"]["log_prob"]          # (K, N)
+    torch.testing.assert_close(torch.log_softmax(joint, 0).T, guide.log_targets(Xt))
+
+
+def test_guide_surgery_split_then_merge_restores_outputs_and_parameters():
+    X, _ = _easy(400, 3)
+    est = DeepDPM(init_k=3, max_epochs=2, burn_in_epochs=1).fit(X)
+    guide, Xt = est.guide_, torch.as_tensor(X)
+    before_r, before_pi = guide.log_r(Xt), guide.mixture.log_pi.clone()
+    mu_before = guide.mixture.params[0].clone()
+    stats, _, z, _ = guide.soft_stats(Xt)
+    s = guide.split(1)
+    assert (s.kind, s.k_before, s.k_after, s.born) == ("split", 3, 4, (1, 3))
+    assert guide.k == guide.cluster_net.k == guide.sub_nets.k == guide.mixture.k == 4
+    after = guide.log_r(Xt)
+    f32 = dict(rtol=0, atol=1e-5)                 # the nets run in float32
+    torch.testing.assert_close(after[:, [0, 2]], before_r[:, [0, 2]], **f32)
+    torch.testing.assert_close(torch.logaddexp(after[:, 1], after[:, 3]), before_r[:, 1], **f32)
+    torch.testing.assert_close(torch.logsumexp(guide.mixture.log_pi, 0),
+                               torch.zeros((), dtype=torch.float64))
+    # the halves are the sub-components of cluster 1, the rest untouched
+    torch.testing.assert_close(guide.mixture.params[0][[0, 2]], mu_before[[0, 2]])
+    m = guide.merge(1, 3, guide.soft_stats(Xt)[0][[1, 3]])
+    assert (m.kind, m.k_after, m.index) == ("merge", 3, (0, 1, 2, 1))
+    torch.testing.assert_close(guide.log_r(Xt), before_r, **f32)
+    torch.testing.assert_close(guide.mixture.log_pi, before_pi)
+    r = guide.remove(torch.tensor([0, 2]))
+    assert r.index == (0, -1, 1) and guide.k == 2
+    torch.testing.assert_close(torch.logsumexp(guide.mixture.log_pi, 0),
+                               torch.zeros((), dtype=torch.float64))
+
+
+def test_move_step_on_a_guide_changes_k_and_only_the_touched_rows():
+    """A split step on a guide whose one cluster holds two blobs: accepted, K 1 -> 2,
+    and the sub-nets of untouched clusters keep their weights."""
+    from bnpdeep.inference.guide_moves import GuideSplitMerge
+
+    X, y = _easy(600, 2)
+    X = np.vstack([X, X[:0]])
+    est = DeepDPM(init_k=1, max_epochs=3, burn_in_epochs=100).fit(X)
+    guide, Xt = est.guide_, torch.as_tensor(X)
+    stats, sub, z, zs = guide.soft_stats(Xt)
+    guide.m_step(stats, sub, 1.0)
+    step = GuideSplitMerge(est.model_.weights, est.model_.family, carve=False)
+    done = step.split(guide, Xt, z, zs, torch.Generator().manual_seed(0))
+    assert [d.kind for d in done] == ["split"] and guide.k == 2
+    assert evaluate(y, z.numpy())["ari"] > 0.99
+    w1 = guide.sub_nets.w1.detach().clone()
+    guide.split(0)                                             # touches cluster 0 only
+    torch.testing.assert_close(guide.sub_nets.w1[1], w1[1])
+    stats = guide.family.suff_stats_labels(Xt, z, 2)
+    merged = step.merge(guide, Xt, z, torch.zeros_like(z), stats, torch.Generator())
+    assert merged == [] or guide.k == 2
+
+
+def test_predictive_with_the_fitted_guide_gives_amortized_z_for_new_data():
+    X, _ = _easy()
+    est = DeepDPM(random_state=1).fit(X)
+    X_new, _ = _easy(300, seed=5)
+    store_before = set(pyro.get_param_store().keys())
+    with pyro.get_param_store().scope():
+        draws = Predictive(est.model_.model, guide=est.guide_, num_samples=200,
+                           return_sites=["z"])(torch.as_tensor(X_new))["z"]
+    assert set(pyro.get_param_store().keys()) == store_before
+    assert draws.shape == (200, 300)
+    mode = torch.mode(draws, 0).values.numpy()
+    proba = est.predict_proba(X_new)
+    confident = proba.max(1) > 0.9
+    assert confident.mean() > 0.8
+    np.testing.assert_array_equal(mode[confident], est.predict(X_new)[confident])
+    # the draws' frequencies are the net's r
+    freq = (draws[:, :, None] == torch.arange(est.guide_.k)).double().mean(0).numpy()
+    assert np.abs(freq - proba).max() < 0.15
+
+
+def test_fit_leaves_pyros_param_store_and_torchs_generator_alone():
+    X, _ = _easy(200, 2)
+    with pyro.get_param_store().scope():
+        pyro.param("users_own", torch.ones(3))
+        state = torch.get_rng_state()
+        DeepDPM(max_epochs=3).fit(X)
+        DeepDPM(max_epochs=3, loss="elbo").fit(X)
+        assert list(pyro.get_param_store().keys()) == ["users_own"]
+        assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_k_grows_from_one_to_the_truth():
@@ -117,8 +236,7 @@ def test_checkpoint_resume_ends_where_an_uninterrupted_fit_does(tmp_path, kill_a
     resumed = DeepDPM(**kw).fit(X, checkpoint_dir=tmp_path / "cut", resume=True)
     assert [h["K"] for h in resumed.history_] == [h["K"] for h in full.history_]
     np.testing.assert_array_equal(resumed.labels_, full.labels_)
-    for a, b in zip(resumed._cluster_net.parameters(), full._cluster_net.parameters(),
-                    strict=True):
+    for a, b in zip(resumed.guide_.parameters(), full.guide_.parameters(), strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -175,11 +293,11 @@ def test_mixture_is_held_until_the_net_learns_a_split():
     est = DeepDPM(max_epochs=3, burn_in_epochs=100, random_state=0).fit(X)   # K = 1
     Xt = est._X
     zs = torch.as_tensor(y)
-    est._split(Xt, torch.zeros(len(y), dtype=torch.long), zs.clone(), 0,
-               sub_stats=est._family.suff_stats_labels(Xt, zs, 2))
-    est._make_optimisers()
-    assert not est._net_settled(Xt)
-    for _ in range(5):
-        est._train_epoch(Xt)
-    assert est._net_settled(Xt)
+    est.guide_.split(0, halves=est._family.suff_stats_labels(Xt, zs, 2))
+    with pyro.get_param_store().scope():
+        est._make_svi()
+        assert not est._net_settled(Xt)
+        for _ in range(5):
+            est._train_epoch(Xt)
+        assert est._net_settled(Xt)
     assert evaluate(y, est.current_labels(X))["ari"] > 0.99

@@ -2,6 +2,7 @@
 
 import arviz as az
 import numpy as np
+import pyro
 import pytest
 import torch
 from bnpdeep.inference import MeanFieldSVI
@@ -62,3 +63,14 @@ def test_options_are_checked():
         MeanFieldSVI(lr=0).fit(X)
     with pytest.raises(ValueError, match="features"):
         MeanFieldSVI(DPMixture(GaussianNIW.weak(X[:, :1]))).fit(X)
+
+
+def test_fit_leaves_pyros_param_store_and_torchs_generator_alone():
+    X, _ = make_mixture(150, 2, 2, seed=0)
+    with pyro.get_param_store().scope():
+        pyro.param("users_own", torch.ones(3))
+        state = torch.get_rng_state()
+        est = MeanFieldSVI(max_epochs=3).fit(X)
+        assert list(pyro.get_param_store().keys()) == ["users_own"]
+        assert torch.equal(torch.get_rng_state(), state)
+    np.testing.assert_array_equal(est.predict(X), est.labels_)
