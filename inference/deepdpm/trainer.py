@@ -54,7 +54,7 @@ from ..guide_moves import GuideSplitMerge
 from ..mcmc import default_model, relabel
 from ..subpartition import two_means
 from .guide import CHUNK, DeepDPMGuide
-from .loss import DeepDPMLoss
+from .loss import DeepDPMLoss, JointAdam
 
 
 class DeepDPM(CheckpointedEstimator):
@@ -88,6 +88,16 @@ class DeepDPM(CheckpointedEstimator):
         Epochs between move steps, which alternate split, merge, split, ...
         A due move waits while the mixture is held (``settle_max``); no moves in
         the last ``move_every`` epochs.
+    tol : float, default 1e-3
+        Convergence stop: training ends before ``max_epochs`` at an epoch where the
+        last ``patience`` split steps and merge steps all accepted nothing, K has
+        not changed since, and fewer than this fraction of the points changed
+        their label (argmax of the net) since the previous epoch.  0 runs all
+        ``max_epochs``.
+    patience : int, default 2
+        Split steps (and merge steps) without an accepted move before the
+        convergence stop: one rejected round is weak evidence, since the
+        sub-nets keep learning and carving proposes from random members.
     min_steps : int, default 25
         Fewest minibatch steps per epoch: on small data an epoch makes several
         passes, so that the nets can follow a split before the next M-step.
@@ -140,7 +150,9 @@ class DeepDPM(CheckpointedEstimator):
                  batch_size: int = 128, loss: str = "deepdpm",
                  kl_direction: str = "forward", hidden: int = 50, lr: float = 0.005,
                  sub_lr: float = 0.005, burn_in_epochs: int = 5, move_every: int = 4,
-                 min_steps: int = 25, checkpoint_every: int = 5, n_samples: int = 100,
+                 tol: float = 1e-3, patience: int = 2, min_steps: int = 25,
+                 checkpoint_every: int = 5,
+                 n_samples: int = 100,
                  settle_epochs: int = 2, settle_max: int = 12, split_refine: int = 20,
                  carve: bool = True, carves_per_step: int = 3, carve_tries: int = 5,
                  callback=None, device="auto",
@@ -156,6 +168,8 @@ class DeepDPM(CheckpointedEstimator):
         self.sub_lr = sub_lr
         self.burn_in_epochs = burn_in_epochs
         self.move_every = move_every
+        self.tol = tol
+        self.patience = patience
         self.min_steps = min_steps
         self.checkpoint_every = checkpoint_every
         self.n_samples = n_samples
@@ -190,9 +204,11 @@ class DeepDPM(CheckpointedEstimator):
                              f"{self.kl_direction!r}")
         if int(self.init_k) < 1:
             raise ValueError(f"init_k must be at least 1, got {self.init_k}")
-        for name in ("max_epochs", "batch_size", "move_every", "hidden"):
+        for name in ("max_epochs", "batch_size", "move_every", "hidden", "patience"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not float(self.tol) >= 0:
+            raise ValueError(f"tol must be a number >= 0, got {self.tol}")
 
     def _setup(self, X):
         self._check_options()
@@ -245,8 +261,7 @@ class DeepDPM(CheckpointedEstimator):
             del store[name]
         net_name = names[0]
         lr, sub_lr = float(self.lr), float(self.sub_lr)
-        optim = pyro.optim.Adam(lambda module, _param: {"lr": lr if module == net_name
-                                                         else sub_lr})
+        optim = JointAdam(lambda module: lr if module == net_name else sub_lr)
         self.model_ = self._model.with_truncation(self.guide_.k)
         self._svi = SVI(self.model_.model, self.guide_, optim, self._loss)
 
@@ -291,12 +306,14 @@ class DeepDPM(CheckpointedEstimator):
         self._gen = torch.Generator().manual_seed(seed)
         start = 0
         self.history_ = []
+        self._last_z = None
         state = self._saved_state()
         if state is not None:
             start = self._restore(state)
         else:
             self._init_guide(Xt)
             self._make_svi()
+        self.converged_ = False
         bar = tqdm(range(start, int(self.max_epochs)), desc="deepdpm", unit="epoch",
                    file=sys.stderr, disable=not self.progress, leave=False)
         for epoch in bar:
@@ -306,30 +323,55 @@ class DeepDPM(CheckpointedEstimator):
             hold = self._holding(Xt, epoch + 1)
             move = (not hold and self._move_due(epoch + 1)
                     and epoch < int(self.max_epochs) - int(self.move_every))
+            changed = None
             if epoch + 1 >= int(self.burn_in_epochs) and not hold:
                 # before the burn-in ends, and while the nets learn a moved mixture,
                 # the mixture is held
                 z, zs = self._m_step(Xt, prune=move)
+                if self._last_z is not None and self._last_z.shape == z.shape:
+                    changed = float((z != self._last_z).double().mean())
+                self._last_z = z.clone()
             if move:
                 done = [h["move"] for h in self.history_ if h.get("move")]
                 kind = "merge" if done and done[-1] == "split" else "split"
                 if kind == "split":
-                    changed = self._moves.split(self.guide_, Xt, z, zs, self._gen)
-                    splits = len(changed)
+                    surgery = self._moves.split(self.guide_, Xt, z, zs, self._gen)
+                    splits = len(surgery)
                 else:
-                    changed = self._moves.merge(self.guide_, Xt, z, zs, self._soft, self._gen)
-                    merges = len(changed)
-                if changed:
+                    surgery = self._moves.merge(self.guide_, Xt, z, zs, self._soft, self._gen)
+                    merges = len(surgery)
+                if surgery:
                     self._make_svi()
+                    self._last_z = None
             k = self.guide_.k
             self.history_.append({"epoch": epoch + 1, "K": k, "loss": loss,
-                                  "splits": splits, "merges": merges, "move": kind})
+                                  "splits": splits, "merges": merges, "move": kind,
+                                  "changed": changed})
             bar.set_postfix(K=k, loss=f"{loss:.4f}", refresh=False)
             if self.callback is not None:
                 self.callback(self, epoch + 1, Xt)
             if self._checkpointing and (epoch + 1) % int(self.checkpoint_every) == 0:
                 self._save_checkpoint(epoch + 1)
+            if self._converged():
+                self.converged_ = True
+                break
+        self.n_epochs_ = len(self.history_)
         self._finish(Xt)
+
+    def _converged(self) -> bool:
+        """The convergence stop (``tol``, ``patience``): the last ``patience`` split
+        steps and merge steps accepted nothing, K has not changed since, and under
+        ``tol`` of the labels changed in the last epoch."""
+        h = self.history_
+        changed = h[-1]["changed"]
+        if not float(self.tol) > 0 or changed is None or changed >= float(self.tol):
+            return False
+        rounds = 2 * int(self.patience)
+        steps = [i for i, e in enumerate(h) if e["move"]]
+        if len(steps) < rounds:
+            return False
+        return all(e["splits"] == e["merges"] == 0 and e["K"] == h[-1]["K"]
+                   for e in h[steps[-rounds]:])
 
     def _move_due(self, epoch: int) -> bool:
         """A move step is due ``move_every`` epochs after the last one (the first
@@ -395,6 +437,7 @@ class DeepDPM(CheckpointedEstimator):
     def _save_checkpoint(self, epoch: int):
         state = {"epoch": epoch, "history": self.history_, "guide": self.guide_.guide_state(),
                  "optim": self._svi.optim.get_state(), "soft": dict(self._soft.fields),
+                 "last_z": self._last_z,
                  "torch_rng": torch.get_rng_state(), "gen": self._gen.get_state()}
         self._save_state(state)
 
@@ -407,6 +450,7 @@ class DeepDPM(CheckpointedEstimator):
         self._svi.optim.set_state(state["optim"])
         self._soft = type(self._family.empty_stats(1))(**state["soft"])
         self.history_ = list(state["history"])
+        self._last_z = state["last_z"]
         torch.set_rng_state(state["torch_rng"])
         self._gen.set_state(state["gen"])
         return int(state["epoch"])
