@@ -17,6 +17,12 @@ _LOG_2PI = math.log(2.0 * math.pi)
 # up to this d, per-row outer products are formed feature-major
 # (:func:`_outer_rows_feature_major`)
 _FEATURE_MAJOR_MAX_D = 4
+# from this d on, and with this many rows per group on average, the per-group sums
+# are GEMMs over the rows sorted by group: the row-chunk loop costs d^2 scattered
+# adds per row, the GEMMs a gather of the rows, which pays off only at large d
+# (100,000 x 64 in 10 groups: 87 against 149 ms; at d = 32 the chunks are faster)
+_GROUP_GEMM_MIN_D = 48
+_GROUP_GEMM_MIN_ROWS = 64
 
 
 def as_tensor(x, dtype=DTYPE, device=None) -> torch.Tensor:
@@ -131,13 +137,30 @@ def _outer_rows_feature_major(at: torch.Tensor, bt: torch.Tensor) -> torch.Tenso
     return (at[:, None, :] * bt[None]).reshape(d * d, -1)
 
 
+def _grouped_gemm_outer(X, labels, k, wx) -> torch.Tensor:
+    """sum_{i in c} w_i x_i x_i^T as one GEMM per group, (W X_c)^T X_c, on the rows
+    sorted by group."""
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels, minlength=k).tolist()
+    xs, ws = X[order], wx[order]
+    out = torch.zeros((k, X.shape[1], X.shape[1]), dtype=X.dtype, device=X.device)
+    start = 0
+    for c, n in enumerate(counts):
+        if n:
+            torch.mm(ws[start:start + n].T, xs[start:start + n], out=out[c])
+        start += n
+    return out
+
+
 def scatter_outer(X: torch.Tensor, labels: torch.Tensor, k: int,
                   weighted: torch.Tensor | None = None) -> torch.Tensor:
     """sum_{i: z_i = c} w_i x_i x_i^T for every group c, (K, d, d).
 
-    ``weighted`` holds the rows w_i x_i (default: X itself, w = 1).  The outer
-    products go in row chunks of 2 MiB: never an N x d x d tensor, and the chunk
-    stays in cache (11x faster than 32 MiB chunks at N=1e6, d=16).
+    ``weighted`` holds the rows w_i x_i (default: X itself, w = 1).  For d >= 48 with
+    at least 64 rows per group on average, one GEMM per group on the rows sorted by
+    group; otherwise the outer products go in row chunks of 2 MiB: never an
+    N x d x d tensor, and the chunk stays in cache (11x faster than 32 MiB chunks
+    at N=1e6, d=16).
     """
     d = X.shape[1]
     wx = X if weighted is None else weighted
@@ -147,6 +170,8 @@ def scatter_outer(X: torch.Tensor, labels: torch.Tensor, k: int,
         prod = _outer_rows_feature_major(wx.T.contiguous(), X.T.contiguous())
         out = torch.zeros((d * d, k), dtype=X.dtype, device=X.device)
         return out.index_add_(1, labels, prod).T.reshape(k, d, d)
+    if d >= _GROUP_GEMM_MIN_D and X.shape[0] >= _GROUP_GEMM_MIN_ROWS * k:
+        return _grouped_gemm_outer(X, labels, k, wx)
     out = torch.zeros((k, d * d), dtype=X.dtype, device=X.device)
     step = max(1, (1 << 18) // (d * d))
     for start in range(0, X.shape[0], step):

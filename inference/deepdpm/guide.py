@@ -225,9 +225,11 @@ class DeepDPMGuide(PyroModule):
             log_r = self.cluster_net(self.net_input(c))
             z = log_r.argmax(1)
             rs = self.sub_log_r(c, z).exp().to(DTYPE)
-            w_sub = torch.zeros(c.shape[0], 2 * k, dtype=DTYPE, device=c.device)
-            w_sub.scatter_(1, torch.stack([2 * z, 2 * z + 1], 1), rs)
-            s, ss = fam.suff_stats(c, weights=log_r.exp().to(DTYPE)), fam.suff_stats(c, w_sub)
+            s = fam.suff_stats(c, weights=log_r.exp().to(DTYPE))
+            # row i has weight only in sub-clusters 2 z_i and 2 z_i + 1: two labelled
+            # passes, not a dense (N, 2K) weighting
+            ss = (fam.suff_stats_labels(c, 2 * z, 2 * k, weights=rs[:, 0])
+                  + fam.suff_stats_labels(c, 2 * z + 1, 2 * k, weights=rs[:, 1]))
             stats = s if stats is None else stats + s
             sub = ss if sub is None else sub + ss
             z_all.append(z)

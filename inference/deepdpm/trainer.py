@@ -71,7 +71,11 @@ class DeepDPM(CheckpointedEstimator):
         Passes over the data.  The reference code trains 500 epochs at batch 128
         and learning rate 5e-4; ten times the learning rate lets 100 epochs do
         (timings and accuracy in benchmarks/README.md).
-    batch_size : int, default 128
+    batch_size : int or "auto", default "auto"
+        Rows per SVI step.  "auto": N // min_steps, between 128 (the reference
+        code's batch) and 4096, so that an epoch on large data is one pass in
+        about ``min_steps`` steps: on a CPU a step's fixed cost, not its rows,
+        dominates below a few thousand rows.
     loss : {"deepdpm", "elbo"}, default "deepdpm"
         "deepdpm": the paper's KL between E-step targets and the net's r.
         "elbo": Pyro's ``TraceEnum_ELBO`` of the model with the nets as guide.
@@ -147,7 +151,7 @@ class DeepDPM(CheckpointedEstimator):
     _CHECKPOINT = "deepdpm_checkpoint.pt"     # file name in the checkpoint folder
 
     def __init__(self, model=None, init_k: int = 1, max_epochs: int = 100,
-                 batch_size: int = 128, loss: str = "deepdpm",
+                 batch_size="auto", loss: str = "deepdpm",
                  kl_direction: str = "forward", hidden: int = 50, lr: float = 0.005,
                  sub_lr: float = 0.005, burn_in_epochs: int = 5, move_every: int = 4,
                  tol: float = 1e-3, patience: int = 2, min_steps: int = 25,
@@ -204,7 +208,11 @@ class DeepDPM(CheckpointedEstimator):
                              f"{self.kl_direction!r}")
         if int(self.init_k) < 1:
             raise ValueError(f"init_k must be at least 1, got {self.init_k}")
-        for name in ("max_epochs", "batch_size", "move_every", "hidden", "patience"):
+        if self.batch_size != "auto" and (isinstance(self.batch_size, str)
+                                          or int(self.batch_size) < 1):
+            raise ValueError(f"batch_size must be 'auto' or at least 1, got "
+                             f"{self.batch_size!r}")
+        for name in ("max_epochs", "move_every", "hidden", "patience"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not float(self.tol) >= 0:
@@ -270,13 +278,19 @@ class DeepDPM(CheckpointedEstimator):
         """Minibatch SVI steps over the data (several passes on small data, at least
         ``min_steps`` steps); returns the mean loss."""
         n = X.shape[0]
-        passes = max(1, math.ceil(self.min_steps * int(self.batch_size) / n))
+        batch = self._batch_rows(n)
+        passes = max(1, math.ceil(self.min_steps * batch / n))
         order = torch.cat([torch.randperm(n, generator=self._gen) for _ in range(passes)])
         order = order.to(self._device)
         total = 0.0
-        for idx in torch.split(order, int(self.batch_size)):
+        for idx in torch.split(order, batch):
             total += self._svi.step(X[idx]) * idx.numel()
         return total / order.numel()
+
+    def _batch_rows(self, n: int) -> int:
+        if self.batch_size == "auto":
+            return int(min(4096, max(128, n // max(int(self.min_steps), 1))))
+        return int(self.batch_size)
 
     def _m_step(self, X, prune: bool):
         """The guide's M-step from the nets' soft statistics; with ``prune``, a cluster

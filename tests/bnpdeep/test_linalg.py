@@ -39,16 +39,18 @@ def test_mahalanobis_zero_at_the_mean():
     assert float(maha.diagonal().abs().max()) < 1e-6
 
 
-@pytest.mark.parametrize("d", [1, 2, 4, 5])
-def test_scatter_outer_matches_a_loop(d):
+@pytest.mark.parametrize("d, n", [(1, 200), (2, 200), (4, 200), (5, 200), (64, 200),
+                                  (64, 1000)])
+def test_scatter_outer_matches_a_loop(d, n):
     """Weighted outer-product sums per group (feature-major for d <= 4, row chunks
-    above) against a plain loop over groups; an empty group gives zeros."""
+    above, per-group GEMMs at d = 64 with enough rows per group) against a plain
+    loop over groups; an empty group gives zeros."""
     from bnpdeep.linalg import scatter_outer
 
     rng = np.random.default_rng(d)
-    X = rng.normal(size=(200, d))
-    w = rng.uniform(size=200)
-    z = rng.integers(0, 6, size=200)
+    X = rng.normal(size=(n, d))
+    w = rng.uniform(size=n)
+    z = rng.integers(0, 6, size=n)
     z[z == 3] = 4                                    # group 3 is empty
     outer = scatter_outer(torch.as_tensor(X), torch.as_tensor(z), 7,
                           torch.as_tensor(X * w[:, None])).numpy()

@@ -265,6 +265,8 @@ def test_bad_options_are_named():
     X, _ = _easy(100, 2)
     with pytest.raises(ValueError, match="loss"):
         DeepDPM(loss="mse").fit(X)
+    with pytest.raises(ValueError, match="batch_size"):
+        DeepDPM(batch_size="large").fit(X)
     with pytest.raises(ValueError, match="resume"):
         DeepDPM().fit(X, resume=True)
 
