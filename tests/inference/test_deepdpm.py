@@ -151,12 +151,28 @@ def test_move_step_on_a_guide_changes_k_and_only_the_touched_rows():
     done = step.split(guide, Xt, z, zs, torch.Generator().manual_seed(0))
     assert [d.kind for d in done] == ["split"] and guide.k == 2
     assert evaluate(y, z.numpy())["ari"] > 0.99
-    w1 = guide.sub_nets.w1.detach().clone()
+    w1, out_w = guide.sub_nets.w1.detach().clone(), guide.cluster_net.out.weight.detach()
     guide.split(0)                                             # touches cluster 0 only
     torch.testing.assert_close(guide.sub_nets.w1[1], w1[1])
-    stats = guide.family.suff_stats_labels(Xt, z, 2)
-    merged = step.merge(guide, Xt, z, torch.zeros_like(z), stats, torch.Generator())
-    assert merged == [] or guide.k == 2
+    torch.testing.assert_close(guide.cluster_net.out.weight[1], out_w[1])
+
+
+def test_merge_step_on_a_guide_joins_the_halves_of_one_gaussian():
+    """k-means halves of one Gaussian blob: the DP posterior prefers the union
+    (log H_m > 0), the step merges them, K 2 -> 1 and every label becomes 0."""
+    from bnpdeep.inference.guide_moves import GuideSplitMerge
+
+    X = np.random.default_rng(0).normal(size=(500, 2))
+    est = DeepDPM(init_k=2, max_epochs=3, burn_in_epochs=100).fit(X)
+    guide, Xt = est.guide_, torch.as_tensor(X)
+    stats, sub, z, zs = guide.soft_stats(Xt)
+    guide.m_step(stats, sub, 1.0)
+    assert guide.k == 2 and set(z.tolist()) == {0, 1}
+    step = GuideSplitMerge(est.model_.weights, est.model_.family)
+    done = step.merge(guide, Xt, z, zs, stats, torch.Generator().manual_seed(0))
+    assert [(d.kind, d.k_after) for d in done] == [("merge", 1)]
+    assert guide.k == guide.cluster_net.k == guide.mixture.k == 1
+    assert int(z.max()) == 0
 
 
 def test_predictive_with_the_fitted_guide_gives_amortized_z_for_new_data():
