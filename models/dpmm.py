@@ -19,6 +19,7 @@ import pyro
 import pyro.distributions as pdist
 import torch
 from pyro import poutine
+from pyro.ops.indexing import Vindex
 
 from bnpdeep.linalg import as_tensor
 
@@ -28,8 +29,24 @@ from .weights import DirichletProcess, FiniteDirichlet, WeightPrior, stick_break
 
 
 def gather_params(params, z: torch.Tensor):
-    """Index every field of a batched parameter tuple by labels z (any shape)."""
+    """Index every field of a parameter tuple of K components (component axis
+    first) by labels z (any shape)."""
     return type(params)(*(p[z] for p in params))
+
+
+def select_components(params, z: torch.Tensor, event_dims) -> tuple:
+    """theta_{z_i} for every label, with batch dimensions (vectorised particles,
+    parallel Predictive) and enumerated z broadcast as Pyro's plates require.
+
+    A field of shape batch + (T,) + event (the ``components`` plate at dim -1)
+    gets a singleton axis left of its component axis, so that its batch dims line
+    up with z's leading dims and the singleton with z's ``data`` dim; the
+    component axis is then indexed by z (``Vindex``)."""
+    out = []
+    for p, e in zip(params, event_dims, strict=True):
+        q = p.unsqueeze(-2 - e)
+        out.append(Vindex(q)[(Ellipsis, z) + (slice(None),) * e])
+    return type(params)(*out)
 
 
 class DPMixture:
@@ -99,9 +116,11 @@ class DPMixture:
         with pyro.plate("components", t):
             params = family.pyro_sample_params()
         with pyro.plate("data", n, subsample_size=subsample_size) as idx:
-            z = pyro.sample("z", pdist.Categorical(pi))
+            # pi's batch dims (particles) stay left of the data plate's dim
+            z = pyro.sample("z", pdist.Categorical(pi.unsqueeze(-2)))
             obs = None if X is None else X[idx]
-            pyro.sample("obs", family.likelihood(gather_params(params, z)), obs=obs)
+            theta = select_components(params, z, family.param_event_dims())
+            pyro.sample("obs", family.likelihood(theta), obs=obs)
         return z
 
     __call__ = model
@@ -113,9 +132,13 @@ class DPMixture:
         Returns a dict with ``X`` (n, d), ``z`` (n,), ``weights`` (T,) and
         ``params`` (the T components' parameters).
         """
-        if seed is not None:
-            pyro.set_rng_seed(seed)
-        tr = poutine.trace(self.model).get_trace(n=n)
+        if seed is None:
+            tr = poutine.trace(self.model).get_trace(n=n)
+        else:
+            # a seed of its own: torch's generator is left as the caller had it
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                tr = poutine.trace(self.model).get_trace(n=n)
         t = self.truncation
         v = tr.nodes["v"]["value"] if t > 1 else torch.empty(0, dtype=torch.float64)
         params = self.family.params_from_sites({k: tr.nodes[k]["value"]

@@ -268,6 +268,14 @@ class ConjugateFamily:
         """The observation distribution p(x | theta) for batched point parameters."""
         raise NotImplementedError
 
+    def param_event_dims(self) -> tuple:
+        """Event dimensions of each field of a parameter tuple (those right of the
+        component axis): 1 for a mean vector, 2 for a covariance matrix."""
+        if getattr(self, "_event_dims", None) is None:
+            one = self.map_estimate(self.empty_stats(1))
+            self._event_dims = tuple(p.dim() - 1 for p in one)
+        return self._event_dims
+
     # ---- conveniences --------------------------------------------------------
     def log_marginal_likelihood(self, X) -> float:
         """Log marginal likelihood of all rows of X as one cluster."""
