@@ -1,14 +1,16 @@
 """scikit-learn's own estimator checks (``parametrize_with_checks``) on the estimators
-that pass all of them, at settings small enough for the suite."""
+that pass all of them, at settings small enough for the suite; DeepDPM, whose
+every fit takes seconds, on scikit-learn's clustering check alone."""
 
 import warnings
 
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils.estimator_checks import check_clustering, parametrize_with_checks
 
 from bnpdeep import (
     DBSCAN,
     BayesianGMM,
     CollapsedGibbs,
+    DeepDPM,
     GaussianMixtureEM,
     KMeans,
     MemoizedVB,
@@ -25,3 +27,12 @@ def test_scikit_learn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         check(estimator)
+
+
+def test_deepdpm_finds_the_three_blobs_of_scikit_learns_clustering_check():
+    """check_clustering: 50 points in three blobs, ARI > 0.4 from the labels, the same
+    labels from fit_predict, integer labels 0..K-1, and more (it refits several
+    times)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_clustering("DeepDPM", DeepDPM())
