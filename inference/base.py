@@ -47,15 +47,18 @@ def resolve_device(spec):
 def own_pyro_state(device=None):
     """Run a fit in a Pyro parameter-store scope of its own and with torch's generator
     forked (CPU, and the CUDA device when ``device`` is one): the user's parameters and
-    seeded stream are as they were afterwards, whatever the fit seeds or registers."""
+    seeded stream are as they were afterwards, whatever the fit seeds or registers.
+    Yields the scope's state, which holds the fit's parameters when the block ends
+    (``pyro.get_param_store().scope(state)`` runs the fitted guide again, untouched by
+    same-named entries in the user's store)."""
     import pyro
     import torch
 
     device = torch.device("cpu" if device is None else device)
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
-    with pyro.get_param_store().scope(), torch.random.fork_rng(devices=cuda):
-        yield
+    with pyro.get_param_store().scope() as state, torch.random.fork_rng(devices=cuda):
+        yield state
 
 
 class ClusterEstimator(ClusterMixin, BaseEstimator):

@@ -122,7 +122,8 @@ class MeanFieldSVI(ClusterEstimator):
     def _fit(self, X):
         # the fitted guide keeps its parameters as module attributes
         family = (self.model.family if self.model is not None else None)
-        with own_pyro_state(getattr(family, "device", None)):
+        with own_pyro_state(getattr(family, "device", None)) as state:
+            self._param_state = state
             self._fit_scoped(X)
 
     def _fit_scoped(self, X):
@@ -198,8 +199,14 @@ class MeanFieldSVI(ClusterEstimator):
             {k: values[k].detach() for k in self._family.param_sites})
         return log_pi, params
 
+    def _fitted_scope(self):
+        """The fit's own parameter store, for running the fitted guide again."""
+        import pyro
+
+        return pyro.get_param_store().scope(self._param_state)
+
     def _median(self):
-        with torch.no_grad():
+        with torch.no_grad(), self._fitted_scope():
             return self._split_sites(self.guide_.median(self._X))
 
     def _log_resp(self, X, log_pi, params) -> torch.Tensor:
@@ -223,7 +230,7 @@ class MeanFieldSVI(ClusterEstimator):
         drawn = {}
 
         def sample_log_pi():
-            with torch.no_grad():
+            with torch.no_grad(), self._fitted_scope():
                 log_pi, drawn["params"] = self._split_sites(self.guide_(self._X))
             return log_pi, None
 

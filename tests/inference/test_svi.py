@@ -74,3 +74,18 @@ def test_fit_leaves_pyros_param_store_and_torchs_generator_alone():
         assert list(pyro.get_param_store().keys()) == ["users_own"]
         assert torch.equal(torch.get_rng_state(), state)
     np.testing.assert_array_equal(est.predict(X), est.labels_)
+
+
+def test_fitted_guide_ignores_same_named_parameters_in_the_users_store():
+    """A user's store holding another AutoNormal's parameters (other shapes) does not
+    reach the fitted guide's draws."""
+    X, _ = make_mixture(150, 2, 2, seed=0)
+    other = MeanFieldSVI(truncation=3, max_epochs=2).fit(X)
+    est = MeanFieldSVI(truncation=5, max_epochs=3, n_samples=5).fit(X)
+    with pyro.get_param_store().scope():
+        with pyro.get_param_store().scope(other._param_state) as leaked:
+            pass
+        pyro.get_param_store().set_state(leaked)
+        assert "AutoNormal.locs.v" in pyro.get_param_store()
+        arrays = est.posterior_arrays()
+    assert np.isfinite(arrays["log_likelihood"]).all()
