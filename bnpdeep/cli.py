@@ -20,14 +20,14 @@ def _log(msg: str):
     print(msg, file=sys.stderr, flush=True)
 
 
-def _load_input(spec: str, labels: str | None, standardize: bool):
+def _load_input(spec: str, labels: str | None, standardize: bool, delimiter=None):
     """DATA is a file, or the name of an embedded or benchmark data set."""
     from bnpdeep import data
 
     y = None
     path = Path(spec)
     if path.exists():
-        X = data.load(path)
+        X = data.load(path, delimiter=delimiter, warn=False)
     elif spec in data.EMBEDDED_DATASETS:
         X, y = data.load_dataset(spec)
     elif spec in data.BENCHMARK_NAMES + data.PAPER_NAMES:
@@ -57,10 +57,15 @@ def fit_one(name: str, X, y=None, *, k=None, seed: int = 0, iters=None, progress
     if k is None and y is not None and METHODS[name].needs_k:
         k = int(np.unique(y).size)
     est = make_estimator(name, k=k, seed=seed, iters=iters, progress=progress)
-    if isinstance(est, CheckpointedEstimator) and checkpoint_dir is not None:
-        est.fit(X, checkpoint_dir=checkpoint_dir, resume=resume)
-    elif resume:
+    checkpointed = isinstance(est, CheckpointedEstimator) and checkpoint_dir is not None
+    if resume and not checkpointed:
         raise ValueError(f"'{name}' keeps no checkpoints to resume from")
+    if resume and not est.checkpoint_path(checkpoint_dir).exists():
+        raise FileNotFoundError(f"nothing to resume: no {name} checkpoint in {checkpoint_dir} "
+                                f"(looked for {est.checkpoint_path(checkpoint_dir).name}); "
+                                "run without --resume to start afresh")
+    if checkpointed:
+        est.fit(X, checkpoint_dir=checkpoint_dir, resume=resume)
     else:
         est.fit(X)
     result = est.result(y)
@@ -77,7 +82,7 @@ def _cmd_fit(args) -> int:
     from bnpdeep.runs import RunFolder
 
     _log(f"loading {args.data}")
-    X, y = _load_input(args.data, args.labels, args.standardize)
+    X, y = _load_input(args.data, args.labels, args.standardize, args.delimiter)
     _log(f"fitting {args.method} on {X.shape[0]} x {X.shape[1]}")
     if args.draws and not METHODS[args.method].mcmc:
         raise ValueError(f"--draws needs a sampler; '{args.method}' has no posterior draws")
@@ -143,16 +148,30 @@ def run_demo(methods=DEMO_METHODS, seed: int = 0, out="demo_report", chains: int
                        data_name="digits (PCA 10)", stream=stream, jobs=jobs)
 
 
+def _method_list(values) -> list[str]:
+    """``--methods``: names separated by spaces, commas or both, each a known method."""
+    from bnpdeep.methods import METHODS
+
+    names = [m.strip() for v in values for m in v.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(METHODS)}")
+    if not names:
+        raise ValueError("--methods names no method")
+    return list(dict.fromkeys(names))
+
+
 def _cmd_demo(args) -> int:
-    run_demo(methods=args.methods or DEMO_METHODS, seed=args.seed, out=args.out,
+    run_demo(methods=_method_list(args.methods) if args.methods else DEMO_METHODS, seed=args.seed, out=args.out,
              chains=args.chains, jobs=args.jobs)
     return 0
 
 
 def _cmd_compare(args) -> int:
     _log(f"loading {args.data}")
-    X, y = _load_input(args.data, args.labels, args.standardize)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    X, y = _load_input(args.data, args.labels, args.standardize, args.delimiter)
+    methods = _method_list(args.methods) if args.methods else list(DEMO_METHODS)
     run_compare(X, y, methods, chains=args.chains, seed=args.seed, out=args.out,
                 quiet=args.quiet, data_name=str(args.data), jobs=args.jobs)
     return 0
@@ -163,7 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="bnpdeep", description="Clustering with an unknown "
                                 "number of clusters: Dirichlet-process mixtures and baselines.")
+    p.add_argument("--debug", action="store_true",
+                   help="on an error, print the full traceback instead of one line")
     sub = p.add_subparsers(dest="command", required=True)
+    delim_help = ("text files: the column separator (default: sniffed from the file; "
+                  "'\\t' for tab)")
 
     f = sub.add_parser("fit", help="fit one method to a data file",
                        description="Fit one method; writes labels.npy and summary.json "
@@ -180,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--draws", action="store_true",
                    help="samplers: also write the kept label draws to label_draws.npy")
     f.add_argument("--standardize", action="store_true", help="zero mean, unit variance")
+    f.add_argument("--delimiter", help=delim_help)
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the checkpoint in --out (the "
@@ -194,19 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "report.md, report.html, figures and idata_<method>.nc into --out.")
     c.add_argument("data", help="a data file, or the name of an embedded or benchmark set")
     c.add_argument("--labels", help="true labels, one integer per row (adds NMI/ARI/ACC)")
-    c.add_argument("--methods", default=",".join(DEMO_METHODS),
-                   help=f"comma-separated, from: {', '.join(METHODS)}")
+    methods_help = (f"methods separated by spaces (or commas), from: {', '.join(METHODS)} "
+                    f"(default: {' '.join(DEMO_METHODS)})")
+    c.add_argument("--methods", nargs="+", metavar="METHOD", help=methods_help)
     c.add_argument("--chains", type=int, default=4, help="chains of the MCMC methods")
     c.add_argument("--jobs", type=int, default=1,
                    help="worker processes for the MCMC chains (-1: one per core)")
     c.add_argument("--out", required=True, help="report folder")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--standardize", action="store_true", help="zero mean, unit variance")
+    c.add_argument("--delimiter", help=delim_help)
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.set_defaults(run=_cmd_compare)
 
     m = sub.add_parser("demo", help="compare methods on the embedded digits data")
-    m.add_argument("--methods", nargs="+", choices=list(METHODS))
+    m.add_argument("--methods", nargs="+", metavar="METHOD", help=methods_help)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--chains", type=int, default=4)
     m.add_argument("--jobs", type=int, default=1,
@@ -216,18 +242,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _WarnOnce:
+    """``warnings.showwarning`` for the command: each distinct message once, one line."""
+
+    def __init__(self):
+        self.seen = set()
+
+    def __call__(self, message, category, *args, **kwargs):
+        key = (category, str(message))
+        if key not in self.seen:
+            self.seen.add(key)
+            _log(f"warning: {message}")
+
+
 def main(argv=None) -> int:
-    from bnpdeep.data import DataError, DataWarning
+    from bnpdeep.data import DataWarning
 
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
+        # "always" so a data warning seen earlier in the process is not hidden;
+        # _WarnOnce prints each distinct message once
         warnings.simplefilter("always", DataWarning)
-        warnings.showwarning = lambda msg, cat, *a, **kw: _log(f"warning: {msg}")
+        warnings.showwarning = _WarnOnce()
         try:
             return args.run(args)
-        except (DataError, ValueError, TypeError, OSError) as err:
-            _log(f"bnpdeep {args.command}: error: {err}")
-            return EXIT_USAGE
+        except MemoryError:
+            if args.debug:
+                raise
+            _log(f"bnpdeep {args.command}: error: out of memory (try fewer rows or "
+                 "features, e.g. PCA first, or a diagonal-covariance family)")
+        except (ValueError, TypeError, OSError, RuntimeError) as err:
+            if args.debug:
+                raise
+            _log(f"bnpdeep {args.command}: error: {err} (--debug for the traceback)")
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

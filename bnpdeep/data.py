@@ -165,6 +165,28 @@ def check_counts(X, *, name: str = "X", min_rows: int = 2) -> np.ndarray:
     return arr
 
 
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_covariance_memory(d: int, *, matrices: int = 4, what: str = "a full-covariance "
+                            "model"):
+    """Refuse, with a message naming the size, a model that would hold ``matrices``
+    dense float64 d x d matrices (8 d^2 bytes each) beyond this machine's memory,
+    instead of letting the allocation die with a MemoryError."""
+    need, total = 8.0 * matrices * d * d, physical_memory()
+    if total is not None and need > total:
+        raise DataError(
+            f"{what} on {d} features holds {matrices} dense {d} x {d} matrices "
+            f"(about {need / 1e9:,.0f} GB) but this machine has {total / 1e9:,.0f} GB; "
+            "reduce the features first (e.g. PCA) or use a diagonal-covariance family "
+            "(DiagonalGaussian, covariance_type='diag')")
+
+
 def standardize(X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Zero mean, unit variance per column; constant columns get scale 1 (become 0).
 
@@ -190,7 +212,119 @@ def _read_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _load_raw(path) -> np.ndarray:
+_DELIMITERS = (",", ";", "\t", "|", " ")
+# a sparse matrix that densifies to more than this is refused rather than densified
+MAX_DENSE_BYTES = 2 * 1024**3
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+        return True
+    except ValueError:
+        return False
+
+
+def _split(line: str, delim):
+    """The cells of one line: ``delim`` None splits on runs of whitespace."""
+    return [c.strip() for c in (line.split() if delim is None else line.split(delim))]
+
+
+def sniff_delimiter(lines, default=None):
+    """The delimiter that splits ``lines`` into the same number (> 1) of cells, trying
+    comma, semicolon, tab, bar, then whitespace; failing that (a ragged file), the one
+    whose most common cell count (> 1) holds for the most lines, so that the parser
+    names the odd lines; ``default`` if no delimiter splits any line (one column)."""
+    best, best_share = default, 0.0
+    for delim in _DELIMITERS:
+        d = None if delim == " " else delim
+        counts = [len(_split(ln, d)) for ln in lines]
+        values, freq = np.unique(counts, return_counts=True)
+        if values.size == 1 and values[0] > 1:
+            return d
+        split = values > 1
+        if split.any():
+            share = freq[split].max() / len(counts)
+            if share > best_share:
+                best, best_share = d, share
+    return best
+
+
+def _parse_text(text: str, name: str, delimiter=None) -> np.ndarray:
+    """A table of numbers from text: the delimiter named or sniffed, a header row skipped,
+    every row the same length, every cell a number (else the first bad cell is named by
+    its line and column, 1-based)."""
+    lines = [(i + 1, ln) for i, ln in enumerate(text.splitlines())
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise DataError(f"{name} is empty")
+    if delimiter is None:
+        delim = sniff_delimiter([ln for _, ln in lines[:50]])
+    else:
+        delim = None if delimiter in (" ", "whitespace") else delimiter
+    if delim == "\\t":
+        delim = "\t"
+    header = not all(_is_number(c) for c in _split(lines[0][1], delim))
+    body = lines[1:] if header else lines
+    if not body:
+        raise DataError(f"{name} holds a header row and no data")
+    width = len(_split(body[0][1], delim))
+    rows = []
+    for lineno, ln in body:
+        cells = _split(ln, delim)
+        if len(cells) != width:
+            shown = "whitespace" if delim is None else repr(delim)
+            raise DataError(f"{name}: line {lineno} has {len(cells)} cells where line "
+                            f"{body[0][0]} has {width} (delimiter {shown}; name another "
+                            f"with --delimiter)")
+        rows.append(cells)
+    try:
+        return np.array(rows, dtype=float)
+    except ValueError:
+        pass
+    for (lineno, _), cells in zip(body, rows):
+        for col, cell in enumerate(cells):
+            if not _is_number(cell):
+                what = "an empty cell" if cell == "" else f"{cell!r}"
+                raise NonNumericDataError(
+                    f"{name}: line {lineno}, column {col + 1} holds {what}, not a number; "
+                    f"every cell must be a number (NaN as 'nan')")
+    raise DataError(f"{name} could not be parsed")         # unreachable: some cell failed
+
+
+def _load_npz(raw: bytes, name: str) -> np.ndarray:
+    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+        keys = list(z.keys())
+        if {"format", "shape", "data", "indices", "indptr"} <= set(keys) or (
+                {"format", "shape", "data", "row", "col"} <= set(keys)):
+            return _densify(raw, name)
+        if len(keys) == 1:
+            return z[keys[0]]
+        for key in ("X", "data"):
+            if key in keys:
+                return z[key]
+        raise DataError(f"{name} holds several arrays ({', '.join(keys)}); "
+                        f"name the data 'X' or 'data'")
+
+
+def _densify(raw: bytes, name: str) -> np.ndarray:
+    """A scipy sparse matrix saved by ``scipy.sparse.save_npz``, as a dense array (with a
+    warning), or refused when the dense array would exceed ``MAX_DENSE_BYTES``."""
+    import scipy.sparse
+
+    mat = scipy.sparse.load_npz(io.BytesIO(raw))
+    n, d = mat.shape
+    size = 8 * n * d
+    if size > MAX_DENSE_BYTES:
+        raise DataError(f"{name} is a sparse {n} x {d} matrix ({mat.nnz} stored values) "
+                        f"whose dense form needs {size / 1024**3:.1f} GiB; bnpdeep's models "
+                        f"need dense rows: reduce the columns first (e.g. TruncatedSVD)")
+    warnings.warn(f"{name} is a scipy sparse {n} x {d} matrix ({mat.nnz} stored values); "
+                  f"it is densified ({size / 1024**2:.1f} MiB)", DataWarning, stacklevel=3)
+    return mat.toarray()
+
+
+def _load_raw(path, delimiter=None) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise DataError(f"no such file: {path}")
@@ -201,42 +335,26 @@ def _load_raw(path) -> np.ndarray:
     if base == ".npy":
         return np.load(io.BytesIO(raw), allow_pickle=False)
     if base == ".npz":
-        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-            keys = list(z.keys())
-            if len(keys) == 1:
-                return z[keys[0]]
-            for key in ("X", "data"):
-                if key in keys:
-                    return z[key]
-            raise DataError(f"{path.name} holds several arrays ({', '.join(keys)}); "
-                            f"name the data 'X' or 'data'")
+        return _load_npz(raw, path.name)
     if base in _TEXT:
-        text = raw.decode("utf-8", errors="replace")
-        delim = "," if base == ".csv" else ("\t" if base == ".tsv" else None)
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        if not lines:
-            raise DataError(f"{path.name} is empty")
-        first = lines[0].split(delim)
-        try:
-            [float(v) for v in first]
-            skip = 0
-        except ValueError:
-            skip = 1                      # a header row
-        try:
-            arr = np.genfromtxt(io.StringIO("\n".join(lines[skip:])), delimiter=delim,
-                                dtype=float)
-        except ValueError as err:
-            raise DataError(f"{path.name} could not be parsed: {err}") from None
-        return arr
+        if delimiter is None and base == ".tsv":
+            delimiter = "\t"
+        return _parse_text(raw.decode("utf-8", errors="replace"), path.name, delimiter)
     raise DataError(f"unsupported file type '{path.name}'; supported: {', '.join(SUPPORTED)}")
 
 
-def load(path) -> np.ndarray:
-    """Load a data matrix from .npy, .npz, .csv or whitespace text (optionally .gz)."""
-    arr = _load_raw(path)
+def load(path, delimiter: str | None = None, warn: bool = True) -> np.ndarray:
+    """Load a data matrix from .npy, .npz (a named array, or a scipy sparse matrix,
+    densified with a warning), or text: .csv/.txt/.tsv/... with the ``delimiter`` named
+    or sniffed (comma, semicolon, tab, bar, whitespace) and an optional header row; any
+    of them gzipped.  A text file's rows are its lines, so a one-line file is one row
+    (and refused: a mixture needs two); a 1-D array from .npy/.npz is one column.
+    ``warn=False`` leaves the :func:`check_array` warnings to the estimator that fits
+    the data (the command line, which would otherwise print each twice)."""
+    arr = _load_raw(path, delimiter)
     if arr.ndim == 1:
         arr = arr[:, None]
-    return check_array(arr, name=Path(path).name)
+    return check_array(arr, name=Path(path).name, warn=warn)
 
 
 def load_labels(path) -> np.ndarray:

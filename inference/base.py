@@ -158,6 +158,12 @@ class CheckpointedEstimator(ClusterEstimator):
         self._resume = bool(resume)
         return super().fit(X, y)
 
+    def checkpoint_path(self, checkpoint_dir) -> Path:
+        """The file this estimator checkpoints to in ``checkpoint_dir``."""
+        from bnpdeep.runs import RunFolder
+
+        return RunFolder(checkpoint_dir).checkpoint_path(self._CHECKPOINT)
+
     @property
     def _checkpointing(self) -> bool:
         return self._checkpoint_dir is not None

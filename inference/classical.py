@@ -55,6 +55,17 @@ class KMeans(ClusterEstimator):
         return self.estimator_.predict(X)
 
 
+def _check_covariance_memory(covariance_type: str, n_components: int, d: int, name: str):
+    """scikit-learn's mixtures hold a covariance and a precision Cholesky factor per
+    component ("full") or one of each ("tied"), d x d each."""
+    from bnpdeep.data import check_covariance_memory
+
+    matrices = {"full": 2 * n_components + 1, "tied": 3}.get(covariance_type)
+    if matrices is not None:
+        check_covariance_memory(d, matrices=matrices,
+                                what=f"{name} (covariance_type={covariance_type!r})")
+
+
 class GaussianMixtureEM(ClusterEstimator):
     """Maximum-likelihood Gaussian mixture by EM (scikit-learn), given K."""
 
@@ -71,6 +82,7 @@ class GaussianMixtureEM(ClusterEstimator):
 
     def _fit(self, X):
         k = _check_k(self.n_clusters, X.shape[0], "GaussianMixtureEM")
+        _check_covariance_memory(self.covariance_type, k, X.shape[1], "GaussianMixtureEM")
         self.estimator_ = skmixture.GaussianMixture(
             n_components=k, covariance_type=self.covariance_type, n_init=self.n_init,
             max_iter=self.max_iter, reg_covar=self.reg_covar,
@@ -169,6 +181,7 @@ class BayesianGMM(ClusterEstimator):
         t = int(min(self.truncation, X.shape[0]))
         if t < 1:
             raise ValueError(f"truncation must be positive, got {self.truncation}")
+        _check_covariance_memory(self.covariance_type, t, X.shape[1], "BayesianGMM")
         self.estimator_ = skmixture.BayesianGaussianMixture(
             n_components=t, weight_concentration_prior_type="dirichlet_process",
             weight_concentration_prior=self.weight_concentration,

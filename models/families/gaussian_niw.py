@@ -104,6 +104,10 @@ class GaussianNIW(ConjugateFamily):
         larger in higher effective dimension).  Zero-variance columns get a variance
         floor so that psi stays positive definite.
         """
+        from bnpdeep.data import check_covariance_memory
+
+        # cov, psi and its Cholesky factor, and the clusters' scatter matrices
+        check_covariance_memory(X.shape[1], what="a Gaussian-NIW prior")
         X = as_tensor(X, device=device)
         d = X.shape[1]
         cov = torch.cov(X.T).reshape(d, d) if X.shape[0] > 1 else torch.eye(d, dtype=DTYPE)

@@ -152,3 +152,110 @@ def test_variational_methods_from_the_command_line(tmp_path, method):
     k = json.loads((tmp_path / "run" / "summary.json").read_text())["n_clusters"]
     assert k == 3 if method == "movb" else 3 <= k <= 30
     assert (tmp_path / "run" / "idata.nc").exists()
+
+
+def _two_blobs(n=40, seed=0):
+    g = np.random.default_rng(seed)
+    return np.r_[g.normal(size=(n, 2)), g.normal(size=(n, 2)) + 8]
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda p: p.write_text("1.5,2.5\n"), "x.csv has n_samples=1 (shape=(1, 2))"),
+    (lambda p: p.write_text("a,b\n1,2\n3,x\n"), "x.csv: line 3, column 2 holds 'x'"),
+    (lambda p: p.write_text("1,2\n3,4\n5,6,7\n"), "x.csv: line 3 has 3 cells where line 1"),
+])
+def test_the_loader_refuses_what_it_cannot_read_as_a_table(tmp_path, capsys, write,
+                                                           message):
+    write(tmp_path / "x.csv")
+    rc = main(["fit", str(tmp_path / "x.csv"), "--method", "bgm", "--out",
+               str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_semicolon_tab_and_sparse_files_fit_their_full_table(tmp_path):
+    import scipy.sparse
+
+    X = _two_blobs()
+    np.savetxt(tmp_path / "x.csv", X, delimiter=";", header="u;v", comments="")
+    np.savetxt(tmp_path / "x.tsv", X, delimiter="\t")
+    np.savetxt(tmp_path / "bar.txt", X, delimiter="|")
+    scipy.sparse.save_npz(tmp_path / "s.npz", scipy.sparse.csr_matrix(X))
+    for name, extra in [("x.csv", []), ("x.tsv", []), ("bar.txt", ["--delimiter", "|"]),
+                        ("s.npz", [])]:
+        out = tmp_path / ("run_" + name)
+        assert main(["fit", str(tmp_path / name), "--method", "kmeans", "--k", "2",
+                     "--out", str(out), "--quiet", *extra]) == 0, name
+        labels = np.load(out / "labels.npy")
+        assert labels.shape == (80,), name
+        assert np.unique(labels[:40]).size == 1 and labels[0] != labels[-1], name
+
+
+def test_too_wide_for_a_full_covariance_is_one_line_and_exit_2(tmp_path, capsys):
+    """10 rows of 100,000 features: a full covariance is 80 GB; refused before it is
+    allocated, with the size and what to do instead."""
+    np.save(tmp_path / "wide.npy", np.random.default_rng(0).normal(size=(10, 100_000)))
+    for method in ("subcluster", "bgm"):
+        rc = main(["fit", str(tmp_path / "wide.npy"), "--method", method, "--out",
+                   str(tmp_path / "o"), "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err, method
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("bnpdeep fit: error:") and "100000 x 100000" in last, method
+        assert "PCA" in last and "diagonal" in last
+
+
+def test_out_of_memory_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys,
+                                                                 monkeypatch):
+    from bnpdeep import cli
+
+    np.save(tmp_path / "x.npy", _two_blobs())
+
+    def boom(*args, **kwargs):
+        raise MemoryError("Unable to allocate 80.0 GiB")
+
+    monkeypatch.setattr(cli, "fit_one", boom)
+    args = ["fit", str(tmp_path / "x.npy"), "--method", "bgm", "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "bnpdeep fit: error: out of memory")
+    with pytest.raises(MemoryError):
+        main(["--debug", *args])
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", _two_blobs())
+    (tmp_path / "empty").mkdir()
+    for method in ("subcluster", "movb", "deepdpm"):
+        rc = main(["fit", str(tmp_path / "x.npy"), "--method", method, "--out",
+                   str(tmp_path / "empty"), "--resume", "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "nothing to resume" in err and "_checkpoint.pt" in err, method
+        assert not (tmp_path / "empty" / "summary.json").exists()
+
+
+def test_each_data_warning_prints_once(tmp_path, capsys):
+    X = np.c_[_two_blobs(), np.ones(80)]
+    np.save(tmp_path / "x.npy", X)
+    assert main(["fit", str(tmp_path / "x.npy"), "--method", "subcluster", "--iters", "10",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert len(warned) == 1 and "zero-variance columns 2" in warned[0]
+
+
+def test_methods_take_spaces_or_commas_in_compare_and_demo(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", _two_blobs())
+    tables = []
+    for methods in (["kmeans,dbscan"], ["kmeans", "dbscan"], ["kmeans,", "dbscan"]):
+        assert main(["compare", str(tmp_path / "x.npy"), "--methods", *methods, "--out",
+                     str(tmp_path / "r"), "--quiet"]) == 0
+        out = capsys.readouterr().out
+        tables.append([ln.split()[0] for ln in out.splitlines()
+                       if ln.split() and ln.split()[0] in ("kmeans", "dbscan")])
+    assert tables[0] == tables[1] == tables[2] == ["kmeans", "dbscan"]
+    assert main(["compare", str(tmp_path / "x.npy"), "--methods", "kmeans,kmeanz", "--out",
+                 str(tmp_path / "r")]) == 2
+    assert "unknown method(s) kmeanz" in capsys.readouterr().err
+    assert main(["demo", "--methods", "kmeanz", "--out", str(tmp_path / "d")]) == 2
+    assert "unknown method(s) kmeanz" in capsys.readouterr().err

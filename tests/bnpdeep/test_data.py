@@ -10,6 +10,7 @@ from bnpdeep.models import Multinomial
 from bnpdeep.data import (
     DataError,
     DataWarning,
+    NonNumericDataError,
     check_array,
     check_counts,
     demo_data,
@@ -143,3 +144,73 @@ def test_values_whose_squares_overflow_and_sparse_input_are_refused():
         check_array(scipy.sparse.random(20, 3, density=0.5, format="csr", random_state=0))
     with pytest.raises(DataError, match="Complex data not supported"):
         check_array(np.ones((4, 2)) + 1j)
+
+
+
+@pytest.mark.parametrize("text, delimiter", [
+    ("1;2;3\n4;5;6\n", None),
+    ("1\t2\t3\n4\t5\t6\n", None),
+    ("1|2|3\n4|5|6\n", None),
+    ("# comment\n1 2  3\n  4 5 6\n", None),
+    ("x;y;z\n1;2;3\n4;5;6\n", None),
+    ("1\t2\t3\n4\t5\t6\n", "\\t"),
+    ("1;2;3\n4;5;6\n", ";"),
+])
+def test_text_delimiters_are_sniffed_or_named(tmp_path, text, delimiter):
+    (tmp_path / "x.txt").write_text(text)
+    np.testing.assert_array_equal(load(tmp_path / "x.txt", delimiter=delimiter),
+                                  [[1, 2, 3], [4, 5, 6]])
+
+
+def test_text_files_read_their_lines_as_rows(tmp_path):
+    # one line is one row (refused: a mixture needs two), not a column of two
+    (tmp_path / "one.csv").write_text("1.5,2.5\n")
+    with pytest.raises(DataError, match=r"one.csv has n_samples=1 \(shape=\(1, 2\)\)"):
+        load(tmp_path / "one.csv")
+    (tmp_path / "ragged.csv").write_text("1,2\n3,4\n5,6,7\n")
+    with pytest.raises(DataError, match="ragged.csv: line 3 has 3 cells where line 1 has 2"):
+        load(tmp_path / "ragged.csv")
+    (tmp_path / "head.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="a header row and no data"):
+        load(tmp_path / "head.csv")
+
+
+def test_non_numeric_cells_are_named_by_line_and_column(tmp_path):
+    (tmp_path / "s.csv").write_text("a,b\n1,2\n3,four\n5,6\n")
+    with pytest.raises(NonNumericDataError, match="s.csv: line 3, column 2 holds 'four'"):
+        load(tmp_path / "s.csv")
+    (tmp_path / "e.csv").write_text("1,2\n3,\n5,6\n")
+    with pytest.raises(NonNumericDataError, match="line 2, column 2 holds an empty cell"):
+        load(tmp_path / "e.csv")
+
+
+def test_sparse_npz_is_densified_not_read_as_its_data_vector(tmp_path):
+    import scipy.sparse
+
+    mat = scipy.sparse.random(30, 4, density=0.5, format="csr", random_state=0)
+    scipy.sparse.save_npz(tmp_path / "s.npz", mat)
+    with pytest.warns(DataWarning, match="scipy sparse 30 x 4 matrix"):
+        X = load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(X, mat.toarray())
+    scipy.sparse.save_npz(tmp_path / "coo.npz", mat.tocoo())
+    with pytest.warns(DataWarning):
+        np.testing.assert_array_equal(load(tmp_path / "coo.npz"), mat.toarray())
+
+
+def test_sparse_npz_too_large_to_densify_is_refused(tmp_path):
+    import scipy.sparse
+
+    mat = scipy.sparse.csr_matrix((np.ones(3), ([0, 1, 2], [0, 1, 2])), shape=(10**6, 10**5))
+    scipy.sparse.save_npz(tmp_path / "big.npz", mat)
+    with pytest.raises(DataError, match="needs 745.1 GiB.*TruncatedSVD"):
+        load(tmp_path / "big.npz")
+
+
+def test_covariance_memory_guard_names_the_size(monkeypatch):
+    from bnpdeep import data
+
+    monkeypatch.setattr(data, "physical_memory", lambda: 16 * 10**9)
+    data.check_covariance_memory(10_000, matrices=4)          # 3.2 GB: fits
+    with pytest.raises(DataError, match=r"on 30000 features holds 4 dense 30000 x 30000 "
+                       r"matrices \(about 29 GB\) but this machine has 16 GB"):
+        data.check_covariance_memory(30_000, matrices=4)
