@@ -37,6 +37,7 @@ from bnpdeep.inference import (
     MemoizedVB,
     SubclusterSampler,
 )
+from bnpdeep.inference.base import resolve_device
 from bnpdeep.inference.subcluster_compiled import load_kernels
 
 from bnpdeep import data
@@ -70,7 +71,7 @@ def timed_fit(est, X):
 
 
 def accuracy_methods(k_true: int, n: int, d: int, seed: int, iters: int | None,
-                     backend: str = "auto"):
+                     backend: str = "auto", device: str = "cpu"):
     methods = {
         "kmeans (K given)": KMeans(n_clusters=k_true, random_state=seed),
         "gmm (K given)": GaussianMixtureEM(n_clusters=k_true, random_state=seed),
@@ -80,8 +81,8 @@ def accuracy_methods(k_true: int, n: int, d: int, seed: int, iters: int | None,
                                         random_state=seed,
                                         store_log_likelihood=False, backend=backend),
     }
-    methods["deepdpm"] = DeepDPM(random_state=seed, device="cpu")
-    methods["deepdpm (init 3K)"] = DeepDPM(init_k=3 * k_true, random_state=seed, device="cpu")
+    methods["deepdpm"] = DeepDPM(random_state=seed, device=device)
+    methods["deepdpm (init 3K)"] = DeepDPM(init_k=3 * k_true, random_state=seed, device=device)
     methods["movb"] = MemoizedVB(random_state=seed)
     methods["svi"] = MeanFieldSVI(random_state=seed)
     if n * d <= GIBBS_MAX_ND:
@@ -91,13 +92,13 @@ def accuracy_methods(k_true: int, n: int, d: int, seed: int, iters: int | None,
 
 
 def run_accuracy(sets, seed: int, iters: int | None, only=None,
-                 backend: str = "auto") -> list[dict]:
+                 backend: str = "auto", device: str = "cpu") -> list[dict]:
     rows = []
     for name in sets:
         X, y = data.load_benchmark(name)
         k_true = int(np.unique(y).size)
         for method, est in accuracy_methods(k_true, X.shape[0], X.shape[1], seed, iters,
-                                            backend).items():
+                                            backend, device).items():
             if only and method not in only:
                 continue
             row = {"data": name, "method": method, "N": X.shape[0], "d": X.shape[1],
@@ -283,37 +284,46 @@ def movb_speed_table(rows) -> str:
     return "\n".join(lines)
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """This machine's float32 matrix-multiply rate (median of ``repeats``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def synchronize(device) -> None:
+    """Wait for the device's queued work (timings on a GPU end only when it is done)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5, device="cpu") -> float:
+    """The device's float32 matrix-multiply rate (median of ``repeats``)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * n ** 3 / np.median(times) / 1e9
 
 
 def run_deepdpm_speed(seed: int, n: int = 100_000, d: int = 32, k: int = 20,
-                      target: float = 0.95) -> dict:
+                      target: float = 0.95, device: str = "cpu") -> dict:
     """Seconds to NMI >= target, DeepDPM against the sub-cluster sampler, and the
     E-step's rate as a fraction of the float32 matmul rate."""
     from bnpdeep.metrics import nmi
 
     X, y = data.make_mixture(n, d, k, seed=seed)
-    out = {"N": n, "d": d, "k_true": k, "target_nmi": target}
+    out = {"N": n, "d": d, "k_true": k, "target_nmi": target, "device": device}
     # DeepDPM: wall time at the end of each epoch (the NMI evaluation is excluded)
     clock = {"spent": 0.0, "hit": None, "t0": time.perf_counter()}
 
     def callback(est, epoch, Xt):
+        synchronize(device)
         now = time.perf_counter()
         clock["spent"] += now - clock["t0"]
         if clock["hit"] is None and nmi(y, est.current_labels(Xt)) >= target:
             clock["hit"] = (epoch, clock["spent"])
         clock["t0"] = time.perf_counter()
 
-    est = DeepDPM(random_state=seed, device="cpu", callback=callback)
+    est = DeepDPM(random_state=seed, device=device, callback=callback)
     est.fit(X)
     out["deepdpm"] = {"epochs_to_target": clock["hit"][0] if clock["hit"] else None,
                       "seconds_to_target": clock["hit"][1] if clock["hit"] else None,
@@ -336,17 +346,19 @@ def run_deepdpm_speed(seed: int, n: int = 100_000, d: int = 32, k: int = 20,
     out["subcluster"] = sampler
     # E-step rate: log pi_k + log N(x_i | theta_k) over all rows, K components
     times = []
-    Xt = torch.as_tensor(X)
+    Xt = torch.as_tensor(X, device=resolve_device(device))
     for _ in range(3):
+        synchronize(device)
         start = time.perf_counter()
         with torch.no_grad():
             est.guide_.log_targets(Xt)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     kk = est.guide_.k
     flops = 2.0 * n * kk * d * d      # the GEMM-based Mahalanobis terms dominate
     out["estep"] = {"seconds": float(np.median(times)), "k": kk,
                     "gflops": flops / np.median(times) / 1e9,
-                    "matmul_f32_gflops": matmul_gflops()}
+                    "matmul_f32_gflops": matmul_gflops(device=device)}
     out["estep"]["fraction_of_matmul"] = out["estep"]["gflops"] / out["estep"]["matmul_f32_gflops"]
     return out
 
@@ -492,6 +504,8 @@ def main(argv=None):
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "compiled"],
                    help="accuracy: the sub-cluster sampler's backend")
     p.add_argument("--repeats", type=int, default=3, help="paired repeats (speed)")
+    p.add_argument("--device", default="cpu",
+                   help="DeepDPM's device (accuracy, deepdpm): cpu, cuda, auto")
     p.add_argument("--scale-n", type=int, default=1_000_000)
     p.add_argument("--scale-iters", type=int, default=20)
     args = p.parse_args(argv)
@@ -502,7 +516,8 @@ def main(argv=None):
     header = f"{date.today().isoformat()}, {machine()}"
     print(f"# bnpdeep benchmarks, {header}\n")
     if "accuracy" in args.sections:
-        rows = run_accuracy(args.sets, args.seed, args.iters, args.methods, args.backend)
+        rows = run_accuracy(args.sets, args.seed, args.iters, args.methods, args.backend,
+                            args.device)
         name = "accuracy.json" if not args.methods else "accuracy_" + "_".join(
             m.split()[0] for m in args.methods) + ".json"
         (OUT / name).write_text(json.dumps(rows, indent=1))
@@ -520,10 +535,11 @@ def main(argv=None):
         print(f"## moVB speed (N=10000, d=2, K=10, 5 batches, paired runs, {args.repeats} "
               f"repeats)\n\n{movb_speed_table(rows)}\n")
     if "deepdpm" in args.sections:
-        res = run_deepdpm_speed(args.seed)
+        res = run_deepdpm_speed(args.seed, device=args.device)
         (OUT / "deepdpm_speed.json").write_text(json.dumps(res, indent=1))
         dd, sc, es = res["deepdpm"], res["subcluster"], res["estep"]
-        print(f"## DeepDPM speed (N={res['N']}, d={res['d']}, K={res['k_true']})\n\n"
+        print(f"## DeepDPM speed (N={res['N']}, d={res['d']}, K={res['k_true']}, "
+              f"DeepDPM on {res['device']})\n\n"
               f"- DeepDPM: NMI >= {res['target_nmi']} after {dd['epochs_to_target']} epochs, "
               f"{dd['seconds_to_target']} s; all {dd['epochs']} epochs "
               f"{dd['seconds_total']:.1f} s, K "
