@@ -8,23 +8,27 @@
     python benchmarks/run_benchmarks.py scale
     python benchmarks/run_benchmarks.py mixing
 
-Each section prints a markdown table and writes JSON into bench_out/.  Every
-method runs in the same process, one after the other, so ratios between them
-are measured under the same load.
+Each section prints its markdown table and saves its rows with their provenance
+(date, machine, commit, command) as a record in benchmarks/results/, from which
+``python benchmarks/report.py`` renders benchmarks/README.md.  Every method runs
+in the same process, one after the other, so ratios between them are measured
+under the same load.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
+import shlex
+import subprocess
 import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
+import report
 import torch
 from bnpdeep.inference import (
     DBSCAN,
@@ -39,12 +43,13 @@ from bnpdeep.inference import (
 )
 from bnpdeep.inference.base import resolve_device
 from bnpdeep.inference.subcluster_compiled import load_kernels
+from report import SPEED_SAMPLERS
 
 from bnpdeep import data
 from bnpdeep.diagnostics import k_summary
-from bnpdeep.metrics import evaluate, k_within
+from bnpdeep.metrics import evaluate
 
-OUT = Path("bench_out")
+HERE = Path(__file__).resolve().parent
 GIBBS_MAX_ND = 5000        # collapsed Gibbs sweeps point by point: small N x d only
 
 
@@ -125,40 +130,8 @@ def run_accuracy(sets, seed: int, iters: int | None, only=None,
     return rows
 
 
-def accuracy_table(rows) -> str:
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    sets = list(dict.fromkeys(r["data"] for r in rows))
-    head = "| data | true K | " + " | ".join(f"{m} K / NMI / s" for m in methods) + " |"
-    lines = [head, "|" + "---|" * (len(methods) + 2)]
-    for s in sets:
-        cells = []
-        k_true = next(r["k_true"] for r in rows if r["data"] == s)
-        for m in methods:
-            r = next((r for r in rows if r["data"] == s and r["method"] == m), None)
-            if r is None:
-                cells.append("-")
-            elif r["k"] is None:
-                cells.append("failed")
-            else:
-                cells.append(f"{r['k']} / {r['nmi']:.3f} / {r['seconds']:.1f}")
-        lines.append(f"| {s} | {k_true} | " + " | ".join(cells) + " |")
-    lines.append("")
-    for m in methods:
-        rs = [r for r in rows if r["method"] == m]
-        hits = sum(r["k"] is not None and k_within(r["k"], r["k_true"]) for r in rs)
-        failed = [r["data"] for r in rs if r["k"] is None]
-        note = f" ({len(failed)} failed, counted as misses with NMI 0: {', '.join(failed)})" \
-            if failed else ""
-        lines.append(f"- {m}: K within max(1, 10%) on {hits}/{len(rs)} sets, mean NMI "
-                     f"{np.mean([r['nmi'] for r in rs]):.3f}, median time "
-                     f"{np.nanmedian([r['seconds'] for r in rs]):.2f} s{note}")
-        if all("nmi_predict" in r for r in rs):
-            lines[-1] += (f"; mean NMI of predict(X), the modal assignment given labels_'s "
-                          f"clusters: {np.mean([r['nmi_predict'] for r in rs]):.3f}")
-    return "\n".join(lines)
 
 
-SPEED_SAMPLERS = {"subcluster (100 it)": "compiled", "subcluster torch (100 it)": "torch"}
 
 
 def run_speed(seed: int, repeats: int) -> list[dict]:
@@ -203,45 +176,8 @@ def step_profile(est, k_true: int) -> dict:
             "s_to_k": float(secs[:first + 1].sum()) if first is not None else None}
 
 
-def step_table(rows) -> str:
-    """The samplers' per-iteration costs and time to the true K, per speed case."""
-    lines = ["| case | sampler | warm-up ms/iter | exact ms/iter | iterations to true K "
-             "| s to true K |", "|---|---|---|---|---|---|"]
-    for case in dict.fromkeys(r["case"] for r in rows if "k_true" in r):
-        for name in SPEED_SAMPLERS:
-            sc = [r for r in rows if r["case"] == case and r["method"] == name]
-            med = {key: np.median([r[key] for r in sc if r.get(key) is not None] or [np.nan])
-                   for key in ("warmup_ms", "exact_ms", "iter_to_k", "s_to_k")}
-            never = sum(r.get("iter_to_k") is None for r in sc)
-            lines.append(f"| {case} | {SPEED_SAMPLERS[name]} | {med['warmup_ms']:.1f} | "
-                         f"{med['exact_ms']:.1f} | {med['iter_to_k']:.0f} | "
-                         f"{med['s_to_k']:.2f}"
-                         + (f" ({never} of {len(sc)} never)" if never else "") + " |")
-    return "\n".join(lines)
 
 
-def speed_table(rows) -> str:
-    lines = ["| case | sampler | sampler median s | bgm median s | speed-up | sampler K / NMI "
-             "| bgm K / NMI | true K |", "|---|---|---|---|---|---|---|---|"]
-    for case in dict.fromkeys(r["case"] for r in rows if "k_true" in r):
-        bg = [r for r in rows if r["case"] == case and r["method"] == "bgm"]
-        tb = np.median([r["seconds"] for r in bg])
-        for name in SPEED_SAMPLERS:
-            sc = [r for r in rows if r["case"] == case and r["method"] == name]
-            ts = np.median([r["seconds"] for r in sc])
-            # the median of the ratios of paired runs
-            ratio = np.median([b["seconds"] / s["seconds"] for s, b in zip(sc, bg, strict=True)])
-            lines.append(
-                f"| {case} | {SPEED_SAMPLERS[name]} | {ts:.3f} | {tb:.2f} | {ratio:.1f}x | "
-                f"{'/'.join(str(r['k']) for r in sc)} / "
-                f"{np.median([r['nmi'] for r in sc]):.3f} | "
-                f"{'/'.join(str(r['k']) for r in bg)} / "
-                f"{np.median([r['nmi'] for r in bg]):.3f} | {sc[0]['k_true']} |")
-    load = [r["seconds"] for r in rows if r["case"] == "kernel load"]
-    if load:
-        lines.append(f"\nCompiled kernels loaded (or compiled) in {load[0]:.2f} s before the "
-                     "timed fits (once per process).")
-    return "\n".join(lines)
 
 
 def run_movb_speed(seed: int, repeats: int) -> list[dict]:
@@ -266,22 +202,6 @@ def run_movb_speed(seed: int, repeats: int) -> list[dict]:
     return rows
 
 
-def movb_speed_table(rows) -> str:
-    def pick(name):
-        return [r for r in rows if r["method"] == name]
-    mv, m50, bg = pick("movb"), pick("movb (50 laps)"), pick("bgm")
-    ratio = np.median([b["seconds"] / m["seconds"] for m, b in zip(mv, bg, strict=True)])
-    lines = ["| method | median s | K per repeat | median NMI | laps |", "|---|---|---|---|---|"]
-    for name, rs in (("movb (to convergence)", mv), ("movb (50 laps)", m50), ("bgm", bg)):
-        laps = "/".join(str(r["laps"]) for r in rs) if rs[0]["laps"] is not None else "-"
-        lines.append(f"| {name} | {np.median([r['seconds'] for r in rs]):.2f} | "
-                     f"{'/'.join(str(r['k']) for r in rs)} | "
-                     f"{np.median([r['nmi'] for r in rs]):.3f} | {laps} |")
-    lines.append("")
-    lines.append(f"- BGM / moVB time, median of paired ratios: {ratio:.1f}x; bnpy's 50 laps "
-                 f"(99 s) / moVB's 50 laps: "
-                 f"{99.0 / np.median([r['seconds'] for r in m50]):.0f}x")
-    return "\n".join(lines)
 
 
 def synchronize(device) -> None:
@@ -413,18 +333,6 @@ def run_mixing(seed: int, chains: int, iters: int) -> list[dict]:
     return rows
 
 
-def mixing_table(rows) -> str:
-    out = ["| data | gibbs_points | seconds | R-hat K | ESS K | R-hat lp | ESS lp | "
-           "split / merge acceptance | mean K per chain | mean lp | clusters of <= 3 "
-           "points (last draw per chain) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        out.append(f"| {r['data']} | {r['gibbs_points']} | {r['seconds']:.1f} | "
-                   f"{r['rhat_K']:.2f} | {r['ess_K']:.0f} | {r['rhat_lp']:.2f} | "
-                   f"{r['ess_lp']:.0f} | {r['split_acc']:.3f} / {r['merge_acc']:.3f} | "
-                   f"{', '.join(f'{k:g}' for k in r['k_per_chain'])} | {r['lp_mean']:.1f} | "
-                   f"{', '.join(map(str, r['small_clusters']))} |")
-    return "\n".join(out)
 
 
 # fresh simulated data (not the 12 sets the defaults were developed on): (d, K, N,
@@ -467,28 +375,38 @@ def run_fresh(seed: int) -> list[dict]:
     return rows
 
 
-def fresh_table(rows) -> str:
-    out = ["| clusters | d | N | true K | separation | sampler K (3 seeds) | sampler NMI | "
-           "BGM K | BGM NMI | sampler / BGM median s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["d"], r["k_true"], r["N"], r["separation"], r["t_df"]), []).append(r)
-    for (d, k, n, sep, df), rs in groups.items():
-        kind = "Gaussian" if df is None else f"Student-t, {df:g} df"
-        out.append(
-            f"| {kind} | {d} | {n} | {k} | {sep:g} | "
-            f"{'/'.join(str(r['subcluster']['k']) for r in rs)} | "
-            f"{np.mean([r['subcluster']['nmi'] for r in rs]):.3f} | "
-            f"{'/'.join(str(r['bgm']['k']) for r in rs)} | "
-            f"{np.mean([r['bgm']['nmi'] for r in rs]):.3f} | "
-            f"{np.median([r['subcluster']['seconds'] for r in rs]):.2f} / "
-            f"{np.median([r['bgm']['seconds'] for r in rs]):.2f} |")
-    return "\n".join(out)
 
 
 SECTIONS = ("accuracy", "speed", "movb-speed", "deepdpm", "scale", "mixing", "fresh")
 MIXING_CHAINS, MIXING_ITERS = 4, 400
+
+
+def commit() -> str:
+    """The repository's commit, marked ``+changes`` when the working tree differs."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=HERE, capture_output=True,
+                              text=True).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no")
+                   else "")
+
+
+def record_name(section: str, args) -> str:
+    """The record a section's run is saved as: the section, then what the run's
+    options select (methods, sets, seed, device) where they differ from the defaults."""
+    parts = [section]
+    if section == "accuracy":
+        if args.methods:
+            parts.append("-".join(m.split()[0] for m in args.methods))
+        if list(args.sets) != list(data.BENCHMARK_NAMES):
+            parts.append("-".join(args.sets))
+        if args.backend != "auto":
+            parts.append(args.backend)
+    if args.seed != 0:
+        parts.append(f"seed{args.seed}")
+    if section in ("accuracy", "deepdpm") and args.device != "cpu":
+        parts.append(args.device.replace(":", ""))
+    return "_".join(parts)
 
 
 def main(argv=None):
@@ -508,65 +426,41 @@ def main(argv=None):
                    help="DeepDPM's device (accuracy, deepdpm): cpu, cuda, auto")
     p.add_argument("--scale-n", type=int, default=1_000_000)
     p.add_argument("--scale-iters", type=int, default=20)
+    p.add_argument("--results", type=Path, default=report.RESULTS,
+                   help="folder of the result records (default benchmarks/results)")
     args = p.parse_args(argv)
     if data.benchmark_root() is None:
-        sys.exit("benchmark data not found: set BNPDEEP_DATASETS or place it in "
-                 "../shared/datasets")
-    OUT.mkdir(exist_ok=True)
-    header = f"{date.today().isoformat()}, {machine()}"
-    print(f"# bnpdeep benchmarks, {header}\n")
+        sys.exit("benchmark data not found: set BNPDEEP_DATASETS (a clone has them in "
+                 "benchmarks/data)")
+    meta = {"date": date.today().isoformat(), "machine": machine(), "commit": commit(),
+            "command": "python benchmarks/run_benchmarks.py " + shlex.join(
+                sys.argv[1:] if argv is None else argv)}
+    print(f"# bnpdeep benchmarks, {meta['date']}, {meta['machine']}, commit "
+          f"{meta['commit']}\n")
+
+    def run(section, rows, **extra):
+        record = {**meta, "section": section, "rows": rows, **extra}
+        path = report.save_record(record_name(section, args), section, rows,
+                                  {**meta, **extra}, args.results)
+        print(f"## {section} ({path})\n\n{report.render_record(record)}\n", flush=True)
+
     if "accuracy" in args.sections:
-        rows = run_accuracy(args.sets, args.seed, args.iters, args.methods, args.backend,
-                            args.device)
-        name = "accuracy.json" if not args.methods else "accuracy_" + "_".join(
-            m.split()[0] for m in args.methods) + ".json"
-        (OUT / name).write_text(json.dumps(rows, indent=1))
-        iters = args.iters or SubclusterSampler().max_iter
-        print(f"## Accuracy (standardised, init_k=1, seed {args.seed}, sampler "
-              f"{iters} iterations)\n\n{accuracy_table(rows)}\n")
+        run("accuracy", run_accuracy(args.sets, args.seed, args.iters, args.methods,
+                                     args.backend, args.device),
+            seed=args.seed, iters=args.iters or SubclusterSampler().max_iter)
     if "speed" in args.sections:
-        rows = run_speed(args.seed, args.repeats)
-        (OUT / "speed.json").write_text(json.dumps(rows, indent=1))
-        print(f"## Speed (paired runs, {args.repeats} repeats)\n\n{speed_table(rows)}\n")
-        print(f"Sampler iterations (medians over the repeats)\n\n{step_table(rows)}\n")
+        run("speed", run_speed(args.seed, args.repeats), repeats=args.repeats)
     if "movb-speed" in args.sections:
-        rows = run_movb_speed(args.seed, args.repeats)
-        (OUT / "movb_speed.json").write_text(json.dumps(rows, indent=1))
-        print(f"## moVB speed (N=10000, d=2, K=10, 5 batches, paired runs, {args.repeats} "
-              f"repeats)\n\n{movb_speed_table(rows)}\n")
+        run("movb-speed", run_movb_speed(args.seed, args.repeats), repeats=args.repeats)
     if "deepdpm" in args.sections:
-        res = run_deepdpm_speed(args.seed, device=args.device)
-        (OUT / "deepdpm_speed.json").write_text(json.dumps(res, indent=1))
-        dd, sc, es = res["deepdpm"], res["subcluster"], res["estep"]
-        print(f"## DeepDPM speed (N={res['N']}, d={res['d']}, K={res['k_true']}, "
-              f"DeepDPM on {res['device']})\n\n"
-              f"- DeepDPM: NMI >= {res['target_nmi']} after {dd['epochs_to_target']} epochs, "
-              f"{dd['seconds_to_target']} s; all {dd['epochs']} epochs "
-              f"{dd['seconds_total']:.1f} s, K "
-              f"{dd['k']}, NMI {dd['nmi']:.3f}\n"
-              f"- sub-cluster sampler: {sc.get('iters')} iterations, {sc.get('seconds', 0):.1f} s, "
-              f"NMI {sc.get('nmi', 0):.3f}, K {sc.get('k')} (target met: "
-              f"{sc['seconds_to_target'] is not None})\n"
-              f"- E-step (float64, K={es['k']}): {es['seconds']:.3f} s per pass, "
-              f"{es['gflops']:.1f} GFLOP/s = {100 * es['fraction_of_matmul']:.1f}% of the "
-              f"float32 matmul rate ({es['matmul_f32_gflops']:.1f} GFLOP/s)\n")
+        run("deepdpm", run_deepdpm_speed(args.seed, device=args.device))
     if "mixing" in args.sections:
-        rows = run_mixing(args.seed, MIXING_CHAINS, MIXING_ITERS)
-        (OUT / "mixing.json").write_text(json.dumps(rows, indent=1))
-        print(f"## Mixing at the defaults ({MIXING_CHAINS} chains of {MIXING_ITERS} "
-              f"iterations from K=1, seed {args.seed})\n\n{mixing_table(rows)}\n")
+        run("mixing", run_mixing(args.seed, MIXING_CHAINS, MIXING_ITERS),
+            chains=MIXING_CHAINS, iters=MIXING_ITERS)
     if "fresh" in args.sections:
-        rows = run_fresh(args.seed)
-        (OUT / "fresh.json").write_text(json.dumps(rows, indent=1))
-        print(f"## Fresh simulated data (data seeds {', '.join(map(str, FRESH_SEEDS))}, "
-              f"method seed {args.seed})\n\n{fresh_table(rows)}\n")
+        run("fresh", run_fresh(args.seed), data_seeds=list(FRESH_SEEDS))
     if "scale" in args.sections:
-        res = run_scale(args.seed, args.scale_n, args.scale_iters)
-        (OUT / "scale.json").write_text(json.dumps(res, indent=1))
-        print(f"## Scale\n\nN={res['N']}, d=16, K=32: {res['s_per_iter']:.2f} s per iteration "
-              f"over {res['iters']} iterations, K found {res['k']}, NMI {res['nmi']:.3f}, peak "
-              f"RSS {res['peak_rss_gib']:.2f} GiB ({res['rss_before_fit_gib']:.2f} GiB before "
-              f"the fit, data included)\n")
+        run("scale", run_scale(args.seed, args.scale_n, args.scale_iters))
 
 
 if __name__ == "__main__":

@@ -449,11 +449,13 @@ PAPER_NAMES = ["mnist_umap", "fashion_umap"]
 
 
 def benchmark_root() -> Path | None:
-    """The benchmark data folder: $BNPDEEP_DATASETS, else ../shared/datasets beside the
-    repository; None if neither exists."""
+    """The benchmark data folder: $BNPDEEP_DATASETS, else the repository's own copy
+    (``benchmarks/data``, present in a clone, not in an installed package), else
+    ../shared/datasets beside the repository; None if none exists."""
     env = os.environ.get("BNPDEEP_DATASETS")
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[1].parent / "shared" / "datasets")
+    repo = Path(__file__).resolve().parents[1]
+    candidates += [repo / "benchmarks" / "data", repo.parent / "shared" / "datasets"]
     for c in candidates:
         if c.is_dir():
             return c
@@ -464,8 +466,8 @@ def load_benchmark(name: str, *, standardize: bool = True, root=None):
     """A benchmark set: ``X, y`` with labels 0-based; standardised by default."""
     root = Path(root) if root is not None else benchmark_root()
     if root is None:
-        raise DataError("benchmark data not found: set BNPDEEP_DATASETS or place the sets "
-                        "in ../shared/datasets")
+        raise DataError("benchmark data not found: set BNPDEEP_DATASETS (the repository "
+                        "ships them in benchmarks/data)")
     if name not in BENCHMARK_NAMES + PAPER_NAMES:
         raise DataError(f"unknown benchmark '{name}'; known: "
                         f"{', '.join(BENCHMARK_NAMES + PAPER_NAMES)}")

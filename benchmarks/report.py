@@ -1,0 +1,301 @@
+"""The benchmark report: result records (JSON) in, ``benchmarks/README.md`` out.
+
+``run_benchmarks.py`` saves each section's run as one record in
+``benchmarks/results/NAME.json``: the rows it measured and how (date, machine,
+commit, the exact command).  This module renders those records as markdown tables
+and fills them into ``benchmarks/report_template.md``, whose prose says what the
+tables show:
+
+    python benchmarks/report.py            # rewrite benchmarks/README.md
+    python benchmarks/report.py --check    # exit 1 if README.md is not the rendering
+
+In the template, a line ``{{result NAME}}`` becomes the record's provenance line and
+its table; ``{{seeds NAME NAME ...}}`` becomes a per-seed summary of accuracy
+records.  The README is never edited by hand: edit the template or rerun a section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bnpdeep.metrics import k_within
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+TEMPLATE = HERE / "report_template.md"
+README = HERE / "README.md"
+PAPER_SETS = ("mnist_umap", "fashion_umap")
+_MARKER = re.compile(r"^\{\{(result|seeds) ([^}]+)\}\}$")
+
+
+# -- records ---------------------------------------------------------------------------
+def save_record(name: str, section: str, rows, meta: dict, folder: Path = RESULTS) -> Path:
+    """Write one section's run as ``folder/NAME.json`` (``meta``: date, machine, commit,
+    command)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps({"name": name, "section": section, **meta, "rows": rows},
+                               indent=1) + "\n")
+    return path
+
+
+def load_record(name: str, folder: Path = RESULTS) -> dict:
+    path = folder / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no benchmark record {path}: run the section that makes "
+                                f"it (see the template's command for it)")
+    return json.loads(path.read_text())
+
+
+def provenance(record: dict) -> str:
+    return (f"{record['date']}, commit {record['commit']}, {record['machine']}: "
+            f"`{record['command']}`")
+
+
+SPEED_SAMPLERS = {"subcluster (100 it)": "compiled", "subcluster torch (100 it)": "torch"}
+
+
+def accuracy_table(rows) -> str:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    sets = list(dict.fromkeys(r["data"] for r in rows))
+    head = "| data | true K | " + " | ".join(f"{m} K / NMI / s" for m in methods) + " |"
+    lines = [head, "|" + "---|" * (len(methods) + 2)]
+    for s in sets:
+        cells = []
+        k_true = next(r["k_true"] for r in rows if r["data"] == s)
+        for m in methods:
+            r = next((r for r in rows if r["data"] == s and r["method"] == m), None)
+            if r is None:
+                cells.append("-")
+            elif r["k"] is None:
+                cells.append("failed")
+            else:
+                cells.append(f"{r['k']} / {r['nmi']:.3f} / {r['seconds']:.1f}")
+        lines.append(f"| {s} | {k_true} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        hits = sum(r["k"] is not None and k_within(r["k"], r["k_true"]) for r in rs)
+        failed = [r["data"] for r in rs if r["k"] is None]
+        note = f" ({len(failed)} failed, counted as misses with NMI 0: {', '.join(failed)})" \
+            if failed else ""
+        lines.append(f"- {m}: K within max(1, 10%) on {hits}/{len(rs)} sets, mean NMI "
+                     f"{np.mean([r['nmi'] for r in rs]):.3f}, median time "
+                     f"{np.nanmedian([r['seconds'] for r in rs]):.2f} s{note}")
+        if all("nmi_predict" in r for r in rs):
+            lines[-1] += (f"; mean NMI of predict(X), the modal assignment given labels_'s "
+                          f"clusters: {np.mean([r['nmi_predict'] for r in rs]):.3f}")
+    return "\n".join(lines)
+
+
+def step_table(rows) -> str:
+    """The samplers' per-iteration costs and time to the true K, per speed case."""
+    lines = ["| case | sampler | warm-up ms/iter | exact ms/iter | iterations to true K "
+             "| s to true K |", "|---|---|---|---|---|---|"]
+    for case in dict.fromkeys(r["case"] for r in rows if "k_true" in r):
+        for name in SPEED_SAMPLERS:
+            sc = [r for r in rows if r["case"] == case and r["method"] == name]
+            med = {key: np.median([r[key] for r in sc if r.get(key) is not None] or [np.nan])
+                   for key in ("warmup_ms", "exact_ms", "iter_to_k", "s_to_k")}
+            never = sum(r.get("iter_to_k") is None for r in sc)
+            lines.append(f"| {case} | {SPEED_SAMPLERS[name]} | {med['warmup_ms']:.1f} | "
+                         f"{med['exact_ms']:.1f} | {med['iter_to_k']:.0f} | "
+                         f"{med['s_to_k']:.2f}"
+                         + (f" ({never} of {len(sc)} never)" if never else "") + " |")
+    return "\n".join(lines)
+
+
+def speed_table(rows) -> str:
+    lines = ["| case | sampler | sampler median s | bgm median s | speed-up | sampler K / NMI "
+             "| bgm K / NMI | true K |", "|---|---|---|---|---|---|---|---|"]
+    for case in dict.fromkeys(r["case"] for r in rows if "k_true" in r):
+        bg = [r for r in rows if r["case"] == case and r["method"] == "bgm"]
+        tb = np.median([r["seconds"] for r in bg])
+        for name in SPEED_SAMPLERS:
+            sc = [r for r in rows if r["case"] == case and r["method"] == name]
+            ts = np.median([r["seconds"] for r in sc])
+            # the median of the ratios of paired runs
+            ratio = np.median([b["seconds"] / s["seconds"] for s, b in zip(sc, bg, strict=True)])
+            lines.append(
+                f"| {case} | {SPEED_SAMPLERS[name]} | {ts:.3f} | {tb:.2f} | {ratio:.1f}x | "
+                f"{'/'.join(str(r['k']) for r in sc)} / "
+                f"{np.median([r['nmi'] for r in sc]):.3f} | "
+                f"{'/'.join(str(r['k']) for r in bg)} / "
+                f"{np.median([r['nmi'] for r in bg]):.3f} | {sc[0]['k_true']} |")
+    load = [r["seconds"] for r in rows if r["case"] == "kernel load"]
+    if load:
+        lines.append(f"\nCompiled kernels loaded (or compiled) in {load[0]:.2f} s before the "
+                     "timed fits (once per process).")
+    return "\n".join(lines)
+
+
+def movb_speed_table(rows) -> str:
+    def pick(name):
+        return [r for r in rows if r["method"] == name]
+    mv, m50, bg = pick("movb"), pick("movb (50 laps)"), pick("bgm")
+    ratio = np.median([b["seconds"] / m["seconds"] for m, b in zip(mv, bg, strict=True)])
+    lines = ["| method | median s | K per repeat | median NMI | laps |", "|---|---|---|---|---|"]
+    for name, rs in (("movb (to convergence)", mv), ("movb (50 laps)", m50), ("bgm", bg)):
+        laps = "/".join(str(r["laps"]) for r in rs) if rs[0]["laps"] is not None else "-"
+        lines.append(f"| {name} | {np.median([r['seconds'] for r in rs]):.2f} | "
+                     f"{'/'.join(str(r['k']) for r in rs)} | "
+                     f"{np.median([r['nmi'] for r in rs]):.3f} | {laps} |")
+    lines.append("")
+    lines.append(f"- BGM / moVB time, median of paired ratios: {ratio:.1f}x; bnpy's 50 laps "
+                 f"(99 s) / moVB's 50 laps: "
+                 f"{99.0 / np.median([r['seconds'] for r in m50]):.0f}x")
+    return "\n".join(lines)
+
+
+def mixing_table(rows) -> str:
+    out = ["| data | gibbs_points | seconds | R-hat K | ESS K | R-hat lp | ESS lp | "
+           "split / merge acceptance | mean K per chain | mean lp | clusters of <= 3 "
+           "points (last draw per chain) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['data']} | {r['gibbs_points']} | {r['seconds']:.1f} | "
+                   f"{r['rhat_K']:.2f} | {r['ess_K']:.0f} | {r['rhat_lp']:.2f} | "
+                   f"{r['ess_lp']:.0f} | {r['split_acc']:.3f} / {r['merge_acc']:.3f} | "
+                   f"{', '.join(f'{k:g}' for k in r['k_per_chain'])} | {r['lp_mean']:.1f} | "
+                   f"{', '.join(map(str, r['small_clusters']))} |")
+    return "\n".join(out)
+
+
+def fresh_table(rows) -> str:
+    out = ["| clusters | d | N | true K | separation | sampler K (3 seeds) | sampler NMI | "
+           "BGM K | BGM NMI | sampler / BGM median s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["d"], r["k_true"], r["N"], r["separation"], r["t_df"]), []).append(r)
+    for (d, k, n, sep, df), rs in groups.items():
+        kind = "Gaussian" if df is None else f"Student-t, {df:g} df"
+        out.append(
+            f"| {kind} | {d} | {n} | {k} | {sep:g} | "
+            f"{'/'.join(str(r['subcluster']['k']) for r in rs)} | "
+            f"{np.mean([r['subcluster']['nmi'] for r in rs]):.3f} | "
+            f"{'/'.join(str(r['bgm']['k']) for r in rs)} | "
+            f"{np.mean([r['bgm']['nmi'] for r in rs]):.3f} | "
+            f"{np.median([r['subcluster']['seconds'] for r in rs]):.2f} / "
+            f"{np.median([r['bgm']['seconds'] for r in rs]):.2f} |")
+    return "\n".join(out)
+
+def paper_table(rows) -> str:
+    """Accuracy on the paper's embeddings: one row per set and method, with ARI and ACC."""
+    out = ["| data | method | K | NMI | ARI | ACC | s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["k"] is None:
+            out.append(f"| {r['data']} | {r['method']} | failed | | | | |")
+            continue
+        out.append(f"| {r['data']} | {r['method']} | {r['k']} | {r['nmi']:.3f} | "
+                   f"{r['ari']:.3f} | {r['acc']:.3f} | {r['seconds']:.1f} |")
+    return "\n".join(out)
+
+
+def seeds_table(records) -> str:
+    """Per seed and method of accuracy records: sets with K within tolerance, mean NMI."""
+    methods = list(dict.fromkeys(r["method"] for rec in records for r in rec["rows"]))
+    out = ["| method | " + " | ".join(f"seed {rec['seed']}" for rec in records) + " |",
+           "|---|" + "---|" * len(records)]
+    for m in methods:
+        cells = []
+        for rec in records:
+            rs = [r for r in rec["rows"] if r["method"] == m]
+            hits = sum(r["k"] is not None and k_within(r["k"], r["k_true"]) for r in rs)
+            cells.append(f"{hits}/{len(rs)}, NMI {np.mean([r['nmi'] for r in rs]):.3f}")
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def deepdpm_text(res: dict) -> str:
+    dd, sc, es = res["deepdpm"], res["subcluster"], res["estep"]
+    return (f"- DeepDPM on {res.get('device', 'cpu')}: NMI >= {res['target_nmi']} after "
+            f"{dd['epochs_to_target']} epochs, {_secs(dd['seconds_to_target'])}; stopped after "
+            f"{dd['epochs']} epochs, {dd['seconds_total']:.1f} s, K {dd['k']}, NMI "
+            f"{dd['nmi']:.3f}\n"
+            f"- sub-cluster sampler: {sc.get('iters')} iterations, "
+            f"{sc.get('seconds', 0):.1f} s, NMI {sc.get('nmi', 0):.3f}, K {sc.get('k')} "
+            f"(target met: {sc['seconds_to_target'] is not None})\n"
+            f"- DeepDPM's time to the target / the sampler's: "
+            f"{_ratio(dd['seconds_to_target'], sc['seconds_to_target'])}\n"
+            f"- E-step (float64, K={es['k']}): {es['seconds']:.3f} s per pass, "
+            f"{es['gflops']:.1f} GFLOP/s = {100 * es['fraction_of_matmul']:.1f}% of the "
+            f"float32 matmul rate ({es['matmul_f32_gflops']:.1f} GFLOP/s)")
+
+
+def scale_text(res: dict) -> str:
+    return (f"N={res['N']}, d={res['d']}, K={res['k_true']}: {res['s_per_iter']:.2f} s per "
+            f"iteration over {res['iters']} iterations, K found {res['k']}, NMI "
+            f"{res['nmi']:.3f}, peak RSS {res['peak_rss_gib']:.2f} GiB "
+            f"({res['rss_before_fit_gib']:.2f} GiB before the fit, data included)")
+
+
+def _secs(s) -> str:
+    return "never" if s is None else f"{s:.1f} s"
+
+
+def _ratio(a, b) -> str:
+    return "-" if a is None or b is None else f"{a / b:.1f}x"
+
+
+def speed_tables(rows) -> str:
+    return (f"{speed_table(rows)}\n\nPer iteration (medians over the repeats):\n\n"
+            f"{step_table(rows)}")
+
+
+def accuracy_tables(rows) -> str:
+    return paper_table(rows) if all(r["data"] in PAPER_SETS for r in rows) \
+        else accuracy_table(rows)
+
+
+RENDERERS = {"accuracy": accuracy_tables, "speed": speed_tables,
+             "movb-speed": movb_speed_table, "mixing": mixing_table, "fresh": fresh_table,
+             "deepdpm": deepdpm_text, "scale": scale_text}
+
+
+def render_record(record: dict) -> str:
+    """A record's provenance line and its table."""
+    return f"{provenance(record)}\n\n{RENDERERS[record['section']](record['rows'])}"
+
+
+def render(template: str, folder: Path = RESULTS) -> str:
+    """The template with every marker line replaced by its rendering."""
+    out = []
+    for line in template.split("\n"):
+        m = _MARKER.match(line.strip())
+        if m is None:
+            out.append(line)
+        elif m.group(1) == "result":
+            out.append(render_record(load_record(m.group(2).strip(), folder)))
+        else:
+            records = [load_record(n, folder) for n in m.group(2).split()]
+            out.append("\n".join(provenance(r) for r in records) + "\n\n"
+                       + seeds_table(records))
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 if README.md differs from the rendering")
+    args = p.parse_args(argv)
+    text = render(TEMPLATE.read_text())
+    if args.check:
+        if README.read_text() != text:
+            print("benchmarks/README.md is not the rendering of the template and records: "
+                  "run python benchmarks/report.py", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(text)
+    print(f"wrote {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
