@@ -42,8 +42,12 @@ LOG_PI = math.log(math.pi)
 # -- statistics and the NIW posterior ------------------------------------------------
 @njit(cache=True)
 def group_stats(X, lab, n_groups):
-    """n (G,), sum x (G, d), sum x x^T (G, d, d) of the rows of X by label."""
+    """n (G,), sum x (G, d), sum x x^T (G, d, d) of the rows of X by label.  From
+    :data:`GEMM_MIN_D` on, each group's rows are gathered and their scatter is one
+    matrix product (BLAS)."""
     n_rows, d = X.shape
+    if d >= GEMM_MIN_D:
+        return _group_stats_gemm(X, lab, n_groups)
     n = np.zeros(n_groups)
     s1 = np.zeros((n_groups, d))
     s2 = np.zeros((n_groups, d, d))
@@ -59,6 +63,34 @@ def group_stats(X, lab, n_groups):
         for a in range(d):
             for b in range(a):
                 s2[g, b, a] = s2[g, a, b]
+    return n, s1, s2
+
+
+@njit(cache=True)
+def _group_stats_gemm(X, lab, n_groups):
+    n_rows, d = X.shape
+    counts = np.zeros(n_groups, dtype=np.int64)
+    for i in range(n_rows):
+        counts[lab[i]] += 1
+    start = np.zeros(n_groups + 1, dtype=np.int64)
+    for g in range(n_groups):
+        start[g + 1] = start[g] + counts[g]
+    order = np.empty(n_rows, dtype=np.int64)
+    fill = start[:-1].copy()
+    for i in range(n_rows):
+        order[fill[lab[i]]] = i
+        fill[lab[i]] += 1
+    n = counts.astype(np.float64)
+    s1 = np.zeros((n_groups, d))
+    s2 = np.zeros((n_groups, d, d))
+    for g in range(n_groups):
+        if counts[g] == 0:
+            continue
+        rows = np.empty((counts[g], d))
+        for r in range(counts[g]):
+            rows[r] = X[order[start[g] + r]]
+        s1[g] = rows.sum(0)
+        s2[g] = rows.T @ rows
     return n, s1, s2
 
 
@@ -354,21 +386,70 @@ def _draw_row(cdf, i, u):
 
 
 ROW_CHUNK = 256      # rows per task of the parallel tables
+# From this dimension the tables' quadratic forms are matrix products (BLAS): the
+# loops below cost N K d^2 scalar multiply-adds, a GEMM does the same at several
+# times the rate once d is past a few dozen.
+GEMM_MIN_D = 24
+GEMM_CHUNK = 1 << 19  # elements of one (rows, K d) product block: 4 MiB of float64
+
+
+@njit(cache=True, inline="always")
+def _cdf_row(out, i, q, c, log_w, log_u):
+    """Row i of the slice table from its quadratic forms ``q``: the running sums of
+    exp(c_j - q_j / 2) over the atoms above the slice, relative to the row's largest
+    term, terms below e^-50 of it left out."""
+    k = c.shape[0]
+    m = -np.inf
+    for g in range(k):
+        v = c[g] - 0.5 * q[g] if log_w[g] > log_u[i] else -np.inf
+        out[i, g] = v
+        if v > m:
+            m = v
+    acc = 0.0
+    for g in range(k):
+        e = out[i, g] - m
+        if e > -50.0:
+            acc += math.exp(e)
+        out[i, g] = acc
+
+
+@njit(cache=True)
+def quad_table(X, W, b):
+    """|W_k x_i - b_k|^2 for every row and component, (N, K), by matrix products: a
+    block of rows times the (d, K d) matrix of every W_k^T (BLAS), then each length-d
+    block of the product shifted by b_k and squared.  Rows go in blocks of at most
+    :data:`GEMM_CHUNK` / (K d), so no (N, K d) array is formed."""
+    n_rows, d = X.shape
+    k = W.shape[0]
+    wf = np.ascontiguousarray(W.transpose(2, 0, 1)).reshape(d, k * d)  # [j, g d + a] = W[g, a, j]
+    bf = np.ascontiguousarray(b).reshape(k * d)
+    out = np.empty((n_rows, k))
+    step = max(1, GEMM_CHUNK // (k * d))
+    for start in range(0, n_rows, step):
+        stop = min(n_rows, start + step)
+        t = np.ascontiguousarray(X[start:stop]) @ wf
+        for r in range(stop - start):
+            for g in range(k):
+                q = 0.0
+                for a in range(g * d, (g + 1) * d):
+                    v = t[r, a] - bf[a]
+                    q += v * v
+                out[start + r, g] = q
+    return out
 
 
 @njit(cache=True, parallel=True)
-def slice_cdf(X, W, b, c, log_w, log_u):
-    """The slice step's table: unnormalised cumulative probabilities of
-    p(z_i = j) proportional to 1[log pi_j > log u_i] f(x_i | theta_j) over all atoms j
-    (occupied and new, ``log_w`` their log weights), (N, J), in one pass over the
-    rows; atoms at or below the slice add nothing, so :func:`draw_from_cdf` never
-    picks them.  Terms below e^-50 of the row's largest are left out of the sums:
-    each would change the row's probabilities by less than 1e-21, below float64
-    resolution of a sum that holds the largest term, 1.
+def _cdf_from_quad(q, c, log_w, log_u):
+    n_rows, k = q.shape
+    out = np.empty((n_rows, k))
+    for chunk in prange((n_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+        for i in range(chunk * ROW_CHUNK, min(n_rows, (chunk + 1) * ROW_CHUNK)):
+            _cdf_row(out, i, q[i], c, log_w, log_u)
+    return out
 
-    The quadratic forms |W_j x_i - b_j|^2 are summed in :func:`_quad`'s order, with
-    the atoms innermost (W and b transposed so that the loop over j is contiguous
-    and vectorises); rows go in chunks of ``ROW_CHUNK`` to the threads."""
+
+@njit(cache=True, parallel=True)
+def _slice_cdf_loops(X, W, b, c, log_w, log_u):
     n_rows, d = X.shape
     k = c.shape[0]
     Wt = np.ascontiguousarray(W.transpose(1, 2, 0))          # (d, d, K)
@@ -386,19 +467,27 @@ def slice_cdf(X, W, b, c, log_w, log_u):
                         t[g] += Wt[a, j, g] * xj
                 for g in range(k):
                     q[g] += t[g] * t[g]
-            m = -np.inf
-            for g in range(k):
-                v = c[g] - 0.5 * q[g] if log_w[g] > log_u[i] else -np.inf
-                out[i, g] = v
-                if v > m:
-                    m = v
-            acc = 0.0
-            for g in range(k):
-                e = out[i, g] - m
-                if e > -50.0:
-                    acc += math.exp(e)
-                out[i, g] = acc
+            _cdf_row(out, i, q, c, log_w, log_u)
     return out
+
+
+@njit(cache=True)
+def slice_cdf(X, W, b, c, log_w, log_u):
+    """The slice step's table: unnormalised cumulative probabilities of
+    p(z_i = j) proportional to 1[log pi_j > log u_i] f(x_i | theta_j) over all atoms j
+    (occupied and new, ``log_w`` their log weights), (N, J), in one pass over the
+    rows; atoms at or below the slice add nothing, so :func:`draw_from_cdf` never
+    picks them.  Terms below e^-50 of the row's largest are left out of the sums:
+    each would change the row's probabilities by less than 1e-21, below float64
+    resolution of a sum that holds the largest term, 1.
+
+    Below :data:`GEMM_MIN_D` the quadratic forms |W_j x_i - b_j|^2 are summed in
+    :func:`_quad`'s order, with the atoms innermost (W and b transposed so that the
+    loop over j is contiguous and vectorises), rows in chunks of ``ROW_CHUNK`` to
+    the threads; from it they come from :func:`quad_table`'s matrix products."""
+    if X.shape[1] >= GEMM_MIN_D:
+        return _cdf_from_quad(quad_table(X, W, b), c, log_w, log_u)
+    return _slice_cdf_loops(X, W, b, c, log_w, log_u)
 
 
 @njit(cache=True)

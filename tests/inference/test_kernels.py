@@ -70,6 +70,20 @@ def test_statistics_and_log_marginal_match_the_torch_family():
     np.testing.assert_allclose(lm, fam.log_marginal(ref).numpy(), rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.parametrize("d", [3, kn.GEMM_MIN_D])
+def test_group_statistics_on_both_paths(d):
+    """The loops (small d) and the gathered matrix products (from GEMM_MIN_D) give
+    the same n, sum x and sum x x^T, an empty group included."""
+    g = np.random.default_rng(d)
+    X, lab = g.normal(size=(300, d)), g.choice([0, 1, 3], size=300)
+    n, s1, s2 = kn.group_stats(X, lab, 4)
+    for k in range(4):
+        rows = X[lab == k]
+        assert n[k] == len(rows)
+        np.testing.assert_allclose(s1[k], rows.sum(0), atol=1e-12)
+        np.testing.assert_allclose(s2[k], rows.T @ rows, atol=1e-11)
+
+
 def test_component_draws_follow_the_niw_posterior():
     """Bartlett draws through (W, b, c): c - |W x - b|^2 / 2 is the Gaussian log density
     of the drawn (mu, Sigma), and over many draws E[Sigma] = Psi_n / (nu_n - d - 1),
@@ -119,6 +133,26 @@ def test_label_cdf_is_the_softmax_and_draws_invert_it():
     for i in range(3):
         z = kn.draw_from_cdf(cdf[[i, i, i]], u)
         np.testing.assert_array_equal(z, np.searchsorted(cdf[i] / cdf[i, -1], u, side="right"))
+
+
+@pytest.mark.parametrize("d", [3, kn.GEMM_MIN_D, 40])
+def test_label_table_matches_the_log_densities_on_both_paths(d):
+    """Below GEMM_MIN_D the table's quadratic forms are loops, from it matrix
+    products: both give the softmax of log N(x_i | theta_k) + log pi_k, with atoms
+    at or below a row's slice left out."""
+    g = np.random.default_rng(d)
+    n, k = 700, 5               # more rows than one product block at d = 40
+    X = g.normal(size=(n, d))
+    W = np.tril(g.normal(size=(k, d, d))) + 3 * np.eye(d)
+    b, c = g.normal(size=(k, d)), g.normal(size=k)
+    log_w, log_u = np.log(g.dirichlet(np.ones(k))), np.log(g.uniform(0, 0.15, size=n))
+    quad = ((np.einsum("kij,nj->nki", W, X) - b[None]) ** 2).sum(-1)
+    logits = np.where(log_w[None] > log_u[:, None], c[None] - 0.5 * quad, -np.inf)
+    cdf = kn.slice_cdf(X, W, b, c, log_w, log_u)
+    prob = np.diff(cdf / cdf[:, -1:], prepend=0.0, axis=1)
+    soft = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(prob, soft / soft.sum(1, keepdims=True), atol=1e-12)
+    np.testing.assert_allclose(kn.quad_table(X, W, b), quad, rtol=1e-12)
 
 
 def test_slice_labels_use_only_atoms_above_the_slice():
