@@ -400,16 +400,22 @@ def demo_data() -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_mixture(n: int, d: int, k: int, *, weights=None, separation: float = 4.0,
-                 scale: float = 1.0, seed=None) -> tuple[np.ndarray, np.ndarray]:
+                 scale: float = 1.0, rank: int | None = None, noise: float = 0.1,
+                 seed=None) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic Gaussian mixture with known labels 0..k-1.
 
     Means are drawn one by one, uniformly in a box, rejecting any closer than
     ``separation * scale`` to an earlier mean; covariances are random, well
     conditioned, of magnitude ``scale**2``; labels follow ``weights`` (default
-    uniform).
+    uniform).  With ``rank``, each covariance has only ``rank`` such directions
+    (a random subspace per cluster) plus ``(noise * scale)**2`` in every
+    direction: clusters of low intrinsic dimension, as deep features and
+    embeddings have (a mixture of factor analysers).
     """
     if n < 1 or d < 1 or k < 1:
         raise ValueError(f"n, d and k must be positive, got n={n}, d={d}, k={k}")
+    if rank is not None and not 1 <= rank <= d:
+        raise ValueError(f"rank must be between 1 and d={d}, got {rank}")
     g = np.random.default_rng(seed)
     if weights is None:
         w = np.full(k, 1.0 / k)
@@ -433,6 +439,9 @@ def make_mixture(n: int, d: int, k: int, *, weights=None, separation: float = 4.
     for _ in range(k):
         q, _r = np.linalg.qr(g.normal(size=(d, d)))
         ev = scale**2 * g.uniform(0.3, 1.0, size=d)
+        if rank is not None:
+            ev[rank:] = 0.0
+            ev += (noise * scale) ** 2
         covs.append((q * ev) @ q.T)
     y = g.choice(k, size=n, p=w)
     X = np.empty((n, d))

@@ -214,3 +214,14 @@ def test_covariance_memory_guard_names_the_size(monkeypatch):
     with pytest.raises(DataError, match=r"on 30000 features holds 4 dense 30000 x 30000 "
                        r"matrices \(about 29 GB\) but this machine has 16 GB"):
         data.check_covariance_memory(30_000, matrices=4)
+
+
+def test_make_mixture_with_a_rank_has_that_many_directions_above_the_noise():
+    X, y = make_mixture(6000, 12, 2, rank=3, noise=0.1, seed=4)
+    for c in range(2):
+        ev = np.linalg.eigvalsh(np.cov(X[y == c].T))
+        # three directions of variance 0.3-1 (+ 0.01), nine of the noise's 0.01
+        assert ev[-3:].min() > 0.25
+        np.testing.assert_allclose(ev[:-3], 0.01, rtol=0.15)
+    with pytest.raises(ValueError, match="rank"):
+        make_mixture(10, 3, 2, rank=4)
