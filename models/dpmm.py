@@ -99,9 +99,18 @@ class DPMixture:
         return DPMixture(family, self.weights, self.truncation, self.hyperpriors)
 
     # -- the Pyro program ---------------------------------------------------------
-    def model(self, X=None, n: int | None = None, subsample_size: int | None = None):
+    def model(self, X=None, n: int | None = None, subsample_size: int | None = None,
+              marginal: bool = False):
         """The generative program.  Pass data ``X`` to condition on it, or ``n`` to
-        simulate n points.  Returns the labels drawn for the (sub)sampled points."""
+        simulate n points.  Returns the labels drawn for the (sub)sampled points.
+
+        With ``marginal=True`` there is no ``z`` site: ``obs`` is the mixture
+        sum_k pi_k p(x_i | theta_k) itself (z summed out in closed form), and None is
+        returned.  The posterior of the other sites is the same as with z enumerated,
+        but ``obs``'s log-density is log p(x_i | pi, theta) point by point, which is
+        what tools that replay the program without enumerating z (``Predictive``,
+        ``arviz.from_pyro(..., log_likelihood=True)`` and so ``az.loo``) read: with a
+        ``z`` site they would draw z from the prior and read log p(x_i | theta_{z_i})."""
         if X is None and n is None:
             raise ValueError("give data X or a number of points n")
         if X is not None:
@@ -116,9 +125,17 @@ class DPMixture:
         with pyro.plate("components", t):
             params = family.pyro_sample_params()
         with pyro.plate("data", n, subsample_size=subsample_size) as idx:
+            obs = None if X is None else X[idx]
+            if marginal:
+                # components at dim -1 of the likelihood's batch, a singleton for data
+                comp = family.likelihood(type(params)(*(
+                    p.unsqueeze(-2 - e) for p, e in zip(params, family.param_event_dims(),
+                                                        strict=True))))
+                pyro.sample("obs", pdist.MixtureSameFamily(
+                    pdist.Categorical(pi.unsqueeze(-2)), comp), obs=obs)
+                return None
             # pi's batch dims (particles) stay left of the data plate's dim
             z = pyro.sample("z", pdist.Categorical(pi.unsqueeze(-2)))
-            obs = None if X is None else X[idx]
             theta = select_components(params, z, family.param_event_dims())
             pyro.sample("obs", family.likelihood(theta), obs=obs)
         return z

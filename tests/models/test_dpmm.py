@@ -164,3 +164,108 @@ def test_prior_predictive_seed_is_reproducible_and_leaves_torchs_generator_alone
     assert torch.equal(torch.get_rng_state(), state)
     torch.testing.assert_close(a["X"], b["X"])
     assert not torch.equal(a["X"], m.sample_prior_predictive(20, seed=4)["X"])
+
+
+# -- NUTS ------------------------------------------------------------------------------
+def _two_groups(n_per=12, sd=0.5, seed=0):
+    g = np.random.default_rng(seed)
+    X = np.concatenate([g.normal(-3, sd, size=(n_per, 2)), g.normal(3, sd, size=(n_per, 2))])
+    return torch.as_tensor(X), np.repeat([0, 1], n_per)
+
+
+def _pointwise(samples, X):
+    """Per draw: log p(x_i | pi, theta) with z summed out (draws, N), and the
+    responsibility-weighted component mean E[mu_{z_i} | x_i, pi, theta] (draws, N, d)."""
+    from bnpdeep.models.weights import stick_breaking
+    pi = stick_breaking(samples["v"])                                          # (S, T)
+    comp = torch.distributions.MultivariateNormal(samples["loc"].unsqueeze(-3),
+                                                  samples["cov"].unsqueeze(-4))
+    joint = pi.log().unsqueeze(-2) + comp.log_prob(X.unsqueeze(-2))            # (S, N, T)
+    resp = joint.softmax(-1)
+    return torch.logsumexp(joint, -1), resp @ samples["loc"]
+
+
+def _check_recovers_the_groups(samples, X, labels, sd=0.5):
+    """The posterior mean of mu_{z_i}, averaged over a group's points, is that group's
+    true centre (-3, -3) or (3, 3) within 4 sd / sqrt(n_group) (the group's sample
+    mean is within about 3 sd / sqrt(n_group) of it; the centres are 6 sqrt(2)
+    apart), and every point's is within 3 sd of it (a group split over two components
+    moves a point's by about sd; one component for both groups, by 3 sqrt(2))."""
+    _, mean_loc = _pointwise(samples, X)
+    post = mean_loc.mean(0)                                                     # (N, d)
+    for k, centre in ((0, -3.0), (1, 3.0)):
+        group = labels == k
+        err = post[group].mean(0) - centre
+        assert float(err.abs().max()) < 4 * sd / np.sqrt(group.sum()), err
+        assert float((post[group] - centre).norm(dim=-1).max()) < 3 * sd
+
+
+def _nuts(model, X, seed=0, **kwargs):
+    from pyro.infer import MCMC, NUTS
+    pyro.set_rng_seed(seed)
+    kernel = NUTS(model, max_plate_nesting=1, max_tree_depth=4)
+    mcmc = MCMC(kernel, warmup_steps=30, num_samples=30, num_chains=1, disable_progbar=True)
+    mcmc.run(X, **kwargs)
+    return mcmc
+
+
+def test_nuts_with_z_enumerated_recovers_two_groups(one_thread):
+    """NUTS on the program with z enumerated (a few seconds: T = 3, 24 points, tree
+    depth 4): the sticks, covariances (IW, through the registered bijection) and means
+    move in unconstrained space, and the draws put each point at its group."""
+    X, labels = _two_groups()
+    m = DPMixture(GaussianNIW.weak(X.numpy()), truncation=3)
+    mcmc = _nuts(config_enumerate(m.model), X)
+    samples = mcmc.get_samples()
+    assert samples["v"].shape == (30, 2) and samples["cov"].shape == (30, 3, 2, 2)
+    assert "z" not in samples
+    _check_recovers_the_groups(samples, X, labels)
+
+
+@pytest.mark.parametrize("family", _families(), ids=lambda f: type(f).__name__)
+def test_marginal_obs_is_the_enumerated_mixture(family):
+    """With marginal=True the obs site's log-density is logsumexp_k of log pi_k plus the
+    enumerated program's log p(x_i | theta_k), also vectorised over a particle plate."""
+    m = DPMixture(family, truncation=4)
+    s, n = 3, 7
+    with pyro.get_param_store().scope():
+        draws = Predictive(m.model, num_samples=s, parallel=True)(n=n)
+    x = draws["obs"]
+    sites = {k: draws[k] for k in ("v",) + family.param_sites}
+
+    def marginal():
+        with pyro.plate("particles", s, dim=-2):
+            m.model(n=n, marginal=True)
+
+    tr = poutine.trace(poutine.condition(marginal, data={**sites, "obs": x})).get_trace()
+    got = tr.nodes["obs"]["fn"].log_prob(tr.nodes["obs"]["value"])              # (S, N)
+    assert "z" not in tr.nodes and got.shape == (s, n)
+    for i in range(s):
+        one = {k: v[i] for k, v in sites.items()}
+        want = []
+        for k in range(m.truncation):
+            z = torch.full((n,), k, dtype=torch.long)
+            t1 = poutine.trace(poutine.condition(m.model, data={**one, "z": z})).get_trace(x[i])
+            want.append(t1.nodes["z"]["fn"].log_prob(z)
+                        + t1.nodes["obs"]["fn"].log_prob(t1.nodes["obs"]["value"]))
+        torch.testing.assert_close(got[i], torch.logsumexp(torch.stack(want), 0))
+
+
+@pytest.mark.filterwarnings("ignore:Estimated shape parameter of Pareto")   # 30 draws
+def test_nuts_marginal_gives_arviz_its_pointwise_log_likelihood(one_thread):
+    """arviz.from_pyro replays the program on the draws without enumerating z: with
+    marginal=True its log_likelihood is log p(x_i | pi, theta) with z summed out
+    (chain, draw, N), and az.loo runs on it."""
+    import arviz as az
+    X, labels = _two_groups()
+    m = DPMixture(GaussianNIW.weak(X.numpy()), truncation=3)
+    mcmc = _nuts(m.model, X, marginal=True)
+    samples = mcmc.get_samples()
+    _check_recovers_the_groups(samples, X, labels)
+    idata = az.from_pyro(mcmc, log_likelihood=True)
+    ll = idata.log_likelihood["obs"].values
+    assert ll.shape == (1, 30, X.shape[0]) and np.isfinite(ll).all()
+    want, _ = _pointwise(samples, X)
+    np.testing.assert_allclose(ll[0], want.numpy(), rtol=1e-10, atol=1e-10)
+    loo = az.loo(idata, pointwise=True)
+    assert np.isfinite(loo.elpd_loo) and loo.loo_i.shape == (X.shape[0],)
