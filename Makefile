@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check bnpdeep models inference tests benchmarks
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_benchmarks.py
+	$(PY) benchmarks/run_benchmarks.py   # every run of the report, then benchmarks/README.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -31,6 +31,25 @@ RESULTS = HERE / "results"
 TEMPLATE = HERE / "report_template.md"
 README = HERE / "README.md"
 PAPER_SETS = ("mnist_umap", "fashion_umap")
+# The runs whose records the template shows, in the order ``make bench`` runs them
+# (``python benchmarks/run_benchmarks.py --report``).
+REPORT_RUNS = (
+    ["accuracy", "--methods", "subcluster", "bgm"],
+    ["accuracy", "--methods", "subcluster", "bgm", "--seed", "1"],
+    ["accuracy", "--methods", "subcluster", "bgm", "--seed", "2"],
+    ["fresh"],
+    ["accuracy", "--methods", "kmeans (K given)", "gmm (K given)", "dbscan", "gibbs"],
+    ["accuracy", "--methods", "deepdpm"],
+    ["accuracy", "--sets", "mnist_umap", "fashion_umap", "--methods", "deepdpm",
+     "subcluster", "bgm"],
+    ["accuracy", "--methods", "movb", "svi"],
+    ["movb-speed", "--repeats", "5"],
+    ["speed", "--repeats", "5"],
+    ["mixing"],
+    ["highdim"],
+    ["deepdpm"],
+    ["scale"],
+)
 _MARKER = re.compile(r"^\{\{(result|seeds) ([^}]+)\}\}$")
 
 
@@ -186,6 +205,20 @@ def fresh_table(rows) -> str:
             f"{np.median([r['bgm']['seconds'] for r in rs]):.2f} |")
     return "\n".join(out)
 
+def highdim_table(rows) -> str:
+    """Per case: each method's K, NMI and seconds, and BGM's time over the sampler's."""
+    out = ["| N | d | true K | cluster rank | method | iterations | K | NMI | s | BGM s / s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        bgm = next(b for b in rows if b["method"] == "bgm" and
+                   (b["N"], b["d"], b["rank"]) == (r["N"], r["d"], r["rank"]))
+        out.append(f"| {r['N']} | {r['d']} | {r['k_true']} | "
+                   f"{'full' if r['rank'] is None else r['rank']} | {r['method']} | "
+                   f"{r['iters'] or '-'} | {r['k']} | {r['nmi']:.3f} | {r['seconds']:.1f} | "
+                   f"{bgm['seconds'] / r['seconds']:.1f}x |")
+    return "\n".join(out)
+
+
 def paper_table(rows) -> str:
     """Accuracy on the paper's embeddings: one row per set and method, with ARI and ACC."""
     out = ["| data | method | K | NMI | ARI | ACC | s |", "|---|---|---|---|---|---|---|"]
@@ -256,7 +289,7 @@ def accuracy_tables(rows) -> str:
 
 RENDERERS = {"accuracy": accuracy_tables, "speed": speed_tables,
              "movb-speed": movb_speed_table, "mixing": mixing_table, "fresh": fresh_table,
-             "deepdpm": deepdpm_text, "scale": scale_text}
+             "deepdpm": deepdpm_text, "scale": scale_text, "highdim": highdim_table}
 
 
 def render_record(record: dict) -> str:

@@ -297,6 +297,33 @@ def run_scale(seed: int, n: int, iters: int) -> dict:
             "peak_rss_gib": peak, "rss_before_fit_gib": before}
 
 
+# high dimensions: (N, d, K, rank of each cluster's covariance above the noise)
+HIGHDIM_CASES = [(2500, 64, 5, 5), (10_000, 128, 10, 8), (2500, 64, 5, None)]
+
+
+def run_highdim(seed: int, iters: int | None = None) -> list[dict]:
+    """The sampler (both backends; ``backend="auto"`` is the default's choice) against
+    BGM on high-dimensional mixtures: clusters of low intrinsic dimension (``rank``,
+    as embeddings have) and, for contrast, full-rank ones."""
+    rows = []
+    for n, d, k, rank in HIGHDIM_CASES:
+        X, y = data.make_mixture(n, d, k, rank=rank, separation=6.0, seed=seed)
+        X = (X - X.mean(0)) / X.std(0)
+        methods = {f"subcluster {b}": SubclusterSampler(
+            **({} if iters is None else {"max_iter": iters}), backend=b,
+            random_state=seed, store_log_likelihood=False) for b in ("compiled", "torch")}
+        methods["bgm"] = BayesianGMM(truncation=max(2 * k, 30), random_state=seed)
+        for method, est in methods.items():
+            est, secs = timed_fit(est, X)
+            rows.append({"N": n, "d": d, "k_true": k, "rank": rank, "method": method,
+                         "seconds": secs, "k": int(est.n_clusters_),
+                         "nmi": evaluate(y, est.labels_)["nmi"],
+                         "iters": getattr(est, "max_iter", None)})
+            print(f"  highdim N={n} d={d} K={k} rank={rank} {method:<20} {secs:7.1f} s "
+                  f"K={est.n_clusters_}", file=sys.stderr, flush=True)
+    return rows
+
+
 MIXING_SETS = ("ecoli", "wine", "wdbc")     # the benchmark sets with d >= 7 besides g2mg
 
 
@@ -377,7 +404,8 @@ def run_fresh(seed: int) -> list[dict]:
 
 
 
-SECTIONS = ("accuracy", "speed", "movb-speed", "deepdpm", "scale", "mixing", "fresh")
+SECTIONS = ("accuracy", "speed", "movb-speed", "deepdpm", "scale", "mixing", "fresh",
+            "highdim")
 MIXING_CHAINS, MIXING_ITERS = 4, 400
 
 
@@ -411,8 +439,9 @@ def record_name(section: str, args) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sections", nargs="*",
-                   default=list(SECTIONS), choices=SECTIONS)
+    p.add_argument("sections", nargs="*", choices=SECTIONS,
+                   help="sections to run (none: the runs of the report, "
+                        "report.REPORT_RUNS, then the report is rendered)")
     p.add_argument("--methods", nargs="+", default=None,
                    help="accuracy: run only these methods (names as in the table)")
     p.add_argument("--sets", nargs="+", default=data.BENCHMARK_NAMES)
@@ -429,6 +458,11 @@ def main(argv=None):
     p.add_argument("--results", type=Path, default=report.RESULTS,
                    help="folder of the result records (default benchmarks/results)")
     args = p.parse_args(argv)
+    if not args.sections:
+        for run_args in report.REPORT_RUNS:
+            main(run_args + ["--results", str(args.results)])
+        report.main([])
+        return
     if data.benchmark_root() is None:
         sys.exit("benchmark data not found: set BNPDEEP_DATASETS (a clone has them in "
                  "benchmarks/data)")
@@ -459,6 +493,8 @@ def main(argv=None):
             chains=MIXING_CHAINS, iters=MIXING_ITERS)
     if "fresh" in args.sections:
         run("fresh", run_fresh(args.seed), data_seeds=list(FRESH_SEEDS))
+    if "highdim" in args.sections:
+        run("highdim", run_highdim(args.seed, args.iters))
     if "scale" in args.sections:
         run("scale", run_scale(args.seed, args.scale_n, args.scale_iters))
 

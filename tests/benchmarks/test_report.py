@@ -1,0 +1,78 @@
+"""The benchmark report is rendered from the result records, never edited by hand."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("bnpdeep_bench_report",
+                                                  ROOT / "benchmarks" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+META = {"date": "2026-01-02", "machine": "test machine", "commit": "abc1234",
+        "command": "python benchmarks/run_benchmarks.py accuracy --methods a b"}
+
+
+def accuracy_rows(k_b_on_s2):
+    """Two sets, two methods; method a within tolerance on both, b on s1 only when
+    ``k_b_on_s2`` is off by more than one."""
+    return [
+        {"data": "s1", "method": "a", "k_true": 15, "k": 15, "nmi": 0.9, "ari": 0.8,
+         "acc": 0.85, "seconds": 1.0},
+        {"data": "s1", "method": "b", "k_true": 15, "k": 16, "nmi": 0.7, "ari": 0.6,
+         "acc": 0.65, "seconds": 2.0},
+        {"data": "s2", "method": "a", "k_true": 3, "k": 4, "nmi": 0.5, "ari": 0.4,
+         "acc": 0.45, "seconds": 3.0},
+        {"data": "s2", "method": "b", "k_true": 3, "k": k_b_on_s2, "nmi": 0.3, "ari": 0.2,
+         "acc": 0.25, "seconds": 4.0},
+    ]
+
+
+def test_a_record_renders_as_its_provenance_and_table(report, tmp_path):
+    report.save_record("acc", "accuracy", accuracy_rows(6), {**META, "seed": 0}, tmp_path)
+    text = report.render("Intro.\n\n{{result acc}}\n\nOutro.", tmp_path)
+    assert text.startswith("Intro.\n\n2026-01-02, commit abc1234, test machine: "
+                           "`python benchmarks/run_benchmarks.py accuracy --methods a b`")
+    assert "| s1 | 15 | 15 / 0.900 / 1.0 | 16 / 0.700 / 2.0 |" in text
+    assert "| s2 | 3 | 4 / 0.500 / 3.0 | 6 / 0.300 / 4.0 |" in text
+    # the summaries are computed from the rows: b misses s2 (|6 - 3| > 1)
+    assert "- a: K within max(1, 10%) on 2/2 sets, mean NMI 0.700, median time 2.00 s" in text
+    assert "- b: K within max(1, 10%) on 1/2 sets, mean NMI 0.500, median time 3.00 s" in text
+    assert text.endswith("\n\nOutro.")
+
+
+def test_seeds_summary_counts_each_record(report, tmp_path):
+    report.save_record("s0", "accuracy", accuracy_rows(6), {**META, "seed": 0}, tmp_path)
+    report.save_record("s1", "accuracy", accuracy_rows(3), {**META, "seed": 1}, tmp_path)
+    text = report.render("{{seeds s0 s1}}", tmp_path)
+    assert "| method | seed 0 | seed 1 |" in text
+    assert "| b | 1/2, NMI 0.500 | 2/2, NMI 0.500 |" in text
+
+
+def test_paper_sets_render_with_ari_and_acc(report, tmp_path):
+    rows = [{"data": "mnist_umap", "method": "bgm", "k_true": 10, "k": 12, "nmi": 0.93,
+             "ari": 0.94, "acc": 0.96, "seconds": 10.0}]
+    report.save_record("paper", "accuracy", rows, META, tmp_path)
+    assert "| mnist_umap | bgm | 12 | 0.930 | 0.940 | 0.960 | 10.0 |" in \
+        report.render("{{result paper}}", tmp_path)
+
+
+def test_a_missing_record_is_named(report, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere"):
+        report.render("{{result nothere}}", tmp_path)
+
+
+def test_the_readme_is_the_rendering_of_the_template_and_records(report):
+    """benchmarks/README.md is what benchmarks/report.py makes of the committed records:
+    a figure in it that no record holds fails here."""
+    assert report.main(["--check"]) == 0
