@@ -207,15 +207,17 @@ def fresh_table(rows) -> str:
 
 def highdim_table(rows) -> str:
     """Per case: each method's K, NMI and seconds, and BGM's time over the sampler's."""
-    out = ["| N | d | true K | cluster rank | method | iterations | K | NMI | s | BGM s / s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| N | d | true K | cluster rank | method | iterations | K | NMI | s | BGM s / s "
+           "| log p(X, z): truth / found |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         bgm = next(b for b in rows if b["method"] == "bgm" and
                    (b["N"], b["d"], b["rank"]) == (r["N"], r["d"], r["rank"]))
         out.append(f"| {r['N']} | {r['d']} | {r['k_true']} | "
                    f"{'full' if r['rank'] is None else r['rank']} | {r['method']} | "
                    f"{r['iters'] or '-'} | {r['k']} | {r['nmi']:.3f} | {r['seconds']:.1f} | "
-                   f"{bgm['seconds'] / r['seconds']:.1f}x |")
+                   f"{bgm['seconds'] / r['seconds']:.1f}x | "
+                   + (f"{r['lp_truth']:.0f} / {r['lp_found']:.0f} |" if "lp_truth" in r
+                      else "- |"))
     return "\n".join(out)
 
 

@@ -319,6 +319,10 @@ def run_highdim(seed: int, iters: int | None = None) -> list[dict]:
                          "seconds": secs, "k": int(est.n_clusters_),
                          "nmi": evaluate(y, est.labels_)["nmi"],
                          "iters": getattr(est, "max_iter", None)})
+            if hasattr(est, "model_"):
+                # the model's verdict: collapsed log joint of the truth and of labels_
+                rows[-1]["lp_truth"] = est.model_.log_joint_collapsed(X, y)
+                rows[-1]["lp_found"] = est.model_.log_joint_collapsed(X, est.labels_)
             print(f"  highdim N={n} d={d} K={k} rank={rank} {method:<20} {secs:7.1f} s "
                   f"K={est.n_clusters_}", file=sys.stderr, flush=True)
     return rows
@@ -439,9 +443,9 @@ def record_name(section: str, args) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sections", nargs="*", choices=SECTIONS,
-                   help="sections to run (none: the runs of the report, "
-                        "report.REPORT_RUNS, then the report is rendered)")
+    p.add_argument("sections", nargs="*",
+                   help=f"sections to run, of {', '.join(SECTIONS)} (none: the runs of the "
+                        "report, report.REPORT_RUNS, then the report is rendered)")
     p.add_argument("--methods", nargs="+", default=None,
                    help="accuracy: run only these methods (names as in the table)")
     p.add_argument("--sets", nargs="+", default=data.BENCHMARK_NAMES)
@@ -458,6 +462,9 @@ def main(argv=None):
     p.add_argument("--results", type=Path, default=report.RESULTS,
                    help="folder of the result records (default benchmarks/results)")
     args = p.parse_args(argv)
+    unknown = [x for x in args.sections if x not in SECTIONS]
+    if unknown:
+        p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     if not args.sections:
         for run_args in report.REPORT_RUNS:
             main(run_args + ["--results", str(args.results)])
