@@ -47,6 +47,7 @@ REPORT_RUNS = (
     ["speed", "--repeats", "5"],
     ["mixing"],
     ["highdim"],
+    ["highdim-large"],
     ["deepdpm"],
     ["scale"],
 )
@@ -221,6 +222,16 @@ def highdim_table(rows) -> str:
     return "\n".join(out)
 
 
+def highdim_large_text(rows) -> str:
+    r = rows[0]
+    return (f"N={r['N']}, d={r['d']}, K={r['k_true']} (rank {r['rank']}), {r['backend']} "
+            f"backend: {r['iters']} iterations in {r['seconds']:.0f} s "
+            f"({r['s_per_iter']:.2f} s per iteration), K found {r['k']}, NMI {r['nmi']:.3f}; "
+            f"K within tolerance from iteration {r['iter_to_k'] or 'never'}; K every "
+            f"{max(1, r['iters'] // 20)} iterations: "
+            f"{', '.join(map(str, r['k_trace']))}")
+
+
 def paper_table(rows) -> str:
     """Accuracy on the paper's embeddings: one row per set and method, with ARI and ACC."""
     out = ["| data | method | K | NMI | ARI | ACC | s |", "|---|---|---|---|---|---|---|"]
@@ -291,7 +302,8 @@ def accuracy_tables(rows) -> str:
 
 RENDERERS = {"accuracy": accuracy_tables, "speed": speed_tables,
              "movb-speed": movb_speed_table, "mixing": mixing_table, "fresh": fresh_table,
-             "deepdpm": deepdpm_text, "scale": scale_text, "highdim": highdim_table}
+             "deepdpm": deepdpm_text, "scale": scale_text, "highdim": highdim_table,
+             "highdim-large": highdim_large_text}
 
 
 def render_record(record: dict) -> str:
