@@ -47,7 +47,7 @@ REPORT_RUNS = (
     ["speed", "--repeats", "5"],
     ["mixing"],
     ["highdim"],
-    ["highdim-large"],
+    ["highdim-large", "--iters", "20"],
     ["deepdpm"],
     ["scale"],
 )

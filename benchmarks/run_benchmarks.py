@@ -488,7 +488,8 @@ def main(argv=None):
         p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     if not args.sections:
         for run_args in report.REPORT_RUNS:
-            main(run_args + ["--results", str(args.results)])
+            main(run_args + ([] if args.results == report.RESULTS
+                             else ["--results", str(args.results)]))
         report.main([])
         return
     if data.benchmark_root() is None:
