@@ -206,6 +206,7 @@ def fresh_table(rows) -> str:
             f"{np.median([r['bgm']['seconds'] for r in rs]):.2f} |")
     return "\n".join(out)
 
+
 def highdim_table(rows) -> str:
     """Per case: each method's K, NMI and seconds, and BGM's time over the sampler's."""
     out = ["| N | d | true K | cluster rank | method | iterations | K | NMI | s | BGM s / s "
