@@ -73,6 +73,17 @@ class DeepDPMLoss:
         return term + sub
 
 
+class NetRates:
+    """A picklable ``lr_of`` for :class:`JointAdam`: ``lr`` for the Pyro module named
+    ``net_name``, ``other_lr`` for every other."""
+
+    def __init__(self, net_name: str, lr: float, other_lr: float):
+        self.net_name, self.lr, self.other_lr = net_name, float(lr), float(other_lr)
+
+    def __call__(self, module_name: str) -> float:
+        return self.lr if module_name == self.net_name else self.other_lr
+
+
 class JointAdam(PyroOptim):
     """Adam over all the parameters SVI hands it, as one ``torch.optim.Adam`` with a
     learning rate per Pyro module (``lr_of(module_name) -> float``).

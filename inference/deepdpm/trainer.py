@@ -54,7 +54,7 @@ from ..guide_moves import GuideSplitMerge
 from ..mcmc import default_model, relabel
 from ..subpartition import two_means
 from .guide import CHUNK, DeepDPMGuide
-from .loss import DeepDPMLoss, JointAdam
+from .loss import DeepDPMLoss, JointAdam, NetRates
 
 
 class DeepDPM(CheckpointedEstimator):
@@ -189,6 +189,14 @@ class DeepDPM(CheckpointedEstimator):
         self.progress = progress
 
     # -- public API ----------------------------------------------------------------
+    def __getstate__(self):
+        """Pickling keeps the fitted guide, model and history; the training's
+        ``pyro.infer.SVI`` (closures Pyro does not make picklable) is left out and
+        rebuilt whenever training starts."""
+        state = self.__dict__.copy()
+        state.pop("_svi", None)
+        return state
+
     def predict_proba(self, X) -> np.ndarray:
         """r = f_cl(x) on new data: one forward pass of the guide's clustering net."""
         X = self._validate_predict_data(X)
@@ -267,9 +275,7 @@ class DeepDPM(CheckpointedEstimator):
         names = self.guide_.pyro_names()
         for name in [n for n in store.keys() if n.startswith(names)]:
             del store[name]
-        net_name = names[0]
-        lr, sub_lr = float(self.lr), float(self.sub_lr)
-        optim = JointAdam(lambda module: lr if module == net_name else sub_lr)
+        optim = JointAdam(NetRates(names[0], self.lr, self.sub_lr))
         self.model_ = self._model.with_truncation(self.guide_.k)
         self._svi = SVI(self.model_.model, self.guide_, optim, self._loss)
 
