@@ -163,8 +163,8 @@ def _method_list(values) -> list[str]:
 
 
 def _cmd_demo(args) -> int:
-    run_demo(methods=_method_list(args.methods) if args.methods else DEMO_METHODS, seed=args.seed, out=args.out,
-             chains=args.chains, jobs=args.jobs)
+    run_demo(methods=_method_list(args.methods) if args.methods else DEMO_METHODS,
+             seed=args.seed, out=args.out, chains=args.chains, jobs=args.jobs)
     return 0
 
 

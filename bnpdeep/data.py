@@ -282,7 +282,7 @@ def _parse_text(text: str, name: str, delimiter=None) -> np.ndarray:
         return np.array(rows, dtype=float)
     except ValueError:
         pass
-    for (lineno, _), cells in zip(body, rows):
+    for (lineno, _), cells in zip(body, rows, strict=True):
         for col, cell in enumerate(cells):
             if not _is_number(cell):
                 what = "an empty cell" if cell == "" else f"{cell!r}"
