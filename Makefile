@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/bnpdeep demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bnpdeep models inference tests benchmarks
