@@ -55,14 +55,15 @@ _MARKER = re.compile(r"^\{\{(result|seeds) ([^}]+)\}\}$")
 
 
 # -- records ---------------------------------------------------------------------------
-def save_record(name: str, section: str, rows, meta: dict, folder: Path = RESULTS) -> Path:
+def save_record(name: str, section: str, rows, meta: dict, folder: Path = RESULTS
+                ) -> tuple[Path, dict]:
     """Write one section's run as ``folder/NAME.json`` (``meta``: date, machine, commit,
-    command)."""
+    command); returns the path and the record written."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
-    path.write_text(json.dumps({"name": name, "section": section, **meta, "rows": rows},
-                               indent=1) + "\n")
-    return path
+    record = {"name": name, "section": section, **meta, "rows": rows}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path, record
 
 
 def load_record(name: str, folder: Path = RESULTS) -> dict:

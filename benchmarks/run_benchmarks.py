@@ -502,9 +502,8 @@ def main(argv=None):
           f"{meta['commit']}\n")
 
     def run(section, rows, **extra):
-        record = {**meta, "section": section, "rows": rows, **extra}
-        path = report.save_record(record_name(section, args), section, rows,
-                                  {**meta, **extra}, args.results)
+        path, record = report.save_record(record_name(section, args), section, rows,
+                                          {**meta, **extra}, args.results)
         print(f"## {section} ({path})\n\n{report.render_record(record)}\n", flush=True)
 
     if "accuracy" in args.sections:
