@@ -67,6 +67,9 @@ class DeepDPM(CheckpointedEstimator):
         Default: DP(alpha=1) mixture of full Gaussians with ``GaussianNIW.weak(X)``.
     init_k : int, default 1
         Clusters of the k-means initialisation.
+    init_labels : array of n ints, optional
+        A partition of the rows to start from instead of k-means (a warm start, e.g.
+        from a previous fit on a changed embedding); K still moves.
     max_epochs : int, default 100
         Passes over the data.  The reference code trains 500 epochs at batch 128
         and learning rate 5e-4; ten times the learning rate lets 100 epochs do
@@ -150,7 +153,7 @@ class DeepDPM(CheckpointedEstimator):
     method_name = "deepdpm"
     _CHECKPOINT = "deepdpm_checkpoint.pt"     # file name in the checkpoint folder
 
-    def __init__(self, model=None, init_k: int = 1, max_epochs: int = 100,
+    def __init__(self, model=None, init_k: int = 1, init_labels=None, max_epochs: int = 100,
                  batch_size="auto", loss: str = "deepdpm",
                  kl_direction: str = "forward", hidden: int = 50, lr: float = 0.005,
                  sub_lr: float = 0.005, burn_in_epochs: int = 5, move_every: int = 4,
@@ -163,6 +166,7 @@ class DeepDPM(CheckpointedEstimator):
                  random_state=0, progress: bool = False):
         self.model = model
         self.init_k = init_k
+        self.init_labels = init_labels
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.loss = loss
@@ -250,7 +254,10 @@ class DeepDPM(CheckpointedEstimator):
 
         k0 = min(int(self.init_k), X.shape[0])
         seed = 0 if self.random_state is None else int(self.random_state)
-        if k0 > 1:
+        if self.init_labels is not None:
+            z, _ = relabel(torch.as_tensor(self._checked_init_labels(X.shape[0]),
+                                           device=self._device))
+        elif k0 > 1:
             z = SkKMeans(k0, n_init=3, random_state=seed).fit_predict(X.cpu().numpy())
             z, _ = relabel(torch.as_tensor(z, device=self._device))
         else:
@@ -265,6 +272,14 @@ class DeepDPM(CheckpointedEstimator):
                                    shift=X.mean(0), scale=std).to(self._device)
         sub = self._family.suff_stats_labels(X, 2 * z + zs, 2 * k)
         self.guide_.m_step(sub.pair_sums(), sub, self._alpha)
+
+    def _checked_init_labels(self, n: int) -> np.ndarray:
+        labels = np.asarray(self.init_labels)
+        if (labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer)
+                or labels.min() < 0):
+            raise ValueError(f"init_labels must be {n} integer labels >= 0, one per row of X; got "
+                             f"an array of shape {labels.shape} and dtype {labels.dtype}")
+        return labels.astype(np.int64)
 
     def _make_svi(self):
         """A fresh ``pyro.infer.SVI`` for the guide at its current K: the model at that
