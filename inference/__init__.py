@@ -2,6 +2,7 @@
 
 from .base import ClusterEstimator
 from .classical import CLASSICAL_METHODS, DBSCAN, BayesianGMM, GaussianMixtureEM, KMeans
+from .deep import DCN, DEC, DEPICT, IDEC, Autoencoder, DeepDPMAE
 from .deepdpm import DeepDPM
 from .exact import exact_partition_posterior, set_partitions, total_variation
 from .gibbs import CollapsedGibbs
@@ -14,5 +15,6 @@ __all__ = [
     "ClusterEstimator", "MCMCClusterer",
     "KMeans", "GaussianMixtureEM", "DBSCAN", "BayesianGMM", "CLASSICAL_METHODS",
     "CollapsedGibbs", "SubclusterSampler", "DeepDPM", "MemoizedVB", "MeanFieldSVI",
+    "Autoencoder", "DEC", "IDEC", "DCN", "DEPICT", "DeepDPMAE",
     "exact_partition_posterior", "set_partitions", "total_variation",
 ]

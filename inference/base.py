@@ -61,8 +61,9 @@ def own_pyro_state(device=None):
         yield state
 
 
-class ClusterEstimator(ClusterMixin, BaseEstimator):
-    """Base class: subclasses implement ``_fit(X)`` and ``_predict(X)``."""
+class ValidatedEstimator(BaseEstimator):
+    """Input validation and a timed ``fit`` (``_fit(X)`` is the subclass's), shared by
+    the clustering estimators and the feature transformers."""
 
     method_name = "base"
 
@@ -111,6 +112,14 @@ class ClusterEstimator(ClusterMixin, BaseEstimator):
         self.fit_time_ = time.perf_counter() - start
         return self
 
+    def _fit(self, X):
+        raise NotImplementedError
+
+
+class ClusterEstimator(ClusterMixin, ValidatedEstimator):
+    """Base class of the clustering methods: subclasses implement ``_fit(X)`` and
+    ``_predict(X)``."""
+
     def predict(self, X) -> np.ndarray:
         return np.asarray(self._predict(self._validate_predict_data(X)))
 
@@ -128,15 +137,12 @@ class ClusterEstimator(ClusterMixin, BaseEstimator):
                                 n_clusters=int(self.n_clusters_), time_s=float(self.fit_time_),
                                 metrics=metrics)
 
-    def _fit(self, X):
-        raise NotImplementedError
-
     def _predict(self, X):
         raise NotImplementedError
 
 
-class CheckpointedEstimator(ClusterEstimator):
-    """An estimator whose long fits save their state and can resume.
+class Checkpointing:
+    """Mixin for an estimator whose long fits save their state and can resume.
 
     ``fit(X, checkpoint_dir=..., resume=True)``: subclasses call
     :meth:`_save_state` every few steps and :meth:`_saved_state` at the start of
@@ -180,3 +186,7 @@ class CheckpointedEstimator(ClusterEstimator):
         from bnpdeep.runs import RunFolder
 
         return RunFolder(self._checkpoint_dir).load_checkpoint(self._CHECKPOINT)
+
+
+class CheckpointedEstimator(Checkpointing, ClusterEstimator):
+    """A clustering estimator with resumable fits (:class:`Checkpointing`)."""

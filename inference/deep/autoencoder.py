@@ -23,8 +23,9 @@ import sys
 
 import numpy as np
 import torch
-from bnpdeep.inference.base import CheckpointedEstimator, resolve_device
+from bnpdeep.inference.base import Checkpointing, ValidatedEstimator, resolve_device
 from sklearn.base import TransformerMixin
+from sklearn.exceptions import NotFittedError
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -150,7 +151,7 @@ def embed(net: nn.Module, X: torch.Tensor, batch_size: int = 4096) -> torch.Tens
                           for i in range(0, X.shape[0], batch_size)])
 
 
-class Autoencoder(TransformerMixin, CheckpointedEstimator):
+class Autoencoder(TransformerMixin, Checkpointing, ValidatedEstimator):
     """An autoencoder pretrained on the rows of X (pixels, flattened), as a transformer.
 
     Parameters
@@ -224,11 +225,13 @@ class Autoencoder(TransformerMixin, CheckpointedEstimator):
                                           self.image_shape).to(self._device)
             Xt = torch.as_tensor(X, dtype=torch.float32, device=self._device)
             self.loss_curve_ = pretrain(self, Xt)
-        Z = embed(self.net_, Xt).cpu().numpy()
-        self.embedding_ = Z
-        # a transformer has no clusters; the base's fitted marker is labels_
-        self.labels_ = np.zeros(X.shape[0], dtype=np.int64)
-        self.n_clusters_ = 1
+        self.embedding_ = embed(self.net_, Xt).cpu().double().numpy()
+
+    def _check_is_fitted(self):
+        if not hasattr(self, "net_"):
+            raise NotFittedError("This Autoencoder instance is not fitted yet; call fit(X) "
+                                 "first.")
+
 
     def transform(self, X) -> np.ndarray:
         X = self._validate_predict_data(X)
@@ -241,9 +244,6 @@ class Autoencoder(TransformerMixin, CheckpointedEstimator):
         Xt = torch.as_tensor(X, dtype=torch.float32, device=self._device)
         with torch.no_grad():
             return self.net_(Xt)[1].cpu().numpy().astype(np.float64)
-
-    def _predict(self, X):
-        return np.zeros(X.shape[0], dtype=np.int64)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from bnpdeep.inference.base import CheckpointedEstimator, resolve_device
 from bnpdeep.inference.deep.autoencoder import Autoencoder, batches, embed
-from sklearn.base import clone
+from sklearn.base import TransformerMixin, clone
 from sklearn.cluster import KMeans as SkKMeans
 from torch import nn
 from tqdm.auto import tqdm
@@ -42,7 +42,7 @@ def kmeans_start(Z: np.ndarray, k: int, seed: int):
     return km.cluster_centers_, km.labels_
 
 
-class DeepClustering(CheckpointedEstimator):
+class DeepClustering(TransformerMixin, CheckpointedEstimator):
     """Base of the estimators that train an autoencoder's encoder for a given K."""
 
     _CHECKPOINT = "deep_clustering_checkpoint.pt"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from bnpdeep.inference.base import CheckpointedEstimator, resolve_device
 from bnpdeep.inference.deep.autoencoder import batches, corrupt, embed
-from sklearn.base import clone
+from sklearn.base import TransformerMixin, clone
 from tqdm.auto import tqdm
 
 
@@ -41,7 +41,7 @@ def scatter_ratio(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return within / total.clamp_min(torch.finfo(z.dtype).tiny)
 
 
-class DeepDPMAE(CheckpointedEstimator):
+class DeepDPMAE(TransformerMixin, CheckpointedEstimator):
     """DeepDPM end to end on raw inputs: autoencoder and DeepDPM in alternation, K
     inferred.
 
