@@ -15,6 +15,7 @@ and, optionally, ``_epoch_start(X)`` and ``_after_step(z, idx)``.
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import numpy as np
@@ -28,9 +29,19 @@ from tqdm.auto import tqdm
 
 
 def fit_autoencoder(est, X: np.ndarray) -> Autoencoder:
-    """A clone of ``est.autoencoder`` (default: ``est._default_autoencoder()``)
-    pretrained on X, with the estimator's ``random_state``, ``device`` and ``progress``, and its
-    checkpoint folder (the pretraining resumes on its own file there)."""
+    """The estimator's autoencoder, pretrained on X: a fitted ``est.autoencoder`` is
+    copied and used as it is (so that several methods can share one pretraining);
+    otherwise a clone of it (default ``est._default_autoencoder()``) is pretrained with
+    the estimator's ``random_state``, ``device`` and ``progress`` and its checkpoint
+    folder (the pretraining resumes on its own file there)."""
+    if est.autoencoder is not None and hasattr(est.autoencoder, "net_"):
+        if est.autoencoder.n_features_in_ != X.shape[1]:
+            raise ValueError(f"the fitted autoencoder takes {est.autoencoder.n_features_in_} "
+                             f"features; X has {X.shape[1]}")
+        ae = copy.deepcopy(est.autoencoder)
+        ae._device = resolve_device(est.device)
+        ae.net_.to(ae._device)
+        return ae
     ae = est._default_autoencoder() if est.autoencoder is None else clone(est.autoencoder)
     ae.set_params(random_state=est.random_state, device=est.device, progress=est.progress)
     return ae.fit(X, checkpoint_dir=est._checkpoint_dir, resume=est._resume)

@@ -3,19 +3,19 @@ trained in alternation so that the encoder is shaped by the clustering while K
 stays inferred (Ronen, Finder & Freifeld 2022, section 4, "end-to-end" mode).
 
 1. Pretrain the autoencoder on reconstruction; embed; fit DeepDPM (K inferred).
-2. ``alternations`` times: fine-tune the autoencoder for ``finetune_epochs`` on the
-   reconstruction error plus ``lam`` times a clustering term for the current labels;
+2. ``alternations`` times: fine-tune the autoencoder for ``finetune_epochs`` on DCN's
+   loss (Yang et al. 2017, eq. 5) with the current clusters as its k-means clusters;
    re-embed; re-fit DeepDPM warm-started from the current labels
    (``DeepDPM(init_labels=...)``), its split/merge moves free to change K.
 
-The clustering term of a minibatch B with labels z_i is the within-cluster scatter of
-the embedding relative to its total scatter::
+The fine-tuning loss of a point, as in the DeepDPM reference code's alternation::
 
-    C(B) = sum_i |f(x_i) - m_{z_i}|^2 / sum_i |f(x_i) - m|^2
+    rec_weight * |g(f(x_i)) - x_i|^2  +  beta/2 * |f(x_i) - m_{s_i}|^2
 
-with m_k the batch mean of cluster k and m the batch mean: DCN's k-means term with
-the centres at the batch's cluster means, divided by the total scatter so that the
-encoder cannot lower it by shrinking the embedding.
+with s_i the nearest centre, the centres starting at the DeepDPM clusters' means of
+the embedding and moving as DCN's running means (eq. 8; :mod:`.dcn`).  The defaults,
+rec_weight 0.005 on the squared error summed over the pixels and beta 1, are the
+reference code's.
 """
 
 from __future__ import annotations
@@ -26,19 +26,9 @@ import numpy as np
 import torch
 from bnpdeep.inference.base import CheckpointedEstimator, resolve_device
 from bnpdeep.inference.deep.autoencoder import batches, corrupt, embed
+from bnpdeep.inference.deep.dcn import kmeans_term, running_mean_update
 from sklearn.base import TransformerMixin, clone
 from tqdm.auto import tqdm
-
-
-def scatter_ratio(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Within-cluster over total scatter of the rows of z (0 when the total is 0)."""
-    k = int(labels.max()) + 1
-    counts = torch.bincount(labels, minlength=k).to(z.dtype)
-    means = torch.zeros(k, z.shape[1], dtype=z.dtype, device=z.device).index_add(0, labels, z)
-    means = means / counts.clamp_min(1)[:, None]
-    within = (z - means[labels]).pow(2).sum()
-    total = (z - z.mean(0)).pow(2).sum()
-    return within / total.clamp_min(torch.finfo(z.dtype).tiny)
 
 
 class DeepDPMAE(TransformerMixin, CheckpointedEstimator):
@@ -56,8 +46,10 @@ class DeepDPMAE(TransformerMixin, CheckpointedEstimator):
         Fine-tune / re-cluster rounds after the first clustering.
     finetune_epochs : int, default 10
         Autoencoder epochs per round.
-    lam : float, default 1.0
-        Weight of the clustering term C against the per-pixel reconstruction error.
+    rec_weight : float, default 0.005
+        Weight of the squared reconstruction error (summed over a row's pixels).
+    beta : float, default 1.0
+        Weight of the k-means term beta/2 |f(x) - m_s|^2.
     batch_size : int, default 256
     lr : float, default 1e-3
         Adam's learning rate for the fine-tuning.
@@ -76,13 +68,15 @@ class DeepDPMAE(TransformerMixin, CheckpointedEstimator):
     _CHECKPOINT = "deepdpm_ae_checkpoint.pt"
 
     def __init__(self, autoencoder=None, deepdpm=None, alternations: int = 3,
-                 finetune_epochs: int = 10, lam: float = 1.0, batch_size: int = 256,
+                 finetune_epochs: int = 10, rec_weight: float = 0.005, beta: float = 1.0,
+                 batch_size: int = 256,
                  lr: float = 1e-3, device="auto", random_state=0, progress: bool = False):
         self.autoencoder = autoencoder
         self.deepdpm = deepdpm
         self.alternations = alternations
         self.finetune_epochs = finetune_epochs
-        self.lam = lam
+        self.rec_weight = rec_weight
+        self.beta = beta
         self.batch_size = batch_size
         self.lr = lr
         self.device = device
@@ -93,10 +87,11 @@ class DeepDPMAE(TransformerMixin, CheckpointedEstimator):
         for name in ("alternations", "finetune_epochs"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if int(self.batch_size) < 2:
-            raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
-        if not float(self.lam) >= 0:
-            raise ValueError(f"lam must be non-negative, got {self.lam}")
+        if int(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        for name in ("rec_weight", "beta"):
+            if not float(getattr(self, name)) >= 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
         if not float(self.lr) > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
@@ -152,16 +147,29 @@ class DeepDPMAE(TransformerMixin, CheckpointedEstimator):
         return dp.fit(Z)
 
     def _finetune(self, net, X, labels, optim, gen) -> float:
+        """DCN steps (network, then assignments and running-mean centres) for
+        ``finetune_epochs`` passes, from the centres of ``labels``; the mean loss."""
+        k = int(labels.max()) + 1
+        Z = embed(net, X).double()
+        counts = torch.bincount(labels, minlength=k).to(torch.float64)
+        centres = torch.zeros(k, Z.shape[1], dtype=torch.float64, device=Z.device)
+        centres = centres.index_add(0, labels, Z) / counts.clamp_min(1)[:, None]
+        assign = labels.clone()
         total = 0.0
         for _ in range(int(self.finetune_epochs)):
             for idx in batches(X.shape[0], self.batch_size, gen):
                 idx = idx.to(X.device)
                 x = X[idx]
                 z, x_hat = net(corrupt(x, float(self.autoencoder_.corruption), gen))
-                loss = ((x_hat - x) ** 2).mean() + float(self.lam) * scatter_ratio(z, labels[idx])
+                rec = ((x_hat - x) ** 2).sum(1)
+                dist = kmeans_term(z, centres.to(z.dtype), assign[idx])
+                loss = (float(self.rec_weight) * rec + float(self.beta) * dist).mean()
                 optim.zero_grad()
                 loss.backward()
                 optim.step()
+                zd = z.detach().double()
+                assign[idx] = torch.cdist(zd, centres).argmin(1)
+                centres, counts = running_mean_update(centres, counts, zd, assign[idx])
                 total += float(loss.detach()) * idx.numel()
         return total / max(1, X.shape[0] * int(self.finetune_epochs))
 
