@@ -7,6 +7,7 @@
     python benchmarks/run_benchmarks.py movb-speed
     python benchmarks/run_benchmarks.py scale
     python benchmarks/run_benchmarks.py mixing
+    python benchmarks/run_benchmarks.py deep               # deep features on raw images
 
 Each section prints its markdown table and saves its rows with their provenance
 (date, machine, commit, command) as a record in benchmarks/results/, from which
@@ -395,6 +396,56 @@ FRESH_CASES = [(2, 8, 2000, 4.0, None), (5, 12, 3000, 4.0, None), (10, 6, 2000, 
 FRESH_SEEDS = (101, 102, 103)
 
 
+DEEP_SETS = ("digits-raw", "mnist5000")
+DEEP_SEEDS = 3
+
+
+def run_deep(seed: int, device="cpu") -> list[dict]:
+    """Deep features on raw images (``DEEP_SEEDS`` seeds from ``seed``), every method at
+    its defaults: k-means on the pixels and on the pretrained MLP autoencoder's
+    embedding, DEC, IDEC and DCN on that embedding's autoencoder (one pretraining
+    shared), DEPICT on its own convolutional denoising autoencoder (all told K),
+    DeepDPM on the embedding and DeepDPM end to end (K inferred).  ``seconds`` is the
+    method's own fit; ``pretrain_s`` the autoencoder it starts from."""
+    from bnpdeep.inference.deep import DCN, DEC, DEPICT, IDEC, Autoencoder, DeepDPMAE
+    from sklearn.cluster import KMeans as SkKMeans
+
+    rows = []
+    for name in DEEP_SETS:
+        X, y, shape = data.load_image_dataset(name)
+        k = int(np.unique(y).size)
+        for s in range(seed, seed + DEEP_SEEDS):
+            def add(method, labels, seconds, pretrain_s=0.0, **extra):
+                rows.append({"data": name, "seed": s, "method": method, **evaluate(y, labels),
+                             "seconds": round(seconds, 2), "pretrain_s": round(pretrain_s, 2),
+                             **extra})
+                r = rows[-1]
+                print(f"  {name} seed {s} {method}: K {r['k_found']} NMI {r['nmi']:.3f} "
+                      f"{r['seconds']:.1f} s", flush=True)
+
+            t = time.perf_counter()
+            add("k-means, pixels", SkKMeans(k, n_init=10, random_state=s).fit_predict(X),
+                time.perf_counter() - t)
+            ae, pre = timed_fit(Autoencoder(random_state=s, device=device), X)
+            t = time.perf_counter()
+            add("k-means, AE embedding", SkKMeans(k, n_init=10, random_state=s)
+                .fit_predict(ae.embedding_), time.perf_counter() - t, pre)
+            for cls in (DEC, IDEC, DCN):
+                est, secs = timed_fit(cls(k, autoencoder=ae, random_state=s, device=device), X)
+                add(cls.method_name.upper(), est.labels_, secs, pre, epochs=est.n_epochs_)
+            conv = Autoencoder(architecture="conv", image_shape=shape, corruption=0.2,
+                               random_state=s, device=device)
+            conv, conv_pre = timed_fit(conv, X)
+            est, secs = timed_fit(DEPICT(k, autoencoder=conv, random_state=s, device=device), X)
+            add("DEPICT", est.labels_, secs, conv_pre, epochs=est.n_epochs_)
+            est, secs = timed_fit(DeepDPM(random_state=s, device=device), ae.embedding_)
+            add("DeepDPM, AE embedding", est.labels_, secs, pre)
+            est, secs = timed_fit(DeepDPMAE(autoencoder=ae, random_state=s, device=device), X)
+            add("DeepDPM end to end", est.labels_, secs, pre,
+                k_rounds=[h["K"] for h in est.history_])
+    return rows
+
+
 def fresh_data(d, k, n, separation, df, seed):
     """``make_mixture`` at a seed the defaults never saw; with ``df`` each point's
     offset from its cluster mean is scaled by sqrt(df / chi2_df) (Student-t clusters,
@@ -430,7 +481,7 @@ def run_fresh(seed: int) -> list[dict]:
 
 
 SECTIONS = ("accuracy", "speed", "movb-speed", "deepdpm", "scale", "mixing", "fresh",
-            "highdim", "highdim-large")
+            "highdim", "highdim-large", "deep")
 MIXING_CHAINS, MIXING_ITERS = 4, 400
 
 
@@ -457,7 +508,7 @@ def record_name(section: str, args) -> str:
             parts.append(args.backend)
     if args.seed != 0:
         parts.append(f"seed{args.seed}")
-    if section in ("accuracy", "deepdpm") and args.device != "cpu":
+    if section in ("accuracy", "deepdpm", "deep") and args.device != "cpu":
         parts.append(args.device.replace(":", ""))
     return "_".join(parts)
 
@@ -521,6 +572,8 @@ def main(argv=None):
             chains=MIXING_CHAINS, iters=MIXING_ITERS)
     if "fresh" in args.sections:
         run("fresh", run_fresh(args.seed), data_seeds=list(FRESH_SEEDS))
+    if "deep" in args.sections:
+        run("deep", run_deep(args.seed, args.device), seeds=DEEP_SEEDS)
     if "highdim" in args.sections:
         run("highdim", run_highdim(args.seed, args.iters))
     if "highdim-large" in args.sections:
