@@ -48,6 +48,7 @@ REPORT_RUNS = (
     ["mixing"],
     ["highdim"],
     ["highdim-large", "--iters", "20"],
+    ["deep"],
     ["deepdpm"],
     ["scale"],
 )
@@ -285,6 +286,42 @@ def scale_text(res: dict) -> str:
             f"({res['rss_before_fit_gib']:.2f} GiB before the fit, data included)")
 
 
+def deep_table(rows) -> str:
+    """Per image set and method: K per seed, median NMI / ARI / ACC, median seconds of the
+    method's own fit and of the autoencoder pretraining it starts from; then the deep
+    features issue's targets, as measured."""
+    out = []
+    for name in dict.fromkeys(r["data"] for r in rows):
+        rs = [r for r in rows if r["data"] == name]
+        seeds = sorted({r["seed"] for r in rs})
+        out += [f"{name} (true K {rs[0]['k_true']}; seeds {', '.join(map(str, seeds))}):", "",
+                "| method | K per seed | NMI | ARI | ACC | fit s | pretraining s |",
+                "|---|---|---|---|---|---|---|"]
+        by = {}
+        for r in rs:
+            by.setdefault(r["method"], []).append(r)
+        for m, ms in by.items():
+            med = {key: float(np.median([r[key] for r in ms]))
+                   for key in ("nmi", "ari", "acc", "seconds", "pretrain_s")}
+            out.append(f"| {m} | {'/'.join(str(r['k_found']) for r in ms)} | {med['nmi']:.3f} | "
+                       f"{med['ari']:.3f} | {med['acc']:.3f} | {med['seconds']:.1f} | "
+                       + (f"{med['pretrain_s']:.1f} |" if med["pretrain_s"] else "- |"))
+        e2e, base = by.get("DeepDPM end to end"), by.get("k-means, AE embedding")
+        if e2e and base:
+            k = rs[0]["k_true"]
+            hits = sum(abs(r["k_found"] - k) <= 2 for r in e2e)
+            margin = (float(np.median([r["nmi"] for r in e2e]))
+                      - float(np.median([r["nmi"] for r in base])))
+            total = float(np.median([r["seconds"] + r["pretrain_s"] for r in e2e]))
+            rounds = "; ".join(" > ".join(map(str, r["k_rounds"])) for r in e2e)
+            out += ["", f"- DeepDPM end to end: K within {k} +- 2 on {hits}/{len(e2e)} seeds "
+                    f"(K per round: {rounds}); "
+                    f"median NMI {margin:+.3f} against k-means on the pretrained embedding "
+                    f"told K (target +0.03); median {total:.0f} s with the pretraining"]
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
 def _secs(s) -> str:
     return "never" if s is None else f"{s:.1f} s"
 
@@ -306,7 +343,7 @@ def accuracy_tables(rows) -> str:
 RENDERERS = {"accuracy": accuracy_tables, "speed": speed_tables,
              "movb-speed": movb_speed_table, "mixing": mixing_table, "fresh": fresh_table,
              "deepdpm": deepdpm_text, "scale": scale_text, "highdim": highdim_table,
-             "highdim-large": highdim_large_text}
+             "highdim-large": highdim_large_text, "deep": deep_table}
 
 
 def render_record(record: dict) -> str:

@@ -20,14 +20,20 @@ def _log(msg: str):
     print(msg, file=sys.stderr, flush=True)
 
 
-def _load_input(spec: str, labels: str | None, standardize: bool, delimiter=None):
-    """DATA is a file, or the name of an embedded or benchmark data set."""
+def _load_input(spec: str, labels: str | None, standardize: bool, delimiter=None,
+                images: bool = False):
+    """DATA is a file (with ``images``: an IDX, .npy or .npz file of images, read as rows
+    of pixels in [0, 1]), or the name of an embedded, image or benchmark data set."""
     from bnpdeep import data
 
     y = None
     path = Path(spec)
-    if path.exists():
+    if path.exists() and images:
+        X, _ = data.load_images(path)
+    elif path.exists():
         X = data.load(path, delimiter=delimiter, warn=False)
+    elif spec in data.IMAGE_DATASETS:
+        X, y, _ = data.load_image_dataset(spec)
     elif spec in data.EMBEDDED_DATASETS:
         X, y = data.load_dataset(spec)
     elif spec in data.BENCHMARK_NAMES + data.PAPER_NAMES:
@@ -82,7 +88,8 @@ def _cmd_fit(args) -> int:
     from bnpdeep.runs import RunFolder
 
     _log(f"loading {args.data}")
-    X, y = _load_input(args.data, args.labels, args.standardize, args.delimiter)
+    X, y = _load_input(args.data, args.labels, args.standardize, args.delimiter,
+                       args.images)
     _log(f"fitting {args.method} on {X.shape[0]} x {X.shape[1]}")
     if args.draws and not METHODS[args.method].mcmc:
         raise ValueError(f"--draws needs a sampler; '{args.method}' has no posterior draws")
@@ -102,6 +109,9 @@ def _cmd_datasets(args) -> int:
 
     print("embedded (no download):")
     for name, desc in data.EMBEDDED_DATASETS.items():
+        print(f"  {name:<14} {desc}")
+    print("images (rows of pixels, for the deep methods):")
+    for name, desc in data.IMAGE_DATASETS.items():
         print(f"  {name:<14} {desc}")
     root = data.benchmark_root()
     if root is None:
@@ -199,11 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--labels", help="true labels, one integer per row (adds NMI/ARI/ACC)")
     f.add_argument("--k", type=int, help="number of clusters, for methods told K")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--iters", type=int, help="iterations for the samplers")
+    f.add_argument("--iters", type=int, help="iterations for the samplers (epochs for the "
+                   "net-based methods)")
     f.add_argument("--draws", action="store_true",
                    help="samplers: also write the kept label draws to label_draws.npy")
     f.add_argument("--standardize", action="store_true", help="zero mean, unit variance")
     f.add_argument("--delimiter", help=delim_help)
+    f.add_argument("--images", action="store_true",
+                   help="DATA is a file of images (IDX as MNIST ships it, or .npy/.npz of "
+                   "shape (n, h, w) or (n, c, h, w)), read as rows of pixels in [0, 1]")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the checkpoint in --out (the "

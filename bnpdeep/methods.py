@@ -64,6 +64,23 @@ def _svi(k=None, seed=0, iters=None, progress=False):
     return MeanFieldSVI(max_epochs=iters or 100, random_state=seed, progress=progress)
 
 
+def _deep(cls_name):
+    def build(k=None, seed=0, iters=None, progress=False):
+        from bnpdeep.inference import deep
+
+        kw = {} if iters is None else {"max_epochs": iters}
+        return getattr(deep, cls_name)(n_clusters=k, random_state=seed, progress=progress,
+                                       **kw)
+    return build
+
+
+def _deepdpm_ae(k=None, seed=0, iters=None, progress=False):
+    from bnpdeep.inference import DeepDPM, DeepDPMAE
+
+    return DeepDPMAE(deepdpm=DeepDPM(max_epochs=iters or 100), random_state=seed,
+                     progress=progress)
+
+
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("kmeans", "k-means, k-means++ seeding (given K)", _classical("KMeans"), needs_k=True),
     Method("gmm", "EM Gaussian mixture, full covariances (given K)",
@@ -81,6 +98,16 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "Sudderth 2013)", _movb, bayesian=True),
     Method("svi", "DP mixture at truncation 30, mean-field SVI in Pyro (AutoNormal, z "
            "enumerated)", _svi, bayesian=True),
+    Method("dec", "DEC: autoencoder + Student-t soft assignments sharpened (Xie et al. "
+           "2016; given K; raw pixels)", _deep("DEC"), needs_k=True),
+    Method("idec", "IDEC: DEC plus reconstruction (Guo et al. 2017; given K; raw pixels)",
+           _deep("IDEC"), needs_k=True),
+    Method("dcn", "DCN: autoencoder with a k-means loss (Yang et al. 2017; given K; raw "
+           "pixels)", _deep("DCN"), needs_k=True),
+    Method("depict", "DEPICT: conv. denoising autoencoder + softmax head (Ghasedi Dizaji et "
+           "al. 2017; given K; square images)", _deep("DEPICT"), needs_k=True),
+    Method("deepdpm-ae", "DeepDPM end to end: autoencoder and DeepDPM in alternation (K "
+           "inferred; raw pixels)", _deepdpm_ae),
 ]}
 
 

@@ -259,3 +259,21 @@ def test_methods_take_spaces_or_commas_in_compare_and_demo(tmp_path, capsys):
     assert "unknown method(s) kmeanz" in capsys.readouterr().err
     assert main(["demo", "--methods", "kmeanz", "--out", str(tmp_path / "d")]) == 2
     assert "unknown method(s) kmeanz" in capsys.readouterr().err
+
+
+def test_deep_methods_fit_image_files_from_the_command_line(tmp_path):
+    """--images reads an IDX-like array of images; a given-K deep method and DeepDPM end
+    to end run on its pixels."""
+    g = np.random.default_rng(2)
+    images = np.zeros((60, 8, 8))
+    images[:30, 2:4, :] = 1
+    images[30:, :, 2:4] = 1
+    images += 0.05 * g.random((60, 8, 8))
+    np.save(tmp_path / "img.npy", images)
+    rc = main(["fit", str(tmp_path / "img.npy"), "--images", "--method", "dcn", "--k", "2",
+               "--iters", "3", "--out", str(tmp_path / "run"), "--quiet"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["n_clusters"] == 2 and summary["method"] == "dcn"
+    assert main(["fit", str(tmp_path / "img.npy"), "--method", "dec", "--out",
+                 str(tmp_path / "r2"), "--quiet"]) == 2          # 3-d array without --images

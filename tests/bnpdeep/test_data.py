@@ -225,3 +225,75 @@ def test_make_mixture_with_a_rank_has_that_many_directions_above_the_noise():
         np.testing.assert_allclose(ev[:-3], 0.01, rtol=0.15)
     with pytest.raises(ValueError, match="rank"):
         make_mixture(10, 3, 2, rank=4)
+
+
+# -- images -----------------------------------------------------------------------------
+def _write_idx(path, arr, type_byte=0x08, dims=None):
+    import gzip
+
+    arr = np.asarray(arr)
+    dims = arr.shape if dims is None else dims
+    head = bytes([0, 0, type_byte, len(dims)]) + b"".join(int(s).to_bytes(4, "big")
+                                                           for s in dims)
+    body = arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(head + body)
+
+
+def test_idx_images_and_labels_read_back_as_written(tmp_path):
+    from bnpdeep.data import load_idx, load_images
+
+    g = np.random.default_rng(0)
+    images = g.integers(0, 256, size=(5, 4, 3), dtype=np.uint8)
+    labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    np.testing.assert_array_equal(load_idx(tmp_path / "train-images-idx3-ubyte.gz"), images)
+    np.testing.assert_array_equal(load_idx(tmp_path / "train-labels-idx1-ubyte"), labels)
+    X, shape = load_images(tmp_path / "train-images-idx3-ubyte.gz")
+    assert shape == (1, 4, 3)
+    np.testing.assert_allclose(X, images.reshape(5, -1) / 255.0)
+    floats = g.normal(size=(2, 3)).astype(np.float32)
+    _write_idx(tmp_path / "f.idx", floats, type_byte=0x0D)
+    np.testing.assert_array_equal(load_idx(tmp_path / "f.idx"), floats)
+
+
+def test_bad_idx_files_are_named_with_what_is_wrong(tmp_path):
+    from bnpdeep.data import load_idx
+
+    (tmp_path / "a-ubyte").write_bytes(b"\x01\x02\x08\x01\x00")
+    with pytest.raises(DataError, match="not an IDX file"):
+        load_idx(tmp_path / "a-ubyte")
+    _write_idx(tmp_path / "b-ubyte", np.zeros((2, 2), np.uint8), dims=(3, 2))
+    with pytest.raises(DataError, match=r"promises \(3, 2\) values"):
+        load_idx(tmp_path / "b-ubyte")
+
+
+def test_npy_and_npz_images_channels_last_or_first(tmp_path):
+    from bnpdeep.data import load_images
+
+    g = np.random.default_rng(1)
+    rgb = g.integers(0, 256, size=(4, 6, 5, 3), dtype=np.uint8)       # (n, h, w, c)
+    np.save(tmp_path / "rgb.npy", rgb)
+    X, shape = load_images(tmp_path / "rgb.npy")
+    assert shape == (3, 6, 5)
+    np.testing.assert_allclose(X, rgb.transpose(0, 3, 1, 2).reshape(4, -1) / 255.0)
+    gray = g.uniform(0, 16, size=(3, 8, 8))
+    np.savez(tmp_path / "g.npz", images=gray, labels=np.arange(3))
+    X, shape = load_images(tmp_path / "g.npz")
+    assert shape == (1, 8, 8)
+    np.testing.assert_allclose(X, gray.reshape(3, -1) / gray.max())
+    np.save(tmp_path / "flat.npy", g.normal(size=(4, 6)))
+    with pytest.raises(DataError, match="must be images"):
+        load_images(tmp_path / "flat.npy")
+
+
+def test_image_datasets_are_pixels_in_the_unit_interval():
+    from bnpdeep.data import load_image_dataset
+
+    X, y, shape = load_image_dataset("digits-raw")
+    assert X.shape == (1797, 64) and shape == (1, 8, 8) and X.min() == 0 and X.max() == 1
+    assert np.bincount(y).size == 10
+    with pytest.raises(DataError, match="unknown image dataset"):
+        load_image_dataset("cifar")
