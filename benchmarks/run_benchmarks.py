@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -400,6 +401,14 @@ DEEP_SETS = ("digits-raw", "mnist5000")
 DEEP_SEEDS = 3
 
 
+def _deep_row(rows, name, seed, y, method, labels, seconds, pretrain_s=0.0, **extra):
+    rows.append({"data": name, "seed": seed, "method": method, **evaluate(y, labels),
+                 "seconds": round(seconds, 2), "pretrain_s": round(pretrain_s, 2), **extra})
+    r = rows[-1]
+    print(f"  {name} seed {seed} {method}: K {r['k_found']} NMI {r['nmi']:.3f} "
+          f"{r['seconds']:.1f} s", flush=True)
+
+
 def run_deep(seed: int, device="cpu") -> list[dict]:
     """Deep features on raw images (``DEEP_SEEDS`` seeds from ``seed``), every method at
     its defaults: k-means on the pixels and on the pretrained MLP autoencoder's
@@ -415,14 +424,7 @@ def run_deep(seed: int, device="cpu") -> list[dict]:
         X, y, shape = data.load_image_dataset(name)
         k = int(np.unique(y).size)
         for s in range(seed, seed + DEEP_SEEDS):
-            def add(method, labels, seconds, pretrain_s=0.0, **extra):
-                rows.append({"data": name, "seed": s, "method": method, **evaluate(y, labels),
-                             "seconds": round(seconds, 2), "pretrain_s": round(pretrain_s, 2),
-                             **extra})
-                r = rows[-1]
-                print(f"  {name} seed {s} {method}: K {r['k_found']} NMI {r['nmi']:.3f} "
-                      f"{r['seconds']:.1f} s", flush=True)
-
+            add = partial(_deep_row, rows, name, s, y)
             t = time.perf_counter()
             add("k-means, pixels", SkKMeans(k, n_init=10, random_state=s).fit_predict(X),
                 time.perf_counter() - t)
