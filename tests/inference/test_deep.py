@@ -236,6 +236,26 @@ def test_killed_pretraining_resumes_to_the_uninterrupted_result(tmp_path, monkey
     assert resumed.loss_curve_ == pytest.approx(whole.loss_curve_)
 
 
+def test_a_killed_end_to_end_fit_resumes_at_its_last_round(tmp_path, kill_at, quiet):
+    X, _ = offset_shapes(n_per=40)
+
+    def make():
+        return DeepDPMAE(autoencoder=Autoencoder(hidden=(32,), embedding_dim=3, epochs=10,
+                                                 batch_size=32),
+                         deepdpm=DeepDPM(max_epochs=15), alternations=2, finetune_epochs=3,
+                         batch_size=32, device="cpu")
+
+    whole = make().fit(X)
+    undo = kill_at(DeepDPMAE, "_finetune", 2)                # during round 2
+    with pytest.raises(KeyboardInterrupt):
+        make().fit(X, checkpoint_dir=tmp_path)
+    undo()
+    resumed = make().fit(X, checkpoint_dir=tmp_path, resume=True)
+    np.testing.assert_array_equal(resumed.labels_, whole.labels_)
+    np.testing.assert_allclose(resumed.embedding_, whole.embedding_, rtol=1e-5, atol=1e-6)
+    assert resumed.history_ == whole.history_
+
+
 # -- the estimators ---------------------------------------------------------------------
 @pytest.mark.parametrize("cls", [DEC, IDEC, DCN, DEPICT])
 def test_given_k_methods_cluster_separated_blobs(cls, quiet):
