@@ -58,6 +58,21 @@ class DeepClustering(TransformerMixin, CheckpointedEstimator):
 
     _CHECKPOINT = "deep_clustering_checkpoint.pt"
 
+    def __init__(self, n_clusters: int = 10, autoencoder=None, max_epochs: int = 100,
+                 batch_size: int = 256, lr: float = 1e-3, tol: float = 1e-3,
+                 checkpoint_every: int = 5, device="auto", random_state=0,
+                 progress: bool = False):
+        self.n_clusters = n_clusters
+        self.autoencoder = autoencoder
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.tol = tol
+        self.checkpoint_every = checkpoint_every
+        self.device = device
+        self.random_state = random_state
+        self.progress = progress
+
     # -- the subclass's part --------------------------------------------------------
     def _default_autoencoder(self) -> Autoencoder:
         return Autoencoder()

@@ -79,17 +79,11 @@ class DCN(DeepClustering):
                  max_epochs: int = 50, batch_size: int = 256, lr: float = 1e-3,
                  tol: float = 1e-3, checkpoint_every: int = 5, device="auto",
                  random_state=0, progress: bool = False):
-        self.n_clusters = n_clusters
-        self.autoencoder = autoencoder
+        super().__init__(n_clusters=n_clusters, autoencoder=autoencoder, max_epochs=max_epochs,
+                         batch_size=batch_size, lr=lr, tol=tol,
+                         checkpoint_every=checkpoint_every, device=device,
+                         random_state=random_state, progress=progress)
         self.lam = lam
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.tol = tol
-        self.checkpoint_every = checkpoint_every
-        self.device = device
-        self.random_state = random_state
-        self.progress = progress
 
     def _init_head(self, Z, gen):
         if not float(self.lam) >= 0:

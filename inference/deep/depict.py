@@ -76,17 +76,11 @@ class DEPICT(DeepClustering):
                  max_epochs: int = 50, batch_size: int = 256, lr: float = 1e-3,
                  tol: float = 1e-3, checkpoint_every: int = 5, device="auto",
                  random_state=0, progress: bool = False):
-        self.n_clusters = n_clusters
-        self.autoencoder = autoencoder
+        super().__init__(n_clusters=n_clusters, autoencoder=autoencoder, max_epochs=max_epochs,
+                         batch_size=batch_size, lr=lr, tol=tol,
+                         checkpoint_every=checkpoint_every, device=device,
+                         random_state=random_state, progress=progress)
         self.corruption = corruption
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.tol = tol
-        self.checkpoint_every = checkpoint_every
-        self.device = device
-        self.random_state = random_state
-        self.progress = progress
 
     def _default_autoencoder(self):
         return Autoencoder(architecture="conv", corruption=0.2)
