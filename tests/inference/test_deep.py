@@ -149,6 +149,16 @@ def test_end_to_end_alternation_finds_the_bars_that_raw_pixels_hide(quiet):
     np.testing.assert_array_equal(est.predict(X), est.deepdpm_.predict(est.transform(X)))
 
 
+def test_deepdpm_starts_from_init_labels():
+    """Within its burn-in (no moves yet) DeepDPM keeps the partition it was started from;
+    from k-means with init_k=1 it would hold one cluster."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 50)
+    X = rng.normal(size=(150, 2)) + 8 * np.array([[0, 0], [1, 0], [0, 1]])[y]
+    est = DeepDPM(init_labels=2 * y + 5, max_epochs=2, device="cpu").fit(X)
+    assert est.n_clusters_ == 3 and nmi(y, est.labels_) > 0.95
+
+
 def test_deepdpm_init_labels_is_checked():
     X = np.random.default_rng(0).normal(size=(20, 2))
     with pytest.raises(ValueError, match="init_labels must be 20 integer labels"):
