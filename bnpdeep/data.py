@@ -300,11 +300,11 @@ def _load_npz(raw: bytes, name: str) -> np.ndarray:
             return _densify(raw, name)
         if len(keys) == 1:
             return z[keys[0]]
-        for key in ("X", "data"):
+        for key in ("X", "data", "images"):
             if key in keys:
                 return z[key]
         raise DataError(f"{name} holds several arrays ({', '.join(keys)}); "
-                        f"name the data 'X' or 'data'")
+                        f"name the data 'X', 'data' or 'images'")
 
 
 def _densify(raw: bytes, name: str) -> np.ndarray:
@@ -546,30 +546,13 @@ def images_to_rows(images, name: str = "images") -> tuple[np.ndarray, tuple[int,
 
 def load_images(path) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Images from an IDX file (``*-ubyte``, ``*.idx``, gzipped or not), ``.npy`` or
-    ``.npz`` (the array named 'X', 'images' or 'data', or the only one), as
+    ``.npz`` (read as :func:`load` reads them: the array named 'X', 'data' or
+    'images', or the only one), as
     :func:`images_to_rows` returns them."""
     path = Path(path)
     stem = path.name.lower().removesuffix(".gz")
-    if stem.endswith(("ubyte", ".idx")) or ".idx" in stem:
-        arr = load_idx(path)
-    else:
-        if not path.exists():
-            raise DataError(f"no such file: {path}")
-        raw = _read_bytes(path)
-        if stem.endswith(".npy"):
-            arr = np.load(io.BytesIO(raw), allow_pickle=False)
-        elif stem.endswith(".npz"):
-            with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-                keys = list(z.keys())
-                key = next((k for k in ("X", "images", "data") if k in keys),
-                           keys[0] if len(keys) == 1 else None)
-                if key is None:
-                    raise DataError(f"{path.name} holds several arrays ({', '.join(keys)}); "
-                                    f"name the images 'X', 'images' or 'data'")
-                arr = z[key]
-        else:
-            raise DataError(f"unsupported image file '{path.name}'; supported: IDX "
-                            f"(*-ubyte, *.idx), .npy, .npz, each optionally gzipped")
+    is_idx = stem.endswith(("ubyte", ".idx")) or ".idx" in stem
+    arr = load_idx(path) if is_idx else _load_raw(path)
     return images_to_rows(arr, path.name)
 
 

@@ -10,7 +10,8 @@ start of every epoch the method may recompute a target from the whole data set
 ``max_epochs``.
 
 A subclass implements ``_init_head(Z, gen)``, ``_loss(x, idx, gen)``, ``_labels(Z)``
-and, optionally, ``_epoch_start(X)`` and ``_after_step(z, idx)``.
+and, optionally, ``_epoch_start(Z)`` (Z: the embedding of every row, computed once
+per epoch) and ``_after_step(z, idx)``.
 """
 
 from __future__ import annotations
@@ -47,10 +48,13 @@ def fit_autoencoder(est, X: np.ndarray) -> Autoencoder:
     return ae.fit(X, checkpoint_dir=est._checkpoint_dir, resume=est._resume)
 
 
-def kmeans_start(Z: np.ndarray, k: int, seed: int):
-    """k-means on the embedding (20 restarts, as DEC): centres and labels."""
-    km = SkKMeans(int(k), n_init=20, random_state=seed).fit(Z)
-    return km.cluster_centers_, km.labels_
+def kmeans_start(Z: torch.Tensor, k: int, gen: torch.Generator):
+    """k-means on the embedding (20 restarts, as DEC), seeded from ``gen``: centres
+    (float64 tensor) and labels (long tensor)."""
+    seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+    km = SkKMeans(int(k), n_init=20, random_state=seed).fit(Z.cpu().double().numpy())
+    return (torch.as_tensor(km.cluster_centers_, dtype=torch.float64),
+            torch.as_tensor(km.labels_, dtype=torch.long))
 
 
 class DeepClustering(TransformerMixin, CheckpointedEstimator):
@@ -86,7 +90,7 @@ class DeepClustering(TransformerMixin, CheckpointedEstimator):
     def _labels(self, Z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _epoch_start(self, X: torch.Tensor):
+    def _epoch_start(self, Z: torch.Tensor):
         pass
 
     def _after_step(self, z: torch.Tensor, idx: torch.Tensor):
@@ -132,7 +136,6 @@ class DeepClustering(TransformerMixin, CheckpointedEstimator):
 
     def _train(self, X: torch.Tensor, optim, gen: torch.Generator):
         self.history_, start = [], 0
-        labels = self._labels(embed(self.net_, X))
         saved = self._saved_state()
         if saved is not None:
             self.net_.load_state_dict(saved["net"])
@@ -141,14 +144,15 @@ class DeepClustering(TransformerMixin, CheckpointedEstimator):
             gen.set_state(saved["rng"])
             self._load_extra_state(saved["extra"])
             self.history_, start = list(saved["history"]), int(saved["epoch"])
-            labels = saved["labels"].to(X.device)
+        Z = embed(self.net_, X)
+        labels = self._labels(Z) if saved is None else saved["labels"].to(X.device)
         self.converged_ = bool(self.history_ and self.history_[-1]["changed"] < self.tol)
         bar = tqdm(range(start, int(self.max_epochs)), desc=self.method_name, unit="epoch",
                    file=sys.stderr, disable=not self.progress or self.converged_, leave=False)
         for epoch in bar:
             if self.converged_:
                 break
-            self._epoch_start(X)
+            self._epoch_start(Z)
             total = 0.0
             for idx in batches(X.shape[0], self.batch_size, gen):
                 idx = idx.to(X.device)
@@ -158,7 +162,8 @@ class DeepClustering(TransformerMixin, CheckpointedEstimator):
                 optim.step()
                 self._after_step(z.detach(), idx)
                 total += float(loss.detach()) * idx.numel()
-            new = self._labels(embed(self.net_, X))
+            Z = embed(self.net_, X)
+            new = self._labels(Z)
             changed = float((new != labels).double().mean())
             labels = new
             self.history_.append({"epoch": epoch + 1, "loss": total / X.shape[0],

@@ -88,13 +88,10 @@ class DCN(DeepClustering):
     def _init_head(self, Z, gen):
         if not float(self.lam) >= 0:
             raise ValueError(f"lam must be non-negative, got {self.lam}")
-        seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
-        centres, labels = kmeans_start(Z.cpu().double().numpy(), self.n_clusters, seed)
-        counts = torch.bincount(torch.as_tensor(labels), minlength=int(self.n_clusters))
-        state = KMeansState(torch.as_tensor(centres, dtype=torch.float64),
-                            counts.to(torch.float64))
-        self._assign = torch.as_tensor(labels, dtype=torch.long, device=self._device)
-        return state
+        centres, labels = kmeans_start(Z, self.n_clusters, gen)
+        counts = torch.bincount(labels, minlength=int(self.n_clusters)).to(torch.float64)
+        self._assign = labels.to(self._device)
+        return KMeansState(centres, counts)
 
     def _loss(self, x, idx, gen):
         z, rec = self._reconstruction(x, x)

@@ -105,15 +105,12 @@ class DEC(DeepClustering):
     def _init_head(self, Z, gen):
         if not float(self.alpha) > 0:
             raise ValueError(f"alpha must be positive, got {self.alpha}")
-        seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
-        centres, _ = kmeans_start(Z.cpu().double().numpy(), self.n_clusters, seed)
-        return Centres(torch.as_tensor(centres, dtype=Z.dtype))
+        centres, _ = kmeans_start(Z, self.n_clusters, gen)
+        return Centres(centres.to(Z.dtype))
 
-    def _epoch_start(self, X):
-        from bnpdeep.inference.deep.autoencoder import embed
-
+    def _epoch_start(self, Z):
         with torch.no_grad():
-            q = student_t_assign(embed(self.net_, X), self.head_.centres, float(self.alpha))
+            q = student_t_assign(Z, self.head_.centres, float(self.alpha))
             self._target = target_distribution(q)
 
     def _loss(self, x, idx, gen):

@@ -151,9 +151,10 @@ class DeepDPMAE(TransformerMixin, CheckpointedEstimator):
         ``finetune_epochs`` passes, from the centres of ``labels``; the mean loss."""
         k = int(labels.max()) + 1
         Z = embed(net, X).double()
-        counts = torch.bincount(labels, minlength=k).to(torch.float64)
-        centres = torch.zeros(k, Z.shape[1], dtype=torch.float64, device=Z.device)
-        centres = centres.index_add(0, labels, Z) / counts.clamp_min(1)[:, None]
+        # the running mean from nothing: each cluster's mean and size
+        centres, counts = running_mean_update(
+            torch.zeros(k, Z.shape[1], dtype=torch.float64, device=Z.device),
+            torch.zeros(k, dtype=torch.float64, device=Z.device), Z, labels)
         assign = labels.clone()
         total = 0.0
         for _ in range(int(self.finetune_epochs)):

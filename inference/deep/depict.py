@@ -24,7 +24,7 @@ its first argmax is the k-means partition.
 from __future__ import annotations
 
 import torch
-from bnpdeep.inference.deep.autoencoder import Autoencoder, corrupt, embed
+from bnpdeep.inference.deep.autoencoder import Autoencoder, corrupt
 from bnpdeep.inference.deep.base import DeepClustering, kmeans_start
 from bnpdeep.inference.deep.dec import kl_rows
 from torch import nn
@@ -88,14 +88,12 @@ class DEPICT(DeepClustering):
     def _init_head(self, Z, gen):
         if not 0 <= float(self.corruption) < 1:
             raise ValueError(f"corruption must be in [0, 1), got {self.corruption}")
-        seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
-        centres, labels = kmeans_start(Z.cpu().double().numpy(), self.n_clusters, seed)
-        return gaussian_softmax_head(Z.cpu(), torch.as_tensor(centres, dtype=Z.dtype),
-                                     torch.as_tensor(labels))
+        centres, labels = kmeans_start(Z, self.n_clusters, gen)
+        return gaussian_softmax_head(Z.cpu(), centres.to(Z.dtype), labels)
 
-    def _epoch_start(self, X):
+    def _epoch_start(self, Z):
         with torch.no_grad():
-            self._target = balanced_targets(torch.softmax(self.head_(embed(self.net_, X)), 1))
+            self._target = balanced_targets(torch.softmax(self.head_(Z), 1))
 
     def _loss(self, x, idx, gen):
         z_noisy, rec = self._reconstruction(corrupt(x, float(self.corruption), gen), x)
