@@ -60,6 +60,7 @@ from bnpdeep.models import (
     Multinomial,
     NormalInverseWishart,
     PitmanYor,
+    StudentNIW,
     stick_breaking,
 )
 from bnpdeep.results import ClusteringResult
@@ -71,7 +72,7 @@ __all__ = [
     "load_benchmark", "load_dataset", "load_labels", "make_mixture", "standardize",
     "load_idx", "load_images", "load_image_dataset", "images_to_rows",
     "accuracy", "ari", "evaluate", "k_error", "nmi",
-    "DPMixture", "Hyperpriors", "GaussianNIW", "DiagonalGaussian", "Multinomial",
+    "DPMixture", "Hyperpriors", "GaussianNIW", "StudentNIW", "DiagonalGaussian", "Multinomial",
     "NormalInverseWishart",
     "InverseWishart", "DirichletProcess", "PitmanYor", "FiniteDirichlet", "stick_breaking",
     "KMeans", "GaussianMixtureEM", "DBSCAN", "BayesianGMM", "CollapsedGibbs",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .mcmc import MCMCClusterer, relabel
+from .mcmc import MCMCClusterer, relabel, update_latent
 
 
 @dataclass
@@ -71,13 +71,15 @@ class CollapsedGibbs(MCMCClusterer):
                           hyper)
 
     def _step(self, state: GibbsState):
-        """A sweep of algorithm 3 over every point, then the hyperparameters and alpha
-        given the partition (:mod:`.hyperparameters`)."""
+        """A sweep of algorithm 3 over every point, the family's latent variables given
+        the partition (``StudentNIW``'s scales), then the hyperparameters and alpha
+        given both (:mod:`.hyperparameters`)."""
         self._family = fam = self._hyper.family(state.hyper or {})
         weights = self._weights_for(state.alpha)
         X = state.X
         stats = fam.suff_stats_labels(X, state.z, state.k)
         z, stats = collapsed_updates(fam, weights, X, state.z, stats, range(X.shape[0]))
+        X, stats = update_latent(fam, X, z, stats)
         hyper, alpha, lp = self._update_hyperparameters(state.hyper, state.alpha, stats)
         state = GibbsState(X, z, stats.k, alpha, hyper)
         return state, {"k": state.k, "lp": lp}

@@ -59,6 +59,27 @@ def default_model(X) -> DPMixture:
     return DPMixture(GaussianNIW.weak(X), DirichletProcess(1.0))
 
 
+def chain_rows(family, X, latent=None) -> torch.Tensor:
+    """The rows a chain works on: X, with the family's per-row latent variables
+    appended when it has some (``StudentNIW``'s scales; ``latent`` restores saved ones)."""
+    return family.augment(X, latent) if getattr(family, "latent_columns", 0) else X
+
+
+def latent_columns(family, rows):
+    """The latent columns of a chain's rows (None for a family without any)."""
+    return rows[:, family.dim:].clone() if getattr(family, "latent_columns", 0) else None
+
+
+def update_latent(family, X, z, stats):
+    """A Gibbs step on the family's per-row latent variables given the partition, and
+    the statistics of the new rows; a family without latent variables returns both
+    unchanged."""
+    if not getattr(family, "latent_columns", 0):
+        return X, stats
+    X = family.update_latent(X, z, stats)
+    return X, family.suff_stats_labels(X, z, stats.k)
+
+
 def relabel(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Map the labels in use onto 0..K-1, keeping their order; returns (new labels, old
     ids kept).  A count and a cumulative sum instead of a sort of the N labels."""
@@ -256,7 +277,7 @@ class MCMCClusterer(CheckpointedEstimator):
         # this process's per-fit settings (warm-up length, Gibbs points, hyperparameter
         # step, ...), set up as a chain's start does, without touching its generator
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
-            self._init_state(X, model, 0)
+            self._init_state(chain_rows(model.family, X), model, 0)
         return [rec for rec, _ in results]
 
     # -- checkpoints -------------------------------------------------------------------
@@ -347,6 +368,7 @@ class MCMCClusterer(CheckpointedEstimator):
             "chains": self._stored_chains(),
             "running": {"chain": chain, "iteration": it + 1,
                         "state": dataclasses.replace(state, X=None),
+                        "latent": latent_columns(self.model_.family, state.X),
                         "record": self._stored(rec, chain),
                         "attributes": {a: getattr(self, a) for a in self._chain_attributes},
                         "rng": torch.get_rng_state(),
@@ -358,11 +380,12 @@ class MCMCClusterer(CheckpointedEstimator):
         """One chain of ``max_iter`` steps (from ``running``, a checkpoint's chain, when
         resuming), saved every ``every`` iterations when checkpointing."""
         rec = ChainRecord()
-        state = self._init_state(X, model, chain)
+        state = self._init_state(chain_rows(model.family, X), model, chain)
         start = 0
         if running is not None:          # resume: the saved state replaces the fresh one
             rec, start = running["record"], int(running["iteration"])
-            state = dataclasses.replace(running["state"], X=X)
+            state = dataclasses.replace(
+                running["state"], X=chain_rows(model.family, X, running.get("latent")))
             for name, value in running["attributes"].items():
                 setattr(self, name, value)
             torch.set_rng_state(running["rng"])
@@ -477,6 +500,9 @@ class MCMCClusterer(CheckpointedEstimator):
         fam = HyperparameterStep(self.model_).family(self.hyper_)
         self._predict_family = fam
         Xt = self._X_train
+        if getattr(fam, "latent_columns", 0):
+            # predict conditions on the scales' conditional means given labels_
+            Xt = fam.plugin_latent(Xt, torch.as_tensor(self.labels_))
         stats = fam.suff_stats_labels(Xt, torch.as_tensor(self.labels_), self.n_clusters_)
         self._predict_stats = stats
 
@@ -524,6 +550,7 @@ class MCMCClusterer(CheckpointedEstimator):
         return to_inference_data(self)
 
 
-__all__ = ["MCMCClusterer", "ChainRecord", "default_model", "relabel",
+__all__ = ["MCMCClusterer", "ChainRecord", "default_model", "relabel", "chain_rows",
+           "latent_columns", "update_latent",
            "pointwise_log_likelihood", "sample_categorical", "categorical_cdf_",
            "sample_from_cdf", "dirichlet_log", "conditional_log_weights"]

@@ -125,6 +125,7 @@ from .mcmc import (
     relabel,
     sample_categorical,
     sample_from_cdf,
+    update_latent,
 )
 from .moves import disjoint_pairs
 from .subpartition import (
@@ -406,7 +407,7 @@ class SubclusterSampler(MCMCClusterer):
         self._row_keys = torch.rand(n, dtype=torch.float64).to(X.device) \
             if float(w[3]) > 0 else None
         # kernel bandwidth of the local anchor choice: a tenth of the data's scale
-        self._bandwidth2 = max(float(X.var(0).mean()) * 0.01, 1e-12)
+        self._bandwidth2 = max(float(model.family.features(X).var(0).mean()) * 0.01, 1e-12)
         self._compiled = self._compiled_steps(X, model)
         default = GIBBS_POINTS_COMPILED if self._compiled is not None else GIBBS_POINTS_TORCH
         self.gibbs_points_ = min(n, default if self.gibbs_points == "auto"
@@ -417,7 +418,8 @@ class SubclusterSampler(MCMCClusterer):
             born = torch.full((int(z.max()) + 1,), -self._burnout, dtype=torch.long)
             return self._compiled.seed_state(SubclusterState(
                 X, z, float(getattr(weights, "alpha", 1.0)), zs=zs, born=born, hyper=hyper))
-        zs = self._warmup_sublabels(X, z, torch.ones(int(z.max()) + 1, dtype=torch.bool),
+        zs = self._warmup_sublabels(model.family.features(X), z,
+                                    torch.ones(int(z.max()) + 1, dtype=torch.bool),
                                     torch.zeros(n, dtype=torch.long))
         # the clusters of the start may merge at once: a random start's clusters are
         # interleaved pieces of the data, not splits to protect
@@ -504,6 +506,8 @@ class SubclusterSampler(MCMCClusterer):
             idx = torch.randperm(n)[:self.gibbs_points_]
             z, stats = collapsed_updates(fam, weights, X, state.z, stats, idx)
             state = SubclusterState(X, z, state.alpha, state.iteration, hyper=state.hyper)
+        # the family's latent variables given the partition (StudentNIW's scales)
+        state.X, stats = update_latent(fam, X, state.z, stats)
 
         # 5. hyperparameters and concentration given the partition
         state.hyper, state.alpha, lp = self._update_hyperparameters(state.hyper, state.alpha,
@@ -527,7 +531,7 @@ class SubclusterSampler(MCMCClusterer):
             n_moves = self.moves_per_iter_
         if state.X.shape[0] < 2 or int(n_moves) < 1:
             return state, {"split": [0, 0], "merge": [0, 0], "resplit": [0, 0]}, None
-        pairs = self._anchor_pairs(state.X, int(n_moves))
+        pairs = self._anchor_pairs(self._family.features(state.X), int(n_moves))
         # which kernel this batch runs is drawn whatever the state (a mixture of exact
         # kernels); no draw at all when re-splits are off, so those chains are unchanged
         if self.resplit_prob > 0 and float(torch.rand(())) < self.resplit_prob:
@@ -632,7 +636,7 @@ class SubclusterSampler(MCMCClusterer):
             fresh_clusters = torch.zeros(k + n_split, dtype=torch.bool)
             fresh_clusters[split.nonzero().flatten()] = True
             fresh_clusters[k:] = True
-            zs = self._warmup_sublabels(X, z, fresh_clusters, zs)
+            zs = self._warmup_sublabels(fam.features(X), z, fresh_clusters, zs)
             born = torch.cat([torch.where(split, it, born), torch.full((n_split,), it)])
         # clusters that did not split and are past their burn-out may merge
         eligible = ~split & (it - born[:k] >= self._burnout)
@@ -649,7 +653,11 @@ class SubclusterSampler(MCMCClusterer):
             # clusters an accepted move made start their burn-out and get 2-means sub-labels
             born = torch.cat([state.born, torch.full((counts["split"][1],), it)])[batch.kept]
             state.born = torch.where(batch.touched, it, born)
-            state.zs = self._warmup_sublabels(X, state.z, batch.touched, state.zs)
+            state.zs = self._warmup_sublabels(fam.features(X), state.z, batch.touched, state.zs)
+        # the family's latent variables given the partition (StudentNIW's scales)
+        if getattr(fam, "latent_columns", 0):
+            X = state.X = fam.update_latent(X, state.z,
+                                            fam.suff_stats_labels(X, state.z, state.k))
         # the sub-cluster statistics serve this lp and the next step's start
         state.sub_stats = fam.suff_stats_labels(X, 2 * state.z + state.zs, 2 * state.k)
         stats = state.sub_stats.pair_sums()
@@ -888,11 +896,11 @@ class SubclusterSampler(MCMCClusterer):
         operations per iteration on a1)."""
         fam = self._family
         kind = int(torch.multinomial(self._kind_weights, 1))
-        axes = torch.randn(n_groups, Xr.shape[1], dtype=Xr.dtype)
+        axes = torch.randn(n_groups, fam.dim, dtype=Xr.dtype)
         if kind == 0:
-            h = two_means_groups(Xr, g, n_groups)
+            h = two_means_groups(fam.features(Xr), g, n_groups)
         elif kind == 1:
-            h = two_means_groups(Xr, g, n_groups, axes)
+            h = two_means_groups(fam.features(Xr), g, n_groups, axes)
         elif kind == 2:
             h = carve_groups(fam, Xr, g, n_groups, anchors)
         else:

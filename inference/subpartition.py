@@ -135,7 +135,8 @@ def carve_groups(family, X: torch.Tensor, g: torch.Tensor, n_groups: int,
     Coarse 2-means halves of many tight clusters are barely favoured by the DP
     posterior (the partition's entropy cost eats the likelihood gain); carving one
     tight group out is, so this is what leaves K = 1 on data such as r15."""
-    n, d = X.shape
+    G = family.features(X)
+    n, d = G.shape
     dev = X.device
     count = torch.bincount(g, minlength=n_groups)
     m = (count // 20).clamp_min(d + 2)
@@ -143,11 +144,11 @@ def carve_groups(family, X: torch.Tensor, g: torch.Tensor, n_groups: int,
     h = torch.zeros(n, dtype=torch.long, device=dev)
     if bool(small.any()):
         rows, sub_g, n_sub = select_groups(small, g)
-        h[rows] = two_means_groups(X[rows], sub_g, n_sub)
+        h[rows] = two_means_groups(G[rows], sub_g, n_sub)
     if bool(small.all()):
         return h
     # rank of each row's distance to its group's anchor, within its group
-    diff = X - X[anchors][g]
+    diff = G - G[anchors][g]
     rank = rank_within_groups((diff * diff) @ torch.ones(d, dtype=X.dtype, device=dev), g,
                               n_groups)
     big = ~small[g]
@@ -257,7 +258,7 @@ def refined_two_means_groups(family, X: torch.Tensor, g: torch.Tensor, n_groups:
     if keys is not None and max_rows is not None:
         sample = rank_within_groups(keys, g, n_groups) < int(max_rows)
     Xs, gs = X[sample], g[sample]
-    start = whitened_two_means_groups(Xs, gs, n_groups, axes)
+    start = whitened_two_means_groups(family.features(Xs), gs, n_groups, axes)
     h = refine_subclusters(family, Xs, gs, start, n_groups, n_iter=n_iter) \
         if n_iter > 0 else start
     if bool(sample.all()):

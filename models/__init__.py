@@ -10,6 +10,7 @@ from .families import (
     GaussianParams,
     Multinomial,
     MultinomialParams,
+    StudentNIW,
     SuffStats,
 )
 from .hyperpriors import Hyperpriors
@@ -25,7 +26,7 @@ __all__ = [
     "InverseWishart", "NormalInverseWishart", "MultinomialCounts",
     "DPMixture", "gather_params", "Hyperpriors",
     "ConjugateFamily", "SuffStats",
-    "GaussianNIW", "GaussianParams", "DiagonalGaussian", "DiagGaussianParams",
+    "GaussianNIW", "GaussianParams", "StudentNIW", "DiagonalGaussian", "DiagGaussianParams",
     "Multinomial", "MultinomialParams",
     "WeightPrior", "DirichletProcess", "PitmanYor", "FiniteDirichlet", "stick_breaking",
 ]

@@ -155,6 +155,11 @@ class ConjugateFamily:
     def device(self):
         return self._device
 
+    def features(self, X: torch.Tensor) -> torch.Tensor:
+        """The data columns of a chain's rows (without a family's latent columns,
+        ``StudentNIW``'s scales): what geometric proposals look at."""
+        return X[:, :self.dim] if X.shape[1] > self.dim else X
+
     def _row_stats(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

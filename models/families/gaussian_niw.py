@@ -179,9 +179,13 @@ class GaussianNIW(ConjugateFamily):
         return SuffStats(n=n, sx=sx, sxx=scatter_outer(X, z, k, wx))
 
     # ---- conjugate algebra ------------------------------------------------
+    def _mean_count(self, stats: SuffStats) -> torch.Tensor:
+        """The pseudo-count the data add to kappa: n (a scale mixture's sum of scales)."""
+        return stats.n
+
     def posterior(self, stats: SuffStats) -> NIWPosterior:
         n, sx, sxx = stats.n, stats.sx, stats.sxx
-        kappa_n = self.kappa + n
+        kappa_n = self.kappa + self._mean_count(stats)
         nu_n = self.nu + n
         sum_n = self._kappa_mu0 + sx                     # kappa_n mu_n
         mu_n = sum_n / kappa_n[:, None]
