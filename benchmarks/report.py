@@ -190,9 +190,11 @@ def mixing_table(rows) -> str:
 
 
 def fresh_table(rows) -> str:
+    student = all("subcluster-t" in r for r in rows)
+    extra = " t-model K | t-model NMI | t-model median s |" if student else ""
     out = ["| clusters | d | N | true K | separation | sampler K (3 seeds) | sampler NMI | "
-           "BGM K | BGM NMI | sampler / BGM median s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "BGM K | BGM NMI | sampler / BGM median s |" + extra,
+           "|---|---|---|---|---|---|---|---|---|---|" + ("---|" * 3 if student else "")]
     groups = {}
     for r in rows:
         groups.setdefault((r["d"], r["k_true"], r["N"], r["separation"], r["t_df"]), []).append(r)
@@ -205,7 +207,11 @@ def fresh_table(rows) -> str:
             f"{'/'.join(str(r['bgm']['k']) for r in rs)} | "
             f"{np.mean([r['bgm']['nmi'] for r in rs]):.3f} | "
             f"{np.median([r['subcluster']['seconds'] for r in rs]):.2f} / "
-            f"{np.median([r['bgm']['seconds'] for r in rs]):.2f} |")
+            f"{np.median([r['bgm']['seconds'] for r in rs]):.2f} |"
+            + (f" {'/'.join(str(r['subcluster-t']['k']) for r in rs)} | "
+               f"{np.mean([r['subcluster-t']['nmi'] for r in rs]):.3f} | "
+               f"{np.median([r['subcluster-t']['seconds'] for r in rs]):.2f} |"
+               if student else ""))
     return "\n".join(out)
 
 

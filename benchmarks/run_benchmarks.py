@@ -49,10 +49,12 @@ from report import SPEED_SAMPLERS
 
 from bnpdeep import data
 from bnpdeep.diagnostics import k_summary
+from bnpdeep.models import DirichletProcess, DPMixture, StudentNIW
 from bnpdeep.metrics import evaluate
 
 HERE = Path(__file__).resolve().parent
 GIBBS_MAX_ND = 5000        # collapsed Gibbs sweeps point by point: small N x d only
+STUDENT_DF = 4.0           # Lange, Little & Taylor's (1989) robust default
 
 
 def machine() -> str:
@@ -77,8 +79,15 @@ def timed_fit(est, X):
     return est, time.perf_counter() - start
 
 
-def accuracy_methods(k_true: int, n: int, d: int, seed: int, iters: int | None,
+def student_model(X, df: float = STUDENT_DF) -> DPMixture:
+    """The default model with Student-t components of ``df`` degrees of freedom
+    (``StudentNIW.weak``: the same NIW prior on their location and scale)."""
+    return DPMixture(StudentNIW.weak(X, df=df), DirichletProcess(1.0))
+
+
+def accuracy_methods(X, k_true: int, seed: int, iters: int | None,
                      backend: str = "auto", device: str = "cpu"):
+    n, d = X.shape
     methods = {
         "kmeans (K given)": KMeans(n_clusters=k_true, random_state=seed),
         "gmm (K given)": GaussianMixtureEM(n_clusters=k_true, random_state=seed),
@@ -87,6 +96,10 @@ def accuracy_methods(k_true: int, n: int, d: int, seed: int, iters: int | None,
         "subcluster": SubclusterSampler(**({} if iters is None else {"max_iter": iters}),
                                         random_state=seed,
                                         store_log_likelihood=False, backend=backend),
+        # Student-t components: the torch backend (the compiled one is Gaussian only)
+        "subcluster-t": SubclusterSampler(model=student_model(X),
+                                          **({} if iters is None else {"max_iter": iters}),
+                                          random_state=seed, store_log_likelihood=False),
     }
     methods["deepdpm"] = DeepDPM(random_state=seed, device=device)
     methods["deepdpm (init 3K)"] = DeepDPM(init_k=3 * k_true, random_state=seed, device=device)
@@ -104,8 +117,7 @@ def run_accuracy(sets, seed: int, iters: int | None, only=None,
     for name in sets:
         X, y = data.load_benchmark(name)
         k_true = int(np.unique(y).size)
-        for method, est in accuracy_methods(k_true, X.shape[0], X.shape[1], seed, iters,
-                                            backend, device).items():
+        for method, est in accuracy_methods(X, k_true, seed, iters, backend, device).items():
             if only and method not in only:
                 continue
             row = {"data": name, "method": method, "N": X.shape[0], "d": X.shape[1],
@@ -470,6 +482,8 @@ def run_fresh(seed: int) -> list[dict]:
                    "data_seed": data_seed}
             for name, est in [("subcluster", SubclusterSampler(
                     random_state=seed, store_log_likelihood=False)),
+                    ("subcluster-t", SubclusterSampler(
+                        model=student_model(X), random_state=seed, store_log_likelihood=False)),
                     ("bgm", BayesianGMM(truncation=max(2 * k, 30), random_state=seed))]:
                 est, secs = timed_fit(est, X)
                 row[name] = {"k": int(est.n_clusters_), "nmi": evaluate(y, est.labels_)["nmi"],

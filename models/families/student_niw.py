@@ -163,10 +163,17 @@ class StudentNIW(GaussianNIW):
         return Xa
 
     # ---- statistics ---------------------------------------------------------
-    def _row_stats(self, X):
+    def _scaled_rows(self, X):
         x, w = self.split_rows(X)
         if w is None:
-            w = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+            raise ValueError(
+                "StudentNIW's statistics need each row's scale w_i: pass augment(X, w) "
+                "rows (a sampler's chain carries them); the collapsed likelihood of plain "
+                "rows integrates the scales out and has no closed form")
+        return x, w
+
+    def _row_stats(self, X):
+        x, w = self._scaled_rows(X)
         wx = x * w[:, None]
         return {"n": torch.ones_like(w), "w": w, "sx": wx, "sxx": wx[:, :, None] * x[:, None, :],
                 "slw": torch.log(w)}
@@ -184,9 +191,7 @@ class StudentNIW(GaussianNIW):
 
     def suff_stats_labels(self, X, labels, k=None, weights=None) -> SuffStats:
         self._no_soft_weights(weights)
-        x, w = self.split_rows(X)
-        if w is None:
-            w = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        x, w = self._scaled_rows(X)
         z = torch.as_tensor(labels, device=x.device, dtype=torch.long)
         k = int(z.max()) + 1 if k is None else k
 

@@ -1,0 +1,235 @@
+"""StudentNIW: the scale-mixture algebra against scipy, and both samplers against the
+exact posterior over partitions (and df) computed by numerical integration."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from bnpdeep.inference.exact import (
+    canonical,
+    empirical_partition_distribution,
+    total_variation,
+)
+from bnpdeep.inference.gibbs import CollapsedGibbs
+from bnpdeep.inference.subcluster import SubclusterSampler
+from bnpdeep.models import DirichletProcess, DPMixture, GaussianNIW, Hyperpriors, StudentNIW
+from pyro.distributions import Empirical
+from scipy import integrate
+from scipy import stats as st
+
+
+def _family(d=2, df=3.0):
+    return StudentNIW(np.zeros(d), 0.5, d + 2.0, 0.7 * np.eye(d), df=df)
+
+
+def _scaled_data(n=7, d=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = torch.distributions.Gamma(2.0, 2.0).sample((n,)).double()
+    return X, w
+
+
+def test_log_marginal_is_chibs_identity_at_any_parameter():
+    """log p(X, w) = log p(X | mu, Sigma, w) + log p(mu, Sigma) + log p(w)
+    - log p(mu, Sigma | X, w), every density from scipy."""
+    fam, (X, w) = _family(), _scaled_data()
+    stats = fam.suff_stats(fam.augment(X, w))
+    mu, S = np.array([0.1, -0.2]), np.array([[1.0, 0.3], [0.3, 0.8]])
+    loglik = sum(st.multivariate_normal(mu, S / wi).logpdf(xi)
+                 for xi, wi in zip(X.numpy(), w.numpy()))
+    log_w = st.gamma(1.5, scale=1 / 1.5).logpdf(w.numpy()).sum()
+    prior = st.invwishart(4.0, 0.7 * np.eye(2)).logpdf(S) \
+        + st.multivariate_normal(np.zeros(2), S / 0.5).logpdf(mu)
+    post = fam.posterior(stats)
+    posterior = st.invwishart(float(post.nu[0]), post.psi[0].numpy()).logpdf(S) \
+        + st.multivariate_normal(post.mu[0].numpy(), S / float(post.kappa[0])).logpdf(mu)
+    assert float(fam.log_marginal(stats)[0]) == pytest.approx(
+        loglik + prior + log_w - posterior, rel=1e-7)
+
+
+def test_predictive_of_scaled_rows_is_the_chain_rule():
+    fam, (X, w) = _family(), _scaled_data()
+    Xa = fam.augment(X, w)
+    stats = fam.suff_stats_labels(Xa[:6], torch.tensor([0, 0, 1, 1, 1, 0]), 2)
+    both = fam.suff_stats_labels(Xa, torch.tensor([0, 0, 1, 1, 1, 0, 1]), 2)
+    pred = fam.log_predictive(Xa[6:], stats)[0]
+    assert float(pred[1]) == pytest.approx(
+        float(fam.log_marginal(both)[1] - fam.log_marginal(stats)[1]), rel=1e-10)
+
+
+def test_predictive_of_plain_rows_integrates_the_scale():
+    """p(x | X_k, w_k) = int p(x | X_k, w_k, w) Gamma(w; df/2, df/2) dw (scipy quad)."""
+    fam, (X, w) = _family(df=2.5), _scaled_data()
+    stats = fam.suff_stats(fam.augment(X[:6], w[:6]))
+    x = X[6:]
+
+    def density(v):
+        row = fam.augment(x, torch.tensor([v], dtype=torch.float64))
+        return math.exp(float(fam.log_predictive(row, stats)[0, 0]))   # includes Gamma(v)
+
+    exact, _ = integrate.quad(density, 0, np.inf, limit=200)
+    assert float(fam.log_predictive(x, stats)[0, 0]) == pytest.approx(math.log(exact),
+                                                                       abs=1e-6)
+
+
+def test_likelihood_of_plain_rows_is_the_t_density():
+    fam, (X, w) = _family(df=3.0), _scaled_data()
+    params = fam.sample_posterior(fam.suff_stats(fam.augment(X, w)))
+    ours = fam.log_likelihood(X, params)[:, 0].numpy()
+    ref = st.multivariate_t(params.mean[0].numpy(), params.cov[0].numpy(), df=3.0).logpdf(
+        X.numpy())
+    np.testing.assert_allclose(ours, ref, rtol=1e-10)
+
+
+def test_plain_rows_have_no_statistics_and_soft_weights_are_refused():
+    fam, (X, _) = _family(), _scaled_data()
+    with pytest.raises(ValueError, match="scale w_i"):
+        fam.suff_stats_labels(X, torch.zeros(X.shape[0], dtype=torch.long))
+    with pytest.raises(TypeError, match="latent variables of a sampler"):
+        fam.suff_stats(fam.augment(X), weights=torch.ones(X.shape[0]))
+
+
+def test_scales_are_drawn_from_their_conditional():
+    """With a cluster so large that its posterior is a point, w_i | x_i has mean
+    (df + d) / (df + delta_i) and shape (df + d) / 2."""
+    torch.manual_seed(0)
+    fam = _family(d=2, df=3.0)
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(200_000, 2, generator=g, dtype=torch.float64)
+    Xa = fam.augment(X)
+    z = torch.zeros(X.shape[0], dtype=torch.long)
+    w = fam.latent(fam.update_latent(Xa, z, fam.suff_stats_labels(Xa, z, 1)))
+    delta = (X ** 2).sum(1)                    # the posterior is close to N(0, I)
+    ratio = w * (3.0 + delta) / (3.0 + 2)      # Gamma(5/2, 5/2): mean 1, variance 2/5
+    assert float(ratio.mean()) == pytest.approx(1.0, abs=0.01)
+    assert float(ratio.var()) == pytest.approx(0.4, abs=0.01)
+
+
+# ---- exact posterior over partitions of four 1-d points -----------------------------
+POINTS = np.array([[-1.3], [-0.7], [0.8], [1.6]])
+
+
+def _log_cluster_marginal(xs, df, mu0=0.0, kappa=0.5, nu=3.0, psi=1.0, nodes=400):
+    """log int prod_i t_df(x_i | mu, s2) N(mu | mu0, s2/kappa) IG(s2 | nu/2, psi/2)
+    d mu d s2 (the 1-d NIW prior of StudentNIW), by Gauss-Legendre quadrature over
+    (mu, log s2) on a box that holds the integrand's mass; densities from scipy."""
+    xs = np.asarray(xs).ravel()
+    t, wt = np.polynomial.legendre.leggauss(nodes)
+    mu = 10.0 * t - 2.0                       # [-12, 8]
+    u = 15.0 * t                              # [-15, 15]
+    M, U = np.meshgrid(mu, u, indexing="ij")
+    s = np.exp(0.5 * U)
+    log_f = (st.t.logpdf(xs[:, None, None], df, loc=M, scale=s).sum(0)
+             + st.norm.logpdf(M, mu0, s / math.sqrt(kappa))
+             + st.invgamma.logpdf(np.exp(U), nu / 2, scale=psi / 2) + U)
+    log_w = np.log(10.0 * wt)[:, None] + np.log(15.0 * wt)[None, :]
+    top = (log_f + log_w).max()
+    return float(top + np.log(np.exp(log_f + log_w - top).sum()))
+
+
+def _set_partitions(n):
+    if n == 0:
+        yield []
+        return
+    for part in _set_partitions(n - 1):
+        for i in range(len(part)):
+            yield part[:i] + [part[i] + [n - 1]] + part[i + 1:]
+        yield part + [[n - 1]]
+
+
+def _exact_posterior(dfs, log_prior_df):
+    """p(partition, df | X) for the DP(1) mixture, over a grid of df values."""
+    n = POINTS.shape[0]
+    cache = {}
+    out = {}
+    for part in _set_partitions(n):
+        z = np.empty(n, dtype=int)
+        for c, block in enumerate(part):
+            z[block] = c
+        for df, lp_df in zip(dfs, log_prior_df):
+            lp = lp_df + float(DirichletProcess(1.0).log_eppf(
+                torch.tensor([len(b) for b in part], dtype=torch.float64)))
+            for block in part:
+                key = (tuple(block), df)
+                if key not in cache:
+                    cache[key] = _log_cluster_marginal(POINTS[block], df)
+                lp += cache[key]
+            out[(canonical(z), df)] = lp
+    top = max(out.values())
+    total = sum(math.exp(v - top) for v in out.values())
+    return {k: math.exp(v - top) / total for k, v in out.items()}
+
+
+def _model(df=3.0, hyperpriors=None):
+    return DPMixture(StudentNIW(np.zeros(1), 0.5, 3.0, np.eye(1), df=df), DirichletProcess(1.0),
+                     hyperpriors=hyperpriors)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("sampler, options", [
+    (CollapsedGibbs, {}),
+    (SubclusterSampler, {"gibbs_points": 0}),
+    (SubclusterSampler, {}),
+], ids=["gibbs", "subcluster-moves", "subcluster-default"])
+def test_partition_frequencies_match_the_integrated_posterior(sampler, options):
+    exact = {z: p for (z, _), p in _exact_posterior([3.0], [0.0]).items()}
+    assert max(exact.values()) < 0.5
+    est = sampler(model=_model(), max_iter=6000, burn_in=200, store_log_likelihood=False,
+                  random_state=1, **options).fit(POINTS)
+    tv = total_variation(exact, empirical_partition_distribution(est.label_draws_))
+    assert tv < 0.05, f"{sampler.__name__} {options}: TV {tv:.3f}"
+
+
+def test_joint_posterior_of_partition_and_df_matches_on_a_grid():
+    """df under a grid prior, drawn from p(df | w) through the scales' Gamma prior
+    inside log_marginal: the joint (partition, df) frequencies match."""
+    dfs = [0.5, 2.0, 30.0]
+    exact = _exact_posterior(dfs, [math.log(1 / 3)] * 3)
+    marg_df = {df: sum(p for (_, d), p in exact.items() if d == df) for df in dfs}
+    assert max(marg_df.values()) < 0.6           # df is not pinned by the data
+    prior = Empirical(torch.tensor(dfs, dtype=torch.float64), torch.zeros(3))
+    est = CollapsedGibbs(model=_model(hyperpriors=Hyperpriors(df=prior)), max_iter=8000,
+                         burn_in=200, store_log_likelihood=False, random_state=2).fit(POINTS)
+    df_draws = est.to_inference_data().posterior["df"].values.ravel()
+    empirical = {}
+    for z, df in zip(est.label_draws_, df_draws):
+        key = (canonical(z), float(df))
+        empirical[key] = empirical.get(key, 0) + 1 / len(df_draws)
+    tv = total_variation(exact, empirical)
+    assert tv < 0.06, f"TV {tv:.3f}"
+
+
+def test_student_sampler_fit_predicts_and_stores_t_likelihoods():
+    """A heavy-tailed two-cluster set: K = 2, predict agrees with labels_, and the
+    stored pointwise log-likelihoods are the t mixture's (finite)."""
+    g = np.random.default_rng(0)
+    X = np.concatenate([g.standard_t(3, size=(150, 2)) * 0.5 - 3,
+                        g.standard_t(3, size=(150, 2)) * 0.5 + 3])
+    est = SubclusterSampler(model=DPMixture(StudentNIW.weak(X, df=3.0), DirichletProcess(1.0)),
+                            random_state=0).fit(X)
+    assert est.n_clusters_ == 2
+    assert (est.predict(X) == est.labels_).mean() > 0.99
+    ll = est.to_inference_data().log_likelihood["x"].values
+    assert np.isfinite(ll).all()
+
+
+def test_weak_prior_and_hyperparameters():
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    fam = StudentNIW.weak(X, df=5.0)
+    ref = GaussianNIW.weak(X)
+    assert fam.df == 5.0 and torch.allclose(fam.psi, ref.psi)
+    moved = fam.with_hyperparameters(df=7.0, psi_scale=2.0)
+    assert isinstance(moved, StudentNIW) and moved.df == 7.0
+    assert torch.allclose(moved.psi, 2.0 * ref.psi)
+    with pytest.raises(ValueError, match="df must be positive"):
+        StudentNIW(np.zeros(2), 1.0, 4.0, np.eye(2), df=0.0)
+
+
+def test_exact_set_partitions_helper_counts_bell_numbers():
+    assert [sum(1 for _ in _set_partitions(n)) for n in range(1, 6)] == [1, 2, 5, 15, 52]
+    assert len(set(tuple(map(tuple, p)) for p in _set_partitions(4))) == 15
+    assert all(sorted(itertools.chain(*p)) == list(range(4)) for p in _set_partitions(4))
