@@ -45,11 +45,11 @@ from bnpdeep.inference import (
 )
 from bnpdeep.inference.base import resolve_device
 from bnpdeep.inference.subcluster_compiled import load_kernels
+from bnpdeep.models import DirichletProcess, DPMixture, StudentNIW
 from report import SPEED_SAMPLERS
 
 from bnpdeep import data
 from bnpdeep.diagnostics import k_summary
-from bnpdeep.models import DirichletProcess, DPMixture, StudentNIW
 from bnpdeep.metrics import evaluate
 
 HERE = Path(__file__).resolve().parent

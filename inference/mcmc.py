@@ -59,6 +59,15 @@ def default_model(X) -> DPMixture:
     return DPMixture(GaussianNIW.weak(X), DirichletProcess(1.0))
 
 
+def require_no_latent(model, method: str) -> None:
+    """A clear error where ``method`` (a variational or amortized method) is given a
+    family whose rows carry latent variables, which only the samplers draw."""
+    family = getattr(model, "family", None)
+    if getattr(family, "latent_columns", 0):
+        raise TypeError(f"{method} does not take {type(family).__name__}: its per-point "
+                        "latent variables are drawn by SubclusterSampler and CollapsedGibbs")
+
+
 def chain_rows(family, X, latent=None) -> torch.Tensor:
     """The rows a chain works on: X, with the family's per-row latent variables
     appended when it has some (``StudentNIW``'s scales; ``latent`` restores saved ones)."""
@@ -551,6 +560,7 @@ class MCMCClusterer(CheckpointedEstimator):
 
 
 __all__ = ["MCMCClusterer", "ChainRecord", "default_model", "relabel", "chain_rows",
+           "require_no_latent",
            "latent_columns", "update_latent",
            "pointwise_log_likelihood", "sample_categorical", "categorical_cdf_",
            "sample_from_cdf", "dirichlet_log", "conditional_log_weights"]

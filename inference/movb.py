@@ -62,7 +62,7 @@ from bnpdeep.linalg import DTYPE, as_tensor
 from ..models import ConjugateFamily, FiniteDirichlet, SuffStats, WeightPrior
 from .base import CheckpointedEstimator
 from .draws import approximate_posterior_arrays
-from .mcmc import default_model
+from .mcmc import default_model, require_no_latent
 from .subpartition import carve, two_means
 
 _MIN_MASS = 1e-8     # rows whose responsibility for a birth target is below this stay put
@@ -223,6 +223,7 @@ class MemoizedVB(CheckpointedEstimator):
     # ------------------------------------------------------------------ set-up
     def _check_model(self, X):
         model = default_model(X) if self.model is None else self.model
+        require_no_latent(model, "MemoizedVB")
         if isinstance(model.weights, FiniteDirichlet):
             raise ValueError("MemoizedVB needs a DirichletProcess or PitmanYor weight prior "
                              "(its truncation grows through birth moves); for a finite "

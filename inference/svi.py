@@ -37,7 +37,7 @@ from bnpdeep.linalg import as_tensor
 from ..models import FiniteDirichlet, stick_breaking
 from .base import ClusterEstimator, own_pyro_state
 from .draws import approximate_posterior_arrays
-from .mcmc import default_model
+from .mcmc import default_model, require_no_latent
 
 
 def _kmeanspp_labels(X: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -129,6 +129,7 @@ class MeanFieldSVI(ClusterEstimator):
     def _fit_scoped(self, X):
         self._check_options()
         model = default_model(X) if self.model is None else self.model
+        require_no_latent(model, "MeanFieldSVI")
         t = model.weights.k if isinstance(model.weights, FiniteDirichlet) else int(self.truncation)
         self.model_ = model.with_truncation(t)
         self._family, self._weights = model.family, model.weights

@@ -51,7 +51,7 @@ from bnpdeep.linalg import as_tensor
 from ..base import CheckpointedEstimator, own_pyro_state, resolve_device
 from ..draws import approximate_posterior_arrays
 from ..guide_moves import GuideSplitMerge
-from ..mcmc import default_model, relabel
+from ..mcmc import default_model, relabel, require_no_latent
 from ..subpartition import two_means
 from .guide import CHUNK, DeepDPMGuide
 from .loss import DeepDPMLoss, JointAdam, NetRates
@@ -236,6 +236,7 @@ class DeepDPM(CheckpointedEstimator):
         model = self.model if self.model is not None else default_model(X)
         if not isinstance(model, DPMixture):
             raise TypeError(f"model must be a DPMixture, got {type(model).__name__}")
+        require_no_latent(model, "DeepDPM")
         self._family = model.family.to(self._device) if hasattr(model.family, "to") \
             else model.family
         self._model = model.with_family(self._family)

@@ -249,7 +249,7 @@ class StudentNIW(GaussianNIW):
         log_lam = torch.as_tensor(np.log(lam[keep]) - math.lgamma(a), dtype=DTYPE,
                                   device=x.device)
         terms = torch.stack([self._weighted_predictive(x, wq.expand(x.shape[0]), post) + lq
-                             for wq, lq in zip(nodes, log_lam)], 0)
+                             for wq, lq in zip(nodes, log_lam, strict=True)], 0)
         return torch.logsumexp(terms, 0)
 
     def log_likelihood(self, X, params: GaussianParams) -> torch.Tensor:

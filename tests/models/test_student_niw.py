@@ -38,7 +38,7 @@ def test_log_marginal_is_chibs_identity_at_any_parameter():
     stats = fam.suff_stats(fam.augment(X, w))
     mu, S = np.array([0.1, -0.2]), np.array([[1.0, 0.3], [0.3, 0.8]])
     loglik = sum(st.multivariate_normal(mu, S / wi).logpdf(xi)
-                 for xi, wi in zip(X.numpy(), w.numpy()))
+                 for xi, wi in zip(X.numpy(), w.numpy(), strict=True))
     log_w = st.gamma(1.5, scale=1 / 1.5).logpdf(w.numpy()).sum()
     prior = st.invwishart(4.0, 0.7 * np.eye(2)).logpdf(S) \
         + st.multivariate_normal(np.zeros(2), S / 0.5).logpdf(mu)
@@ -148,7 +148,7 @@ def _exact_posterior(dfs, log_prior_df):
         z = np.empty(n, dtype=int)
         for c, block in enumerate(part):
             z[block] = c
-        for df, lp_df in zip(dfs, log_prior_df):
+        for df, lp_df in zip(dfs, log_prior_df, strict=True):
             lp = lp_df + float(DirichletProcess(1.0).log_eppf(
                 torch.tensor([len(b) for b in part], dtype=torch.float64)))
             for block in part:
@@ -196,7 +196,7 @@ def test_joint_posterior_of_partition_and_df_matches_on_a_grid():
                          burn_in=200, store_log_likelihood=False, random_state=2).fit(POINTS)
     df_draws = est.to_inference_data().posterior["df"].values.ravel()
     empirical = {}
-    for z, df in zip(est.label_draws_, df_draws):
+    for z, df in zip(est.label_draws_, df_draws, strict=True):
         key = (canonical(z), float(df))
         empirical[key] = empirical.get(key, 0) + 1 / len(df_draws)
     tv = total_variation(exact, empirical)
@@ -233,3 +233,13 @@ def test_exact_set_partitions_helper_counts_bell_numbers():
     assert [sum(1 for _ in _set_partitions(n)) for n in range(1, 6)] == [1, 2, 5, 15, 52]
     assert len(set(tuple(map(tuple, p)) for p in _set_partitions(4))) == 15
     assert all(sorted(itertools.chain(*p)) == list(range(4)) for p in _set_partitions(4))
+
+
+@pytest.mark.parametrize("name", ["MemoizedVB", "MeanFieldSVI", "DeepDPM"])
+def test_methods_without_latent_draws_refuse_it_by_name(name):
+    import bnpdeep
+
+    X = np.random.default_rng(0).normal(size=(40, 2))
+    est = getattr(bnpdeep, name)(model=DPMixture(StudentNIW.weak(X), DirichletProcess(1.0)))
+    with pytest.raises(TypeError, match=f"{name} does not take StudentNIW"):
+        est.fit(X)
