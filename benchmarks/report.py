@@ -38,6 +38,7 @@ REPORT_RUNS = (
     ["accuracy", "--methods", "subcluster", "bgm", "--seed", "1"],
     ["accuracy", "--methods", "subcluster", "bgm", "--seed", "2"],
     ["fresh"],
+    ["accuracy", "--methods", "subcluster-t"],
     ["accuracy", "--methods", "kmeans (K given)", "gmm (K given)", "dbscan", "gibbs"],
     ["accuracy", "--methods", "deepdpm"],
     ["accuracy", "--sets", "mnist_umap", "fashion_umap", "--methods", "deepdpm",

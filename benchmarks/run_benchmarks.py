@@ -373,11 +373,15 @@ def run_mixing(seed: int, chains: int, iters: int) -> list[dict]:
     clusters of at most 3 points in each chain's last draw; the chains run in one
     worker process per core (``n_jobs=-1``), and the seconds are wall-clock, worker
     start-up included.  The demo data also run
-    without the collapsed Gibbs updates (``gibbs_points=0``), for contrast."""
+    without the collapsed Gibbs updates (``gibbs_points=0``), for contrast, and
+    every set under Student-t components (:func:`student_model`)."""
     digits = data.demo_data()[0]
     cases = [("digits (PCA 10)", digits, {}), ("digits (PCA 10)", digits, {"gibbs_points": 0})]
     cases += [(name, data.load_benchmark(name)[0], {}) for name in MIXING_SETS
               if data.benchmark_root() is not None]
+    # the same data under Student-t components (torch backend)
+    cases += [(f"{name}, t {STUDENT_DF:g} df", X, {"model": student_model(X)})
+              for name, X, options in cases if not options]
     rows = []
     for name, X, options in cases:
         est = SubclusterSampler(max_iter=iters, n_chains=chains, n_jobs=-1,
