@@ -93,7 +93,12 @@ sub-clusters per cluster proposing splits, merges:
    the restricted step cannot empty one, the slice step redraws a one-point
    cluster's parameters around its point, and a merge of a few outlying points
    needs a reverse split that isolates them.
-5. The model's hyperparameters given the partition (:mod:`.hyperparameters`:
+5. A family with per-point latent variables (``StudentNIW``: the scales w_i of its
+   Gaussian scale mixture) has them drawn given the partition
+   (``family.update_latent``: the clusters' parameters from their conditional, then
+   each w_i from its own); every other step conditions on them, so each is an
+   exact update of (z, w).  Then the model's hyperparameters given the partition
+   (:mod:`.hyperparameters`:
    grid enumeration, slice sampling on the log scale, elliptical slice sampling),
    and alpha | K by the Escobar & West (1995) auxiliary-variable update when it has
    a prior: each a Gibbs-type update of one coordinate of (z, h, alpha).
@@ -243,7 +248,8 @@ class SubclusterSampler(MCMCClusterer):
         device's generator, so a seed gives other chains on a GPU than on the CPU).
         "auto": CUDA when torch sees a GPU.
     backend : {"auto", "torch", "compiled"}, default "auto"
-        "torch": the generic implementation, any conjugate family and device.
+        "torch": the generic implementation, any conjugate family (``StudentNIW``
+        included) and device.
         "compiled": the same kernel with its loops in numba (:mod:`.subcluster_compiled`),
         for GaussianNIW components with a DP, Pitman-Yor or finite Dirichlet prior on
         the CPU with ``refine_iter=0``; on a few thousand points a torch iteration's

@@ -52,6 +52,23 @@ class NIWPosterior(NamedTuple):
     chol: torch.Tensor    # (K, d, d) lower Cholesky factor of psi
 
 
+def niw_predictive(post: NIWPosterior, X: torch.Tensor, w: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """log p(x_i | X_k), (N, K), for x_i ~ N(mu, Sigma / w_i) under the NIW posterior
+    ``post``: a multivariate t with df = nu_n - d + 1, location mu_n and scale
+    Psi_n (kappa_n + w_i) / (kappa_n w_i df) (Murphy 2007, eq. 258, at w_i = 1:
+    x_i - mu_n ~ N(0, Sigma (1 / w_i + 1 / kappa_n)) given Sigma ~ IW(nu_n, Psi_n))."""
+    d = X.shape[1]
+    df = post.nu - d + 1                                                  # (K,)
+    c = (post.kappa + 1) / (post.kappa * df) if w is None else \
+        (post.kappa[None] + w[:, None]) / (post.kappa[None] * w[:, None] * df[None])
+    maha = mahalanobis_points(post.chol, X, post.mu) / c
+    logdet = logdet_from_chol(post.chol) + d * torch.log(c)
+    return (torch.lgamma(0.5 * (df + d)) - torch.lgamma(0.5 * df)
+            - 0.5 * d * torch.log(df * math.pi) - 0.5 * logdet
+            - 0.5 * (df + d) * torch.log1p(maha / df))
+
+
 class GaussianNIW(ConjugateFamily):
     """Gaussian likelihood, Normal-inverse-Wishart prior NIW(mu0, kappa, nu, psi).
 
@@ -210,18 +227,7 @@ class GaussianNIW(ConjugateFamily):
     def log_predictive(self, X, stats: SuffStats) -> torch.Tensor:
         """Multivariate Student-t: df = nu_n - d + 1, location mu_n,
         scale Psi_n (kappa_n + 1) / (kappa_n df) (Murphy 2007, eq. 258)."""
-        X = self._as_data(X)
-        d = self.dim
-        post = self.posterior(stats)
-        df = post.nu - d + 1
-        c = (post.kappa + 1) / (post.kappa * df)
-        maha = mahalanobis_points(post.chol, X, post.mu) / c
-        logdet = logdet_from_chol(post.chol) + d * torch.log(c)
-        return (
-            torch.lgamma(0.5 * (df + d)) - torch.lgamma(0.5 * df)
-            - 0.5 * d * torch.log(df * math.pi) - 0.5 * logdet
-            - 0.5 * (df + d) * torch.log1p(maha / df)
-        )
+        return niw_predictive(self.posterior(stats), self._as_data(X))
 
     def map_estimate(self, stats: SuffStats) -> GaussianParams:
         """Joint NIW mode: mu = mu_n, Sigma = Psi_n / (nu_n + d + 2)."""

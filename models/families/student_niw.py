@@ -50,7 +50,7 @@ from bnpdeep.linalg import (
 )
 
 from .base import SuffStats
-from .gaussian_niw import GaussianNIW, GaussianParams
+from .gaussian_niw import GaussianNIW, GaussianParams, niw_predictive
 
 # quadrature nodes of the plain-row predictive's integral over w
 QUADRATURE_NODES = 48
@@ -221,34 +221,23 @@ class StudentNIW(GaussianNIW):
         return (super().log_marginal(stats) + 0.5 * self.dim * stats.slw
                 + self._w_const * stats.n + (a - 1.0) * stats.slw - a * stats.w)
 
-    def _weighted_predictive(self, x, w, post) -> torch.Tensor:
-        """log p(x_i | X_k, w_k, w_i), (N, K): the t with df nu_n - d + 1, location
-        mu_n and scale Psi_n (kappa_n + w_i) / (kappa_n w_i (nu_n - d + 1))."""
-        d = self.dim
-        dft = post.nu - d + 1                                            # (K,)
-        c = (post.kappa[None] + w[:, None]) / (post.kappa[None] * w[:, None] * dft[None])
-        maha = mahalanobis_points(post.chol, x, post.mu) / c
-        logdet = logdet_from_chol(post.chol)[None] + d * torch.log(c)
-        return (torch.lgamma(0.5 * (dft + d)) - torch.lgamma(0.5 * dft)
-                - 0.5 * d * torch.log(dft * math.pi))[None] - 0.5 * logdet \
-            - 0.5 * (dft + d)[None] * torch.log1p(maha / dft[None])
-
     def log_predictive(self, X, stats: SuffStats) -> torch.Tensor:
-        """Augmented rows: log p(x_i, w_i | X_k, w_k), the weighted-point t above plus
-        log Gamma(w_i), so that it is the difference of log marginals.  Plain rows:
+        """Augmented rows: log p(x_i, w_i | X_k, w_k), the t of a point with precision
+        scale w_i (:func:`~.gaussian_niw.niw_predictive`) plus log Gamma(w_i), so that
+        it is the difference of log marginals.  Plain rows:
         log p(x_i | X_k, w_k) = log E_{w ~ Gamma(df/2, df/2)} p(x_i | X_k, w_k, w),
         by generalised Gauss-Laguerre quadrature in u = w df / 2."""
         x, w = self.split_rows(X)
         post = self.posterior(stats)
         if w is not None:
-            return self._weighted_predictive(x, w, post) + self._log_w_prior(w)[:, None]
+            return niw_predictive(post, x, w) + self._log_w_prior(w)[:, None]
         a = 0.5 * self.df
         u, lam = roots_genlaguerre(QUADRATURE_NODES, a - 1.0)
         keep = lam > 0
         nodes = torch.as_tensor(u[keep] / a, dtype=DTYPE, device=x.device)
         log_lam = torch.as_tensor(np.log(lam[keep]) - math.lgamma(a), dtype=DTYPE,
                                   device=x.device)
-        terms = torch.stack([self._weighted_predictive(x, wq.expand(x.shape[0]), post) + lq
+        terms = torch.stack([niw_predictive(post, x, wq.expand(x.shape[0])) + lq
                              for wq, lq in zip(nodes, log_lam, strict=True)], 0)
         return torch.logsumexp(terms, 0)
 
