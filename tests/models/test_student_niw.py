@@ -243,3 +243,22 @@ def test_methods_without_latent_draws_refuse_it_by_name(name):
     est = getattr(bnpdeep, name)(model=DPMixture(StudentNIW.weak(X), DirichletProcess(1.0)))
     with pytest.raises(TypeError, match=f"{name} does not take StudentNIW"):
         est.fit(X)
+
+
+def test_the_pyro_program_observes_t_components():
+    """obs in DPMixture.model is the family's t: its log-density is the sum of
+    StudentNIW.log_likelihood at the traced components and labels."""
+    import pyro
+
+    from bnpdeep.models.dpmm import gather_params
+
+    X = torch.as_tensor(np.random.default_rng(0).normal(size=(30, 2)))
+    fam = StudentNIW.weak(X, df=3.0)
+    tr = pyro.poutine.trace(DPMixture(fam, DirichletProcess(1.0), truncation=6).model
+                            ).get_trace(X)
+    node = tr.nodes["obs"]
+    params = fam.params_from_sites({s: tr.nodes[s]["value"] for s in fam.param_sites})
+    z = tr.nodes["z"]["value"]
+    expected = fam.log_likelihood(X, params).gather(1, z[:, None]).sum()
+    assert float(node["fn"].log_prob(node["value"]).sum()) == pytest.approx(float(expected),
+                                                                           rel=1e-10)
