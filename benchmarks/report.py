@@ -39,6 +39,8 @@ REPORT_RUNS = (
     ["accuracy", "--methods", "subcluster", "bgm", "--seed", "2"],
     ["fresh"],
     ["accuracy", "--methods", "subcluster-t"],
+    ["accuracy", "--methods", "subcluster-t", "--seed", "1"],
+    ["accuracy", "--methods", "subcluster-t", "--seed", "2"],
     ["accuracy", "--methods", "kmeans (K given)", "gmm (K given)", "dbscan", "gibbs"],
     ["accuracy", "--methods", "deepdpm"],
     ["accuracy", "--sets", "mnist_umap", "fashion_umap", "--methods", "deepdpm",

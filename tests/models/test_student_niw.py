@@ -250,8 +250,6 @@ def test_the_pyro_program_observes_t_components():
     StudentNIW.log_likelihood at the traced components and labels."""
     import pyro
 
-    from bnpdeep.models.dpmm import gather_params
-
     X = torch.as_tensor(np.random.default_rng(0).normal(size=(30, 2)))
     fam = StudentNIW.weak(X, df=3.0)
     tr = pyro.poutine.trace(DPMixture(fam, DirichletProcess(1.0), truncation=6).model
