@@ -71,19 +71,19 @@ def require_no_latent(model, method: str) -> None:
 def chain_rows(family, X, latent=None) -> torch.Tensor:
     """The rows a chain works on: X, with the family's per-row latent variables
     appended when it has some (``StudentNIW``'s scales; ``latent`` restores saved ones)."""
-    return family.augment(X, latent) if getattr(family, "latent_columns", 0) else X
+    return family.augment(X, latent) if family.latent_columns else X
 
 
 def latent_columns(family, rows):
     """The latent columns of a chain's rows (None for a family without any)."""
-    return rows[:, family.dim:].clone() if getattr(family, "latent_columns", 0) else None
+    return rows[:, family.dim:].clone() if family.latent_columns else None
 
 
 def update_latent(family, X, z, stats):
     """A Gibbs step on the family's per-row latent variables given the partition, and
     the statistics of the new rows; a family without latent variables returns both
     unchanged."""
-    if not getattr(family, "latent_columns", 0):
+    if not family.latent_columns:
         return X, stats
     X = family.update_latent(X, z, stats)
     return X, family.suff_stats_labels(X, z, stats.k)
@@ -509,7 +509,7 @@ class MCMCClusterer(CheckpointedEstimator):
         fam = HyperparameterStep(self.model_).family(self.hyper_)
         self._predict_family = fam
         Xt = self._X_train
-        if getattr(fam, "latent_columns", 0):
+        if fam.latent_columns:
             # predict conditions on the scales' conditional means given labels_
             Xt = fam.plugin_latent(Xt, torch.as_tensor(self.labels_))
         stats = fam.suff_stats_labels(Xt, torch.as_tensor(self.labels_), self.n_clusters_)

@@ -661,7 +661,7 @@ class SubclusterSampler(MCMCClusterer):
             state.born = torch.where(batch.touched, it, born)
             state.zs = self._warmup_sublabels(fam.features(X), state.z, batch.touched, state.zs)
         # the family's latent variables given the partition (StudentNIW's scales)
-        if getattr(fam, "latent_columns", 0):
+        if fam.latent_columns:
             X = state.X = fam.update_latent(X, state.z,
                                             fam.suff_stats_labels(X, state.z, state.k))
         # the sub-cluster statistics serve this lp and the next step's start

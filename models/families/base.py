@@ -130,6 +130,9 @@ class ConjugateFamily:
     param_sites: tuple[str, ...] = ()
     #: whether this family has an exact log marginal likelihood (collapsed samplers need it)
     has_log_marginal = True
+    #: columns of per-row latent variables a sampler's chain carries after the data
+    #: (``StudentNIW``'s scales; its ``augment``, ``update_latent``), 0 for none
+    latent_columns = 0
 
     dim: int
 

@@ -46,10 +46,9 @@ from bnpdeep.linalg import (
     log_2pi,
     logdet_from_chol,
     mahalanobis_points,
-    scatter_outer,
 )
 
-from .base import SuffStats
+from .base import ConjugateFamily, SuffStats
 from .gaussian_niw import GaussianNIW, GaussianParams, niw_predictive
 
 # quadrature nodes of the plain-row predictive's integral over w
@@ -90,11 +89,10 @@ class StudentNIW(GaussianNIW):
         return cls(g.mu0, g.kappa, g.nu, g.psi, df=df, device=g.device)
 
     def _like(self, mu0=None, kappa=None, nu=None, psi=None, df=None, device=None):
-        out = StudentNIW(self.mu0 if mu0 is None else mu0, self.kappa if kappa is None else kappa,
+        return StudentNIW(self.mu0 if mu0 is None else mu0, self.kappa if kappa is None else kappa,
                          self.nu if nu is None else nu, self.psi if psi is None else psi,
                          df=self.df if df is None else df,
                          device=self._device if device is None else device)
-        return out
 
     def to(self, device) -> "StudentNIW":
         out = self._like(device=device)
@@ -186,22 +184,18 @@ class StudentNIW(GaussianNIW):
 
     def suff_stats(self, X, weights=None) -> SuffStats:
         self._no_soft_weights(weights)
-        return SuffStats(**{k: v.sum(0, keepdim=True)
-                            for k, v in self._row_stats(self._as_data(X)).items()})
+        return ConjugateFamily.suff_stats(self, X)
 
     def suff_stats_labels(self, X, labels, k=None, weights=None) -> SuffStats:
         self._no_soft_weights(weights)
         x, w = self._scaled_rows(X)
         z = torch.as_tensor(labels, device=x.device, dtype=torch.long)
         k = int(z.max()) + 1 if k is None else k
-
-        def add(v):
-            return torch.zeros((k,) + v.shape[1:], dtype=v.dtype, device=v.device
-                               ).index_add_(0, z, v)
-
-        wx = x * w[:, None]
-        return SuffStats(n=torch.bincount(z, minlength=k).to(x.dtype), w=add(w), sx=add(wx),
-                         sxx=scatter_outer(x, z, k, wx), slw=add(torch.log(w)))
+        # GaussianNIW's statistics of the rows weighted by w: n = W, sx, sxx
+        g = super().suff_stats_labels(x, z, k, weights=w)
+        slw = torch.zeros(k, dtype=x.dtype, device=x.device).index_add_(0, z, torch.log(w))
+        return SuffStats(n=torch.bincount(z, minlength=k).to(x.dtype), w=g.n, sx=g.sx,
+                         sxx=g.sxx, slw=slw)
 
     def empty_stats(self, k: int = 1) -> SuffStats:
         z = torch.zeros(k, dtype=DTYPE, device=self.device)
@@ -258,8 +252,9 @@ class StudentNIW(GaussianNIW):
                 - 0.5 * (nu + d) * torch.log1p(maha / nu))
 
     def log_likelihood_at(self, X, params: GaussianParams, comps: torch.Tensor) -> torch.Tensor:
-        comps = torch.as_tensor(comps, dtype=torch.long)
-        return self.log_likelihood(X, params).gather(1, comps.to(params.mean.device))
+        # the table of log_likelihood in row chunks, gathered (GaussianNIW's per-row
+        # path evaluates the Gaussian density, not this row's)
+        return ConjugateFamily.log_likelihood_at(self, X, params, comps)
 
     def expected_log_likelihood(self, X, stats):
         raise TypeError("StudentNIW has no variational updates; use a sampler")
