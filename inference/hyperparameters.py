@@ -20,6 +20,13 @@ is updated in turn by a kernel that leaves its conditional invariant:
 alpha of a DP given K under a Gamma prior is Escobar & West's (1995, eq. 13)
 auxiliary-variable draw; under a grid it is enumerated with the Ewens EPPF.
 
+The variational methods take point estimates instead (type-II maximum a
+posteriori, as in variational EM): :meth:`HyperparameterStep.maximize` sets each
+hyperparameter in turn to the maximiser of log p(h) + sum_k log Z(S_k; h), the
+same conditional evaluated at soft statistics S_k.  Where the objective is the
+ELBO's only dependence on h (memoized VB: L = sum_k log Z(S_k) + terms free of
+h), each such update raises L + log p(h) with the responsibilities fixed.
+
 Random numbers come from torch's generator (the chain's seed).
 """
 
@@ -29,6 +36,7 @@ import math
 
 import numpy as np
 import torch
+from scipy.optimize import minimize, minimize_scalar
 
 from bnpdeep.linalg import DTYPE
 
@@ -108,6 +116,48 @@ def escobar_west(alpha: float, k: int, n: int, shape: float, rate: float) -> flo
     return float(torch.distributions.Gamma(a, r).sample())
 
 
+def maximize_log_scale(objective, x0: float) -> float:
+    """argmax over x > 0 of ``objective(x)``: Brent's method on u = log x from a
+    bracket grown downhill around log x0 (scipy's ``minimize_scalar``); x0 itself
+    unless the point found is at least as high (so a step never lowers it)."""
+    f0 = objective(x0)
+
+    def neg(u):
+        v = objective(math.exp(min(u, 700.0)))
+        return -v if math.isfinite(v) else 1e300
+
+    u0 = math.log(x0)
+    try:
+        res = minimize_scalar(neg, bracket=(u0 - 0.5, u0 + 0.5), method="brent",
+                              options={"xtol": 1e-8, "maxiter": 200})
+    except (ValueError, RuntimeError, OverflowError):
+        return x0
+    x = math.exp(float(res.x))
+    return x if objective(x) >= f0 else x0
+
+
+def maximize_vector(objective, x0: torch.Tensor) -> torch.Tensor:
+    """argmax of ``objective`` over vectors (L-BFGS-B from x0, finite-difference
+    gradients); x0 unless the point found is at least as high."""
+    f0 = objective(x0)
+
+    def neg(x):
+        v = objective(torch.as_tensor(x, dtype=DTYPE))
+        return -v if math.isfinite(v) else 1e300
+
+    res = minimize(neg, x0.detach().cpu().numpy().astype(np.float64), method="L-BFGS-B")
+    x = torch.as_tensor(res.x, dtype=DTYPE, device=x0.device)
+    return x if objective(x) >= f0 else x0
+
+
+def maximize_grid(objective, prior):
+    """The grid value of largest ``objective``."""
+    values, _ = grid_values(prior)
+    scores = [objective(values[i]) for i in range(values.shape[0])]
+    v = values[int(np.argmax(scores))]
+    return float(v) if v.numel() == 1 else v.clone()
+
+
 class HyperparameterStep:
     """Updates of a model's hyperparameters given a partition (the module's
     kernels); ``values`` is a dict name -> value, the chain's state."""
@@ -131,39 +181,73 @@ class HyperparameterStep:
     def log_prior(self, values: dict) -> float:
         return self.hyperpriors.log_prob(values) if values else 0.0
 
+    def _conditional(self, values: dict, name: str, log_marginal):
+        """h -> sum_k log p(X_k | h, the others at ``values``) for hyperparameter
+        ``name``: -inf outside the family's domain (nu <= d - 1), or so far out that
+        a posterior scale matrix is not positive definite in float64 (psi_scale near 0
+        beside a one-point cluster)."""
+        def log_lik(v):
+            try:
+                return log_marginal(self.family({**values, name: v}))
+            except (ValueError, np.linalg.LinAlgError):
+                return -math.inf
+        return log_lik
+
+    @staticmethod
+    def _log_marginal_of(stats, log_marginal):
+        if log_marginal is not None:
+            return log_marginal
+        return lambda family: float(family.log_marginal(stats).sum())
+
     def update(self, values: dict, stats, log_marginal=None) -> dict:
         """Each family hyperparameter in turn from p(h | z, X, the others): ``stats``
         are the statistics of the partition's clusters; ``log_marginal(family)``, when
         given, is sum_k log p(X_k) under ``family`` for those clusters (a compiled
         backend's), else the family's own."""
-        if log_marginal is None:
-            def log_marginal(family):
-                return float(family.log_marginal(stats).sum())
+        log_marginal = self._log_marginal_of(stats, log_marginal)
         values = dict(values)
         for name in self.hyperpriors.names:
             prior = self.hyperpriors.priors[name]
-
-            def log_lik(v, name=name):
-                # outside the family's domain (nu <= d - 1), or so far out that a
-                # posterior scale matrix is not positive definite in float64 (psi_scale
-                # near 0 beside a one-point cluster): density taken as 0
-                try:
-                    return log_marginal(self.family({**values, name: v}))
-                except (ValueError, np.linalg.LinAlgError):
-                    return -math.inf
-
+            log_lik = self._conditional(values, name, log_marginal)
             if is_grid(prior):
                 values[name] = draw_grid(log_lik, prior)
             elif isinstance(prior, torch.distributions.MultivariateNormal):
                 values[name] = elliptical_slice(log_lik, torch.as_tensor(values[name], dtype=DTYPE),
                                                 prior.loc.to(DTYPE), prior.scale_tril.to(DTYPE))
             else:
-                def log_density(v, log_lik=log_lik, prior=prior):
-                    lp = float(log_prob(prior, v))
-                    return lp + log_lik(v) if math.isfinite(lp) else -math.inf
-
-                values[name] = slice_log_scale(log_density, float(values[name]))
+                values[name] = slice_log_scale(_with_prior(log_lik, prior), float(values[name]))
         return values
+
+    def objective(self, values: dict, stats, log_marginal=None) -> float:
+        """log p(h) + sum_k log p(X_k | h) at ``values``."""
+        log_marginal = self._log_marginal_of(stats, log_marginal)
+        return self.log_prior(values) + log_marginal(self.family(values)) if values \
+            else log_marginal(self.model.family)
+
+    def maximize(self, values: dict, stats, log_marginal=None) -> dict:
+        """Each family hyperparameter in turn set to the maximiser of
+        log p(h) + sum_k log Z(S_k; h) with the others fixed (coordinate ascent; no
+        step lowers the objective).  ``stats`` may be soft statistics."""
+        log_marginal = self._log_marginal_of(stats, log_marginal)
+        values = dict(values)
+        for name in self.hyperpriors.names:
+            prior = self.hyperpriors.priors[name]
+            target = _with_prior(self._conditional(values, name, log_marginal), prior)
+            if is_grid(prior):
+                values[name] = maximize_grid(target, prior)
+            elif isinstance(prior, torch.distributions.MultivariateNormal):
+                values[name] = maximize_vector(target, torch.as_tensor(values[name], dtype=DTYPE))
+            else:
+                values[name] = maximize_log_scale(target, float(values[name]))
+        return values
+
+
+def _with_prior(log_lik, prior):
+    """v -> log p(v) + log_lik(v) (-inf where the prior has no mass)."""
+    def log_density(v):
+        lp = float(log_prob(prior, v))
+        return lp + log_lik(v) if math.isfinite(lp) else -math.inf
+    return log_density
 
 
 def update_alpha(prior, alpha: float, counts: torch.Tensor) -> float:
@@ -176,4 +260,5 @@ def update_alpha(prior, alpha: float, counts: torch.Tensor) -> float:
 
 
 __all__ = ["HyperparameterStep", "slice_log_scale", "elliptical_slice", "draw_grid",
-           "escobar_west", "update_alpha"]
+           "escobar_west", "update_alpha", "maximize_log_scale", "maximize_vector",
+           "maximize_grid"]

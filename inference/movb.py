@@ -44,6 +44,15 @@ evaluated exactly from statistics:
 * **reorder**: components sorted by decreasing size (the stick-breaking prior is
   not exchangeable).
 
+Hyperpriors (``DPMixture(..., hyperpriors=Hyperpriors(...))``) get point estimates,
+updated after every lap's moves (variational EM, type-II MAP): each of the
+family's hyperparameters h in turn maximises log p(h) + sum_k log Z(S_k; h), the
+only part of L + log p(h) that depends on it
+(:meth:`~bnpdeep.inference.hyperparameters.HyperparameterStep.maximize`), and a
+DP's alpha maximises log p(alpha) + sum_k N_k E[log pi_k] - KL(q(v) || p(v | alpha))
+with q(v) at its optimum for each alpha.  With r fixed each update raises
+L + log p(h) + log p(alpha), the objective ``elbo_history_`` records.
+
 The responsibilities of every batch are kept (N x K float64), so that moves
 change them exactly and the memoized statistics always equal a fresh
 recomputation from them (tested).
@@ -59,9 +68,11 @@ from tqdm.auto import tqdm
 
 from bnpdeep.linalg import DTYPE, as_tensor
 
-from ..models import ConjugateFamily, FiniteDirichlet, SuffStats, WeightPrior
+from ..models import ConjugateFamily, DirichletProcess, FiniteDirichlet, SuffStats, WeightPrior
+from ..models.hyperpriors import is_grid, log_prob
 from .base import CheckpointedEstimator
 from .draws import approximate_posterior_arrays
+from .hyperparameters import HyperparameterStep, maximize_grid, maximize_log_scale
 from .mcmc import default_model, require_no_latent
 from .subpartition import carve, two_means
 
@@ -103,7 +114,8 @@ class MemoizedVB(CheckpointedEstimator):
     model : DPMixture, optional
         Default: DP(alpha=1) mixture of full Gaussians with ``GaussianNIW.weak(X)``.
         Any conjugate family (GaussianNIW, DiagonalGaussian, Multinomial) with a
-        DirichletProcess or PitmanYor weight prior.
+        DirichletProcess or PitmanYor weight prior; its hyperpriors, if any, get
+        point estimates that maximise L + log p(hyperparameters) (module docstring).
     n_batches : int, default 5
         Fixed batches of the data (a random partition, drawn once).
     max_laps : int, default 100
@@ -147,9 +159,12 @@ class MemoizedVB(CheckpointedEstimator):
 
     Attributes
     ----------
-    labels_, n_clusters_, elbo_history_ (L after each lap's moves), history_ (per lap:
-    K, L, accepted births / merges / deletes), moves_ (every accepted move with L
-    before and after), resp_ (N, K) final responsibilities, n_laps_, converged_.
+    labels_, n_clusters_, elbo_history_ (L after each lap's moves and hyperparameter
+    updates, plus log p(hyperparameters) when the model has hyperpriors), history_
+    (per lap: K, that objective, accepted births / merges / deletes, the
+    hyperparameters), moves_ (every accepted move with L before and after), resp_
+    (N, K) final responsibilities, hyperparameters_ (the point estimates, alpha
+    included when it has a prior; empty without hyperpriors), n_laps_, converged_.
     """
 
     method_name = "movb"
@@ -203,6 +218,11 @@ class MemoizedVB(CheckpointedEstimator):
                                      + self._entropy)
         return self._elbo_value
 
+    def objective(self) -> float:
+        """L + log p(h) + log p(alpha): what the lap, its moves and the hyperparameter
+        updates never lower (L alone without hyperpriors)."""
+        return self.elbo() + self._log_hyperprior
+
     def _elbo_with(self, n: torch.Tensor, log_z_sum, entropy) -> float:
         """L of a proposal from its counts, its total log Z and its entropy."""
         elog, _, kl = self._stick_terms(n)
@@ -245,8 +265,11 @@ class MemoizedVB(CheckpointedEstimator):
 
     def _setup(self, X):
         self.model_ = model = self._check_model(X)
-        self._family, self._weights = model.family, model.weights
+        self._weights = model.weights
         self._alpha = float(getattr(model.weights, "alpha", 1.0))
+        self._hyper = HyperparameterStep(model)
+        self._alpha_prior = model.hyperpriors.alpha if model.hyperpriors is not None else None
+        self._set_hyperparameters(self._hyper.initial(), self._alpha)
         self._gen = np.random.default_rng(self.random_state)
         torch.manual_seed(int(self._gen.integers(2**31)))
         self._X = X = as_tensor(X, device=self._family.device)
@@ -318,6 +341,49 @@ class MemoizedVB(CheckpointedEstimator):
         for b in range(len(self._batches)):
             self._visit(b)
         self._resync()
+
+    # ------------------------------------------------------------------ hyperparameters
+    def _set_hyperparameters(self, values: dict, alpha: float):
+        """Adopt hyperparameter values: the family and weights at them, and the
+        log hyperprior density that joins L in :meth:`objective`."""
+        self._hyper_values, self._alpha = values, float(alpha)
+        self._family = self._hyper.family(values)
+        self._log_hyperprior = self._hyper.log_prior(values)
+        if self._alpha_prior is not None:
+            self._weights = DirichletProcess(self._alpha)
+            self._log_hyperprior += float(log_prob(self._alpha_prior, self._alpha))
+        self._elbo_value = None
+
+    def _alpha_objective(self, alpha) -> float:
+        """log p(alpha) + sum_k N_k E[log pi_k] - KL(q(v) || p(v | alpha)), q(v) optimal."""
+        lp = float(log_prob(self._alpha_prior, alpha))
+        if not np.isfinite(lp):
+            return -np.inf
+        elog, _, kl = stick_terms(DirichletProcess(float(alpha)), self._stats.n)
+        return lp + float((self._stats.n * elog).sum() - kl)
+
+    def _update_hyperparameters(self):
+        """Coordinate ascent on L + log p(h) + log p(alpha) over the hyperparameters,
+        r fixed (module docstring)."""
+        if not self._hyper.active and self._alpha_prior is None:
+            return
+        values = self._hyper.maximize(self._hyper_values, self._stats) if self._hyper.active \
+            else self._hyper_values
+        self._set_hyperparameters(values, self._alpha)
+        alpha = self._alpha
+        if self._alpha_prior is not None:
+            alpha = maximize_grid(self._alpha_objective, self._alpha_prior) \
+                if is_grid(self._alpha_prior) \
+                else maximize_log_scale(self._alpha_objective, self._alpha)
+        self._set_hyperparameters(values, alpha)
+        self._elog = self._stick_terms(self._stats.n)[0]
+
+    def _hyperparameter_record(self) -> dict:
+        out = {n: (float(v) if torch.as_tensor(v).numel() == 1 else torch.as_tensor(v).tolist())
+               for n, v in self._hyper_values.items()}
+        if self._alpha_prior is not None:
+            out["alpha"] = self._alpha
+        return out
 
     # ------------------------------------------------------------------ moves
     def _record(self, kind: str, before: float):
@@ -585,7 +651,7 @@ class MemoizedVB(CheckpointedEstimator):
         self._setup(X)
         self.elbo_history_, self.history_, self.moves_ = [], [], []
         self.converged_ = False
-        quiet, prev, start = 0, self.elbo(), 0
+        quiet, prev, start = 0, self.objective(), 0
         state = self._saved_state()
         if state is not None:
             quiet, prev, start = self._restore(state)
@@ -603,10 +669,12 @@ class MemoizedVB(CheckpointedEstimator):
             deletes = self._delete_step() if self.deletes else 0
             if self.births or self.merges or self.deletes:
                 self._reorder()
-            value = self.elbo()
+            self._update_hyperparameters()
+            value = self.objective()
             self.elbo_history_.append(value)
             self.history_.append({"lap": lap, "K": self._stats.k, "elbo": value,
-                                  "births": births, "merges": merges, "deletes": deletes})
+                                  "births": births, "merges": merges, "deletes": deletes,
+                                  "hyperparameters": self._hyperparameter_record()})
             bar.set_postfix(K=self._stats.k, L=f"{value:.6g}", refresh=False)
             moved = births + merges + deletes
             quiet = 0 if moved or (self.births and not self._births_exhausted()) else quiet + 1
@@ -627,7 +695,8 @@ class MemoizedVB(CheckpointedEstimator):
                  "memo_entropy": self._memo_entropy,
                  "elbo_history": self.elbo_history_, "history": self.history_,
                  "moves": self.moves_, "gen": self._gen.bit_generator.state,
-                 "torch_rng": torch.get_rng_state()}
+                 "torch_rng": torch.get_rng_state(),
+                 "hyperparameters": self._hyper_values, "alpha": self._alpha}
         self._save_state(state)
 
     def _restore(self, state) -> tuple[int, float, int]:
@@ -645,6 +714,7 @@ class MemoizedVB(CheckpointedEstimator):
         self.converged_ = bool(state["converged"])
         self._gen.bit_generator.state = state["gen"]
         torch.set_rng_state(state["torch_rng"])
+        self._set_hyperparameters(dict(state["hyperparameters"]), float(state["alpha"]))
         self._resync()
         return int(state["quiet"]), float(state["prev"]), int(state["laps"])
 
@@ -656,6 +726,7 @@ class MemoizedVB(CheckpointedEstimator):
         self.labels_ = labels.cpu().numpy()
         self.n_clusters_ = int(np.unique(self.labels_).size)
         self.weights_ = self._elog.exp().cpu().numpy()
+        self.hyperparameters_ = self._hyperparameter_record()
 
     # ------------------------------------------------------------------ public
     def predict_proba(self, X) -> np.ndarray:

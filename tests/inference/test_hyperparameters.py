@@ -122,6 +122,43 @@ def test_elliptical_slice_update_of_mu0_matches_the_conditional():
     assert pval > 1e-3, f"mu0: KS p = {pval:.2g}"
 
 
+def test_maximize_finds_the_mode_of_each_conditional_on_soft_statistics():
+    """The point-estimate update (variational EM) of every kind of prior, on soft
+    statistics: a positive scalar against the largest value of a fine log grid of
+    p(h) prod_k Z(S_k; h); a grid prior against the argmax over its values; mu0 (2-d,
+    Gaussian prior) against the maximum over a fine 2-d grid."""
+    X, z = _fixed_partition()
+    r = torch.nn.functional.one_hot(z, 3).to(F64) * 0.8 + 0.2 / 3
+    fam = GaussianNIW(np.zeros(2), 0.5, 5.0, np.eye(2))
+    stats = fam.suff_stats(torch.as_tensor(X, dtype=F64), weights=r)
+    mu_prior = torch.distributions.MultivariateNormal(torch.zeros(2, dtype=F64),
+                                                      4.0 * torch.eye(2, dtype=F64))
+    kappa_grid = grid([0.05, 0.2, 0.5, 1.0, 3.0])
+    cases = [("kappa", gamma(1.0, 1.0)), ("psi_scale", gamma(2.0, 1.0)),
+             ("nu", pdist.LogNormal(math.log(6.0), 0.5)), ("kappa", kappa_grid),
+             ("mu0", mu_prior)]
+    for name, prior in cases:
+        step = HyperparameterStep(DPMixture(fam, hyperpriors=Hyperpriors(**{name: prior})))
+        found = step.maximize(step.initial(), stats)[name]
+
+        def score(v, step=step, name=name):
+            return step.objective({name: v}, stats)
+
+        if name == "mu0":
+            axis = np.linspace(-3, 3, 121)
+            grid_best = max(score(torch.tensor([a, b], dtype=F64)) for a in axis for b in axis)
+        elif prior is kappa_grid:
+            grid_best = max(score(float(v)) for v in kappa_grid.enumerate_support())
+            assert found in [float(v) for v in kappa_grid.enumerate_support()]
+        else:
+            lo = 1.0 + 1e-6 if name == "nu" else 1e-3
+            grid_best = max(score(v) for v in np.exp(np.linspace(math.log(lo), math.log(100.0),
+                                                                   4001)))
+        assert score(found) >= grid_best - 1e-6, (name, score(found), grid_best)
+        if prior is kappa_grid:
+            assert score(found) == pytest.approx(grid_best)
+
+
 def test_alpha_update_matches_its_conditional():
     """Escobar & West's draw of alpha | K, N against the quadrature CDF of
     Gamma(a, b)(alpha) alpha^K Gamma(alpha) / Gamma(alpha + N)."""
