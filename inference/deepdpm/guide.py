@@ -151,6 +151,14 @@ class DeepDPMGuide(PyroModule):
         self.register_buffer("input_shift", shift.float())
         self.register_buffer("input_scale", torch.where(scale > 0, scale, 1.0).float())
         self.mixture: Mixture | None = None
+        # point estimates of the model's hyperparameters (alpha included when it has a
+        # prior), Delta sites of the guide; ``family`` is the family at them
+        self.hyperparameters: dict = {}
+
+    def set_hyperparameters(self, values: dict, family) -> None:
+        """Adopt hyperparameter point estimates and the family at them."""
+        self.hyperparameters = dict(values)
+        self.family = family
 
     @property
     def k(self) -> int:
@@ -172,6 +180,9 @@ class DeepDPMGuide(PyroModule):
         X = as_tensor(X, device=self.family.device)
         _ = self.sub_nets        # registers the sub-nets' parameters (they have no site)
         m = self.mixture
+        for site, value in self.hyperparameters.items():
+            value = torch.as_tensor(value, dtype=DTYPE, device=self.family.device)
+            pyro.sample(site, pdist.Delta(value, event_dim=value.dim()))
         if m.k > 1:
             with pyro.plate("sticks", m.k - 1):
                 pyro.sample("v", pdist.Delta(stick_fractions(m.log_pi.exp())))
@@ -336,7 +347,7 @@ class DeepDPMGuide(PyroModule):
         """Everything that defines the guide: the nets' weights and the point
         parameters (for checkpoints)."""
         return {"k": self.k, "name": self.name, "nets": self.state_dict(),
-                "mixture": self.mixture.state()}
+                "mixture": self.mixture.state(), "hyperparameters": self.hyperparameters}
 
     def load_guide_state(self, state: dict) -> None:
         k = int(state["k"])

@@ -42,15 +42,17 @@ import sys
 import numpy as np
 import pyro
 import torch
-from bnpdeep.models import DPMixture
+from bnpdeep.models import DirichletProcess, DPMixture
+from bnpdeep.models.hyperpriors import is_grid, log_prob
 from pyro.infer import SVI
 from tqdm.auto import tqdm
 
-from bnpdeep.linalg import as_tensor
+from bnpdeep.linalg import DTYPE, as_tensor
 
 from ..base import CheckpointedEstimator, own_pyro_state, resolve_device
 from ..draws import approximate_posterior_arrays
 from ..guide_moves import GuideSplitMerge
+from ..hyperparameters import HyperparameterStep, maximize_grid, maximize_log_scale
 from ..mcmc import default_model, relabel, require_no_latent
 from ..subpartition import two_means
 from .guide import CHUNK, DeepDPMGuide
@@ -65,6 +67,10 @@ class DeepDPM(CheckpointedEstimator):
     ----------
     model : DPMixture, optional
         Default: DP(alpha=1) mixture of full Gaussians with ``GaussianNIW.weak(X)``.
+        Its hyperpriors, if any, get point estimates in every M-step (as moVB's:
+        each family hyperparameter maximises log p(h) + sum_k log Z(S_k; h) at the
+        nets' soft statistics, alpha its conditional given the labels); they are
+        Delta sites of ``guide_`` and ``hyperparameters_`` after the fit.
     init_k : int, default 1
         Clusters of the k-means initialisation.
     init_labels : array of n ints, optional
@@ -241,12 +247,55 @@ class DeepDPM(CheckpointedEstimator):
             else model.family
         self._model = model.with_family(self._family)
         self._weights = model.weights
-        self._alpha = float(getattr(self._weights, "alpha", 1.0))
         self._loss = DeepDPMLoss("kl" if self.loss == "deepdpm" else "elbo",
                                  self.kl_direction)
         self._moves = GuideSplitMerge(self._weights, self._family, self.split_refine,
                                       self.carve, self.carves_per_step, self.carve_tries)
+        self._hyper = HyperparameterStep(self._model)
+        self._alpha_prior = model.hyperpriors.alpha if model.hyperpriors is not None else None
+        self.guide_ = None
+        self._set_hyperparameters(self._hyper.initial(),
+                                  float(getattr(self._weights, "alpha", 1.0)))
         return as_tensor(X, device=self._device)
+
+    # -- hyperparameters ---------------------------------------------------------
+    def _set_hyperparameters(self, values: dict, alpha: float) -> None:
+        """Adopt hyperparameter point estimates: the family and weights at them, in
+        the trainer, the moves and the guide (whose Delta sites they are)."""
+        self._hyper_values, self._alpha = dict(values), float(alpha)
+        self._family = self._hyper.family(values)
+        if self._alpha_prior is not None:
+            self._weights = DirichletProcess(self._alpha)
+        self._moves.family, self._moves.weights = self._family, self._weights
+        if self.guide_ is not None:
+            self.guide_.set_hyperparameters(self._hyperparameter_record(), self._family)
+
+    def _hyperparameter_record(self) -> dict:
+        out = dict(self._hyper_values)
+        if self._alpha_prior is not None:
+            out["alpha"] = self._alpha
+        return out
+
+    def _update_hyperparameters(self, stats, z: torch.Tensor) -> None:
+        """Point estimates in the M-step (type-II MAP, as moVB's): each family
+        hyperparameter maximises log p(h) + sum_k log Z(S_k; h) at the nets' soft
+        statistics S; alpha maximises log p(alpha) + log EPPF(block sizes of z | alpha),
+        its conditional given the partition (Escobar & West's target)."""
+        values = self._hyper.maximize(self._hyper_values, stats) if self._hyper.active \
+            else self._hyper_values
+        alpha = self._alpha
+        if self._alpha_prior is not None:
+            counts = torch.bincount(z).to(DTYPE)
+            counts = counts[counts > 0].cpu()
+
+            def objective(a):
+                lp = float(log_prob(self._alpha_prior, a))
+                return lp + float(DirichletProcess(float(a)).log_eppf(counts)) \
+                    if math.isfinite(lp) else -math.inf
+
+            alpha = maximize_grid(objective, self._alpha_prior) if is_grid(self._alpha_prior) \
+                else maximize_log_scale(objective, self._alpha)
+        self._set_hyperparameters(values, alpha)
 
     def _init_guide(self, X: torch.Tensor):
         """k-means with ``init_k`` clusters (one cluster: all rows), 2-means sub-clusters
@@ -271,6 +320,7 @@ class DeepDPM(CheckpointedEstimator):
         std = X.std(0) if X.shape[0] > 1 else torch.ones(X.shape[1], dtype=X.dtype)
         self.guide_ = DeepDPMGuide(self._family, X.shape[1], k, self.hidden,
                                    shift=X.mean(0), scale=std).to(self._device)
+        self.guide_.set_hyperparameters(self._hyperparameter_record(), self._family)
         sub = self._family.suff_stats_labels(X, 2 * z + zs, 2 * k)
         self.guide_.m_step(sub.pair_sums(), sub, self._alpha)
 
@@ -318,16 +368,22 @@ class DeepDPM(CheckpointedEstimator):
         """The guide's M-step from the nets' soft statistics; with ``prune``, a cluster
         no point is assigned to is removed (its soft mass goes to the rest)."""
         guide = self.guide_
-        stats, sub, z, zs = guide.soft_stats(X)
-        guide.m_step(stats, sub, self._alpha)
-        self._soft = stats
+        z, zs = self._m_step_at(guide.soft_stats(X))
         empty = torch.bincount(z, minlength=guide.k) == 0
         if prune and bool(empty.any()) and not bool(empty.all()):
             guide.remove((~empty).nonzero().flatten())
             self._make_svi()
-            stats, sub, z, zs = guide.soft_stats(X)
-            guide.m_step(stats, sub, self._alpha)
-            self._soft = stats
+            z, zs = self._m_step_at(guide.soft_stats(X))
+        return z, zs
+
+    def _m_step_at(self, soft):
+        """Hyperparameters (if the model has hyperpriors), then the guide's point
+        parameters, from the statistics ``soft`` = (stats, sub, z, zs)."""
+        stats, sub, z, zs = soft
+        if self._hyper.active or self._alpha_prior is not None:
+            self._update_hyperparameters(stats, z)
+        self.guide_.m_step(stats, sub, self._alpha)
+        self._soft = stats
         return z, zs
 
     # -- the loop ----------------------------------------------------------------
@@ -460,6 +516,9 @@ class DeepDPM(CheckpointedEstimator):
         self.model_ = self._model.with_truncation(guide.k)
         self.labels_ = log_r.argmax(1).cpu().numpy()
         self.n_clusters_ = int(np.unique(self.labels_).size)
+        self.hyperparameters_ = {n: (float(v) if torch.as_tensor(v).numel() == 1
+                                     else torch.as_tensor(v).tolist())
+                                 for n, v in self._hyperparameter_record().items()}
         self._X = X
 
     def current_labels(self, X) -> np.ndarray:
@@ -482,6 +541,9 @@ class DeepDPM(CheckpointedEstimator):
         self.guide_ = DeepDPMGuide(self._family, X_dim, int(state["guide"]["k"]), self.hidden,
                                    name=state["guide"]["name"]).to(self._device)
         self.guide_.load_guide_state(state["guide"])
+        saved = dict(state["guide"]["hyperparameters"])
+        self._set_hyperparameters({n: saved[n] for n in self._hyper_values},
+                                  saved.get("alpha", self._alpha))
         self._make_svi()
         self._svi.optim.set_state(state["optim"])
         self._soft = type(self._family.empty_stats(1))(**state["soft"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from bnpdeep.inference import DeepDPM
 from bnpdeep.inference.deepdpm import ClusterNet, DeepDPMLoss, SubclusterNets, stick_fractions
-from bnpdeep.models import DPMixture, GaussianNIW, stick_breaking
+from bnpdeep.models import DirichletProcess, DPMixture, GaussianNIW, Hyperpriors, stick_breaking
 from pyro.infer import SVI, Predictive, TraceEnum_ELBO
 
 from bnpdeep.data import make_mixture
@@ -90,14 +90,31 @@ def test_paper_loss_under_svi_lowers_the_kl_and_trains_both_nets():
     assert not torch.equal(sub0, guide.sub_nets.w1.detach())
 
 
-def test_e_step_targets_are_the_models_conditional_of_z():
+def _gamma(shape, rate):
+    return torch.distributions.Gamma(torch.tensor(float(shape), dtype=torch.float64),
+                                     torch.tensor(float(rate), dtype=torch.float64))
+
+
+def _hierarchical(X):
+    return DPMixture(GaussianNIW.weak(X), DirichletProcess(1.0), hyperpriors=Hyperpriors(
+        kappa=_gamma(1, 1), psi_scale=_gamma(1, 1), alpha=_gamma(1, 1)))
+
+
+@pytest.mark.parametrize("hierarchical", [False, True])
+def test_e_step_targets_are_the_models_conditional_of_z(hierarchical):
     """log r^E from the guide's point parameters equals Pyro's enumeration of z in the
-    model replayed at the guide's values of the global sites."""
+    model replayed at the guide's values of the global sites -- with hyperpriors,
+    their point estimates are the guide's Delta sites, so the replayed model's
+    family is the guide's (a model left to draw them from their priors fails)."""
     from pyro import poutine
     from pyro.infer import config_enumerate
 
     X, _ = _easy(200, 3)
-    est = DeepDPM(init_k=3, max_epochs=1, burn_in_epochs=1).fit(X)
+    model = _hierarchical(X) if hierarchical else None
+    est = DeepDPM(model, init_k=3, max_epochs=2, burn_in_epochs=1).fit(X)
+    if hierarchical:
+        assert set(est.hyperparameters_) == {"kappa", "psi_scale", "alpha"}
+        assert est.hyperparameters_["psi_scale"] != 1.0
     guide, Xt = est.guide_, torch.as_tensor(X)
     g = poutine.trace(guide).get_trace(Xt)
     g.remove_node("z")
@@ -106,6 +123,9 @@ def test_e_step_targets_are_the_models_conditional_of_z():
     tr.compute_log_prob()
     joint = tr.nodes["z"]["log_prob"] + tr.nodes["obs"]["log_prob"]          # (K, N)
     torch.testing.assert_close(torch.log_softmax(joint, 0).T, guide.log_targets(Xt))
+    for name, value in (est.hyperparameters_.items() if hierarchical else ()):
+        # the model's hyperparameter sites take the guide's point estimates
+        assert float(tr.nodes[name]["value"]) == pytest.approx(value, rel=1e-12), name
 
 
 def test_guide_surgery_split_then_merge_restores_outputs_and_parameters():
@@ -240,9 +260,12 @@ def test_predict_on_training_data_matches_labels_and_new_data():
     assert evaluate(y_new, est.predict(X_new))["nmi"] > 0.9
 
 
-def test_checkpoint_resume_ends_where_an_uninterrupted_fit_does(tmp_path, kill_at):
+@pytest.mark.parametrize("hierarchical", [False, True])
+def test_checkpoint_resume_ends_where_an_uninterrupted_fit_does(tmp_path, kill_at,
+                                                                 hierarchical):
     X, _ = _easy(600, 3)
-    kw = dict(max_epochs=16, checkpoint_every=5, random_state=3)
+    kw = dict(max_epochs=16, checkpoint_every=5, random_state=3,
+              model=_hierarchical(X) if hierarchical else None)
     full = DeepDPM(**kw).fit(X, checkpoint_dir=tmp_path / "full")
 
     undo = kill_at(DeepDPM, "_train_epoch", 12)
@@ -254,6 +277,32 @@ def test_checkpoint_resume_ends_where_an_uninterrupted_fit_does(tmp_path, kill_a
     np.testing.assert_array_equal(resumed.labels_, full.labels_)
     for a, b in zip(resumed.guide_.parameters(), full.guide_.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+    assert resumed.hyperparameters_ == full.hyperparameters_
+
+
+def test_hyperparameter_point_estimates_set_the_scale_in_high_dimensions():
+    """128-d clusters of rank 8 (standardised): under the default fixed prior DeepDPM
+    joins clusters; with Gamma(1, 1) priors on kappa, psi_scale and alpha the M-step's
+    point estimates let it find the ten.  Each estimate maximises its own objective at
+    the last M-step's soft statistics (no point of a fine grid along its axis scores
+    higher)."""
+    X, y = make_mixture(3000, 128, 10, rank=8, separation=6.0, seed=0)
+    X = (X - X.mean(0)) / X.std(0)
+    fixed = DeepDPM(random_state=0).fit(X)
+    model = _hierarchical(X)
+    est = DeepDPM(model, random_state=0).fit(X)
+    assert fixed.n_clusters_ < 10
+    assert est.n_clusters_ == 10 and evaluate(y, est.labels_)["nmi"] > 0.99
+    h = {n: est.hyperparameters_[n] for n in ("kappa", "psi_scale")}
+
+    def objective(v):
+        fam = model.family.with_hyperparameters(**v)
+        return float(fam.log_marginal(est._soft).sum()) + model.hyperpriors.log_prob(v)
+
+    best = objective(h)
+    for name in h:
+        for f in np.exp(np.linspace(-1.0, 1.0, 41)):
+            assert objective({**h, name: h[name] * f}) <= best + 1e-6 * abs(best), name
 
 
 def test_inference_data_has_sample_draws_and_valid_loo():
