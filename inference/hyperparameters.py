@@ -33,6 +33,7 @@ Random numbers come from torch's generator (the chain's seed).
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -239,7 +240,26 @@ class HyperparameterStep:
                 values[name] = maximize_vector(target, torch.as_tensor(values[name], dtype=DTYPE))
             else:
                 values[name] = maximize_log_scale(target, float(values[name]))
+                _warn_if_unbounded(name, target, values[name],
+                                   float(self.model.family.hyperparameter_value(name)))
         return values
+
+
+def _warn_if_unbounded(name: str, objective, x: float, own: float) -> None:
+    """Warn when a positive hyperparameter's point estimate is not an attained
+    maximum: its objective still rises at the point found, the family cannot be
+    evaluated just beyond it, or it fell below 1e-8 of the family's own value (where
+    float64 determinants of nearly singular matrices no longer resolve the rise).
+    A scale whose objective grows without bound as it shrinks means a cluster's
+    scatter matrix is singular (a column constant within the cluster, or fewer
+    distinct rows than dimensions): the marginal likelihood has no maximum there."""
+    f, below = objective(x), objective(x * 0.5)
+    if below > f or not math.isfinite(below) or objective(x * 2.0) > f or x < 1e-8 * own:
+        warnings.warn(
+            f"the point estimate of {name} ({x:.3g}) is not a maximum: its objective "
+            "keeps rising towards the boundary. Probably a cluster's scatter is singular "
+            "(a column constant within a cluster, e.g. a discrete column); remove or "
+            "jitter such columns, or fix this hyperparameter", RuntimeWarning, stacklevel=3)
 
 
 def _with_prior(log_lik, prior):

@@ -293,3 +293,26 @@ def test_checkpoint_resume_keeps_the_hyperparameters(tmp_path):
     assert resumed.elbo_history_ == whole.elbo_history_
     assert resumed.hyperparameters_ == whole.hyperparameters_
     np.testing.assert_array_equal(resumed.resp_, whole.resp_)
+
+
+def test_a_scale_estimate_without_a_maximum_is_named():
+    """A column constant within each cluster makes every cluster's scatter singular
+    (with kappa free, the clusters' mean shifts no longer fill that direction): the
+    marginal likelihood then grows without bound as psi_scale shrinks, and the
+    point estimate says so instead of returning a collapsed scale silently.  On
+    clusters with full-rank scatter no warning is given."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([np.c_[rng.normal(0, 1, (300, 2)), np.zeros(300)],
+                        np.c_[rng.normal(8, 1, (300, 2)), np.ones(300)]])
+    hp = Hyperpriors(kappa=_gamma(1, 1), psi_scale=_gamma(1, 1))
+    with pytest.warns(RuntimeWarning, match="psi_scale .* not a maximum"):
+        MemoizedVB(DPMixture(GaussianNIW.weak(X), DirichletProcess(1.0), hyperpriors=hp),
+                   random_state=0).fit(X)
+    X[:, 2] += rng.normal(0, 0.5, 600)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        est = MemoizedVB(DPMixture(GaussianNIW.weak(X), DirichletProcess(1.0),
+                                   hyperpriors=hp), random_state=0).fit(X)
+    assert est.n_clusters_ == 2
