@@ -45,7 +45,7 @@ from bnpdeep.inference import (
 )
 from bnpdeep.inference.base import resolve_device
 from bnpdeep.inference.subcluster_compiled import load_kernels
-from bnpdeep.models import DirichletProcess, DPMixture, StudentNIW
+from bnpdeep.models import DirichletProcess, DPMixture, GaussianNIW, Hyperpriors, StudentNIW
 from report import SPEED_SAMPLERS
 
 from bnpdeep import data
@@ -109,6 +109,59 @@ def accuracy_methods(X, k_true: int, seed: int, iters: int | None,
         methods["gibbs"] = CollapsedGibbs(max_iter=60, random_state=seed,
                                           store_log_likelihood=False)
     return methods
+
+
+def hierarchical_model(X) -> DPMixture:
+    """The default model with Gamma(1, 1) hyperpriors on kappa, on the scale of Psi
+    and on alpha (Rasmussen 2000; Goerur & Rasmussen 2010): each centred on the
+    default's own value of that scale (``GaussianNIW.weak``: psi_scale 1; alpha 1),
+    kappa's mean at 1."""
+    def gamma(shape, rate):
+        return torch.distributions.Gamma(torch.tensor(float(shape), dtype=torch.float64),
+                                         torch.tensor(float(rate), dtype=torch.float64))
+
+    return DPMixture(GaussianNIW.weak(X), DirichletProcess(1.0), hyperpriors=Hyperpriors(
+        kappa=gamma(1, 1), psi_scale=gamma(1, 1), alpha=gamma(1, 1)))
+
+
+HYPER_METHODS = ("subcluster", "movb", "deepdpm")
+
+
+def run_hyperpriors(seed: int, sets) -> list[dict]:
+    """Each Bayesian method under the default fixed prior and under
+    :func:`hierarchical_model` (the samplers sample the hyperparameters, moVB and
+    DeepDPM take point estimates), on the benchmark sets and on 128-d clusters of
+    rank 8 where the fixed prior's scale is off (``make_mixture(3000, 128, 10,
+    rank=8)``, standardised)."""
+    cases = [(name, *data.load_benchmark(name)) for name in sets]
+    X, y = data.make_mixture(3000, 128, 10, rank=8, separation=6.0, seed=seed)
+    cases.append(("synthetic 128-d", (X - X.mean(0)) / X.std(0), y))
+    rows = []
+    for name, X, y in cases:
+        for method in HYPER_METHODS:
+            for model in ("fixed", "hierarchical"):
+                m = hierarchical_model(X) if model == "hierarchical" else None
+                est = {"subcluster": partial(SubclusterSampler, store_log_likelihood=False),
+                       "movb": MemoizedVB, "deepdpm": DeepDPM}[method](m, random_state=seed)
+                est, secs = timed_fit(est, X)
+                if model == "fixed":
+                    hyper = {}
+                elif method == "subcluster":     # posterior means over the kept draws
+                    post = est.posterior_arrays()["posterior"]
+                    hyper = {n: float(np.mean(post[n])) for n in ("kappa", "psi_scale", "alpha")}
+                else:                            # point estimates
+                    hyper = est.hyperparameters_
+                m_ = evaluate(y, est.labels_)
+                rows.append({"data": name, "N": X.shape[0], "d": X.shape[1],
+                             "k_true": int(np.unique(y).size), "method": method,
+                             "model": model, "k": int(est.n_clusters_), "nmi": m_["nmi"],
+                             "seconds": secs,
+                             "hyper": {k: float(v) for k, v in hyper.items()
+                                       if np.ndim(v) == 0}})
+                print(f"  {name:<16} {method:<10} {model:<12} K={est.n_clusters_:<3d} "
+                      f"NMI={m_['nmi']:.3f} {secs:6.1f} s {rows[-1]['hyper']}",
+                      file=sys.stderr, flush=True)
+    return rows
 
 
 def run_accuracy(sets, seed: int, iters: int | None, only=None,
@@ -501,7 +554,7 @@ def run_fresh(seed: int) -> list[dict]:
 
 
 SECTIONS = ("accuracy", "speed", "movb-speed", "deepdpm", "scale", "mixing", "fresh",
-            "highdim", "highdim-large", "deep")
+            "highdim", "highdim-large", "deep", "hyperpriors")
 MIXING_CHAINS, MIXING_ITERS = 4, 400
 
 
@@ -600,6 +653,8 @@ def main(argv=None):
         run("highdim-large", run_highdim_large(args.seed, args.iters))
     if "scale" in args.sections:
         run("scale", run_scale(args.seed, args.scale_n, args.scale_iters))
+    if "hyperpriors" in args.sections:
+        run("hyperpriors", run_hyperpriors(args.seed, args.sets), seed=args.seed)
 
 
 if __name__ == "__main__":
