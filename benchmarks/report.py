@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bnpdeep.data import BENCHMARK_NAMES
 from bnpdeep.metrics import k_within
 
 HERE = Path(__file__).resolve().parent
@@ -331,6 +332,44 @@ def deep_table(rows) -> str:
     return "\n".join(out).rstrip()
 
 
+def hyperpriors_table(rows) -> str:
+    """Per data set and method: K and NMI under the fixed prior -> under the
+    hierarchical model, and the hierarchical fits' psi_scale; then per method and
+    model the count of sets with K within max(1, 10%) and the mean NMI (the 12
+    benchmark sets only)."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    sets = list(dict.fromkeys(r["data"] for r in rows))
+
+    def get(s, m, model):
+        return next(r for r in rows if (r["data"], r["method"], r["model"]) == (s, m, model))
+
+    lines = ["| data | true K | " + " | ".join(f"{m} K: fixed -> hier. | {m} NMI"
+                                             for m in methods)
+             + " | psi_scale (" + " / ".join(methods) + ") |",
+             "|" + "---|" * (2 * len(methods) + 3)]
+    for s in sets:
+        cells = []
+        for m in methods:
+            f, h = get(s, m, "fixed"), get(s, m, "hierarchical")
+            cells.append(f"{f['k']} -> {h['k']} | {f['nmi']:.3f} -> {h['nmi']:.3f}")
+        scales = " / ".join(f"{get(s, m, 'hierarchical')['hyper']['psi_scale']:.3g}"
+                            for m in methods)
+        lines.append(f"| {s} | {get(s, methods[0], 'fixed')['k_true']} | "
+                     + " | ".join(cells) + f" | {scales} |")
+    lines.append("")
+    bench = [s for s in sets if s in BENCHMARK_NAMES]
+    for m in methods:
+        parts = []
+        for model in ("fixed", "hierarchical"):
+            rs = [get(s, m, model) for s in bench]
+            hits = sum(k_within(r["k"], r["k_true"]) for r in rs)
+            parts.append(f"{model} {hits}/{len(rs)}, mean NMI "
+                         f"{np.mean([r['nmi'] for r in rs]):.3f}, median "
+                         f"{np.median([r['seconds'] for r in rs]):.1f} s")
+        lines.append(f"- {m} on the {len(bench)} benchmark sets: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
 def _secs(s) -> str:
     return "never" if s is None else f"{s:.1f} s"
 
@@ -352,7 +391,8 @@ def accuracy_tables(rows) -> str:
 RENDERERS = {"accuracy": accuracy_tables, "speed": speed_tables,
              "movb-speed": movb_speed_table, "mixing": mixing_table, "fresh": fresh_table,
              "deepdpm": deepdpm_text, "scale": scale_text, "highdim": highdim_table,
-             "highdim-large": highdim_large_text, "deep": deep_table}
+             "highdim-large": highdim_large_text, "deep": deep_table,
+             "hyperpriors": hyperpriors_table}
 
 
 def render_record(record: dict) -> str:

@@ -130,6 +130,13 @@ class MeanFieldSVI(ClusterEstimator):
         self._check_options()
         model = default_model(X) if self.model is None else self.model
         require_no_latent(model, "MeanFieldSVI")
+        if model.hyperpriors is not None:
+            # the program builds the family from floats of the hyperparameter sites, so
+            # no gradient of the likelihood would reach their variational factors
+            raise ValueError(
+                "MeanFieldSVI does not fit hyperpriors (the model has "
+                f"{model.hyperpriors!r}); use SubclusterSampler or CollapsedGibbs (sampled), "
+                "or MemoizedVB or DeepDPM (point estimates)")
         t = model.weights.k if isinstance(model.weights, FiniteDirichlet) else int(self.truncation)
         self.model_ = model.with_truncation(t)
         self._family, self._weights = model.family, model.weights

@@ -67,6 +67,25 @@ def test_paper_sets_render_with_ari_and_acc(report, tmp_path):
         report.render("{{result paper}}", tmp_path)
 
 
+def test_hyperpriors_table_pairs_the_fixed_and_hierarchical_fits(report, tmp_path):
+    """Each method's fixed -> hierarchical K and NMI per set; the counts cover the
+    benchmark sets only (not the synthetic case)."""
+    rows = []
+    for data, k_true, ks in [("s1", 15, (15, 22)), ("wine", 3, (7, 3)),
+                             ("synthetic 128-d", 10, (3, 10))]:
+        for model, k in zip(("fixed", "hierarchical"), ks, strict=True):
+            rows.append({"data": data, "N": 100, "d": 2, "k_true": k_true, "method": "movb",
+                         "model": model, "k": k, "nmi": 0.5 if model == "fixed" else 0.75,
+                         "seconds": 1.0, "hyper": {} if model == "fixed" else
+                         {"psi_scale": 0.25, "kappa": 1.0, "alpha": 2.0}})
+    report.save_record("hp", "hyperpriors", rows, META, tmp_path)
+    text = report.render("{{result hp}}", tmp_path)
+    assert "| s1 | 15 | 15 -> 22 | 0.500 -> 0.750 | 0.25 |" in text
+    assert "| synthetic 128-d | 10 | 3 -> 10 | 0.500 -> 0.750 | 0.25 |" in text
+    assert ("- movb on the 2 benchmark sets: fixed 1/2, mean NMI 0.500, median 1.0 s; "
+            "hierarchical 1/2, mean NMI 0.750, median 1.0 s") in text
+
+
 def test_a_missing_record_is_named(report, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere"):
         report.render("{{result nothere}}", tmp_path)

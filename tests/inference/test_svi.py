@@ -6,7 +6,7 @@ import pyro
 import pytest
 import torch
 from bnpdeep.inference import MeanFieldSVI
-from bnpdeep.models import DPMixture, FiniteDirichlet, GaussianNIW, Multinomial
+from bnpdeep.models import DPMixture, FiniteDirichlet, GaussianNIW, Hyperpriors, Multinomial
 from sklearn.metrics import homogeneity_score
 
 from bnpdeep.data import make_mixture
@@ -63,6 +63,10 @@ def test_options_are_checked():
         MeanFieldSVI(lr=0).fit(X)
     with pytest.raises(ValueError, match="features"):
         MeanFieldSVI(DPMixture(GaussianNIW.weak(X[:, :1]))).fit(X)
+    gamma = torch.distributions.Gamma(torch.tensor(1.0, dtype=torch.float64),
+                                      torch.tensor(1.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="does not fit hyperpriors"):
+        MeanFieldSVI(DPMixture(GaussianNIW.weak(X), hyperpriors=Hyperpriors(kappa=gamma))).fit(X)
 
 
 def test_fit_leaves_pyros_param_store_and_torchs_generator_alone():
