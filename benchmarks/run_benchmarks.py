@@ -409,7 +409,7 @@ def run_highdim_large(seed: int, iters: int | None = None, n: int = 100_000, d: 
     ks = est.k_trace_[0]
     hit = np.flatnonzero(np.abs(ks - k) <= max(1, 0.1 * k))
     return [{"N": n, "d": d, "k_true": k, "rank": 8, "iters": est.max_iter,
-             "backend": "compiled" if est._compiled is not None else "torch",
+             "backend": est.backend_,
              "seconds": secs, "s_per_iter": secs / est.max_iter, "k": int(est.n_clusters_),
              "nmi": evaluate(y, est.labels_)["nmi"],
              "iter_to_k": int(hit[0]) + 1 if hit.size else None,

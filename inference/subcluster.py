@@ -255,7 +255,8 @@ class SubclusterSampler(MCMCClusterer):
         the CPU with ``refine_iter=0``; on a few thousand points a torch iteration's
         cost is the dispatch of its small tensor operations, not the arithmetic.
         "auto": "compiled" where it applies and d <= 16 (beyond, torch's GEMMs win),
-        else "torch".  A seed gives other draws in each.  The kernels compile once
+        else "torch"; ``backend_`` after the fit says which ran.  A seed gives other
+        draws in each.  The kernels compile once
         into numba's on-disk cache (``make venv`` does it, else the first fit, which
         says so on stderr).
     progress : bool, default False
@@ -325,7 +326,7 @@ class SubclusterSampler(MCMCClusterer):
 
     method_name = "subcluster"
     _stat_names = ("split_acceptance", "merge_acceptance", "resplit_acceptance")
-    _chain_attributes = ("label_rejections_",)
+    _chain_attributes = ("label_rejections_", "backend_")
 
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 400, burn_in=None,
                  thin: int = 1, n_chains: int = 1, n_jobs: int = 1, moves_per_iter=None,
@@ -415,6 +416,7 @@ class SubclusterSampler(MCMCClusterer):
         # kernel bandwidth of the local anchor choice: a tenth of the data's scale
         self._bandwidth2 = max(float(model.family.features(X).var(0).mean()) * 0.01, 1e-12)
         self._compiled = self._compiled_steps(X, model)
+        self.backend_ = "torch" if self._compiled is None else "compiled"
         default = GIBBS_POINTS_COMPILED if self._compiled is not None else GIBBS_POINTS_TORCH
         self.gibbs_points_ = min(n, default if self.gibbs_points == "auto"
                                  else int(self.gibbs_points))

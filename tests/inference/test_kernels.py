@@ -257,13 +257,16 @@ def test_dirichlet_log_draws_are_normalised_and_zero_concentration_is_minus_inf(
 def test_backend_choice_and_refusals():
     X = np.random.default_rng(0).normal(size=(40, 2))
     auto = SubclusterSampler(max_iter=4, random_state=0).fit(X)
-    assert auto._compiled is not None
-    assert SubclusterSampler(max_iter=4, backend="torch").fit(X)._compiled is None
+    assert auto.backend_ == "compiled"
+    assert SubclusterSampler(max_iter=4, backend="torch").fit(X).backend_ == "torch"
+    # chains in worker processes report it too
+    assert SubclusterSampler(max_iter=4, n_chains=2, n_jobs=2, backend="torch").fit(
+        X).backend_ == "torch"
     with pytest.raises(ValueError, match="backend"):
         SubclusterSampler(max_iter=4, backend="numpy").fit(X)
     counts = np.random.default_rng(0).integers(0, 5, size=(30, 3)).astype(float)
     model = DPMixture(Multinomial(np.ones(3)), DirichletProcess(1.0))
-    assert SubclusterSampler(model=model, max_iter=4).fit(counts)._compiled is None
+    assert SubclusterSampler(model=model, max_iter=4).fit(counts).backend_ == "torch"
     with pytest.raises(ValueError, match="compiled.*Multinomial"):
         SubclusterSampler(model=model, max_iter=4, backend="compiled").fit(counts)
     with pytest.raises(ValueError, match="refine_iter=3"):
@@ -312,8 +315,8 @@ def test_local_partners_follow_the_kernel_and_never_pick_the_anchor():
 
 def test_auto_backend_leaves_high_dimensions_to_torch():
     X = np.random.default_rng(0).normal(size=(60, 17))
-    assert SubclusterSampler(max_iter=2).fit(X)._compiled is None
-    assert SubclusterSampler(max_iter=2, backend="compiled").fit(X)._compiled is not None
+    assert SubclusterSampler(max_iter=2).fit(X).backend_ == "torch"
+    assert SubclusterSampler(max_iter=2, backend="compiled").fit(X).backend_ == "compiled"
 
 
 def test_generator_kernels_draw_the_numpy_streams():
