@@ -351,9 +351,8 @@ def hyperpriors_table(rows) -> str:
         cells = []
         for m in methods:
             f, h = get(s, m, "fixed"), get(s, m, "hierarchical")
-            cells.append(f"{f['k']} -> {h['k']} | {f['nmi']:.3f} -> {h['nmi']:.3f}")
-        scales = " / ".join(f"{get(s, m, 'hierarchical')['hyper']['psi_scale']:.3g}"
-                            for m in methods)
+            cells.append(f"{_k(f)} -> {_k(h)} | {f['nmi']:.3f} -> {h['nmi']:.3f}")
+        scales = " / ".join(_scale(get(s, m, "hierarchical")) for m in methods)
         lines.append(f"| {s} | {get(s, methods[0], 'fixed')['k_true']} | "
                      + " | ".join(cells) + f" | {scales} |")
     lines.append("")
@@ -362,12 +361,30 @@ def hyperpriors_table(rows) -> str:
         parts = []
         for model in ("fixed", "hierarchical"):
             rs = [get(s, m, model) for s in bench]
-            hits = sum(k_within(r["k"], r["k_true"]) for r in rs)
+            hits = sum(r["k"] is not None and k_within(r["k"], r["k_true"]) for r in rs)
             parts.append(f"{model} {hits}/{len(rs)}, mean NMI "
                          f"{np.mean([r['nmi'] for r in rs]):.3f}, median "
-                         f"{np.median([r['seconds'] for r in rs]):.1f} s")
+                         f"{np.nanmedian([r['seconds'] for r in rs]):.1f} s")
         lines.append(f"- {m} on the {len(bench)} benchmark sets: " + "; ".join(parts))
+    failed = [f"{r['method']} on {r['data']} ({r['model']}): {r['error']}"
+              for r in rows if r["k"] is None]
+    warned = [f"{r['method']} on {r['data']}: {', '.join(r['warned'])}"
+              for r in rows if r.get("warned")]
+    if failed:
+        lines.append("- failed (counted as misses with NMI 0): " + "; ".join(failed))
+    if warned:
+        lines.append("- warned that a hyperparameter collapsed (a conditional without a "
+                     "maximum or proper law): " + "; ".join(warned))
     return "\n".join(lines)
+
+
+def _k(r) -> str:
+    return "failed" if r["k"] is None else str(r["k"])
+
+
+def _scale(r) -> str:
+    v = r["hyper"].get("psi_scale")
+    return "-" if v is None else f"{v:.3g}"
 
 
 def _secs(s) -> str:

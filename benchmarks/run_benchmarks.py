@@ -25,6 +25,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from datetime import date
 from functools import partial
 from pathlib import Path
@@ -143,7 +144,18 @@ def run_hyperpriors(seed: int, sets) -> list[dict]:
                 m = hierarchical_model(X) if model == "hierarchical" else None
                 est = {"subcluster": partial(SubclusterSampler, store_log_likelihood=False),
                        "movb": MemoizedVB, "deepdpm": DeepDPM}[method](m, random_state=seed)
-                est, secs = timed_fit(est, X)
+                row = {"data": name, "N": X.shape[0], "d": X.shape[1],
+                       "k_true": int(np.unique(y).size), "method": method, "model": model}
+                try:
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always", RuntimeWarning)
+                        est, secs = timed_fit(est, X)
+                except Exception as err:        # a failed fit is a row, not a crash
+                    rows.append({**row, "k": None, "nmi": 0.0, "seconds": float("nan"),
+                                 "hyper": {}, "error": str(err).splitlines()[0]})
+                    print(f"  {name:<16} {method:<10} {model:<12} failed: {rows[-1]['error']}",
+                          file=sys.stderr, flush=True)
+                    continue
                 if model == "fixed":
                     hyper = {}
                 elif method == "subcluster":     # posterior means over the kept draws
@@ -152,12 +164,13 @@ def run_hyperpriors(seed: int, sets) -> list[dict]:
                 else:                            # point estimates
                     hyper = est.hyperparameters_
                 m_ = evaluate(y, est.labels_)
-                rows.append({"data": name, "N": X.shape[0], "d": X.shape[1],
-                             "k_true": int(np.unique(y).size), "method": method,
-                             "model": model, "k": int(est.n_clusters_), "nmi": m_["nmi"],
+                rows.append({**row, "k": int(est.n_clusters_), "nmi": m_["nmi"],
                              "seconds": secs,
                              "hyper": {k: float(v) for k, v in hyper.items()
-                                       if np.ndim(v) == 0}})
+                                       if np.ndim(v) == 0},
+                             "warned": sorted({str(w.message).split()[0] for w in caught
+                                               if "not a maximum" in str(w.message)
+                                               or "improper" in str(w.message)})})
                 print(f"  {name:<16} {method:<10} {model:<12} K={est.n_clusters_:<3d} "
                       f"NMI={m_['nmi']:.3f} {secs:6.1f} s {rows[-1]['hyper']}",
                       file=sys.stderr, flush=True)

@@ -117,6 +117,11 @@ def escobar_west(alpha: float, k: int, n: int, shape: float, rate: float) -> flo
     return float(torch.distributions.Gamma(a, r).sample())
 
 
+# a positive hyperparameter below this fraction of the family's own value is taken to
+# have collapsed onto the boundary of an improper conditional (warned of)
+COLLAPSE = 1e-8
+
+
 def maximize_log_scale(objective, x0: float) -> float:
     """argmax over x > 0 of ``objective(x)``: Brent's method on u = log x from a
     bracket grown downhill around log x0 (scipy's ``minimize_scalar``); x0 itself
@@ -166,6 +171,7 @@ class HyperparameterStep:
     def __init__(self, model):
         self.model = model
         self.hyperpriors = model.hyperpriors
+        self._warned: set[str] = set()         # hyperparameters warned of (once each)
 
     @property
     def active(self) -> bool:
@@ -217,6 +223,15 @@ class HyperparameterStep:
                                                 prior.loc.to(DTYPE), prior.scale_tril.to(DTYPE))
             else:
                 values[name] = slice_log_scale(_with_prior(log_lik, prior), float(values[name]))
+                own = float(self.model.family.hyperparameter_value(name))
+                if values[name] < COLLAPSE * own and name not in self._warned:
+                    self._warned.add(name)
+                    warnings.warn(
+                        f"{name} was drawn at {values[name]:.3g}, below {COLLAPSE:g} of the "
+                        f"family's own value: its conditional is probably improper (a "
+                        "cluster's scatter is singular, e.g. a column constant within a "
+                        "cluster), so the chain has no stationary law in it; remove or jitter "
+                        "such columns, or fix this hyperparameter", RuntimeWarning, stacklevel=3)
         return values
 
     def objective(self, values: dict, stats, log_marginal=None) -> float:
@@ -254,7 +269,7 @@ def _warn_if_unbounded(name: str, objective, x: float, own: float) -> None:
     scatter matrix is singular (a column constant within the cluster, or fewer
     distinct rows than dimensions): the marginal likelihood has no maximum there."""
     f, below = objective(x), objective(x * 0.5)
-    if below > f or not math.isfinite(below) or objective(x * 2.0) > f or x < 1e-8 * own:
+    if below > f or not math.isfinite(below) or objective(x * 2.0) > f or x < COLLAPSE * own:
         warnings.warn(
             f"the point estimate of {name} ({x:.3g}) is not a maximum: its objective "
             "keeps rising towards the boundary. Probably a cluster's scatter is singular "

@@ -78,12 +78,21 @@ def test_hyperpriors_table_pairs_the_fixed_and_hierarchical_fits(report, tmp_pat
                          "model": model, "k": k, "nmi": 0.5 if model == "fixed" else 0.75,
                          "seconds": 1.0, "hyper": {} if model == "fixed" else
                          {"psi_scale": 0.25, "kappa": 1.0, "alpha": 2.0}})
+    rows += [{**rows[0], "data": "ecoli", "k_true": 8, "k": 8, "nmi": 0.5},
+             {**rows[1], "data": "ecoli", "k_true": 8, "k": None, "nmi": 0.0,
+              "seconds": float("nan"), "hyper": {}, "error": "not positive definite"}]
+    rows[1]["warned"] = ["psi_scale"]
     report.save_record("hp", "hyperpriors", rows, META, tmp_path)
     text = report.render("{{result hp}}", tmp_path)
     assert "| s1 | 15 | 15 -> 22 | 0.500 -> 0.750 | 0.25 |" in text
     assert "| synthetic 128-d | 10 | 3 -> 10 | 0.500 -> 0.750 | 0.25 |" in text
-    assert ("- movb on the 2 benchmark sets: fixed 1/2, mean NMI 0.500, median 1.0 s; "
-            "hierarchical 1/2, mean NMI 0.750, median 1.0 s") in text
+    assert "| ecoli | 8 | 8 -> failed | 0.500 -> 0.000 | - |" in text
+    assert ("- movb on the 3 benchmark sets: fixed 2/3, mean NMI 0.500, median 1.0 s; "
+            "hierarchical 1/3, mean NMI 0.500, median 1.0 s") in text
+    assert "- failed (counted as misses with NMI 0): movb on ecoli (hierarchical): " \
+        "not positive definite" in text
+    assert "collapsed (a conditional without a maximum or proper law): movb on s1: " \
+        "psi_scale" in text
 
 
 def test_a_missing_record_is_named(report, tmp_path):
