@@ -405,7 +405,19 @@ class MCMCClusterer(CheckpointedEstimator):
                    leave=False, initial=start, total=self.max_iter)
         for it in bar:
             tic = time.perf_counter()
-            state, info = self._step(state)
+            try:
+                state, info = self._step(state)
+            except (ValueError, np.linalg.LinAlgError, torch.linalg.LinAlgError) as err:
+                if not state.hyper:
+                    raise
+                values = ", ".join(f"{n}={float(v):.3g}" for n, v in state.hyper.items()
+                                   if np.ndim(v) == 0)
+                raise ValueError(
+                    f"chain {chain + 1}, iteration {it + 1}: {err}, with the hyperparameters "
+                    f"at {values}. A scale far below the family's own value means its "
+                    "conditional is improper on these data (see the RuntimeWarning); remove "
+                    "or jitter columns constant within a cluster, or fix that "
+                    "hyperparameter") from err
             rec.seconds_trace.append(time.perf_counter() - tic)
             rec.k_trace.append(int(info["k"]))
             rec.lp_trace.append(float(info["lp"]))
