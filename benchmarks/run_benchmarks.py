@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 import resource
 import shlex
 import subprocess
@@ -126,6 +127,15 @@ def hierarchical_model(X) -> DPMixture:
 
 
 HYPER_METHODS = ("subcluster", "movb", "deepdpm")
+# the hyperparameter a collapse warning names (bnpdeep.inference.hyperparameters)
+COLLAPSED = re.compile(r"^(?:the point estimate of (\w+) .* not a maximum|(\w+) was drawn at .* "
+                       r"improper)")
+
+
+def collapse_warnings(caught) -> list[str]:
+    """The hyperparameters that caught collapse warnings name."""
+    found = (COLLAPSED.search(str(w.message)) for w in caught)
+    return sorted({m.group(1) or m.group(2) for m in found if m})
 
 
 def run_hyperpriors(seed: int, sets) -> list[dict]:
@@ -168,9 +178,7 @@ def run_hyperpriors(seed: int, sets) -> list[dict]:
                              "seconds": secs,
                              "hyper": {k: float(v) for k, v in hyper.items()
                                        if np.ndim(v) == 0},
-                             "warned": sorted({str(w.message).split()[0] for w in caught
-                                               if "not a maximum" in str(w.message)
-                                               or "improper" in str(w.message)})})
+                             "warned": collapse_warnings(caught)})
                 print(f"  {name:<16} {method:<10} {model:<12} K={est.n_clusters_:<3d} "
                       f"NMI={m_['nmi']:.3f} {secs:6.1f} s {rows[-1]['hyper']}",
                       file=sys.stderr, flush=True)
