@@ -42,6 +42,7 @@ REPORT_RUNS = (
     ["accuracy", "--methods", "subcluster-t"],
     ["accuracy", "--methods", "subcluster-t", "--seed", "1"],
     ["accuracy", "--methods", "subcluster-t", "--seed", "2"],
+    ["hyperpriors"],
     ["accuracy", "--methods", "kmeans (K given)", "gmm (K given)", "dbscan", "gibbs"],
     ["accuracy", "--methods", "deepdpm"],
     ["accuracy", "--sets", "mnist_umap", "fashion_umap", "--methods", "deepdpm",
