@@ -277,6 +277,13 @@ def _warn_if_unbounded(name: str, objective, x: float, own: float) -> None:
             "jitter such columns, or fix this hyperparameter", RuntimeWarning, stacklevel=3)
 
 
+def plain_values(values: dict) -> dict:
+    """Hyperparameter values as Python floats (scalars) and lists (vectors): what a
+    fitted ``hyperparameters_`` attribute holds."""
+    return {n: float(v) if torch.as_tensor(v).numel() == 1 else torch.as_tensor(v).tolist()
+            for n, v in values.items()}
+
+
 def _with_prior(log_lik, prior):
     """v -> log p(v) + log_lik(v) (-inf where the prior has no mass)."""
     def log_density(v):
@@ -296,4 +303,4 @@ def update_alpha(prior, alpha: float, counts: torch.Tensor) -> float:
 
 __all__ = ["HyperparameterStep", "slice_log_scale", "elliptical_slice", "draw_grid",
            "escobar_west", "update_alpha", "maximize_log_scale", "maximize_vector",
-           "maximize_grid"]
+           "maximize_grid", "plain_values"]

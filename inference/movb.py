@@ -72,7 +72,12 @@ from ..models import ConjugateFamily, DirichletProcess, FiniteDirichlet, SuffSta
 from ..models.hyperpriors import is_grid, log_prob
 from .base import CheckpointedEstimator
 from .draws import approximate_posterior_arrays
-from .hyperparameters import HyperparameterStep, maximize_grid, maximize_log_scale
+from .hyperparameters import (
+    HyperparameterStep,
+    maximize_grid,
+    maximize_log_scale,
+    plain_values,
+)
 from .mcmc import default_model, require_no_latent
 from .subpartition import carve, two_means
 
@@ -379,11 +384,10 @@ class MemoizedVB(CheckpointedEstimator):
         self._elog = self._stick_terms(self._stats.n)[0]
 
     def _hyperparameter_record(self) -> dict:
-        out = {n: (float(v) if torch.as_tensor(v).numel() == 1 else torch.as_tensor(v).tolist())
-               for n, v in self._hyper_values.items()}
+        out = dict(self._hyper_values)
         if self._alpha_prior is not None:
             out["alpha"] = self._alpha
-        return out
+        return plain_values(out)
 
     # ------------------------------------------------------------------ moves
     def _record(self, kind: str, before: float):

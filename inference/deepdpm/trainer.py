@@ -52,7 +52,12 @@ from bnpdeep.linalg import DTYPE, as_tensor
 from ..base import CheckpointedEstimator, own_pyro_state, resolve_device
 from ..draws import approximate_posterior_arrays
 from ..guide_moves import GuideSplitMerge
-from ..hyperparameters import HyperparameterStep, maximize_grid, maximize_log_scale
+from ..hyperparameters import (
+    HyperparameterStep,
+    maximize_grid,
+    maximize_log_scale,
+    plain_values,
+)
 from ..mcmc import default_model, relabel, require_no_latent
 from ..subpartition import two_means
 from .guide import CHUNK, DeepDPMGuide
@@ -516,9 +521,7 @@ class DeepDPM(CheckpointedEstimator):
         self.model_ = self._model.with_truncation(guide.k)
         self.labels_ = log_r.argmax(1).cpu().numpy()
         self.n_clusters_ = int(np.unique(self.labels_).size)
-        self.hyperparameters_ = {n: (float(v) if torch.as_tensor(v).numel() == 1
-                                     else torch.as_tensor(v).tolist())
-                                 for n, v in self._hyperparameter_record().items()}
+        self.hyperparameters_ = plain_values(self._hyperparameter_record())
         self._X = X
 
     def current_labels(self, X) -> np.ndarray:
