@@ -277,6 +277,14 @@ def _warn_if_unbounded(name: str, objective, x: float, own: float) -> None:
             "jitter such columns, or fix this hyperparameter", RuntimeWarning, stacklevel=3)
 
 
+def maximize_alpha(prior, alpha: float, log_lik) -> float:
+    """alpha's point estimate: the maximiser of log p(alpha) + ``log_lik(alpha)``
+    under a Gamma or grid prior (the variational methods' counterpart of
+    :func:`update_alpha`)."""
+    target = _with_prior(log_lik, prior)
+    return maximize_grid(target, prior) if is_grid(prior) else maximize_log_scale(target, alpha)
+
+
 def plain_values(values: dict) -> dict:
     """Hyperparameter values as Python floats (scalars) and lists (vectors): what a
     fitted ``hyperparameters_`` attribute holds."""
@@ -303,4 +311,4 @@ def update_alpha(prior, alpha: float, counts: torch.Tensor) -> float:
 
 __all__ = ["HyperparameterStep", "slice_log_scale", "elliptical_slice", "draw_grid",
            "escobar_west", "update_alpha", "maximize_log_scale", "maximize_vector",
-           "maximize_grid", "plain_values"]
+           "maximize_grid", "maximize_alpha", "plain_values"]

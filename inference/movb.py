@@ -69,13 +69,12 @@ from tqdm.auto import tqdm
 from bnpdeep.linalg import DTYPE, as_tensor
 
 from ..models import ConjugateFamily, DirichletProcess, FiniteDirichlet, SuffStats, WeightPrior
-from ..models.hyperpriors import is_grid, log_prob
+from ..models.hyperpriors import log_prob
 from .base import CheckpointedEstimator
 from .draws import approximate_posterior_arrays
 from .hyperparameters import (
     HyperparameterStep,
-    maximize_grid,
-    maximize_log_scale,
+    maximize_alpha,
     plain_values,
 )
 from .mcmc import default_model, require_no_latent
@@ -359,13 +358,10 @@ class MemoizedVB(CheckpointedEstimator):
             self._log_hyperprior += float(log_prob(self._alpha_prior, self._alpha))
         self._elbo_value = None
 
-    def _alpha_objective(self, alpha) -> float:
-        """log p(alpha) + sum_k N_k E[log pi_k] - KL(q(v) || p(v | alpha)), q(v) optimal."""
-        lp = float(log_prob(self._alpha_prior, alpha))
-        if not np.isfinite(lp):
-            return -np.inf
+    def _stick_objective(self, alpha) -> float:
+        """sum_k N_k E[log pi_k] - KL(q(v) || p(v | alpha)), q(v) optimal for alpha."""
         elog, _, kl = stick_terms(DirichletProcess(float(alpha)), self._stats.n)
-        return lp + float((self._stats.n * elog).sum() - kl)
+        return float((self._stats.n * elog).sum() - kl)
 
     def _update_hyperparameters(self):
         """Coordinate ascent on L + log p(h) + log p(alpha) over the hyperparameters,
@@ -374,12 +370,8 @@ class MemoizedVB(CheckpointedEstimator):
             return
         values = self._hyper.maximize(self._hyper_values, self._stats) if self._hyper.active \
             else self._hyper_values
-        self._set_hyperparameters(values, self._alpha)
-        alpha = self._alpha
-        if self._alpha_prior is not None:
-            alpha = maximize_grid(self._alpha_objective, self._alpha_prior) \
-                if is_grid(self._alpha_prior) \
-                else maximize_log_scale(self._alpha_objective, self._alpha)
+        alpha = self._alpha if self._alpha_prior is None \
+            else maximize_alpha(self._alpha_prior, self._alpha, self._stick_objective)
         self._set_hyperparameters(values, alpha)
         self._elog = self._stick_terms(self._stats.n)[0]
 

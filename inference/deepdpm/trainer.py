@@ -43,7 +43,6 @@ import numpy as np
 import pyro
 import torch
 from bnpdeep.models import DirichletProcess, DPMixture
-from bnpdeep.models.hyperpriors import is_grid, log_prob
 from pyro.infer import SVI
 from tqdm.auto import tqdm
 
@@ -54,8 +53,7 @@ from ..draws import approximate_posterior_arrays
 from ..guide_moves import GuideSplitMerge
 from ..hyperparameters import (
     HyperparameterStep,
-    maximize_grid,
-    maximize_log_scale,
+    maximize_alpha,
     plain_values,
 )
 from ..mcmc import default_model, relabel, require_no_latent
@@ -292,14 +290,8 @@ class DeepDPM(CheckpointedEstimator):
         if self._alpha_prior is not None:
             counts = torch.bincount(z).to(DTYPE)
             counts = counts[counts > 0].cpu()
-
-            def objective(a):
-                lp = float(log_prob(self._alpha_prior, a))
-                return lp + float(DirichletProcess(float(a)).log_eppf(counts)) \
-                    if math.isfinite(lp) else -math.inf
-
-            alpha = maximize_grid(objective, self._alpha_prior) if is_grid(self._alpha_prior) \
-                else maximize_log_scale(objective, self._alpha)
+            alpha = maximize_alpha(self._alpha_prior, self._alpha, lambda a: float(
+                DirichletProcess(float(a)).log_eppf(counts)))
         self._set_hyperparameters(values, alpha)
 
     def _init_guide(self, X: torch.Tensor):

@@ -111,7 +111,7 @@ def test_e_step_targets_are_the_models_conditional_of_z(hierarchical):
 
     X, _ = _easy(200, 3)
     model = _hierarchical(X) if hierarchical else None
-    est = DeepDPM(model, init_k=3, max_epochs=2, burn_in_epochs=1).fit(X)
+    est = DeepDPM(model, init_k=3, max_epochs=1, burn_in_epochs=1).fit(X)
     if hierarchical:
         assert set(est.hyperparameters_) == {"kappa", "psi_scale", "alpha"}
         assert est.hyperparameters_["psi_scale"] != 1.0
