@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 
 from . import moves
-from .subpartition import carve, refine_subclusters, two_means
+from .subpartition import carve, rank_within_groups, refine_subclusters, two_means
 
 
 class GuideSplitMerge:
@@ -47,6 +47,11 @@ class GuideSplitMerge:
     refine_iter : int, default 20
         EM iterations refining the sub-nets' halves before they are proposed; 0
         proposes the sub-nets' halves as they are (the paper).
+    refine_rows : int or None, default 1000
+        The EM of a larger cluster runs on this many of its rows, drawn at random
+        for each split step, and every row then goes to the sub-component fitted to
+        them that explains it better: a step's cost stays bounded on large data
+        (the sampler's proposals do the same).  None: all rows.
     carve : bool, default True
         Propose carved local groups for clusters whose split was rejected.
     carves_per_step, carve_tries : int, default 3, 5
@@ -59,10 +64,12 @@ class GuideSplitMerge:
     """
 
     def __init__(self, weights, family, refine_iter: int = 20, carve: bool = True,
-                 carves_per_step: int = 3, carve_tries: int = 5, neighbours: int = 3):
+                 carves_per_step: int = 3, carve_tries: int = 5, neighbours: int = 3,
+                 refine_rows: int | None = 1000):
         self.weights = weights
         self.family = family
         self.refine_iter = int(refine_iter)
+        self.refine_rows = None if refine_rows is None else int(refine_rows)
         self.carve = bool(carve)
         self.carves_per_step = int(carves_per_step)
         self.carve_tries = int(carve_tries)
@@ -95,7 +102,11 @@ class GuideSplitMerge:
         updated in place.  Returns the guide's :class:`Surgery` records."""
         fam, k = self.family, guide.k
         if self.refine_iter > 0:
-            zs = refine_subclusters(fam, X, z, zs, k, self.refine_iter)
+            sample = None
+            if self.refine_rows is not None:
+                keys = torch.rand(X.shape[0], generator=generator, dtype=torch.float64)
+                sample = rank_within_groups(keys.to(X.device), z, k) < self.refine_rows
+            zs = refine_subclusters(fam, X, z, zs, k, self.refine_iter, sample=sample)
         stats, sub = self._hard_stats(X, z, zs, k)
         log_h = moves.log_split_ratio(self.weights, fam, float(k), stats, sub[0::2], sub[1::2])
         ok = (sub.n[0::2] >= 2) & (sub.n[1::2] >= 2)

@@ -187,7 +187,8 @@ def own_pair_loglik(family, X: torch.Tensor, z: torch.Tensor, k: int, sub_params
 
 
 def refine_subclusters(family, X: torch.Tensor, z: torch.Tensor, zs: torch.Tensor, k: int,
-                       n_iter: int = 20, tol: float = 1e-4) -> torch.Tensor:
+                       n_iter: int = 20, tol: float = 1e-4,
+                       sample: torch.Tensor | None = None) -> torch.Tensor:
     """EM on every cluster's two-component sub-mixture at once, started from the
     sub-labels ``zs``; returns the refined hard sub-labels (argmax).
 
@@ -199,15 +200,20 @@ def refine_subclusters(family, X: torch.Tensor, z: torch.Tensor, zs: torch.Tenso
     clusters' real structure where an isotropic 2-means halving does not (on wine at
     K = 1: log H_s = -51 for 2-means, +55 after 30 iterations).  A cluster stops
     when none of its responsibilities moves by more than ``tol`` (and stays put), so
-    refining K clusters at once gives each exactly what refining it alone gives."""
+    refining K clusters at once gives each exactly what refining it alone gives.
+
+    With ``sample`` (a boolean mask of rows), EM runs on the sampled rows only and
+    every row then goes to the sub-component that explains it better
+    (:func:`assign_to_sub_mixture`): the cost is bounded by the sample."""
+    if sample is not None and not bool(sample.all()):
+        zs_s = refine_subclusters(family, X[sample], z[sample], zs[sample], k, n_iter, tol)
+        return assign_to_sub_mixture(family, X, z, k, X[sample], z[sample], zs_s)
     r = torch.nn.functional.one_hot(zs, 2).to(X.dtype)
     active = torch.ones(k, dtype=torch.bool, device=X.device)
     for _ in range(int(n_iter)):
         sub = (family.suff_stats_labels(X, 2 * z, 2 * k, weights=r[:, 0])
                + family.suff_stats_labels(X, 2 * z + 1, 2 * k, weights=r[:, 1]))
-        n_pair = sub.n.reshape(k, 2)
-        log_w = torch.log(n_pair + 0.5) - torch.log(n_pair.sum(1, keepdim=True) + 1.0)
-        ll = own_pair_loglik(family, X, z, k, family.map_estimate(sub)) + log_w[z]
+        ll = own_pair_loglik(family, X, z, k, family.map_estimate(sub)) + _sub_log_weights(sub, z)
         new_r = torch.softmax(ll, 1)
         moved = torch.zeros(k, dtype=X.dtype, device=X.device).scatter_reduce_(
             0, z, (new_r - r).abs().amax(1), "amax")
@@ -216,6 +222,25 @@ def refine_subclusters(family, X: torch.Tensor, z: torch.Tensor, zs: torch.Tenso
         if not bool(active.any()):
             break
     return r.argmax(1)
+
+
+def _sub_log_weights(sub, z: torch.Tensor) -> torch.Tensor:
+    """log pi~_{z_i h} = log (n_{z_i h} + 1/2) - log (n_{z_i} + 1), (N, 2), from the 2K
+    sub-cluster statistics ``sub``."""
+    n_pair = sub.n.reshape(-1, 2)
+    return (torch.log(n_pair + 0.5) - torch.log(n_pair.sum(1, keepdim=True) + 1.0))[z]
+
+
+def assign_to_sub_mixture(family, X: torch.Tensor, z: torch.Tensor, k: int,
+                          Xs: torch.Tensor, zs_rows: torch.Tensor, hs: torch.Tensor
+                          ) -> torch.Tensor:
+    """Every row of X to the sub-component of its cluster z_i with the higher
+    pi~_{z_i h} f(x_i | theta_{z_i h}), the sub-mixture fitted (weights as in
+    :func:`refine_subclusters`, parameters the MAP) to the hard sub-labels ``hs`` of
+    the rows ``Xs`` (clusters ``zs_rows``)."""
+    stats = family.suff_stats_labels(Xs, 2 * zs_rows + hs, 2 * k)
+    ll = own_pair_loglik(family, X, z, k, family.map_estimate(stats)) + _sub_log_weights(stats, z)
+    return ll.argmax(1)
 
 
 def whitened_two_means_groups(X: torch.Tensor, g: torch.Tensor, n_groups: int,
@@ -263,14 +288,11 @@ def refined_two_means_groups(family, X: torch.Tensor, g: torch.Tensor, n_groups:
         if n_iter > 0 else start
     if bool(sample.all()):
         return h
-    stats = family.suff_stats_labels(Xs, 2 * gs + h, 2 * n_groups)
-    n_pair = stats.n.reshape(n_groups, 2)
-    log_w = torch.log(n_pair + 0.5) - torch.log(n_pair.sum(1, keepdim=True) + 1.0)
-    ll = own_pair_loglik(family, X, g, n_groups, family.map_estimate(stats)) + log_w[g]
-    return ll.argmax(1)
+    return assign_to_sub_mixture(family, X, g, n_groups, Xs, gs, h)
 
 
 __all__ = ["select_groups", "rank_within_groups", "two_means", "two_means_groups", "carve",
            "carve_groups",
-           "own_pair_loglik", "refine_subclusters", "whitened_two_means_groups",
+           "own_pair_loglik", "refine_subclusters", "assign_to_sub_mixture",
+           "whitened_two_means_groups",
            "refined_two_means_groups"]

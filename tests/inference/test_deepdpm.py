@@ -50,6 +50,24 @@ def test_subcluster_nets_surgery_keeps_other_clusters():
     torch.testing.assert_close(nets(x, z)[keep], before[keep])
 
 
+def test_subcluster_nets_apply_each_rows_own_net():
+    """Row i goes through net z_i alone: log_softmax(relu(x W1_z + b1_z) W2_z + b2_z),
+    written out per row; a cluster with no rows gets no gradient."""
+    torch.manual_seed(1)
+    nets = SubclusterNets(3, 4, hidden=6)
+    x = torch.randn(30, 3)
+    z = torch.randint(0, 3, (30,))          # cluster 3 holds no rows
+    out = nets(x, z)
+    for i in range(30):
+        c = int(z[i])
+        h = torch.relu(x[i] @ nets.w1[c] + nets.b1[c])
+        torch.testing.assert_close(out[i], torch.log_softmax(h @ nets.w2[c] + nets.b2[c], -1))
+    out[:, 0].sum().backward()
+    assert float(nets.w1.grad[3].abs().sum()) == 0.0
+    assert all(float(nets.w1.grad[c].abs().sum()) > 0 for c in range(3))
+    assert nets(x[:0], z[:0]).shape == (0, 2)
+
+
 def test_stick_fractions_invert_stick_breaking():
     pi = torch.tensor([0.5, 0.2, 0.25, 0.05], dtype=torch.float64)
     torch.testing.assert_close(stick_breaking(stick_fractions(pi)), pi)

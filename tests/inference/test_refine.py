@@ -121,3 +121,24 @@ def test_grouped_subpartitions_equal_one_group_at_a_time():
             alone = call(X[rows], torch.zeros(int(rows.sum()), dtype=torch.long), 1,
                          slice(c, c + 1), torch.zeros(1, dtype=torch.long))
             assert torch.equal(both[rows], alone), (name, c)
+
+
+def test_refinement_on_a_row_sample_assigns_every_row():
+    """EM on a sample of 400 of 6,000 rows, then every row to the better of the two
+    fitted sub-components: the sampled rows keep the sample's own refinement up to a
+    few boundary points, and all rows agree with the optimal classifier nearly as
+    well as refining on every row does."""
+    X, _ = _tight_and_wide(4, 3000)
+    fam = default_model(X).family
+    Xt = as_tensor(X)
+    z = torch.zeros(len(X), dtype=torch.long)
+    start = two_means(Xt)
+    sample = torch.zeros(len(X), dtype=torch.bool)
+    sample[torch.randperm(len(X), generator=torch.Generator().manual_seed(0))[:400]] = True
+    got = refine_subclusters(fam, Xt, z, start, 1, n_iter=50, sample=sample)
+    alone = refine_subclusters(fam, Xt[sample], z[sample], start[sample], 1, n_iter=50)
+    assert float((got[sample] == alone).double().mean()) > 0.98
+    bayes = _bayes_labels(X)
+    agree = np.mean(got.numpy() == bayes)
+    assert max(agree, 1 - agree) > 0.97
+    assert adjusted_rand_score(bayes, start.numpy()) < 0.6

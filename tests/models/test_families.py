@@ -286,15 +286,16 @@ def test_gaussian_label_stats_across_row_chunks():
 
 
 @pytest.mark.parametrize("make", FAMILIES)
-@pytest.mark.parametrize("d, k, m", [(2, 12, 2), (3, 2, 2), (16, 40, 3)])
+@pytest.mark.parametrize("d, k, m", [(2, 12, 2), (3, 2, 2), (16, 40, 3), (8, 30, 2)])
 def test_log_likelihood_at_picks_the_table_entries(make, d, k, m):
     """log_likelihood_at(X, params, comps) is log_likelihood's (N, K) table read at
-    comps: the per-row path (d = 2 against 12 components; d = 16, 5000 rows of 3
-    components in 341-row chunks) and the table path (2 components)."""
+    comps: the per-row path (d = 2 against 12 components), the table path
+    (2 components) and, for the full Gaussian, the path grouped by component
+    (d = 16, 5000 rows of 3 components; d = 8); past 2 components the last is never read."""
     fam = make(d, 1)
     n = 5000 if d == 16 else 300
     X = torch.as_tensor(_data(fam, n, 2))
     params = fam.sample_prior(k)
-    comps = torch.as_tensor(np.random.default_rng(3).integers(0, k, size=(n, m)))
+    comps = torch.as_tensor(np.random.default_rng(3).integers(0, k - 1 if k > 2 else k, size=(n, m)))
     got = fam.log_likelihood_at(X, params, comps)
     torch.testing.assert_close(got, fam.log_likelihood(X, params).gather(1, comps))
