@@ -260,16 +260,33 @@ def paper_table(rows) -> str:
 
 
 def seeds_table(records) -> str:
-    """Per seed and method of accuracy records: sets with K within tolerance, mean NMI."""
+    """Per seed and method of accuracy records: sets with K within tolerance, mean NMI;
+    with three records or more, also per set the median K and median NMI over the
+    seeds, counted the same way."""
     methods = list(dict.fromkeys(r["method"] for rec in records for r in rec["rows"]))
-    out = ["| method | " + " | ".join(f"seed {rec['seed']}" for rec in records) + " |",
-           "|---|" + "---|" * len(records)]
+    median = len(records) >= 3
+    out = ["| method | " + " | ".join(f"seed {rec['seed']}" for rec in records)
+           + (" | per-set medians over the seeds |" if median else " |"),
+           "|---|" + "---|" * (len(records) + median)]
     for m in methods:
         cells = []
         for rec in records:
             rs = [r for r in rec["rows"] if r["method"] == m]
+            if not rs:                 # the method did not run at this seed
+                cells.append("-")
+                continue
             hits = sum(r["k"] is not None and k_within(r["k"], r["k_true"]) for r in rs)
             cells.append(f"{hits}/{len(rs)}, NMI {np.mean([r['nmi'] for r in rs]):.3f}")
+        if median:
+            per_set: dict = {}
+            for rec in records:
+                for r in rec["rows"]:
+                    if r["method"] == m and r["k"] is not None:
+                        per_set.setdefault(r["data"], []).append(r)
+            hits = sum(k_within(np.median([r["k"] for r in rs]), rs[0]["k_true"])
+                       for rs in per_set.values())
+            nmi = np.mean([np.median([r["nmi"] for r in rs]) for rs in per_set.values()])
+            cells.append(f"{hits}/{len(per_set)}, NMI {nmi:.3f}")
         out.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 

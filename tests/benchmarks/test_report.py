@@ -59,6 +59,17 @@ def test_seeds_summary_counts_each_record(report, tmp_path):
     assert "| b | 1/2, NMI 0.500 | 2/2, NMI 0.500 |" in text
 
 
+def test_seeds_summary_adds_per_set_medians_from_three_seeds(report, tmp_path):
+    """Per set the median K and NMI over the seeds, then counted: b's K on s2 is
+    3, 4, 9 (median 4, within 1 of 3; the mean, 5.3, is not)."""
+    for seed, k_b in ((0, 3), (1, 4), (2, 9)):
+        report.save_record(f"s{seed}", "accuracy", accuracy_rows(k_b), {**META, "seed": seed},
+                           tmp_path)
+    text = report.render("{{seeds s0 s1 s2}}", tmp_path)
+    assert "| method | seed 0 | seed 1 | seed 2 | per-set medians over the seeds |" in text
+    assert "| b | 2/2, NMI 0.500 | 2/2, NMI 0.500 | 1/2, NMI 0.500 | 2/2, NMI 0.500 |" in text
+
+
 def test_paper_sets_render_with_ari_and_acc(report, tmp_path):
     rows = [{"data": "mnist_umap", "method": "bgm", "k_true": 10, "k": 12, "nmi": 0.93,
              "ari": 0.94, "acc": 0.96, "seconds": 10.0}]
