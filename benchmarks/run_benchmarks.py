@@ -580,12 +580,16 @@ MIXING_CHAINS, MIXING_ITERS = 4, 400
 
 
 def commit() -> str:
-    """The repository's commit, marked ``+changes`` when the working tree differs."""
+    """The repository's commit, marked ``+changes`` when a tracked file differs from it
+    (the records and the report they render excepted: a run that follows another
+    in ``make bench`` measures the same code)."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=HERE, capture_output=True,
                               text=True).stdout.strip()
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no")
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no", "--",
+                                     ":/", ":(top,exclude)benchmarks/results",
+                                     ":(top,exclude)benchmarks/README.md")
                    else "")
 
 
