@@ -115,3 +115,19 @@ def test_the_readme_is_the_rendering_of_the_template_and_records(report):
     """benchmarks/README.md is what benchmarks/report.py makes of the committed records:
     a figure in it that no record holds fails here."""
     assert report.main(["--check"]) == 0
+
+
+def test_paper_seeds_show_each_seed_and_the_medians(report, tmp_path):
+    """On the paper's embeddings the seeds table lists K / NMI per seed and the
+    medians of K, NMI, ARI, ACC and seconds; a method absent at a seed gets '-'."""
+    for seed, (k, nmi) in enumerate([(12, 0.90), (10, 0.95), (10, 0.94)]):
+        rows = [{"data": "mnist_umap", "method": "deepdpm", "k_true": 10, "k": k, "nmi": nmi,
+                 "ari": nmi, "acc": nmi, "seconds": 60.0 + seed}]
+        if seed == 0:
+            rows.append({"data": "mnist_umap", "method": "bgm", "k_true": 10, "k": 13,
+                         "nmi": 0.9, "ari": 0.9, "acc": 0.9, "seconds": 5.0})
+        report.save_record(f"p{seed}", "accuracy", rows, {**META, "seed": seed}, tmp_path)
+    text = report.render("{{seeds p0 p1 p2}}", tmp_path)
+    assert ("| mnist_umap | deepdpm | 12 / 0.900 | 10 / 0.950 | 10 / 0.940 | 10 | 0.940 | "
+            "0.940 | 0.940 | 61.0 |") in text
+    assert "| mnist_umap | bgm | 13 / 0.900 | - | - | 13 | 0.900 |" in text
