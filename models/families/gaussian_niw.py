@@ -31,6 +31,7 @@ from bnpdeep.linalg import (
     multidigamma,
     multigammaln,
     scatter_outer,
+    weighted_outer,
 )
 
 from ..distributions import InverseWishart, inverse_wishart_root
@@ -176,9 +177,7 @@ class GaussianNIW(ConjugateFamily):
         w = as_tensor(weights, device=X.device)
         if w.dim() == 1:
             w = w[:, None]
-        wx = w.T @ X
-        sxx = (w.T[:, :, None] * X[None]).transpose(1, 2) @ X
-        return SuffStats(n=w.sum(0), sx=wx, sxx=sxx)
+        return SuffStats(n=w.sum(0), sx=w.T @ X, sxx=weighted_outer(X, w))
 
     def suff_stats_labels(self, X, labels, k=None, weights=None) -> SuffStats:
         X = self._as_data(X)

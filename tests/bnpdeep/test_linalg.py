@@ -57,3 +57,19 @@ def test_scatter_outer_matches_a_loop(d, n):
     for c in range(7):
         rows = z == c
         np.testing.assert_allclose(outer[c], (X[rows] * w[rows, None]).T @ X[rows], atol=1e-12)
+
+
+@pytest.mark.parametrize("d, n, k", [(3, 300, 5), (3, 300, 20), (40, 700, 16)])
+def test_weighted_outer_matches_a_loop(d, n, k):
+    """sum_i w_ik x_i x_i^T per column of w, against a loop: K batched products
+    (K < 16) and the rows' outer products in 2 MiB chunks (K >= 16; at d = 40 a
+    chunk is 163 rows, so 700 rows span several)."""
+    from bnpdeep.linalg import weighted_outer
+
+    rng = np.random.default_rng(k)
+    X = rng.normal(size=(n, d))
+    w = rng.uniform(size=(n, k))
+    got = weighted_outer(torch.as_tensor(X), torch.as_tensor(w)).numpy()
+    for c in range(k):
+        np.testing.assert_allclose(got[c], (X * w[:, c:c + 1]).T @ X, atol=1e-10)
+

@@ -296,6 +296,7 @@ def test_log_likelihood_at_picks_the_table_entries(make, d, k, m):
     n = 5000 if d == 16 else 300
     X = torch.as_tensor(_data(fam, n, 2))
     params = fam.sample_prior(k)
-    comps = torch.as_tensor(np.random.default_rng(3).integers(0, k - 1 if k > 2 else k, size=(n, m)))
+    high = k - 1 if k > 2 else k
+    comps = torch.as_tensor(np.random.default_rng(3).integers(0, high, size=(n, m)))
     got = fam.log_likelihood_at(X, params, comps)
     torch.testing.assert_close(got, fam.log_likelihood(X, params).gather(1, comps))
