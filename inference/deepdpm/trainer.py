@@ -137,7 +137,10 @@ class DeepDPM(CheckpointedEstimator):
         (:func:`bnpdeep.inference.subpartition.refine_subclusters`): the sub-nets'
         isotropic loss halves a cluster like 2-means, and the refinement moves the
         halves to the two-component full-likelihood mixture the M-step fits, the
-        proposal then judged by the same H_s.  Not in the paper; 0 proposes the
+        proposal then judged by the same H_s.  The EM of a cluster of more than
+        1,000 rows runs on 1,000 of them drawn at random, every row then going to
+        the better of the two fitted sub-components (``GuideSplitMerge.refine_rows``).
+        Not in the paper; 0 proposes the
         sub-nets' split as it is.  From K = 1 it takes wine and s3, whose every
         2-means halving the DP posterior rejects, past K = 1
         (benchmarks/README.md).
