@@ -19,6 +19,8 @@ Every function is vectorised over candidate moves.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from bnpdeep.linalg import DTYPE
@@ -141,6 +143,38 @@ def accept_in_sequence(weights, k_blocks: int, log_terms, is_split, uniform=None
         if ok:
             k += 1 if split else -1
     return torch.tensor(out, dtype=torch.bool)
+
+
+# Statistics entries a warm-up merge round may gather for all pairs of clusters
+# (pairs x entries per cluster) before its candidates are limited to near pairs.
+WARMUP_MERGE_BUDGET = 1 << 24
+
+
+def warmup_merge_pairs(means: torch.Tensor, eligible: torch.Tensor, stat_size: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate pairs (i < j, both eligible, in row-major order) for the warm-up's
+    merges: every pair while their statistics (pairs x ``stat_size`` entries, about
+    d^2 for full Gaussians) fit in :data:`WARMUP_MERGE_BUDGET`; beyond it, each
+    eligible cluster with its m nearest eligible clusters by the distance of their
+    ``means``, m = max(8, budget // (K stat_size)), so that a round's cost grows as K
+    rather than K^2 (at K = 80, d = 128 every pair costs about 10 s a round).  The
+    warm-up's draws are discarded, so the choice costs no exactness."""
+    k = means.shape[0]
+    i, j = torch.triu_indices(k, k, 1, device=means.device)
+    keep = eligible[i] & eligible[j]
+    i, j = i[keep], j[keep]
+    idx = eligible.nonzero().flatten()
+    m = max(8, WARMUP_MERGE_BUDGET // max(k * int(stat_size), 1))
+    if i.numel() * int(stat_size) <= WARMUP_MERGE_BUDGET or m >= idx.numel() - 1:
+        return i, j
+    dist = torch.cdist(means[idx], means[idx])
+    dist.fill_diagonal_(math.inf)
+    nearest = idx[dist.topk(m, largest=False).indices]              # (n, m)
+    near = torch.zeros((k, k), dtype=torch.bool, device=means.device)
+    near[idx[:, None].expand_as(nearest), nearest] = True
+    near |= near.T.clone()
+    keep = near[i, j]
+    return i[keep], j[keep]
 
 
 def disjoint_pairs(z, pairs) -> list[int]:

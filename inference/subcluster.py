@@ -695,13 +695,12 @@ class SubclusterSampler(MCMCClusterer):
         return zs
 
     def _warmup_merges(self, z, zs, born, stats, weights, eligible, k_now, it):
-        """All pairs of eligible clusters in random order, each cluster merging at most
-        once, accepted on the posterior ratio."""
+        """Pairs of eligible clusters (all of them, or on many large clusters the near
+        ones: :func:`~bnpdeep.inference.moves.warmup_merge_pairs`) in random order,
+        each cluster merging at most once, accepted on the posterior ratio."""
         fam = self._family
-        k = stats.k
-        i, j = torch.triu_indices(k, k, 1)
-        keep = eligible[i] & eligible[j]
-        i, j = i[keep], j[keep]
+        size = sum(v.numel() // max(v.shape[0], 1) for v in stats.fields.values())
+        i, j = moves.warmup_merge_pairs(moves.group_means(stats), eligible, size)
         s1, s2 = stats[i], stats[j]
         # The posterior ratio alone: Chang & Fisher's sub-cluster proposal term
         # (moves.log_subcluster_merge_proposal) is about -(n1 + n2) log 2 and all but

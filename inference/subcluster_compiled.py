@@ -34,7 +34,7 @@ from scipy.special import gammaln
 from ..models import GaussianNIW, SuffStats
 from ..models.families.gaussian_niw import GaussianParams
 from . import kernels as kn
-from .moves import disjoint_pairs
+from .moves import disjoint_pairs, warmup_merge_pairs
 
 # "auto" takes the compiled backend up to this dimension: its quadratic forms are
 # scalar loops (d^2 per point and cluster) where torch's are GEMMs.  At N=20,000,
@@ -377,12 +377,15 @@ class CompiledGaussianSteps:
         return new, info
 
     def warmup_merges(self, z, zs, born, stats, gw, eligible, k_now, it):
-        """:meth:`SubclusterSampler._warmup_merges`: all pairs of eligible clusters in
-        random order, each cluster merging at most once, on the posterior ratio."""
-        k = stats[0].shape[0]
-        i, j = np.triu_indices(k, 1)
-        keep = eligible[i] & eligible[j]
-        i, j = i[keep], j[keep]
+        """:meth:`SubclusterSampler._warmup_merges`: pairs of eligible clusters (all,
+        or the near ones: :func:`.moves.warmup_merge_pairs`) in random order, each
+        cluster merging at most once, on the posterior ratio."""
+        n, s1 = stats[0], stats[1]
+        d = s1.shape[1]
+        i, j = warmup_merge_pairs(torch.from_numpy(s1 / np.maximum(n, 1e-12)[:, None]),
+                                  torch.from_numpy(np.asarray(eligible, dtype=bool)),
+                                  1 + d + d * d)
+        i, j = i.numpy(), j.numpy()
         s_i = tuple(a[i] for a in stats)
         s_j = tuple(a[j] for a in stats)
         log_h = -(gw.log_new_block_ratio(k_now - 1) + self.split_terms(gw, s_i, s_j))

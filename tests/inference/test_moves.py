@@ -196,3 +196,31 @@ def test_relabel_matches_sorted_unique():
         new, kept = relabel(z)
         ids, inverse = torch.unique(z, return_inverse=True)
         assert torch.equal(new, inverse) and torch.equal(kept, ids)
+
+
+def test_warmup_merge_pairs_are_all_pairs_within_the_budget_and_near_pairs_beyond(monkeypatch):
+    """Within the budget: every pair of eligible clusters, row-major (the order the
+    warm-up draws in).  Beyond: exactly the pairs in which one cluster is among the
+    other's m nearest eligible clusters, m = max(8, budget // (K size))."""
+    g = torch.Generator().manual_seed(0)
+    k = 40
+    means = torch.randn(k, 3, generator=g, dtype=torch.float64)
+    eligible = torch.rand(k, generator=g) < 0.8
+    eligible[:2] = True
+    i, j = moves.warmup_merge_pairs(means, eligible, 10)
+    e = eligible.nonzero().flatten().tolist()
+    assert list(zip(i.tolist(), j.tolist(), strict=True)) == \
+        [(a, b) for a in e for b in e if a < b]
+    monkeypatch.setattr(moves, "WARMUP_MERGE_BUDGET", 10 * k * 9)   # m = max(8, 9) = 9
+    i, j = moves.warmup_merge_pairs(means, eligible, 10)
+    dist = torch.cdist(means, means)
+    expected = []
+    for a in e:
+        for b in e:
+            if a < b:
+                rank_ab = sum(float(dist[a, c]) < float(dist[a, b]) for c in e if c != a)
+                rank_ba = sum(float(dist[b, c]) < float(dist[b, a]) for c in e if c != b)
+                if rank_ab < 9 or rank_ba < 9:
+                    expected.append((a, b))
+    assert list(zip(i.tolist(), j.tolist(), strict=True)) == expected
+    assert len(expected) < len(e) * (len(e) - 1) // 2
