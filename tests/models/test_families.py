@@ -286,12 +286,13 @@ def test_gaussian_label_stats_across_row_chunks():
 
 
 @pytest.mark.parametrize("make", FAMILIES)
-@pytest.mark.parametrize("d, k, m", [(2, 12, 2), (3, 2, 2), (16, 40, 3), (8, 30, 2)])
+@pytest.mark.parametrize("d, k, m", [(2, 12, 2), (3, 2, 2), (16, 40, 3), (8, 30, 2), (8, 2, 2)])
 def test_log_likelihood_at_picks_the_table_entries(make, d, k, m):
     """log_likelihood_at(X, params, comps) is log_likelihood's (N, K) table read at
     comps: the per-row path (d = 2 against 12 components), the table path
     (2 components) and, for the full Gaussian, the path grouped by component
-    (d = 16, 5000 rows of 3 components; d = 8); past 2 components the last is never read."""
+    (d = 16, 5000 rows of 3 components; d = 8; d = 8 against 2 components); past
+    2 components the last is never read."""
     fam = make(d, 1)
     n = 5000 if d == 16 else 300
     X = torch.as_tensor(_data(fam, n, 2))
