@@ -55,7 +55,7 @@ REPORT_RUNS = (
     ["speed", "--repeats", "5"],
     ["mixing"],
     ["highdim"],
-    ["highdim-large", "--iters", "20"],
+    ["highdim-large", "--iters", "100"],
     ["deep"],
     ["deepdpm"],
     ["scale"],
