@@ -213,7 +213,8 @@ def refine_subclusters(family, X: torch.Tensor, z: torch.Tensor, zs: torch.Tenso
     for _ in range(int(n_iter)):
         sub = (family.suff_stats_labels(X, 2 * z, 2 * k, weights=r[:, 0])
                + family.suff_stats_labels(X, 2 * z + 1, 2 * k, weights=r[:, 1]))
-        ll = own_pair_loglik(family, X, z, k, family.map_estimate(sub)) + _sub_log_weights(sub, z)
+        ll = (own_pair_loglik(family, X, z, k, family.map_estimate(sub))
+              + sub_log_weights(sub.n.reshape(k, 2))[z])
         new_r = torch.softmax(ll, 1)
         moved = torch.zeros(k, dtype=X.dtype, device=X.device).scatter_reduce_(
             0, z, (new_r - r).abs().amax(1), "amax")
@@ -224,11 +225,10 @@ def refine_subclusters(family, X: torch.Tensor, z: torch.Tensor, zs: torch.Tenso
     return r.argmax(1)
 
 
-def _sub_log_weights(sub, z: torch.Tensor) -> torch.Tensor:
-    """log pi~_{z_i h} = log (n_{z_i h} + 1/2) - log (n_{z_i} + 1), (N, 2), from the 2K
-    sub-cluster statistics ``sub``."""
-    n_pair = sub.n.reshape(-1, 2)
-    return (torch.log(n_pair + 0.5) - torch.log(n_pair.sum(1, keepdim=True) + 1.0))[z]
+def sub_log_weights(n: torch.Tensor) -> torch.Tensor:
+    """log pi~_kh = log (n_kh + 1/2) - log (n_k + 1), the weights of a cluster's two
+    sub-clusters (a symmetric Dirichlet(1/2) MAP-like estimate); ``n`` is (..., 2)."""
+    return torch.log(n + 0.5) - torch.log(n.sum(-1, keepdim=True) + 1.0)
 
 
 def assign_to_sub_mixture(family, X: torch.Tensor, z: torch.Tensor, k: int,
@@ -239,7 +239,8 @@ def assign_to_sub_mixture(family, X: torch.Tensor, z: torch.Tensor, k: int,
     :func:`refine_subclusters`, parameters the MAP) to the hard sub-labels ``hs`` of
     the rows ``Xs`` (clusters ``zs_rows``)."""
     stats = family.suff_stats_labels(Xs, 2 * zs_rows + hs, 2 * k)
-    ll = own_pair_loglik(family, X, z, k, family.map_estimate(stats)) + _sub_log_weights(stats, z)
+    ll = (own_pair_loglik(family, X, z, k, family.map_estimate(stats))
+          + sub_log_weights(stats.n.reshape(k, 2))[z])
     return ll.argmax(1)
 
 
@@ -293,6 +294,6 @@ def refined_two_means_groups(family, X: torch.Tensor, g: torch.Tensor, n_groups:
 
 __all__ = ["select_groups", "rank_within_groups", "two_means", "two_means_groups", "carve",
            "carve_groups",
-           "own_pair_loglik", "refine_subclusters", "assign_to_sub_mixture",
+           "own_pair_loglik", "refine_subclusters", "assign_to_sub_mixture", "sub_log_weights",
            "whitened_two_means_groups",
            "refined_two_means_groups"]

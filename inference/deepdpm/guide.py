@@ -41,6 +41,7 @@ from pyro.nn import PyroModule
 from bnpdeep.linalg import DTYPE, as_tensor
 
 from ..moves import group_means as centres
+from ..subpartition import sub_log_weights
 from .nets import ClusterNet, SubclusterNets
 
 CHUNK = 16384           # rows per chunk of full-data passes (E-step, statistics, predict)
@@ -112,12 +113,6 @@ def _put(params, index: int, value):
     for p, q in zip(out, value, strict=True):
         p[index:index + q.shape[0]] = q
     return out
-
-
-def _sub_log_weights(n: torch.Tensor) -> torch.Tensor:
-    """Weights of a cluster's two sub-clusters, (n_j + 1/2) / (n + 1) (a symmetric
-    Dirichlet(1/2) MAP-like estimate), in log space; n is (..., 2)."""
-    return torch.log(n + 0.5) - torch.log(n.sum(-1, keepdim=True) + 1.0)
 
 
 class DeepDPMGuide(PyroModule):
@@ -255,7 +250,7 @@ class DeepDPMGuide(PyroModule):
         fam, k = self.family, stats.k
         log_pi = torch.log(stats.n + alpha / k) - math.log(float(stats.n.sum()) + alpha)
         self.mixture = Mixture(log_pi, fam.map_estimate(stats),
-                               _sub_log_weights(sub.n.reshape(k, 2)), fam.map_estimate(sub),
+                               sub_log_weights(sub.n.reshape(k, 2)), fam.map_estimate(sub),
                                centres(sub).reshape(k, 2, -1))
 
     # -- surgery -------------------------------------------------------------------
@@ -288,7 +283,7 @@ class DeepDPMGuide(PyroModule):
             cents = [m.sub_centres[k]] * 2
         else:
             pairs = [fam.map_estimate(s) for s in children]
-            lps = [_sub_log_weights(s.n) for s in children]
+            lps = [sub_log_weights(s.n) for s in children]
             cents = [centres(s) for s in children]
         sub_params = _put(_cat(sub_params, pairs[1]), 2 * k, pairs[0])
         sub_log_pi = torch.cat([sub_log_pi, lps[1][None]])

@@ -23,6 +23,7 @@ from bnpdeep.linalg import (
     DTYPE,
     as_tensor,
     cholesky,
+    grouped_mahalanobis,
     log_2pi,
     log_pi,
     logdet_from_chol,
@@ -312,7 +313,7 @@ class GaussianNIW(ConjugateFamily):
         wm = (w @ mean[..., None])[..., 0]                                   # (K, d)
         const = -0.5 * (d * log_2pi() + logdet_from_chol(chol))
         if d >= 8:
-            maha = _grouped_mahalanobis(X, w, wm, comps)
+            maha = grouped_mahalanobis(X, w, wm, comps)
         else:
             ones = torch.ones(d, dtype=X.dtype, device=X.device)
             maha = torch.empty((n, m), dtype=X.dtype, device=X.device)
@@ -346,18 +347,3 @@ class GaussianNIW(ConjugateFamily):
         return (f"GaussianNIW(dim={self.dim}, kappa={float(self.kappa):.4g}, "
                 f"nu={float(self.nu):.4g})")
 
-
-def _grouped_mahalanobis(X: torch.Tensor, w: torch.Tensor, wm: torch.Tensor,
-                         comps: torch.Tensor) -> torch.Tensor:
-    """|W_c x_i - W_c mu_c|^2 for c = comps[i, j], (N, m): the (i, j) pairs sorted by
-    component, each component's rows in one GEMM with W_c^T."""
-    n, m = comps.shape
-    flat = comps.reshape(-1)
-    order = torch.argsort(flat)
-    counts = torch.bincount(flat, minlength=w.shape[0]).tolist()
-    rows = X[torch.div(order, m, rounding_mode="floor")]
-    parts = [(xc @ w[c].T).sub_(wm[c]).square_().sum(1)
-             for c, xc in enumerate(torch.split(rows, counts)) if counts[c]]
-    out = torch.empty(n * m, dtype=X.dtype, device=X.device)
-    out[order] = torch.cat(parts) if parts else out[:0]
-    return out.view(n, m)
