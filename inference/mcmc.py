@@ -112,10 +112,14 @@ def categorical_cdf_(logits: torch.Tensor) -> torch.Tensor:
     return logits.sub_(logits.amax(-1, keepdim=True)).exp_().cumsum_(-1)
 
 
-def sample_from_cdf(cdf: torch.Tensor) -> torch.Tensor:
+def sample_from_cdf(cdf: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
     """One draw per row from the unnormalised CDF of :func:`categorical_cdf_`: a uniform
-    scaled to the row total, located by binary search (inverse CDF)."""
-    u = torch.rand(cdf.shape[:-1] + (1,), dtype=cdf.dtype, device=cdf.device)
+    scaled to the row total, located by binary search (inverse CDF).  ``uniform`` (one
+    per row) supplies the U(0, 1) draws, else torch's generator does."""
+    if uniform is None:
+        u = torch.rand(cdf.shape[:-1] + (1,), dtype=cdf.dtype, device=cdf.device)
+    else:
+        u = uniform.to(cdf.dtype).reshape(cdf.shape[:-1] + (1,)).clone()
     u.mul_(cdf[..., -1:])
     idx = torch.searchsorted(cdf, u, right=True).squeeze(-1)
     return idx.clamp_max_(cdf.shape[-1] - 1)

@@ -177,6 +177,38 @@ def warmup_merge_pairs(means: torch.Tensor, eligible: torch.Tensor, stat_size: i
     return i[keep], j[keep]
 
 
+def warmup_merge_targets(family, weights, stats, eligible: torch.Tensor, k_now: int,
+                         n_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The warm-up's merges: candidate pairs of eligible clusters
+    (:func:`warmup_merge_pairs`) accepted on the posterior ratio, then taken in random
+    order, each cluster merging at most once; returns ``target`` (``n_clusters``,), the
+    cluster each one merges into (itself when it does not), and ``used``, the
+    clusters in an accepted merge.  ``stats``: the first K clusters' statistics in a
+    partition of ``k_now`` blocks.  A function of the statistics and torch's
+    generator only, so every rank of a data-parallel run takes the same merges.
+
+    The posterior ratio alone: Chang & Fisher's sub-cluster proposal term
+    (:func:`log_subcluster_merge_proposal`) is about -(n1 + n2) log 2 and all but
+    forbids merging two large halves of one true cluster, which a random or
+    over-split start produces.  Warm-up draws are discarded, so this heuristic costs
+    no exactness."""
+    size = sum(v.numel() // max(v.shape[0], 1) for v in stats.fields.values())
+    i, j = warmup_merge_pairs(group_means(stats), eligible, size)
+    log_h = log_merge_ratio(weights, family, float(k_now), stats[i], stats[j])
+    accept = mh_accept(log_h)
+    order = torch.randperm(i.shape[0])
+    order = order[accept[order]]
+    target = torch.arange(n_clusters)
+    used = torch.zeros(n_clusters, dtype=torch.bool)
+    taken = set()
+    for a, b in torch.stack([i[order], j[order]], 1).tolist():
+        if a not in taken and b not in taken:
+            taken.update((a, b))
+            target[b] = a
+            used[a] = used[b] = True
+    return target, used
+
+
 def disjoint_pairs(z, pairs) -> list[int]:
     """Indices of the anchor pairs (m, 2) kept for one batch of moves: in order, each
     pair whose clusters no kept pair has taken yet.
@@ -195,4 +227,4 @@ def disjoint_pairs(z, pairs) -> list[int]:
 
 __all__ = ["disjoint_pairs", "log_eppf_split_ratio", "log_split_terms", "log_split_ratio",
            "log_merge_ratio", "log_marginal_split_terms", "log_subcluster_merge_proposal",
-           "mh_accept", "accept_in_sequence"]
+           "mh_accept", "accept_in_sequence", "warmup_merge_pairs", "warmup_merge_targets"]

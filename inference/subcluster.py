@@ -698,28 +698,9 @@ class SubclusterSampler(MCMCClusterer):
         """Pairs of eligible clusters (all of them, or on many large clusters the near
         ones: :func:`~bnpdeep.inference.moves.warmup_merge_pairs`) in random order,
         each cluster merging at most once, accepted on the posterior ratio."""
-        fam = self._family
-        size = sum(v.numel() // max(v.shape[0], 1) for v in stats.fields.values())
-        i, j = moves.warmup_merge_pairs(moves.group_means(stats), eligible, size)
-        s1, s2 = stats[i], stats[j]
-        # The posterior ratio alone: Chang & Fisher's sub-cluster proposal term
-        # (moves.log_subcluster_merge_proposal) is about -(n1 + n2) log 2 and all but
-        # forbids merging two large halves of one true cluster, which a random or
-        # over-split start produces.  Warm-up draws are discarded, so this heuristic
-        # costs no exactness.
-        log_h = moves.log_merge_ratio(weights, fam, float(k_now), s1, s2)
-        accept = moves.mh_accept(log_h)
-        order = torch.randperm(i.shape[0])
-        order = order[accept[order]]
-        target = torch.arange(born.shape[0])
-        used = torch.zeros(born.shape[0], dtype=torch.bool)
-        taken = set()
-        for a, b in torch.stack([i[order], j[order]], 1).tolist():
-            if a not in taken and b not in taken:
-                taken.update((a, b))
-                target[b] = a
-                used[a] = used[b] = True
-        if not taken:
+        target, used = moves.warmup_merge_targets(self._family, weights, stats, eligible,
+                                                  k_now, born.shape[0])
+        if not bool(used.any()):
             return z, zs, born
         # the merged pair's old clusters become its two sub-clusters
         zs = torch.where(used[z], (target[z] != z).long(), zs)

@@ -70,21 +70,44 @@ def select_groups(chosen: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, 
     return rows, remap[g[rows]], int(chosen.sum())
 
 
+class LocalSums:
+    """The group aggregates of :func:`two_means_groups` over the rows at hand.  A
+    data-parallel run passes one that also sums over the other ranks' rows
+    (:class:`bnpdeep.inference.distributed.ShardComm`)."""
+
+    @staticmethod
+    def group_sum(values: torch.Tensor, g: torch.Tensor, n_groups: int) -> torch.Tensor:
+        return _group_sum(values, g, n_groups)
+
+    @staticmethod
+    def group_outer(X: torch.Tensor, g: torch.Tensor, n_groups: int) -> torch.Tensor:
+        return scatter_outer(X, g, n_groups)
+
+    @staticmethod
+    def all_true(flag: bool) -> bool:
+        return flag
+
+
 def two_means_groups(X: torch.Tensor, g: torch.Tensor, n_groups: int,
-                     axes: torch.Tensor | None = None, n_iter: int = 5) -> torch.Tensor:
+                     axes: torch.Tensor | None = None, n_iter: int = 5,
+                     sums=LocalSums) -> torch.Tensor:
     """2-means sub-partition (0/1 labels) of every group of rows of X.
 
     Group c starts at centres mean_c -/+ v_c, with v_c the principal axis of the
     group's covariance scaled by the root of its eigenvalue or, when ``axes`` is
     given, ``axes[c]`` scaled by the standard deviation of the projections on it;
     then up to ``n_iter`` Lloyd iterations.  A function of each group's rows as a
-    set and of its axis: flipping the axis only swaps the labels.
+    set and of its axis: flipping the axis only swaps the labels.  ``sums`` forms
+    the group aggregates (:class:`LocalSums`: over these rows).
     """
     n, d = X.shape
     dt = X.dtype
-    if n == 0:
+    if n == 0 and sums is LocalSums:
         return torch.zeros(0, dtype=torch.long, device=X.device)
-    count, total, mean, _, cov = _group_moments(X, g, n_groups)
+    count = sums.group_sum(torch.ones(n, dtype=dt, device=X.device), g, n_groups)
+    total = sums.group_sum(X, g, n_groups)
+    mean = total / count.clamp_min(1)[:, None]
+    cov = sums.group_outer(X - mean[g], g, n_groups) / count.clamp_min(1)[:, None, None]
     if axes is None:                    # the principal axis
         evals, evecs = torch.linalg.eigh(cov)
         v = evecs[..., -1] * evals[..., -1:].clamp_min(0).sqrt()
@@ -101,12 +124,12 @@ def two_means_groups(X: torch.Tensor, g: torch.Tensor, n_groups: int,
         # axis is several times slower in torch)
         thr = 0.5 * ((c1 * c1) @ ones - (c0 * c0) @ ones)
         new_h = (X * (c1 - c0)[g]) @ ones > thr[g]
-        if it > 0 and torch.equal(new_h, h):
+        if it > 0 and sums.all_true(torch.equal(new_h, h)):
             break
         h = new_h
         hw = h.to(dt)
-        n1 = torch.bincount(g, weights=hw, minlength=n_groups)
-        s1 = _group_sum(X * hw[:, None], g, n_groups)
+        n1 = sums.group_sum(hw, g, n_groups)
+        s1 = sums.group_sum(X * hw[:, None], g, n_groups)
         ok = ((n1 > 0) & (n1 < count))[:, None]
         c0 = torch.where(ok, (total - s1) / (count - n1).clamp_min(1)[:, None], c0)
         c1 = torch.where(ok, s1 / n1.clamp_min(1)[:, None], c1)

@@ -130,6 +130,17 @@ class GaussianNIW(ConjugateFamily):
         X = as_tensor(X, device=device)
         d = X.shape[1]
         cov = torch.cov(X.T).reshape(d, d) if X.shape[0] > 1 else torch.eye(d, dtype=DTYPE)
+        return cls.weak_from_moments(X.mean(0), cov, kappa, nu_offset, scale,
+                                     expected_clusters, device)
+
+    @classmethod
+    def weak_from_moments(cls, mean, cov, kappa: float = 0.01, nu_offset: float = 2.0,
+                          scale: float | None = None, expected_clusters: float = 10.0,
+                          device=None) -> "GaussianNIW":
+        """:meth:`weak` from the data's mean and (unbiased) covariance, for data held
+        in pieces (a data-parallel run reduces the moments first)."""
+        mean, cov = as_tensor(mean, device=device), as_tensor(cov, device=device)
+        d = mean.shape[0]
         var = cov.diagonal()
         floor = 1e-6 * (float(var.mean()) if float(var.mean()) > 0 else 1.0)
         cov = cov + torch.diag(torch.where(var > floor, 0.0, floor))
@@ -138,7 +149,7 @@ class GaussianNIW(ConjugateFamily):
                                                                       device=cov.device)
         if scale is None:
             scale = volume_scale(cov, expected_clusters)
-        return cls(X.mean(0), kappa, d + nu_offset, scale * cov, device=device)
+        return cls(mean, kappa, d + nu_offset, scale * cov, device=device)
 
     def to(self, device) -> "GaussianNIW":
         out = GaussianNIW(self.mu0, self.kappa, self.nu, self.psi, device=device)

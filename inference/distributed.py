@@ -1,0 +1,572 @@
+"""The sub-cluster sampler data-parallel on torch.distributed (gloo on CPUs, NCCL on GPUs).
+
+Each of R ranks (processes, launched by ``torchrun`` or any other way that sets
+up ``torch.distributed``) holds a contiguous range of the N rows, with their
+labels and sub-labels; per iteration it exchanges only cluster-level
+quantities.
+
+Layout.  The rows are cut into ``n_slots`` consecutive slots of equal size (the
+last may be shorter), and rank r holds slots [r S / R, (r + 1) S / R)
+(:func:`shard_range`), so at most S ranks take part.
+
+Exact reductions.  Every sufficient statistic is a sum over rows.  A rank
+computes the statistics of each of its slots, writes them into its rows of an
+(S, L) buffer of zeros and all-reduces it; every rank then sums the S rows with
+one ``sum(0)``.  A slot's statistics come from the same rows whichever rank holds
+them, the all-reduce only adds exact zeros, and the last sum sees the same buffer,
+so R ranks get bit for bit the statistics one rank gets (the float64 summation
+order is fixed by the layout, not by R).  The bytes moved per reduction are
+S L 8, independent of N.
+
+Draws.  Global draws -- weights, cluster and sub-cluster parameters, split and
+merge decisions, new atoms, hyperparameters -- are functions of the reduced
+statistics and of torch's generator, which is seeded alike on every rank; after
+each, rank 0's values are broadcast, so ranks cannot drift apart.  Per-row draws
+-- labels, sub-labels, slice variables -- use uniforms keyed by (seed, chain,
+iteration, stream, global row index): SplitMix64 (Steele, Lea & Flood 2014,
+"Fast splittable pseudorandom number generators") applied to a counter, a
+counter-based stream, so a row's draws do not depend on which rank holds it.
+A run on R ranks therefore gives the draws of the same run on one.
+
+Kernel (:class:`DistributedSubclusterSampler`).  Every step below is one where
+the rows only enter through statistics and row-local draws:
+
+* warm-up (draws discarded): Chang & Fisher's (2013) parallel sub-cluster moves
+  as :class:`~bnpdeep.inference.subcluster.SubclusterSampler` runs them -- labels
+  and persistent sub-labels from the instantiated weights and parameters, every
+  cluster proposing to split along its sub-clusters (their eq. 15), merges on the
+  posterior ratio after a burn-out, new clusters' sub-labels from a 2-means split
+  whose group sums are reduced like the statistics;
+* sampling (kept draws): (1) weights and parameters from their conditionals given
+  the partition, (2) the K-preserving restricted Gibbs step over all labels
+  (rejection on an emptied cluster, counted over all ranks), (3) every
+  ``slice_every``-th iteration the slice step of Kalli, Griffin & Walker (2011,
+  Sec. 2), which empties and opens clusters (min_i u_i reduced over ranks), (4)
+  the model's hyperparameters and alpha given the partition.  Each leaves the
+  posterior invariant, for the reasons given in :mod:`.subcluster`; the anchored
+  split/merge moves and collapsed Gibbs updates of the single-process sampler are
+  not part of this kernel (they look at individual rows of other ranks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..models import DirichletProcess, DPMixture, GaussianNIW
+from . import moves
+from .mcmc import (
+    MCMCClusterer,
+    categorical_cdf_,
+    conditional_log_weights,
+    dirichlet_log,
+    sample_from_cdf,
+)
+from .subpartition import LocalSums, own_pair_loglik, select_groups, two_means_groups
+
+N_SLOTS = 64
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_MASK = (1 << 64) - 1
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on a uint64 array (wrapping arithmetic)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _MIX1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _MIX2
+    return x ^ (x >> np.uint64(31))
+
+
+def stream_key(*counters: int) -> int:
+    """A 64-bit key from integer counters (seed, chain, iteration, stream, ...), each
+    mixed in by SplitMix64."""
+    h = np.zeros(1, dtype=np.uint64)
+    for c in counters:
+        h = _mix(h ^ np.array([int(c) & _MASK], dtype=np.uint64)) + _GOLDEN
+    return int(h[0])
+
+
+def keyed_uniforms(key: int, rows: np.ndarray) -> torch.Tensor:
+    """U(0, 1) draws, one per global row index in ``rows`` (uint64), from the stream
+    ``key``: SplitMix64 at counter key + (row + 1) * golden gamma, its top 53 bits
+    as a float64 in (0, 1).  A row's draw depends on its index and the key only."""
+    with np.errstate(over="ignore"):
+        x = _mix(np.uint64(key) + (rows + np.uint64(1)) * _GOLDEN)
+    return torch.from_numpy(((x >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53)
+
+
+def shard_range(n_total: int, world: int, rank: int, n_slots: int = N_SLOTS
+                ) -> tuple[int, int]:
+    """The rows [start, stop) rank ``rank`` of ``world`` holds: slots of
+    ceil(n_total / n_slots) rows, split evenly over the ranks."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank must lie in [0, {world}), got {rank}")
+    slot = max(1, -(-int(n_total) // int(n_slots)))
+    slots = -(-int(n_total) // slot)
+    if slots < world:
+        raise ValueError(f"{n_total} rows in {slots} slots cannot be shared by {world} ranks "
+                         "(each needs a slot); use fewer ranks")
+    return rank * slots // world * slot, min((rank + 1) * slots // world * slot, int(n_total))
+
+
+class RankFailure(RuntimeError):
+    """A collective operation failed: a rank ended or lost its connection."""
+
+
+class ShardComm:
+    """This rank's rows (global [start, stop) of ``n_total``) and the collectives over
+    all ranks: exact slot-ordered sums, integer sums, minima, broadcasts from rank 0
+    and keyed uniforms.  Without an initialised process group it is the one-rank
+    run (no communication)."""
+
+    def __init__(self, n_total: int, start: int, stop: int, n_slots: int = N_SLOTS):
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        expected = shard_range(n_total, self.world, self.rank, n_slots)
+        if (start, stop) != expected:
+            raise ValueError(f"rank {self.rank} of {self.world} holds rows [{start}, {stop}) "
+                             f"of {n_total}; with n_slots={n_slots} it must hold "
+                             f"[{expected[0]}, {expected[1]}) (shard_range)")
+        self.n_total, self.start, self.stop = int(n_total), int(start), int(stop)
+        self.slot = max(1, -(-self.n_total // int(n_slots)))
+        self.n_slots = -(-self.n_total // self.slot)
+        self.rows = np.arange(start, stop, dtype=np.uint64)
+        self.bytes_reduced = 0
+
+    # -- collectives ------------------------------------------------------------------
+    def _collective(self, op, tensor, *args):
+        if not self.distributed:
+            return tensor
+        self.bytes_reduced += tensor.numel() * tensor.element_size()
+        try:
+            op(tensor, *args)
+        except RuntimeError as err:
+            raise RankFailure(
+                f"rank {self.rank} of {self.world}: a collective operation failed ({err}). "
+                "Another rank has ended or lost its connection; fit again with the same "
+                "number of ranks and resume=True to continue from the last checkpoint"
+            ) from err
+        return tensor
+
+    def slot_sum(self, fn, *row_tensors: torch.Tensor) -> torch.Tensor:
+        """sum over all rows of all ranks of ``fn(rows of one slot)``, a tensor of a fixed
+        shape (every rank gets the same bits, whatever the number of ranks)."""
+        first = self.start // self.slot
+        parts = []
+        for s in range(first, -(-self.stop // self.slot)):
+            a, b = s * self.slot - self.start, min((s + 1) * self.slot, self.stop) - self.start
+            parts.append(fn(*(t[a:b] for t in row_tensors)))
+        shape = parts[0].shape
+        buf = torch.zeros((self.n_slots, parts[0].numel()), dtype=parts[0].dtype,
+                          device=parts[0].device)
+        buf[first:first + len(parts)] = torch.stack([p.reshape(-1) for p in parts])
+        return self._collective(dist.all_reduce, buf).sum(0).reshape(shape)
+
+    def stats(self, family, X: torch.Tensor, z: torch.Tensor, k: int):
+        """The family's statistics of clusters 0..k-1 over all ranks' rows."""
+        template = family.empty_stats(k)
+        names = list(template.fields)
+
+        def flat(Xs, zs):
+            s = family.suff_stats_labels(Xs, zs, k)
+            return torch.cat([s.fields[n].reshape(-1) for n in names])
+
+        total = self.slot_sum(flat, X, z)
+        out, at = {}, 0
+        for n in names:
+            v = template.fields[n]
+            out[n] = total[at:at + v.numel()].reshape(v.shape)
+            at += v.numel()
+        return type(template)(**out)
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Elementwise sum over ranks (integer tensors: exact in any order)."""
+        return self._collective(dist.all_reduce, t.clone())
+
+    def min(self, t: torch.Tensor) -> torch.Tensor:
+        return self._collective(dist.all_reduce, t.clone(), dist.ReduceOp.MIN)
+
+    def agree(self, *tensors):
+        """Rank 0's values of tensors every rank computed alike, in place."""
+        for t in tensors:
+            if torch.is_tensor(t):
+                self._collective(dist.broadcast, t, 0)
+        return tensors
+
+    def agree_params(self, params):
+        self.agree(*(params if isinstance(params, tuple) else (params,)))
+        return params
+
+    def uniforms(self, key: int) -> torch.Tensor:
+        """One keyed uniform per row of this rank (:func:`keyed_uniforms`)."""
+        return keyed_uniforms(key, self.rows)
+
+    def relabel(self, z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Labels of clusters occupied on some rank mapped onto 0..K'-1 in order;
+        (labels, old ids kept)."""
+        present = self.sum(torch.bincount(z, minlength=k)) > 0
+        return (torch.cumsum(present, 0) - 1)[z], present.nonzero().flatten()
+
+    def counts(self, z: torch.Tensor, k: int) -> torch.Tensor:
+        return self.sum(torch.bincount(z, minlength=k))
+
+    def group_sums(self, rows: torch.Tensor):
+        """Group aggregates over all ranks for :func:`two_means_groups` on the rows
+        ``rows`` (a mask of this rank's rows)."""
+        slot_of = (torch.arange(self.start, self.stop) // self.slot)[rows]
+        comm = self
+
+        class Sums(LocalSums):
+            @staticmethod
+            def group_sum(values, g, n_groups):
+                return comm._grouped(LocalSums.group_sum, slot_of, values, g, n_groups)
+
+            @staticmethod
+            def group_outer(X, g, n_groups):
+                return comm._grouped(LocalSums.group_outer, slot_of, X, g, n_groups)
+
+            @staticmethod
+            def all_true(flag):
+                return bool(comm.min(torch.tensor([int(flag)]))[0])
+
+        return Sums
+
+    def _grouped(self, fn, slot_of, values, g, n_groups):
+        """fn(values, g, n_groups) summed over slots (exactly, as :meth:`slot_sum`) when
+        only some of this rank's rows take part (``slot_of`` gives their slots)."""
+        first = self.start // self.slot
+        last = -(-self.stop // self.slot)
+        parts = [fn(values[slot_of == s], g[slot_of == s], n_groups) for s in range(first, last)]
+        buf = torch.zeros((self.n_slots, parts[0].numel()), dtype=parts[0].dtype)
+        buf[first:last] = torch.stack([p.reshape(-1) for p in parts])
+        return self._collective(dist.all_reduce, buf).sum(0).reshape(parts[0].shape)
+
+
+@dataclass
+class ShardState:
+    """A data-parallel chain's state on one rank: its rows ``X`` and their labels
+    ``z`` (0..k-1 over all ranks) and warm-up sub-labels ``zs``; the rest is global."""
+
+    X: torch.Tensor
+    z: torch.Tensor
+    k: int
+    alpha: float
+    iteration: int = 0
+    zs: torch.Tensor | None = None
+    born: torch.Tensor | None = None
+    stats: object | None = None        # SuffStats of the K clusters over all ranks
+    sub_stats: object | None = None    # warm-up: of the 2K sub-clusters
+    hyper: dict | None = None
+
+
+class DistributedSubclusterSampler(MCMCClusterer):
+    """The sub-cluster sampler data-parallel over the ranks of ``torch.distributed``.
+
+    Every rank constructs it alike and calls ``fit(X_rank)`` with its own rows,
+    ``X[start:stop]`` for ``(start, stop) = shard_range(N, world, rank, n_slots)``;
+    without a process group it is the one-rank run.  The fitted ``labels_``,
+    ``label_draws_`` and pointwise log-likelihoods are this rank's rows'; K, the
+    log joint, weights, hyperparameters and acceptance rates are global and the
+    same on every rank.  Draws do not depend on the number of ranks (module
+    docstring).
+
+    Parameters are those of :class:`~bnpdeep.inference.subcluster.SubclusterSampler`
+    that apply, plus ``n_slots`` (the reduction layout: at most that many ranks,
+    S L 8 bytes per reduction).  The kernel is the module docstring's: the warm-up
+    runs Chang & Fisher's parallel moves, the kept draws the restricted Gibbs
+    step, a slice step every ``slice_every``-th iteration and the hyperparameter
+    updates.  ``fit(X, checkpoint_dir=..., resume=True)`` resumes every rank from
+    its own checkpoint file in the shared folder (the same number of ranks).
+    ``bytes_reduced_``: bytes this rank sent into collectives.
+    """
+
+    method_name = "subcluster-dp"
+    _stat_names = ("split_acceptance", "merge_acceptance")
+    _chain_attributes = ("label_rejections_",)
+
+    def __init__(self, model=None, init_k: int = 1, max_iter: int = 400, burn_in=None,
+                 thin: int = 1, n_chains: int = 1, warmup=None, burnout=None,
+                 slice_every: int = 1, n_slots: int = N_SLOTS, alpha_prior=None,
+                 store_log_likelihood: bool = True, max_label_tries: int = 10,
+                 random_state=0, device="cpu", progress: bool = False,
+                 checkpoint_every: int = 10):
+        self.model = model
+        self.init_k = init_k
+        self.max_iter = max_iter
+        self.burn_in = burn_in
+        self.thin = thin
+        self.n_chains = n_chains
+        self.warmup = warmup
+        self.burnout = burnout
+        self.slice_every = slice_every
+        self.n_slots = n_slots
+        self.alpha_prior = alpha_prior
+        self.store_log_likelihood = store_log_likelihood
+        self.max_label_tries = max_label_tries
+        self.random_state = random_state
+        self.device = device
+        self.progress = progress
+        self.checkpoint_every = checkpoint_every
+
+    # -- the layout --------------------------------------------------------------------
+    @property
+    def _CHECKPOINT(self) -> str:      # one file per rank in a shared folder
+        comm = getattr(self, "_comm", None)
+        if comm is None or comm.world == 1:
+            return f"{self.method_name}_checkpoint.pt"
+        return f"{self.method_name}_rank{comm.rank}of{comm.world}_checkpoint.pt"
+
+    def _fit(self, X):
+        if int(self.n_slots) < 1:
+            raise ValueError(f"n_slots must be at least 1, got {self.n_slots}")
+        if int(self.slice_every) < 0:
+            raise ValueError(f"slice_every must be a non-negative integer, got "
+                             f"{self.slice_every}")
+        n = torch.tensor([X.shape[0]])
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed:
+            sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+            dist.all_gather(sizes, n)
+            sizes = [int(s) for s in sizes]
+            start = sum(sizes[:dist.get_rank()])
+            total = sum(sizes)
+        else:
+            start, total = 0, int(n)
+        self._comm = ShardComm(total, start, start + int(n), int(self.n_slots))
+        super()._fit(X)
+        self.bytes_reduced_ = self._comm.bytes_reduced
+        return self
+
+    def _resolve_model(self, X) -> DPMixture:
+        if self.model is not None:
+            return super()._resolve_model(X)
+        # GaussianNIW.weak from the moments of all ranks' rows
+        Xt = torch.as_tensor(np.asarray(X), dtype=torch.float64)
+        d = Xt.shape[1]
+        s = self._comm.slot_sum(_moments, Xt)
+        n, mean = s[0], s[1:1 + d] / s[0]
+        cov = (s[1 + d:].reshape(d, d) - n * torch.outer(mean, mean)) / max(float(n) - 1, 1)
+        return DPMixture(GaussianNIW.weak_from_moments(mean, cov), DirichletProcess(1.0))
+
+    # -- kernel --------------------------------------------------------------------------
+    def _key(self, it: int, stream: int, extra: int = 0) -> int:
+        seed = 0 if self.random_state is None else int(self.random_state)
+        return stream_key(seed, self._chain, it, stream, extra)
+
+    def _init_state(self, X, model, chain) -> ShardState:
+        if self.init_k < 1:
+            raise ValueError(f"init_k must be at least 1, got {self.init_k}")
+        if model.family.latent_columns:
+            raise ValueError("the data-parallel sampler does not take families with "
+                             f"per-point latent variables ({type(model.family).__name__})")
+        self._model, self._chain = model, chain
+        hyper = self._setup_hyperparameters(model)
+        weights = model.weights
+        self._sub_alpha = weights.alpha if getattr(weights, "alpha", 0) > 0 else 1.0
+        comm = self._comm
+        self.label_rejections_ = 0
+        burn = self._burn_in()
+        self.warmup_ = burn // 2 if self.warmup is None else int(self.warmup)
+        if not 0 <= self.warmup_ <= burn:
+            raise ValueError(f"warmup must lie in [0, burn_in={burn}], got {self.warmup_}")
+        self._burnout = max(5, 3 * self.warmup_ // 20) if self.burnout is None \
+            else int(self.burnout)
+        k0 = min(int(self.init_k), comm.n_total)
+        u = comm.uniforms(self._key(-1, 0))
+        z, _ = comm.relabel((u * k0).long().clamp_max_(k0 - 1), k0)
+        k = int(comm.counts(z, k0).gt(0).sum())
+        zs = self._two_means_sublabels(X, z, torch.ones(k, dtype=torch.bool),
+                                       torch.zeros_like(z))
+        born = torch.full((k,), -self._burnout, dtype=torch.long)
+        fam = self._family
+        sub = comm.stats(fam, X, 2 * z + zs, 2 * k)
+        return ShardState(X, z, k, float(getattr(weights, "alpha", 1.0)), zs=zs, born=born,
+                          stats=sub.pair_sums(), sub_stats=sub, hyper=hyper)
+
+    def _two_means_sublabels(self, X, z, clusters, zs):
+        """Sub-labels of the flagged clusters from a 2-means split of their rows on all
+        ranks (:func:`two_means_groups` with reduced group sums)."""
+        zs = zs.clone()
+        rows, g, n_groups = select_groups(clusters, z)
+        if n_groups:
+            zs[rows] = two_means_groups(self._family.features(X)[rows], g, n_groups,
+                                        sums=self._comm.group_sums(rows))
+        return zs
+
+    def _labels(self, logits: torch.Tensor, key: int) -> torch.Tensor:
+        """One categorical draw per row from its logits (overwritten), keyed uniforms."""
+        return sample_from_cdf(categorical_cdf_(logits), self._comm.uniforms(key))
+
+    def _step(self, state: ShardState):
+        self._family = self._hyper.family(state.hyper or {})
+        if state.iteration < self.warmup_:
+            return self._warmup_step(state)
+        return self._exact_step(state)
+
+    def _warmup_step(self, state: ShardState):
+        fam, comm = self._family, self._comm
+        weights = self._weights_for(state.alpha)
+        X, k, it, born = state.X, state.k, state.iteration, state.born
+        sub = state.sub_stats
+        stats = sub.pair_sums()
+        log_pi = conditional_log_weights(weights, stats.n)[:k]
+        log_pibar = dirichlet_log(sub.n.reshape(k, 2) + self._sub_alpha / 2)
+        comm.agree(log_pi, log_pibar)
+        params = comm.agree_params(fam.sample_posterior(stats))
+        sub_params = comm.agree_params(fam.sample_posterior(sub))
+        z = self._labels(fam.log_likelihood(X, params).add_(log_pi), self._key(it, 1))
+        zs = self._labels(own_pair_loglik(fam, X, z, k, sub_params).add_(log_pibar[z]),
+                          self._key(it, 2))
+        z, kept = comm.relabel(z, k)                  # empty clusters are dropped
+        born, k = born[kept], int(kept.numel())
+        sub = comm.stats(fam, X, 2 * z + zs, 2 * k)
+        stats = sub.pair_sums()
+        # parallel splits along the sub-clusters (Chang & Fisher eq. 15)
+        n1, n2 = sub.n.reshape(k, 2).unbind(1)
+        log_h = (moves.log_eppf_split_ratio(weights, torch.tensor(float(k)), n1, n2)
+                 + moves.log_marginal_split_terms(fam, stats, sub))
+        split = moves.mh_accept(log_h) & (n1 > 0) & (n2 > 0)
+        comm.agree(split)
+        n_split = int(split.sum())
+        if n_split:
+            target = torch.full((k,), -1, dtype=torch.long)
+            target[split] = torch.arange(k, k + n_split)
+            moving = split[z] & (zs == 1)
+            z = z.clone()
+            z[moving] = target[z[moving]]
+            fresh = torch.zeros(k + n_split, dtype=torch.bool)
+            fresh[split.nonzero().flatten()] = True
+            fresh[k:] = True
+            zs = self._two_means_sublabels(X, z, fresh, zs)
+            born = torch.cat([torch.where(split, it, born), torch.full((n_split,), it)])
+        n_merged = 0
+        eligible = ~split & (it - born[:k] >= self._burnout)
+        if int(eligible.sum()) > 1:
+            target, used = moves.warmup_merge_targets(fam, weights, stats, eligible,
+                                                      k + n_split, born.shape[0])
+            comm.agree(target, used)
+            if bool(used.any()):
+                # the merged pair's old clusters become its two sub-clusters
+                zs = torch.where(used[z], (target[z] != z).long(), zs)
+                z = target[z]
+                born = torch.where(used, it, born)
+                z, kept = comm.relabel(z, born.shape[0])
+                born = born[kept]
+                n_merged = int(used.sum()) // 2
+        k = int(born.shape[0])
+        sub = comm.stats(fam, X, 2 * z + zs, 2 * k)
+        stats = sub.pair_sums()
+        hyper, alpha, lp = self._update_global(state.hyper, state.alpha, stats)
+        new = ShardState(X, z, k, alpha, it + 1, zs, born, stats, sub, hyper)
+        return new, {"k": k, "lp": lp,
+                     "split_acceptance": n_split / max(int(n1.numel()), 1),
+                     "merge_acceptance": float(n_merged > 0)}
+
+    def _exact_step(self, state: ShardState):
+        fam, comm = self._family, self._comm
+        weights = self._weights_for(state.alpha)
+        X, k, it = state.X, state.k, state.iteration
+        stats = state.stats
+        # 1. weights and parameters from their conditionals
+        log_w = comm.agree(conditional_log_weights(weights, stats.n))[0]
+        params = comm.agree_params(fam.sample_posterior(stats))
+        # 2. K-preserving restricted Gibbs step (rejection on an emptied cluster)
+        loglik = fam.log_likelihood(X, params)
+        slice_now = bool(self.slice_every) and (
+            (it - self.warmup_) % int(self.slice_every) == int(self.slice_every) - 1)
+        cdf = categorical_cdf_(loglik + log_w[:k])
+        z = state.z
+        for attempt in range(self.max_label_tries):
+            draw = sample_from_cdf(cdf, comm.uniforms(self._key(it, 3, attempt)))
+            if int(comm.counts(draw, k).min()) > 0:
+                z = draw
+                break
+        else:
+            self.label_rejections_ += 1
+        # 3. the slice step, which empties and opens clusters
+        if slice_now:
+            z, k = self._slice_labels(X, z, log_w, weights, loglik, it)
+        stats = comm.stats(fam, X, z, k)
+        # 4. hyperparameters and concentration given the partition
+        hyper, alpha, lp = self._update_global(state.hyper, state.alpha, stats)
+        new = ShardState(X, z, k, alpha, it + 1, hyper=hyper, stats=stats)
+        return new, {"k": k, "lp": lp, "split_acceptance": 0.0, "merge_acceptance": 0.0}
+
+    def _slice_labels(self, X, z, log_w, weights, loglik, it):
+        """:meth:`SubclusterSampler._slice_labels` over all ranks: u_i from keyed
+        uniforms, min_i u_i reduced, the new atoms drawn once; returns (z, K)."""
+        fam, comm = self._family, self._comm
+        k = log_w.shape[0] - 1
+        log_u = log_w[z] + torch.log(comm.uniforms(self._key(it, 4)).clamp_min(1e-300))
+        floor = comm.min(log_u.min().reshape(1))
+        log_new = comm.agree(weights.sample_rest_log_weights(k, float(log_w[k]),
+                                                             float(floor[0])))[0]
+        m = int(log_new.numel())
+        logits = loglik.masked_fill_(log_w[None, :k] <= log_u[:, None], -math.inf)
+        if m:
+            new_ll = fam.log_likelihood(X, comm.agree_params(
+                fam.sample_posterior(fam.empty_stats(m))))
+            new_ll.masked_fill_(log_new[None] <= log_u[:, None], -math.inf)
+            logits = torch.cat([logits, new_ll], 1)
+        z = self._labels(logits, self._key(it, 5))
+        return comm.relabel(z, k + m)[0], int(comm.counts(z, k + m).gt(0).sum())
+
+    def _update_global(self, hyper, alpha, stats):
+        """Hyperparameters and alpha given the partition (global draws), rank 0's kept."""
+        hyper, alpha, lp = self._update_hyperparameters(hyper, alpha, stats)
+        if self._comm.distributed:
+            values = torch.tensor([float(alpha), float(lp)], dtype=torch.float64)
+            self._comm.agree(values, *(hyper or {}).values())
+            alpha, lp = float(values[0]), float(values[1])
+            self._family = self._hyper.family(hyper or {})
+        return hyper, alpha, lp
+
+    def _draw(self, state) -> dict:
+        fam, comm = self._family, self._comm
+        log_w = comm.agree(conditional_log_weights(self._weights_for(state.alpha),
+                                                   state.stats.n))[0]
+        return {"labels": state.z, "log_pi": log_w[:-1], "log_pi_rest": log_w[-1],
+                "params": comm.agree_params(fam.sample_posterior(state.stats)),
+                "alpha": state.alpha}
+
+    def _collect(self):
+        recs = self.chains_
+        lp = np.array([r.lp for r in recs])
+        c, d = np.unravel_index(np.argmax(lp), lp.shape)
+        # the labels are global cluster ids already (not renumbered on this rank)
+        self.labels_ = np.asarray(recs[c].labels[d], dtype=np.int64)
+        self.n_clusters_ = int(recs[c].k[d])
+        self.n_iter_ = int(self.max_iter)
+        self.label_draws_ = np.concatenate([np.stack(r.labels) for r in recs])
+        self.k_draws_ = np.array([r.k for r in recs])
+        self.lp_draws_ = lp
+        self.k_trace_ = np.array([r.k_trace for r in recs])
+        self.lp_trace_ = np.array([r.lp_trace for r in recs])
+        self.seconds_trace_ = np.array([r.seconds_trace for r in recs])
+        self.hyper_ = {name: (float(v[d]) if v[d].ndim == 0 else v[d])
+                       for name, v in ((n, np.asarray(vals)) for n, vals in recs[c].hyper.items())}
+        fam = self._hyper.family(self.hyper_)
+        self._predict_family = fam
+        self._predict_stats = self._comm.stats(fam, self._X_train,
+                                               torch.as_tensor(self.labels_),
+                                               self.n_clusters_)
+
+
+def _moments(xs: torch.Tensor) -> torch.Tensor:
+    """(n, sum x, sum x x^T) of the rows xs, flattened."""
+    return torch.cat([torch.tensor([float(xs.shape[0])], dtype=xs.dtype), xs.sum(0),
+                      (xs.T @ xs).reshape(-1)])
+
+
+__all__ = ["DistributedSubclusterSampler", "ShardComm", "ShardState", "RankFailure",
+           "keyed_uniforms", "shard_range", "stream_key", "N_SLOTS"]
