@@ -83,9 +83,76 @@ def fit_one(name: str, X, y=None, *, k=None, seed: int = 0, iters=None, progress
     return (result, est) if return_estimator else result
 
 
+def _launched_ranks() -> int:
+    """The number of ranks a launcher such as ``torchrun`` started (WORLD_SIZE), 1 if none."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _cmd_fit_ranks(args) -> int:
+    """``torchrun --nproc-per-node R -m bnpdeep fit DATA --method subcluster --out DIR``:
+    each rank reads its rows of DATA (a file, or a folder of shard files in name
+    order; .npy files are memory-mapped) and runs its part of the data-parallel
+    sampler (:mod:`bnpdeep.inference.distributed`); every rank checkpoints into DIR,
+    and rank 0 gathers the labels and writes the run."""
+    import torch
+    import torch.distributed as dist
+
+    from bnpdeep import data
+    from bnpdeep.inference.distributed import DistributedSubclusterSampler, shard_range
+    from bnpdeep.metrics import evaluate
+    from bnpdeep.results import ClusteringResult
+    from bnpdeep.runs import RunFolder
+
+    if args.method != "subcluster":
+        raise ValueError(f"under a launcher ({_launched_ranks()} ranks) only --method "
+                         f"subcluster runs data-parallel, not '{args.method}'")
+    if args.standardize or args.images or args.k is not None:
+        raise ValueError("--standardize, --images and --k do not apply to a data-parallel "
+                         "fit; standardise the data files beforehand")
+    path = Path(args.data)
+    if not path.exists():
+        raise data.DataError(f"a data-parallel fit reads DATA by row range: '{args.data}' "
+                             "must be a file or a folder of shard files")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        total = sum(data.count_rows(path, args.delimiter))
+        start, stop = shard_range(total, world, rank)
+        X = data.load_rows(path, start, stop, args.delimiter)
+        if rank == 0:
+            _log(f"fitting subcluster on {total} x {X.shape[1]} over {world} ranks")
+        kw = {} if args.iters is None else {"max_iter": args.iters}
+        est = DistributedSubclusterSampler(random_state=args.seed,
+                                           progress=rank == 0 and not args.quiet, **kw)
+        est.fit(X, checkpoint_dir=args.out, resume=args.resume)
+        parts = [None] * world if rank == 0 else None
+        dist.gather_object((est.labels_, est.label_draws_ if args.draws else None), parts)
+        if rank == 0:
+            labels = np.concatenate([p[0] for p in parts])
+            y = None if args.labels is None else data.load_labels(args.labels)
+            result = ClusteringResult(
+                method="subcluster", labels=labels, n_clusters=est.n_clusters_,
+                time_s=est.fit_time_, metrics=None if y is None else evaluate(y, labels),
+                info={"ranks": world, "bytes_reduced_rank0": est.bytes_reduced_})
+            folder = RunFolder(args.out).save(result, extra={"data": str(args.data)})
+            if args.draws:
+                np.save(folder / "label_draws.npy", np.concatenate([p[1] for p in parts], 1))
+            print(result.row())
+            _log(f"wrote {folder}")
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
 def _cmd_fit(args) -> int:
     from bnpdeep.methods import METHODS
     from bnpdeep.runs import RunFolder
+
+    if _launched_ranks() > 1:
+        return _cmd_fit_ranks(args)
 
     _log(f"loading {args.data}")
     X, y = _load_input(args.data, args.labels, args.standardize, args.delimiter,

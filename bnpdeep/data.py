@@ -357,6 +357,56 @@ def load(path, delimiter: str | None = None, warn: bool = True) -> np.ndarray:
     return check_array(arr, name=Path(path).name, warn=warn)
 
 
+def _row_files(path) -> list[Path]:
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"the folder {path} holds no data files")
+    return files
+
+
+def _is_plain_npy(path: Path) -> bool:
+    return path.suffix.lower() == ".npy"
+
+
+def count_rows(path, delimiter: str | None = None) -> list[int]:
+    """Rows of each file of DATA (one file, or a folder of shard files in name order):
+    read from the header of a .npy file, by loading any other."""
+    counts = []
+    for f in _row_files(path):
+        if _is_plain_npy(f):
+            counts.append(int(np.load(f, mmap_mode="r").shape[0]))
+        else:
+            counts.append(int(load(f, delimiter, warn=False).shape[0]))
+    return counts
+
+
+def load_rows(path, start: int, stop: int, delimiter: str | None = None) -> np.ndarray:
+    """Rows [start, stop) of DATA, a file or a folder of shard files taken in name order
+    as one matrix (a data-parallel rank's share).  Only the files that overlap the
+    range are opened; a .npy file is memory-mapped, so only those rows are read."""
+    files = _row_files(path)
+    counts = count_rows(path, delimiter)
+    total = sum(counts)
+    if not 0 <= start <= stop <= total:
+        raise DataError(f"rows [{start}, {stop}) lie outside the {total} rows of {path}")
+    parts, offset = [], 0
+    for f, n in zip(files, counts, strict=True):
+        a, b = max(start - offset, 0), min(stop - offset, n)
+        if a < b:
+            arr = np.load(f, mmap_mode="r") if _is_plain_npy(f) else load(f, delimiter,
+                                                                         warn=False)
+            arr = np.asarray(arr[a:b], dtype=np.float64)
+            parts.append(arr[:, None] if arr.ndim == 1 else arr)
+        offset += n
+    widths = {p.shape[1] for p in parts}
+    if len(widths) > 1:
+        raise DataError(f"the files of {path} have different numbers of columns: {sorted(widths)}")
+    return check_array(np.concatenate(parts), name=Path(path).name, min_rows=1, warn=False)
+
+
 def load_labels(path) -> np.ndarray:
     """Load integer labels (one per row) from the same formats."""
     arr = np.asarray(_load_raw(path)).ravel()

@@ -50,7 +50,6 @@ the rows only enter through statistics and row-local draws:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -67,6 +66,8 @@ from .mcmc import (
     dirichlet_log,
     sample_from_cdf,
 )
+from .moves import disjoint_pairs
+from .subcluster import MOVES_PER_ITER, log_split_proposal
 from .subpartition import LocalSums, own_pair_loglik, select_groups, two_means_groups
 
 N_SLOTS = 64
@@ -158,22 +159,29 @@ class ShardComm:
             ) from err
         return tensor
 
-    def slot_sum(self, fn, *row_tensors: torch.Tensor) -> torch.Tensor:
+    def slot_sum(self, fn, *row_tensors: torch.Tensor, rows: torch.Tensor | None = None
+                 ) -> torch.Tensor:
         """sum over all rows of all ranks of ``fn(rows of one slot)``, a tensor of a fixed
-        shape (every rank gets the same bits, whatever the number of ranks)."""
-        first = self.start // self.slot
-        parts = []
-        for s in range(first, -(-self.stop // self.slot)):
-            a, b = s * self.slot - self.start, min((s + 1) * self.slot, self.stop) - self.start
-            parts.append(fn(*(t[a:b] for t in row_tensors)))
+        shape (every rank gets the same bits, whatever the number of ranks).  The
+        tensors hold this rank's rows, or, with ``rows`` (a mask of them), those rows
+        only, in order."""
+        first, last = self.start // self.slot, -(-self.stop // self.slot)
+        bounds = [min(s * self.slot, self.stop) - self.start for s in range(first, last + 1)]
+        bounds[0] = 0
+        if rows is not None:
+            bounds = torch.cat([torch.zeros(1, dtype=torch.long),
+                                torch.cumsum(rows.long(), 0)])[bounds].tolist()
+        parts = [fn(*(t[a:b] for t in row_tensors)) for a, b in zip(bounds, bounds[1:], strict=False)]
         shape = parts[0].shape
         buf = torch.zeros((self.n_slots, parts[0].numel()), dtype=parts[0].dtype,
                           device=parts[0].device)
-        buf[first:first + len(parts)] = torch.stack([p.reshape(-1) for p in parts])
+        buf[first:last] = torch.stack([p.reshape(-1) for p in parts])
         return self._collective(dist.all_reduce, buf).sum(0).reshape(shape)
 
-    def stats(self, family, X: torch.Tensor, z: torch.Tensor, k: int):
-        """The family's statistics of clusters 0..k-1 over all ranks' rows."""
+    def stats(self, family, X: torch.Tensor, z: torch.Tensor, k: int,
+              rows: torch.Tensor | None = None):
+        """The family's statistics of clusters 0..k-1 over all ranks' rows (with
+        ``rows``, X and z hold only the masked rows of this rank)."""
         template = family.empty_stats(k)
         names = list(template.fields)
 
@@ -181,7 +189,7 @@ class ShardComm:
             s = family.suff_stats_labels(Xs, zs, k)
             return torch.cat([s.fields[n].reshape(-1) for n in names])
 
-        total = self.slot_sum(flat, X, z)
+        total = self.slot_sum(flat, X, z, rows=rows)
         out, at = {}, 0
         for n in names:
             v = template.fields[n]
@@ -195,6 +203,18 @@ class ShardComm:
 
     def min(self, t: torch.Tensor) -> torch.Tensor:
         return self._collective(dist.all_reduce, t.clone(), dist.ReduceOp.MIN)
+
+    def max(self, t: torch.Tensor) -> torch.Tensor:
+        return self._collective(dist.all_reduce, t.clone(), dist.ReduceOp.MAX)
+
+    def gather(self, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``values`` (one entry per row of this rank) at the global rows ``idx``, on
+        every rank: each row's owner writes it into zeros, then a sum (exact: one
+        term is not zero)."""
+        out = torch.zeros((idx.shape[0],) + values.shape[1:], dtype=values.dtype)
+        mine = (idx >= self.start) & (idx < self.stop)
+        out[mine] = values[idx[mine] - self.start]
+        return self.sum(out)
 
     def agree(self, *tensors):
         """Rank 0's values of tensors every rank computed alike, in place."""
@@ -221,35 +241,26 @@ class ShardComm:
         return self.sum(torch.bincount(z, minlength=k))
 
     def group_sums(self, rows: torch.Tensor):
-        """Group aggregates over all ranks for :func:`two_means_groups` on the rows
-        ``rows`` (a mask of this rank's rows)."""
-        slot_of = (torch.arange(self.start, self.stop) // self.slot)[rows]
+        """Group aggregates over all ranks for :func:`two_means_groups` and
+        :func:`log_split_proposal` on the rows ``rows`` (a mask of this rank's rows)."""
         comm = self
 
         class Sums(LocalSums):
             @staticmethod
             def group_sum(values, g, n_groups):
-                return comm._grouped(LocalSums.group_sum, slot_of, values, g, n_groups)
+                return comm.slot_sum(lambda v, h: LocalSums.group_sum(v, h, n_groups),
+                                     values, g, rows=rows)
 
             @staticmethod
             def group_outer(X, g, n_groups):
-                return comm._grouped(LocalSums.group_outer, slot_of, X, g, n_groups)
+                return comm.slot_sum(lambda v, h: LocalSums.group_outer(v, h, n_groups),
+                                     X, g, rows=rows)
 
             @staticmethod
             def all_true(flag):
                 return bool(comm.min(torch.tensor([int(flag)]))[0])
 
         return Sums
-
-    def _grouped(self, fn, slot_of, values, g, n_groups):
-        """fn(values, g, n_groups) summed over slots (exactly, as :meth:`slot_sum`) when
-        only some of this rank's rows take part (``slot_of`` gives their slots)."""
-        first = self.start // self.slot
-        last = -(-self.stop // self.slot)
-        parts = [fn(values[slot_of == s], g[slot_of == s], n_groups) for s in range(first, last)]
-        buf = torch.zeros((self.n_slots, parts[0].numel()), dtype=parts[0].dtype)
-        buf[first:last] = torch.stack([p.reshape(-1) for p in parts])
-        return self._collective(dist.all_reduce, buf).sum(0).reshape(parts[0].shape)
 
 
 @dataclass
@@ -296,7 +307,8 @@ class DistributedSubclusterSampler(MCMCClusterer):
 
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 400, burn_in=None,
                  thin: int = 1, n_chains: int = 1, warmup=None, burnout=None,
-                 slice_every: int = 1, n_slots: int = N_SLOTS, alpha_prior=None,
+                 moves_per_iter: int = MOVES_PER_ITER, proposal_weights=(1.0, 1.0),
+                 slice_every: int = 2, n_slots: int = N_SLOTS, alpha_prior=None,
                  store_log_likelihood: bool = True, max_label_tries: int = 10,
                  random_state=0, device="cpu", progress: bool = False,
                  checkpoint_every: int = 10):
@@ -308,6 +320,8 @@ class DistributedSubclusterSampler(MCMCClusterer):
         self.n_chains = n_chains
         self.warmup = warmup
         self.burnout = burnout
+        self.moves_per_iter = moves_per_iter
+        self.proposal_weights = proposal_weights
         self.slice_every = slice_every
         self.n_slots = n_slots
         self.alpha_prior = alpha_prior
@@ -332,6 +346,15 @@ class DistributedSubclusterSampler(MCMCClusterer):
         if int(self.slice_every) < 0:
             raise ValueError(f"slice_every must be a non-negative integer, got "
                              f"{self.slice_every}")
+        if not (isinstance(self.moves_per_iter, (int, np.integer)) and self.moves_per_iter >= 0):
+            raise ValueError("moves_per_iter must be a non-negative integer, got "
+                             f"{self.moves_per_iter!r}")
+        w = torch.as_tensor(self.proposal_weights, dtype=torch.float64)
+        if w.shape != (2,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) \
+                or float(w.sum()) <= 0:
+            raise ValueError("proposal_weights must be two non-negative numbers, not both "
+                             f"zero, got {self.proposal_weights!r}")
+        self._kind_weights = w / w.sum()
         n = torch.tensor([X.shape[0]])
         distributed = dist.is_available() and dist.is_initialized()
         if distributed:
@@ -381,6 +404,13 @@ class DistributedSubclusterSampler(MCMCClusterer):
             raise ValueError(f"warmup must lie in [0, burn_in={burn}], got {self.warmup_}")
         self._burnout = max(5, 3 * self.warmup_ // 20) if self.burnout is None \
             else int(self.burnout)
+        # kernel bandwidth of the local anchor choice: a tenth of the data's scale
+        F = model.family.features(X)
+        mom = comm.slot_sum(_moments, F)
+        mean = mom[1:1 + F.shape[1]] / mom[0]
+        var = (mom[1 + F.shape[1]:].reshape(F.shape[1], -1).diagonal() / mom[0]
+               - mean.square()).clamp_min(0)
+        self._bandwidth2 = max(float(var.mean()) * 0.01, 1e-12)
         k0 = min(int(self.init_k), comm.n_total)
         u = comm.uniforms(self._key(-1, 0))
         z, _ = comm.relabel((u * k0).long().clamp_max_(k0 - 1), k0)
@@ -496,11 +526,115 @@ class DistributedSubclusterSampler(MCMCClusterer):
         # 3. the slice step, which empties and opens clusters
         if slice_now:
             z, k = self._slice_labels(X, z, log_w, weights, loglik, it)
+        # 3. anchored split/merge moves
+        counts = {"split": [0, 0], "merge": [0, 0]}
+        if int(self.moves_per_iter) and comm.n_total >= 2:
+            z, k, counts = self._move_batch(X, z, k, weights, it)
         stats = comm.stats(fam, X, z, k)
         # 4. hyperparameters and concentration given the partition
         hyper, alpha, lp = self._update_global(state.hyper, state.alpha, stats)
         new = ShardState(X, z, k, alpha, it + 1, hyper=hyper, stats=stats)
-        return new, {"k": k, "lp": lp, "split_acceptance": 0.0, "merge_acceptance": 0.0}
+        return new, {"k": k, "lp": lp,
+                     "split_acceptance": counts["split"][1] / max(counts["split"][0], 1),
+                     "merge_acceptance": counts["merge"][1] / max(counts["merge"][0], 1)}
+
+    def _anchor_pairs(self, F, m: int, it: int) -> torch.Tensor:
+        """:meth:`SubclusterSampler._anchor_pairs` over all ranks: i uniform; j uniform
+        or, with probability 1/2, proportional to a Gaussian kernel around x_i -- a
+        Gumbel-max draw with keyed uniforms, the maximum reduced over ranks.  The
+        selection depends on the data only, so it drops out of the Hastings ratio."""
+        comm = self._comm
+        n = comm.n_total
+        i = torch.randint(n, (m,))
+        j = torch.randint(n - 1, (m,))
+        j = j + (j >= i)
+        local = (torch.rand(m) >= 0.5).nonzero().flatten() if n > 2 else torch.zeros(0)
+        if local.numel():
+            xi = comm.gather(i[local], F)
+            rows = torch.arange(comm.start, comm.stop)
+            for c, x in zip(local.tolist(), xi, strict=True):
+                logits = (F - x).square_().sum(1).mul_(-0.5 / self._bandwidth2)
+                logits[rows == i[c]] = -math.inf
+                u = comm.uniforms(self._key(it, 6, c))
+                val = logits - torch.log(-torch.log(u))
+                best = comm.max(val.max().reshape(1))
+                mine = torch.where(val == best, rows, torch.full_like(rows, n))
+                j[c] = comm.min(mine.min().reshape(1))[0]
+        return torch.stack([i, j], 1)
+
+    def _move_batch(self, X, z, k: int, weights, it: int):
+        """:meth:`SubclusterSampler._move_batch` over all ranks, with the 2-means
+        sub-partitions (principal or random axis, ``proposal_weights``): anchor pairs,
+        kept on disjoint clusters; per group the sub-partition, sub-cluster weights and
+        parameters (global draws from reduced statistics), responsibilities q and a
+        split drawn from them (keyed uniforms, anchors apart); H_split / H_merge from
+        the reduced statistics and the reduced log Q, decided in sequence.  Returns
+        (z, K, counts)."""
+        fam, comm = self._family, self._comm
+        F = fam.features(X)
+        m = int(self.moves_per_iter)
+        pairs = self._anchor_pairs(F, m, it)
+        anchor_z = comm.gather(pairs.reshape(-1), z).reshape(m, 2)
+        keep = disjoint_pairs(anchor_z.reshape(-1), torch.arange(2 * m).reshape(m, 2))
+        pairs, anchor_z = pairs[keep], anchor_z[keep]
+        n_groups = pairs.shape[0]
+        ca, cb = anchor_z.unbind(1)
+        group_of = torch.full((k,), -1, dtype=torch.long)
+        group_of[cb] = torch.arange(n_groups)
+        group_of[ca] = torch.arange(n_groups)
+        gid = group_of[z]
+        rows = gid >= 0
+        g = gid[rows]
+        sums = comm.group_sums(rows)
+        # sub-clusters of every group: a 2-means sub-partition of its rows, then
+        # weights and parameters from their conditionals given it
+        kind = int(torch.multinomial(self._kind_weights, 1))
+        axes = torch.randn(n_groups, fam.dim, dtype=F.dtype)
+        h = two_means_groups(F[rows], g, n_groups, axes if kind == 1 else None, sums=sums)
+        Xr = X[rows]
+        sub = comm.stats(fam, Xr, 2 * g + h, 2 * n_groups, rows=rows)
+        log_w = comm.agree(dirichlet_log(sub.n.reshape(n_groups, 2) + self._sub_alpha / 2))[0]
+        sub_params = comm.agree_params(fam.sample_posterior(sub))
+        ll = own_pair_loglik(fam, Xr, g, n_groups, sub_params) + log_w[g]
+        log_q = ll - torch.logsumexp(ll, 1, keepdim=True)
+        side = sample_from_cdf(categorical_cdf_(log_q.clone()),
+                               comm.uniforms(self._key(it, 7))[rows]) == 1
+        q_full = torch.zeros((z.shape[0], 2), dtype=log_q.dtype)
+        q_full[rows] = log_q
+        q_i, q_j = comm.gather(pairs.reshape(-1), q_full).reshape(n_groups, 2, 2).unbind(1)
+        anchor_terms = torch.stack([q_i[:, 0] + q_j[:, 1], q_i[:, 1] + q_j[:, 0]], 1)
+        flip = comm.agree(sample_from_cdf(categorical_cdf_(anchor_terms.clone())) == 1)[0]
+        # the anchors apart: i on side flip, j on the other
+        local_pos = torch.full((z.shape[0],), -1, dtype=torch.long)
+        local_pos[rows] = torch.arange(int(rows.sum()))
+        for c in range(n_groups):
+            for a, value in ((int(pairs[c, 0]), bool(flip[c])), (int(pairs[c, 1]), not flip[c])):
+                if comm.start <= a < comm.stop:
+                    side[local_pos[a - comm.start]] = value
+        new_b = side != flip[g]
+        is_split = ca == cb
+        side_b = torch.where(is_split[g], new_b, z[rows] == cb[g])
+        s_ab = comm.stats(fam, Xr, 2 * g + side_b.long(), 2 * n_groups, rows=rows)
+        s_a, s_b = s_ab[0::2], s_ab[1::2]
+        terms = moves.log_split_terms(weights, fam, s_a + s_b, s_a, s_b)
+        log_prop = log_split_proposal(log_q, side_b, g, n_groups, None, None, sums=sums,
+                                      anchor_q=(q_i, q_j))
+        log_terms = torch.where(is_split, terms - log_prop, log_prop - terms)
+        accepted = comm.agree(moves.accept_in_sequence(weights, k, log_terms, is_split))[0]
+        n_split = int((accepted & is_split).sum())
+        counts = {"split": [int(is_split.sum()), n_split],
+                  "merge": [int((~is_split).sum()), int((accepted & ~is_split).sum())]}
+        if bool(accepted.any()):
+            new_label = torch.where(is_split, k + torch.cumsum(accepted & is_split, 0) - 1, ca)
+            moving = side_b & accepted[g]
+            idx = rows.nonzero().flatten()[moving]
+            z = z.clone()
+            z[idx] = new_label[g[moving]]
+            k += n_split
+            if counts["merge"][1]:
+                z, kept = comm.relabel(z, k)
+                k = int(kept.numel())
+        return z, k, counts
 
     def _slice_labels(self, X, z, log_w, weights, loglik, it):
         """:meth:`SubclusterSampler._slice_labels` over all ranks: u_i from keyed
@@ -562,11 +696,71 @@ class DistributedSubclusterSampler(MCMCClusterer):
                                                self.n_clusters_)
 
 
+def _fit_rank(rank: int, world: int, init: str, est, X: np.ndarray, n_slots: int,
+              fit_kw: dict, out: str, threads: int):
+    """One rank of :func:`fit_on_ranks`: its rows' fit, saved to ``out``/rank<r>.pt."""
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        a, b = shard_range(X.shape[0], world, rank, n_slots)
+        est.fit(X[a:b], **fit_kw)
+        est._comm = None
+        torch.save(est, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def fit_on_ranks(est: DistributedSubclusterSampler, X, n_ranks: int, checkpoint_dir=None,
+                 resume: bool = False, threads: int | None = None
+                 ) -> DistributedSubclusterSampler:
+    """Fit ``est`` on ``n_ranks`` local processes (spawned, gloo), each holding its
+    :func:`shard_range` of the rows of X; returns rank 0's fitted estimator with the
+    per-row results (``labels_``, ``label_draws_``, the records' labels and
+    pointwise log-likelihoods) gathered over the ranks in row order: the result of
+    ``est.fit(X)`` on one rank.  ``threads``: torch threads per process (default:
+    this process's shared out).  A rank that fails ends the fit with
+    :class:`RankFailure` naming it; ``resume=True`` continues from the checkpoints
+    in ``checkpoint_dir``."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
+
+    from bnpdeep.data import check_array
+
+    X = check_array(X, min_rows=1)
+    if int(n_ranks) < 1:
+        raise ValueError(f"n_ranks must be at least 1, got {n_ranks}")
+    shard_range(X.shape[0], int(n_ranks), 0, int(est.n_slots))      # enough slots?
+    threads = threads or max(1, torch.get_num_threads() // int(n_ranks))
+    fit_kw = {"checkpoint_dir": checkpoint_dir, "resume": resume}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            mp.spawn(_fit_rank, args=(int(n_ranks), f"file://{tmp}/rendezvous", est, X,
+                                      int(est.n_slots), fit_kw, tmp, threads),
+                     nprocs=int(n_ranks))
+        except ProcessException as err:
+            raise RankFailure(f"rank {err.error_index} of {n_ranks} ended: {err}") from err
+        fits = [torch.load(f"{tmp}/rank{r}.pt", weights_only=False) for r in range(n_ranks)]
+    out = fits[0]
+    out.labels_ = np.concatenate([f.labels_ for f in fits])
+    out.label_draws_ = np.concatenate([f.label_draws_ for f in fits], 1)
+    for c, rec in enumerate(out.chains_):
+        rec.labels = [np.concatenate(parts) for parts in
+                      zip(*(f.chains_[c].labels for f in fits), strict=True)]
+        rec.log_lik = [np.concatenate(parts) for parts in
+                       zip(*(f.chains_[c].log_lik for f in fits), strict=True)]
+    out._X_train = torch.cat([f._X_train for f in fits])
+    out._comm = ShardComm(X.shape[0], 0, X.shape[0], int(est.n_slots))
+    out.bytes_reduced_ = fits[0].bytes_reduced_
+    return out
+
+
 def _moments(xs: torch.Tensor) -> torch.Tensor:
     """(n, sum x, sum x x^T) of the rows xs, flattened."""
     return torch.cat([torch.tensor([float(xs.shape[0])], dtype=xs.dtype), xs.sum(0),
                       (xs.T @ xs).reshape(-1)])
 
 
-__all__ = ["DistributedSubclusterSampler", "ShardComm", "ShardState", "RankFailure",
+__all__ = ["DistributedSubclusterSampler", "fit_on_ranks", "ShardComm", "ShardState", "RankFailure",
            "keyed_uniforms", "shard_range", "stream_key", "N_SLOTS"]

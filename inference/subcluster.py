@@ -134,6 +134,7 @@ from .mcmc import (
 )
 from .moves import disjoint_pairs
 from .subpartition import (
+    LocalSums,
     carve_groups,
     own_pair_loglik,
     refined_two_means_groups,
@@ -194,17 +195,21 @@ class PairProposals(NamedTuple):
     new_b: torch.Tensor   # (n,) the drawn split: True on the side that holds j
 
 
-def log_split_proposal(log_q, side_b, g, n_groups, li, lj) -> torch.Tensor:
+def log_split_proposal(log_q, side_b, g, n_groups, li, lj, sums=LocalSums,
+                       anchor_q=None) -> torch.Tensor:
     """log Q of each group's split (A = ~side_b, B = side_b) with anchors li in A and
     lj in B, given its rows' sub-cluster log-responsibilities ``log_q`` (n, 2):
 
         Q = [prod_{l in A} q_l(0) prod_{l in B} q_l(1) + (sides swapped)]
-            / [q_i(0) q_j(1) + q_i(1) q_j(0)]."""
+            / [q_i(0) q_j(1) + q_i(1) q_j(0)].
+
+    ``sums`` forms the per-group sums (:class:`~.subpartition.LocalSums`); a
+    data-parallel run passes the anchors' rows of log_q as ``anchor_q`` = (q_i, q_j)."""
     same = torch.where(side_b, log_q[:, 1], log_q[:, 0])
     swapped = torch.where(side_b, log_q[:, 0], log_q[:, 1])
-    sums = torch.zeros((n_groups, 2), dtype=log_q.dtype).index_add_(
-        0, g, torch.stack([same, swapped], 1))
-    anchors = torch.stack([log_q[li, 0] + log_q[lj, 1], log_q[li, 1] + log_q[lj, 0]], 1)
+    sums = sums.group_sum(torch.stack([same, swapped], 1), g, n_groups)
+    q_i, q_j = (log_q[li], log_q[lj]) if anchor_q is None else anchor_q
+    anchors = torch.stack([q_i[:, 0] + q_j[:, 1], q_i[:, 1] + q_j[:, 0]], 1)
     return torch.logsumexp(sums, 1) - torch.logsumexp(anchors, 1)
 
 

@@ -277,3 +277,36 @@ def test_deep_methods_fit_image_files_from_the_command_line(tmp_path):
     assert summary["n_clusters"] == 2 and summary["method"] == "dcn"
     assert main(["fit", str(tmp_path / "img.npy"), "--method", "dec", "--out",
                  str(tmp_path / "r2"), "--quiet"]) == 2          # 3-d array without --images
+
+
+def test_torchrun_fits_the_data_parallel_sampler_from_shard_files(tmp_path):
+    """``torchrun --nproc-per-node 2 -m bnpdeep fit FOLDER --method subcluster``: each
+    rank reads its rows of the shard files; the labels and draws rank 0 writes are
+    those of the one-rank data-parallel fit with the same seed."""
+    from bnpdeep.inference.distributed import DistributedSubclusterSampler
+
+    g = np.random.default_rng(2)
+    centres = g.normal(0.0, 6.0, (4, 3))
+    y = g.integers(0, 4, 500)
+    X = centres[y] + g.normal(size=(500, 3))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    np.save(shards / "part0.npy", X[:130])
+    np.savetxt(shards / "part1.csv", X[130:], delimiter=",")
+    np.save(tmp_path / "y.npy", y)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--standalone", "-m", "bnpdeep", "fit", str(shards), "--method",
+         "subcluster", "--iters", "30", "--seed", "4", "--labels", str(tmp_path / "y.npy"),
+         "--out", str(out), "--quiet", "--draws"],
+        capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
+                                                          "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ranks"] == 2 and summary["n_points"] == 500
+    assert summary["bytes_reduced_rank0"] > 0
+    one = DistributedSubclusterSampler(max_iter=30, random_state=4).fit(X)
+    np.testing.assert_array_equal(np.load(out / "label_draws.npy"), one.label_draws_)
+    np.testing.assert_array_equal(np.load(out / "labels.npy"), one.labels_)
+    assert summary["n_clusters"] == one.n_clusters_

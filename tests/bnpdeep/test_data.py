@@ -297,3 +297,21 @@ def test_image_datasets_are_pixels_in_the_unit_interval():
     assert np.bincount(y).size == 10
     with pytest.raises(DataError, match="unknown image dataset"):
         load_image_dataset("cifar")
+
+
+def test_load_rows_reads_a_range_across_shard_files(tmp_path):
+    from bnpdeep.data import count_rows, load_rows
+
+    g = np.random.default_rng(0)
+    X = g.normal(size=(50, 3))
+    np.save(tmp_path / "a.npy", X[:20])
+    np.savetxt(tmp_path / "b.csv", X[20:45], delimiter=",")
+    np.save(tmp_path / "c.npy", X[45:])
+    assert count_rows(tmp_path) == [20, 25, 5]
+    np.testing.assert_allclose(load_rows(tmp_path, 15, 47), X[15:47], rtol=1e-15)
+    np.testing.assert_array_equal(load_rows(tmp_path / "a.npy", 3, 9), X[3:9])
+    with pytest.raises(DataError, match="outside the 50 rows"):
+        load_rows(tmp_path, 10, 60)
+    np.save(tmp_path / "d.npy", X[:4, :2])
+    with pytest.raises(DataError, match="different numbers of columns"):
+        load_rows(tmp_path, 0, 54)
