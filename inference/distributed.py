@@ -171,7 +171,8 @@ class ShardComm:
         if rows is not None:
             bounds = torch.cat([torch.zeros(1, dtype=torch.long),
                                 torch.cumsum(rows.long(), 0)])[bounds].tolist()
-        parts = [fn(*(t[a:b] for t in row_tensors)) for a, b in zip(bounds, bounds[1:], strict=False)]
+        parts = [fn(*(t[a:b] for t in row_tensors))
+                 for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         shape = parts[0].shape
         buf = torch.zeros((self.n_slots, parts[0].numel()), dtype=parts[0].dtype,
                           device=parts[0].device)
