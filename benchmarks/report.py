@@ -59,6 +59,7 @@ REPORT_RUNS = (
     ["deep"],
     ["deepdpm"],
     ["scale"],
+    ["distributed"],
 )
 _MARKER = re.compile(r"^\{\{(result|seeds) ([^}]+)\}\}$")
 
@@ -342,6 +343,46 @@ def scale_text(res: dict) -> str:
             f"({res['rss_before_fit_gib']:.2f} GiB before the fit, data included)")
 
 
+# the network assumed for the projection to many machines (not measured here)
+PROJECTION_MACHINES, PROJECTION_ROWS = 50, 10 ** 8
+LINK_BYTES_PER_S, LINK_LATENCY_S = 1.25e9, 50e-6      # 10 Gb/s, 50 us per message
+
+
+def distributed_table(rows) -> str:
+    """Per run: seconds per iteration, collectives and bytes per iteration, K, NMI; then
+    the time per iteration at 1e8 rows over 50 machines projected from the measured
+    one-rank compute and rank 0's collectives (ring all-reduce: 2 (R - 1) messages of
+    B / R bytes each way per collective)."""
+    out = ["| method | ranks | s / iteration | kept kernel s / iteration (median) | K | NMI "
+           "| collectives / iteration | MB reduced / iteration | s in collectives / "
+           "iteration |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        comm = ("- | - | -" if "bytes_per_iter" not in r else
+                f"{r['collectives_per_iter']:.0f} | {r['bytes_per_iter'] / 1e6:.2f} | "
+                f"{r['collective_s_per_iter']:.3f}")
+        out.append(f"| {r['method']} | {r['ranks']} | {r['s_per_iter']:.2f} | "
+                   f"{r['s_per_exact_iter']:.2f} | {r['k']} | {r['nmi']:.3f} | {comm} |")
+    one = next((r for r in rows if r["method"] == "data-parallel, 1 rank"), None)
+    two = next((r for r in rows if r["ranks"] == 2), None)
+    if one is None or two is None:
+        return "\n".join(out)
+    m, n_rows = PROJECTION_MACHINES, PROJECTION_ROWS
+    compute = one["s_per_exact_iter"] * (n_rows / m) / one["N"]
+    per_coll = 2 * (m - 1) * LINK_LATENCY_S
+    comm = (two["collectives_per_iter"] * per_coll
+            + 2 * (m - 1) / m * two["bytes_per_iter"] / LINK_BYTES_PER_S)
+    out += ["", f"Projected on paper from these figures: {n_rows:.0e} rows over {m} machines "
+            f"like this one ({n_rows // m:,} rows each) take about {compute:.1f} s of compute "
+            f"per kept iteration (the one-rank kernel's time, scaled by rows), plus "
+            f"{comm:.2f} s of communication ({two['collectives_per_iter']:.0f} ring "
+            f"all-reduces at {2 * (m - 1)} messages of {LINK_LATENCY_S * 1e6:.0f} us, and "
+            f"{two['bytes_per_iter'] / 1e6:.2f} MB at {LINK_BYTES_PER_S * 8 / 1e9:.0f} Gb/s): "
+            f"communication {comm / (compute + comm):.0%} of {compute + comm:.1f} s. The "
+            "network figures are assumptions; the bytes do not grow with N (slot "
+            "layout), the collectives per iteration do not depend on N or R."]
+    return "\n".join(out)
+
+
 def deep_table(rows) -> str:
     """Per image set and method: K per seed, median NMI / ARI / ACC, median seconds of the
     method's own fit and of the autoencoder pretraining it starts from; then the deep
@@ -455,7 +496,7 @@ RENDERERS = {"accuracy": accuracy_tables, "speed": speed_tables,
              "movb-speed": movb_speed_table, "mixing": mixing_table, "fresh": fresh_table,
              "deepdpm": deepdpm_text, "scale": scale_text, "highdim": highdim_table,
              "highdim-large": highdim_large_text, "deep": deep_table,
-             "hyperpriors": hyperpriors_table}
+             "hyperpriors": hyperpriors_table, "distributed": distributed_table}
 
 
 def render_record(record: dict) -> str:

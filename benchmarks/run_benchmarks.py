@@ -46,6 +46,7 @@ from bnpdeep.inference import (
     SubclusterSampler,
 )
 from bnpdeep.inference.base import resolve_device
+from bnpdeep.inference.distributed import DistributedSubclusterSampler, fit_on_ranks
 from bnpdeep.inference.subcluster_compiled import load_kernels
 from bnpdeep.models import DirichletProcess, DPMixture, GaussianNIW, Hyperpriors, StudentNIW
 from report import SPEED_SAMPLERS
@@ -385,6 +386,43 @@ def run_scale(seed: int, n: int, iters: int) -> dict:
             "peak_rss_gib": peak, "rss_before_fit_gib": before}
 
 
+def run_distributed(seed: int, n: int, iters: int) -> list[dict]:
+    """The data-parallel sampler on the scale section's data (N=1e6, d=16, K=32) on one
+    rank (this process, all torch threads) and on two (spawned gloo processes, the
+    threads shared out), beside the single-process default sampler: seconds per
+    iteration (all, and the median of the kept kernel's), collectives and bytes
+    all-reduced per iteration by rank 0, the seconds rank 0 spent in collectives."""
+    X, y = data.make_mixture(n, 16, 32, seed=seed)
+    rows = []
+    kw = {"max_iter": iters, "random_state": seed, "store_log_likelihood": False}
+    fits = {"subcluster (single process)": lambda: timed_fit(SubclusterSampler(**kw), X),
+            "data-parallel, 1 rank": lambda: timed_fit(DistributedSubclusterSampler(**kw), X)}
+    for ranks in (2,):
+        def on_ranks(r=ranks):
+            time.sleep(SETTLE_SECONDS)
+            start = time.perf_counter()
+            est = fit_on_ranks(DistributedSubclusterSampler(**kw), X, r)
+            return est, time.perf_counter() - start
+        fits[f"data-parallel, {ranks} ranks"] = on_ranks
+    for method, fit in fits.items():
+        est, secs = fit()
+        trace = est.seconds_trace_[0]
+        kept = trace[est._burn_in() // 2:]         # after the warm-up: the kept kernel
+        row = {"N": n, "d": 16, "k_true": 32, "iters": iters, "method": method,
+               "ranks": 2 if "2 ranks" in method else 1, "seconds": secs,
+               "s_per_iter": float(trace.sum()) / iters,
+               "s_per_exact_iter": float(np.median(kept)), "k": int(est.n_clusters_),
+               "nmi": evaluate(y, est.labels_)["nmi"]}
+        if hasattr(est, "bytes_reduced_"):
+            row.update(bytes_per_iter=est.bytes_reduced_ / iters,
+                       collectives_per_iter=est.collectives_ / iters,
+                       collective_s_per_iter=est.collective_seconds_ / iters)
+        rows.append(row)
+        print(f"  distributed {method:<30} {secs:7.1f} s K={est.n_clusters_}",
+              file=sys.stderr, flush=True)
+    return rows
+
+
 # high dimensions: (N, d, K, rank of each cluster's covariance above the noise)
 HIGHDIM_CASES = [(2500, 64, 5, 5), (10_000, 128, 10, 8), (2500, 64, 5, None)]
 
@@ -575,7 +613,7 @@ def run_fresh(seed: int) -> list[dict]:
 
 
 SECTIONS = ("accuracy", "speed", "movb-speed", "deepdpm", "scale", "mixing", "fresh",
-            "highdim", "highdim-large", "deep", "hyperpriors")
+            "highdim", "highdim-large", "deep", "hyperpriors", "distributed")
 MIXING_CHAINS, MIXING_ITERS = 4, 400
 
 
@@ -678,6 +716,8 @@ def main(argv=None):
         run("highdim-large", run_highdim_large(args.seed, args.iters))
     if "scale" in args.sections:
         run("scale", run_scale(args.seed, args.scale_n, args.scale_iters))
+    if "distributed" in args.sections:
+        run("distributed", run_distributed(args.seed, args.scale_n, args.scale_iters))
     if "hyperpriors" in args.sections:
         run("hyperpriors", run_hyperpriors(args.seed, args.sets), seed=args.seed)
 

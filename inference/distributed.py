@@ -143,14 +143,19 @@ class ShardComm:
         self.n_slots = -(-self.n_total // self.slot)
         self.rows = np.arange(start, stop, dtype=np.uint64)
         self.bytes_reduced = 0
+        self.collectives = 0
+        self.seconds = 0.0       # in collectives, waiting for the other ranks included
 
     # -- collectives ------------------------------------------------------------------
     def _collective(self, op, tensor, *args):
         if not self.distributed:
             return tensor
         self.bytes_reduced += tensor.numel() * tensor.element_size()
+        self.collectives += 1
+        tic = time.perf_counter()
         try:
             op(tensor, *args)
+            self.seconds += time.perf_counter() - tic
         except RuntimeError as err:
             raise RankFailure(
                 f"rank {self.rank} of {self.world}: a collective operation failed ({err}). "
@@ -299,7 +304,9 @@ class DistributedSubclusterSampler(MCMCClusterer):
     step, a slice step every ``slice_every``-th iteration and the hyperparameter
     updates.  ``fit(X, checkpoint_dir=..., resume=True)`` resumes every rank from
     its own checkpoint file in the shared folder (the same number of ranks).
-    ``bytes_reduced_``: bytes this rank sent into collectives.
+    ``bytes_reduced_``, ``collectives_``, ``collective_seconds_``: the bytes this rank
+    passed to collective operations, their number, and the seconds spent in them
+    (waiting for the other ranks included).
     """
 
     method_name = "subcluster-dp"
@@ -369,6 +376,8 @@ class DistributedSubclusterSampler(MCMCClusterer):
         self._comm = ShardComm(total, start, start + int(n), int(self.n_slots))
         super()._fit(X)
         self.bytes_reduced_ = self._comm.bytes_reduced
+        self.collectives_ = self._comm.collectives
+        self.collective_seconds_ = self._comm.seconds
         return self
 
     def _resolve_model(self, X) -> DPMixture:
