@@ -51,6 +51,7 @@ the rows only enter through statistics and row-local draws:
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -472,21 +473,10 @@ class DistributedSubclusterSampler(MCMCClusterer):
         sub = comm.stats(fam, X, 2 * z + zs, 2 * k)
         stats = sub.pair_sums()
         # parallel splits along the sub-clusters (Chang & Fisher eq. 15)
-        n1, n2 = sub.n.reshape(k, 2).unbind(1)
-        log_h = (moves.log_eppf_split_ratio(weights, torch.tensor(float(k)), n1, n2)
-                 + moves.log_marginal_split_terms(fam, stats, sub))
-        split = moves.mh_accept(log_h) & (n1 > 0) & (n2 > 0)
-        comm.agree(split)
+        split = comm.agree(moves.parallel_split_decisions(weights, fam, stats, sub))[0]
         n_split = int(split.sum())
         if n_split:
-            target = torch.full((k,), -1, dtype=torch.long)
-            target[split] = torch.arange(k, k + n_split)
-            moving = split[z] & (zs == 1)
-            z = z.clone()
-            z[moving] = target[z[moving]]
-            fresh = torch.zeros(k + n_split, dtype=torch.bool)
-            fresh[split.nonzero().flatten()] = True
-            fresh[k:] = True
+            z, fresh = moves.apply_parallel_splits(z, zs, split)
             zs = self._two_means_sublabels(X, z, fresh, zs)
             born = torch.cat([torch.where(split, it, born), torch.full((n_split,), it)])
         n_merged = 0
@@ -509,7 +499,7 @@ class DistributedSubclusterSampler(MCMCClusterer):
         hyper, alpha, lp = self._update_global(state.hyper, state.alpha, stats)
         new = ShardState(X, z, k, alpha, it + 1, zs, born, stats, sub, hyper)
         return new, {"k": k, "lp": lp,
-                     "split_acceptance": n_split / max(int(n1.numel()), 1),
+                     "split_acceptance": n_split / max(int(split.numel()), 1),
                      "merge_acceptance": float(n_merged > 0)}
 
     def _exact_step(self, state: ShardState):
@@ -683,28 +673,12 @@ class DistributedSubclusterSampler(MCMCClusterer):
                 "params": comm.agree_params(fam.sample_posterior(state.stats)),
                 "alpha": state.alpha}
 
-    def _collect(self):
-        recs = self.chains_
-        lp = np.array([r.lp for r in recs])
-        c, d = np.unravel_index(np.argmax(lp), lp.shape)
-        # the labels are global cluster ids already (not renumbered on this rank)
-        self.labels_ = np.asarray(recs[c].labels[d], dtype=np.int64)
-        self.n_clusters_ = int(recs[c].k[d])
-        self.n_iter_ = int(self.max_iter)
-        self.label_draws_ = np.concatenate([np.stack(r.labels) for r in recs])
-        self.k_draws_ = np.array([r.k for r in recs])
-        self.lp_draws_ = lp
-        self.k_trace_ = np.array([r.k_trace for r in recs])
-        self.lp_trace_ = np.array([r.lp_trace for r in recs])
-        self.seconds_trace_ = np.array([r.seconds_trace for r in recs])
-        self.hyper_ = {name: (float(v[d]) if v[d].ndim == 0 else v[d])
-                       for name, v in ((n, np.asarray(vals)) for n, vals in recs[c].hyper.items())}
-        fam = self._hyper.family(self.hyper_)
-        self._predict_family = fam
-        self._predict_stats = self._comm.stats(fam, self._X_train,
-                                               torch.as_tensor(self.labels_),
-                                               self.n_clusters_)
+    def _best_labels(self, labels: np.ndarray, k: int):
+        # global cluster ids already: renumbering this rank's would break the agreement
+        return np.asarray(labels, dtype=np.int64), int(k)
 
+    def _label_stats(self, family, X, labels: np.ndarray, k: int):
+        return self._comm.stats(family, X, torch.as_tensor(labels), k)
 
 def _fit_rank(rank: int, world: int, init: str, est, X: np.ndarray, n_slots: int,
               fit_kw: dict, out: str, threads: int):

@@ -509,9 +509,7 @@ class MCMCClusterer(CheckpointedEstimator):
         recs = self.chains_
         lp = np.array([r.lp for r in recs])
         c, d = np.unravel_index(np.argmax(lp), lp.shape)
-        best = recs[c].labels[d]
-        _, self.labels_ = np.unique(best, return_inverse=True)
-        self.n_clusters_ = int(self.labels_.max()) + 1
+        self.labels_, self.n_clusters_ = self._best_labels(recs[c].labels[d], recs[c].k[d])
         self.n_iter_ = int(self.max_iter)                     # iterations of each chain
         self.label_draws_ = np.concatenate([np.stack(r.labels) for r in recs])
         self.k_draws_ = np.array([r.k for r in recs])
@@ -528,8 +526,16 @@ class MCMCClusterer(CheckpointedEstimator):
         if fam.latent_columns:
             # predict conditions on the scales' conditional means given labels_
             Xt = fam.plugin_latent(Xt, torch.as_tensor(self.labels_))
-        stats = fam.suff_stats_labels(Xt, torch.as_tensor(self.labels_), self.n_clusters_)
-        self._predict_stats = stats
+        self._predict_stats = self._label_stats(fam, Xt, self.labels_, self.n_clusters_)
+
+    def _best_labels(self, labels: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+        """``labels_`` and ``n_clusters_`` from the highest-posterior draw's labels."""
+        _, labels = np.unique(labels, return_inverse=True)
+        return labels, int(labels.max()) + 1
+
+    def _label_stats(self, family, X, labels: np.ndarray, k: int):
+        """The statistics of ``labels_`` that ``predict`` conditions on."""
+        return family.suff_stats_labels(X, torch.as_tensor(labels), k)
 
     def _predict(self, X):
         """Posterior predictive assignment: argmax_k log N_k + log p(x | X_k), under

@@ -177,6 +177,34 @@ def warmup_merge_pairs(means: torch.Tensor, eligible: torch.Tensor, stat_size: i
     return i[keep], j[keep]
 
 
+def parallel_split_decisions(weights, family, stats, sub_stats) -> torch.Tensor:
+    """Chang & Fisher's parallel splits (their eq. 15): every cluster proposes to split
+    along its two sub-clusters, accepted on the posterior ratio; (K,) booleans (a
+    cluster with an empty sub-cluster does not split).  ``stats``: K clusters;
+    ``sub_stats``: their 2K sub-clusters ordered (k, 0), (k, 1)."""
+    k = stats.k
+    n1, n2 = sub_stats.n.reshape(k, 2).unbind(1)
+    log_h = (log_eppf_split_ratio(weights, torch.tensor(float(k)), n1, n2)
+             + log_marginal_split_terms(family, stats, sub_stats))
+    return mh_accept(log_h) & (n1 > 0) & (n2 > 0)
+
+
+def apply_parallel_splits(z: torch.Tensor, zs: torch.Tensor, split: torch.Tensor):
+    """The rows of sub-cluster 1 of every split cluster move to a new cluster K, K+1, ...
+    (in cluster order); returns the labels and the clusters the splits made or
+    changed, (K + splits,) booleans."""
+    k, n_split = split.shape[0], int(split.sum())
+    target = torch.full((k,), -1, dtype=torch.long)
+    target[split] = torch.arange(k, k + n_split)
+    moving = split[z] & (zs == 1)
+    z = z.clone()
+    z[moving] = target[z[moving]]
+    fresh = torch.zeros(k + n_split, dtype=torch.bool)
+    fresh[split.nonzero().flatten()] = True
+    fresh[k:] = True
+    return z, fresh
+
+
 def warmup_merge_targets(family, weights, stats, eligible: torch.Tensor, k_now: int,
                          n_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The warm-up's merges: candidate pairs of eligible clusters
@@ -227,4 +255,5 @@ def disjoint_pairs(z, pairs) -> list[int]:
 
 __all__ = ["disjoint_pairs", "log_eppf_split_ratio", "log_split_terms", "log_split_ratio",
            "log_merge_ratio", "log_marginal_split_terms", "log_subcluster_merge_proposal",
-           "mh_accept", "accept_in_sequence", "warmup_merge_pairs", "warmup_merge_targets"]
+           "mh_accept", "accept_in_sequence", "warmup_merge_pairs", "warmup_merge_targets",
+           "parallel_split_decisions", "apply_parallel_splits"]

@@ -635,20 +635,10 @@ class SubclusterSampler(MCMCClusterer):
         sub = fam.suff_stats_labels(X, 2 * z + zs, 2 * k)
         stats = sub.pair_sums()
         # parallel splits along the sub-clusters (Chang & Fisher eq. 15)
-        n1, n2 = sub.n.reshape(k, 2).unbind(1)
-        log_h = (moves.log_eppf_split_ratio(weights, torch.tensor(float(k)), n1, n2)
-                 + moves.log_marginal_split_terms(fam, stats, sub))
-        split = moves.mh_accept(log_h) & (n1 > 0) & (n2 > 0)
+        split = moves.parallel_split_decisions(weights, fam, stats, sub)
         n_split = int(split.sum())
         if n_split:
-            target = torch.full((k,), -1, dtype=torch.long)
-            target[split] = torch.arange(k, k + n_split)
-            moving = split[z] & (zs == 1)
-            z = z.clone()
-            z[moving] = target[z[moving]]
-            fresh_clusters = torch.zeros(k + n_split, dtype=torch.bool)
-            fresh_clusters[split.nonzero().flatten()] = True
-            fresh_clusters[k:] = True
+            z, fresh_clusters = moves.apply_parallel_splits(z, zs, split)
             zs = self._warmup_sublabels(fam.features(X), z, fresh_clusters, zs)
             born = torch.cat([torch.where(split, it, born), torch.full((n_split,), it)])
         # clusters that did not split and are past their burn-out may merge
