@@ -96,7 +96,6 @@ def _cmd_fit_ranks(args) -> int:
     order; .npy files are memory-mapped) and runs its part of the data-parallel
     sampler (:mod:`bnpdeep.inference.distributed`); every rank checkpoints into DIR,
     and rank 0 gathers the labels and writes the run."""
-    import torch
     import torch.distributed as dist
 
     from bnpdeep import data
@@ -115,8 +114,7 @@ def _cmd_fit_ranks(args) -> int:
     if not path.exists():
         raise data.DataError(f"a data-parallel fit reads DATA by row range: '{args.data}' "
                              "must be a file or a folder of shard files")
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
+    dist.init_process_group("gloo")         # the sampler's ranks run on the CPU
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         total = sum(data.count_rows(path, args.delimiter))

@@ -1,4 +1,4 @@
-"""The sub-cluster sampler data-parallel on torch.distributed (gloo on CPUs, NCCL on GPUs).
+"""The sub-cluster sampler data-parallel on torch.distributed (gloo: CPU ranks).
 
 Each of R ranks (processes, launched by ``torchrun`` or any other way that sets
 up ``torch.distributed``) holds a contiguous range of the N rows, with their
@@ -42,10 +42,15 @@ the rows only enter through statistics and row-local draws:
   (rejection on an emptied cluster, counted over all ranks), (3) every
   ``slice_every``-th iteration the slice step of Kalli, Griffin & Walker (2011,
   Sec. 2), which empties and opens clusters (min_i u_i reduced over ranks), (4)
-  the model's hyperparameters and alpha given the partition.  Each leaves the
-  posterior invariant, for the reasons given in :mod:`.subcluster`; the anchored
-  split/merge moves and collapsed Gibbs updates of the single-process sampler are
-  not part of this kernel (they look at individual rows of other ranks).
+  anchored split/merge moves with 2-means sub-partitions (anchors drawn over all
+  rows, the Hastings ratios from reduced statistics and reduced log Q), (5)
+  collapsed Gibbs updates of ``gibbs_points`` rows drawn at random, whose data and
+  labels are gathered so that every rank runs the same sequential updates, (6) the
+  model's hyperparameters and alpha given the partition.  Each leaves the
+  posterior invariant, for the reasons given in :mod:`.subcluster`.  Of the
+  single-process sampler's proposals, carving and the whitened 2-means (which look
+  at a cluster's nearest rows or a row sample) are not part of this kernel, nor are
+  the warm-up's anchored moves or families with per-point latent variables.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ import torch.distributed as dist
 
 from ..models import DirichletProcess, DPMixture, GaussianNIW
 from . import moves
+from .gibbs import collapsed_updates
 from .mcmc import (
     MCMCClusterer,
     categorical_cdf_,
@@ -68,7 +74,7 @@ from .mcmc import (
     sample_from_cdf,
 )
 from .moves import disjoint_pairs
-from .subcluster import MOVES_PER_ITER, log_split_proposal
+from .subcluster import GIBBS_POINTS_TORCH, MOVES_PER_ITER, log_split_proposal
 from .subpartition import LocalSums, own_pair_loglik, select_groups, two_means_groups
 
 N_SLOTS = 64
@@ -299,12 +305,15 @@ class DistributedSubclusterSampler(MCMCClusterer):
     docstring).
 
     Parameters are those of :class:`~bnpdeep.inference.subcluster.SubclusterSampler`
-    that apply, plus ``n_slots`` (the reduction layout: at most that many ranks,
-    S L 8 bytes per reduction).  The kernel is the module docstring's: the warm-up
-    runs Chang & Fisher's parallel moves, the kept draws the restricted Gibbs
-    step, a slice step every ``slice_every``-th iteration and the hyperparameter
-    updates.  ``fit(X, checkpoint_dir=..., resume=True)`` resumes every rank from
-    its own checkpoint file in the shared folder (the same number of ranks).
+    that apply (``proposal_weights``: two numbers, for the principal-axis and the
+    random-axis 2-means; ``gibbs_points`` default 32, as the torch backend's),
+    plus ``n_slots`` (the reduction layout: at most that many ranks, S L 8 bytes per
+    reduction).  The kernel is the module docstring's: the warm-up runs Chang &
+    Fisher's parallel moves; the kept draws the restricted Gibbs step, a slice step
+    every ``slice_every``-th iteration, ``moves_per_iter`` anchored split/merge
+    proposals, the collapsed Gibbs updates and the hyperparameter updates.
+    ``fit(X, checkpoint_dir=..., resume=True)`` resumes every rank from its own
+    checkpoint file in the shared folder (the same number of ranks).
     ``bytes_reduced_``, ``collectives_``, ``collective_seconds_``: the bytes this rank
     passed to collective operations, their number, and the seconds spent in them
     (waiting for the other ranks included).
@@ -317,7 +326,8 @@ class DistributedSubclusterSampler(MCMCClusterer):
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 400, burn_in=None,
                  thin: int = 1, n_chains: int = 1, warmup=None, burnout=None,
                  moves_per_iter: int = MOVES_PER_ITER, proposal_weights=(1.0, 1.0),
-                 slice_every: int = 2, n_slots: int = N_SLOTS, alpha_prior=None,
+                 slice_every: int = 2, gibbs_points: int = GIBBS_POINTS_TORCH,
+                 n_slots: int = N_SLOTS, alpha_prior=None,
                  store_log_likelihood: bool = True, max_label_tries: int = 10,
                  random_state=0, device="cpu", progress: bool = False,
                  checkpoint_every: int = 10):
@@ -332,6 +342,7 @@ class DistributedSubclusterSampler(MCMCClusterer):
         self.moves_per_iter = moves_per_iter
         self.proposal_weights = proposal_weights
         self.slice_every = slice_every
+        self.gibbs_points = gibbs_points
         self.n_slots = n_slots
         self.alpha_prior = alpha_prior
         self.store_log_likelihood = store_log_likelihood
@@ -350,6 +361,9 @@ class DistributedSubclusterSampler(MCMCClusterer):
         return f"{self.method_name}_rank{comm.rank}of{comm.world}_checkpoint.pt"
 
     def _fit(self, X):
+        if str(self.device) != "cpu":
+            raise ValueError(f"the data-parallel sampler runs its ranks on the CPU (gloo); "
+                             f"device={self.device!r} is not supported")
         if int(self.n_slots) < 1:
             raise ValueError(f"n_slots must be at least 1, got {self.n_slots}")
         if int(self.slice_every) < 0:
@@ -358,6 +372,9 @@ class DistributedSubclusterSampler(MCMCClusterer):
         if not (isinstance(self.moves_per_iter, (int, np.integer)) and self.moves_per_iter >= 0):
             raise ValueError("moves_per_iter must be a non-negative integer, got "
                              f"{self.moves_per_iter!r}")
+        if not (isinstance(self.gibbs_points, (int, np.integer)) and self.gibbs_points >= 0):
+            raise ValueError("gibbs_points must be a non-negative integer, got "
+                             f"{self.gibbs_points!r}")
         w = torch.as_tensor(self.proposal_weights, dtype=torch.float64)
         if w.shape != (2,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) \
                 or float(w.sum()) <= 0:
@@ -531,12 +548,37 @@ class DistributedSubclusterSampler(MCMCClusterer):
         if int(self.moves_per_iter) and comm.n_total >= 2:
             z, k, counts = self._move_batch(X, z, k, weights, it)
         stats = comm.stats(fam, X, z, k)
+        # 4. collapsed Gibbs updates of gibbs_points labels drawn at random
+        if int(self.gibbs_points):
+            z, stats = self._collapsed_updates(X, z, stats, weights)
+            k = stats.k
         # 4. hyperparameters and concentration given the partition
         hyper, alpha, lp = self._update_global(state.hyper, state.alpha, stats)
         new = ShardState(X, z, k, alpha, it + 1, hyper=hyper, stats=stats)
         return new, {"k": k, "lp": lp,
                      "split_acceptance": counts["split"][1] / max(counts["split"][0], 1),
                      "merge_acceptance": counts["merge"][1] / max(counts["merge"][0], 1)}
+
+    def _collapsed_updates(self, X, z, stats, weights):
+        """:func:`~bnpdeep.inference.gibbs.collapsed_updates` of ``gibbs_points`` rows
+        drawn uniformly whatever the state: their data and labels are gathered on
+        every rank, which runs the same sequential updates against the global
+        statistics (the same draws from torch's generator); the owners keep the new
+        labels, and every other row's cluster takes its new id (an emptied cluster
+        held only updated rows)."""
+        comm = self._comm
+        idx = torch.randperm(comm.n_total)[:int(self.gibbs_points)]
+        k_old = stats.k
+        new, stats, ids = collapsed_updates(self._family, weights, comm.gather(idx, X),
+                                            comm.gather(idx, z), stats, range(idx.numel()),
+                                            return_ids=True)
+        remap = torch.full((k_old,), -1, dtype=torch.long)
+        kept = (ids >= 0).nonzero().flatten()
+        remap[ids[kept]] = kept
+        z = remap[z]
+        mine = (idx >= comm.start) & (idx < comm.stop)
+        z[idx[mine] - comm.start] = new[mine]
+        return z, stats
 
     def _anchor_pairs(self, F, m: int, it: int) -> torch.Tensor:
         """:meth:`SubclusterSampler._anchor_pairs` over all ranks: i uniform; j uniform

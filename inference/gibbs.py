@@ -85,16 +85,19 @@ class CollapsedGibbs(MCMCClusterer):
         return state, {"k": state.k, "lp": lp}
 
 
-def collapsed_updates(fam, weights, X, z, stats, idx):
+def collapsed_updates(fam, weights, X, z, stats, idx, return_ids: bool = False):
     """Algorithm 3's update of z_i for each i of ``idx`` in turn (the module's
     predictive rule); ``stats`` are the statistics of the clusters of ``z`` (labels
     0..K-1).  Returns the new labels (0..K'-1: an emptied cluster's id is dropped, a
-    new cluster is the last) and their statistics.  The rows' own statistics and
+    new cluster is the last) and their statistics, and with ``return_ids`` each new
+    cluster's old id (-1 for one the updates opened).  The rows' own statistics and
     prior predictive densities are computed once for all of ``idx``; each update
-    then costs one posterior predictive over the K clusters."""
+    then costs one posterior predictive over the K clusters.  ``stats`` may cover
+    more rows than X holds (a data-parallel run passes only the updated rows)."""
     idx = [int(i) for i in idx]
     z = z.clone()
     stats = stats.clone()                              # updated in place below
+    ids = list(range(stats.k))
     rows = fam.suff_stats_labels(X[idx], torch.arange(len(idx), device=X.device), len(idx))
     log_prior = fam.log_predictive(X[idx], fam.empty_stats(1))[:, 0].tolist()
     for t, i in enumerate(idx):
@@ -104,16 +107,18 @@ def collapsed_updates(fam, weights, X, z, stats, idx):
             keep = [c for c in range(stats.k) if c != k_old]
             stats = stats[keep]
             z[z > k_old] -= 1
+            del ids[k_old]
         log_w_old, log_w_new = weights.log_crp_weights(stats.n)
         logits = (fam.log_predictive(X[i:i + 1], stats)[0] + log_w_old).tolist()
         logits.append(log_prior[t] + float(log_w_new))
         k_new = _draw(np.asarray(logits))
         if k_new == stats.k:
             stats = type(stats).cat([stats, rows[t]])
+            ids.append(-1)
         else:
             _add_at(stats, k_new, rows, t, 1.0)
         z[i] = k_new
-    return z, stats
+    return (z, stats, torch.tensor(ids, dtype=torch.long)) if return_ids else (z, stats)
 
 
 def _draw(logits: np.ndarray) -> int:

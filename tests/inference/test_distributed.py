@@ -94,15 +94,21 @@ def _niw(weights):
 
 
 @pytest.mark.parametrize("model, data, options", [
-    (lambda: _niw(DirichletProcess(1.0)), _points, {"slice_every": 0}),
+    (lambda: _niw(DirichletProcess(1.0)), _points, {"slice_every": 0, "gibbs_points": 0}),
     (lambda: DPMixture(Multinomial(np.ones(3)), DirichletProcess(1.0)), _counts, {}),
-    (lambda: _niw(PitmanYor(0.3, 0.5)), _points, {"moves_per_iter": 0, "slice_every": 1}),
-], ids=["niw-moves-alone", "multinomial-default", "niw-pitman-yor-slice-alone"])
+    (lambda: _niw(PitmanYor(0.3, 0.5)), _points,
+     {"moves_per_iter": 0, "slice_every": 1, "gibbs_points": 0}),
+    (lambda: _niw(DirichletProcess(1.0)), _points,
+     {"moves_per_iter": 0, "slice_every": 0, "gibbs_points": 3}),
+], ids=["niw-moves-alone", "multinomial-default", "niw-pitman-yor-slice-alone",
+        "niw-collapsed-gibbs-alone"])
 def test_kept_draws_match_the_exact_posterior(model, data, options):
     """The kept kernel (restricted Gibbs, slice step, anchored 2-means split/merge
-    moves) against the enumerated posterior over the 52 partitions of five points
-    (TV below 0.05; sampling noise alone gives about 0.02-0.035 here).  With the
-    slice step off only the split/merge moves change K, and they must accept."""
+    moves, collapsed Gibbs updates of rows gathered on every rank) against the
+    enumerated posterior over the 52 partitions of five points (TV below 0.05;
+    sampling noise alone gives about 0.02-0.035 here), each step that changes K
+    alone and all together.  With the slice step and the collapsed updates off
+    only the split/merge moves change K, and they must accept."""
     model, X = model(), data()
     exact = exact_partition_posterior(model, X)
     est = DistributedSubclusterSampler(model=model, max_iter=6000, burn_in=200,
@@ -184,3 +190,7 @@ def test_bad_settings_are_named():
         DistributedSubclusterSampler(proposal_weights=(0, 0), max_iter=4).fit(X)
     with pytest.raises(ValueError, match="n_slots"):
         DistributedSubclusterSampler(n_slots=0, max_iter=4).fit(X)
+    with pytest.raises(ValueError, match="gibbs_points"):
+        DistributedSubclusterSampler(gibbs_points=-2, max_iter=4).fit(X)
+    with pytest.raises(ValueError, match="on the CPU"):
+        DistributedSubclusterSampler(device="cuda", max_iter=4).fit(X)
