@@ -36,7 +36,8 @@ the rows only enter through statistics and row-local draws:
   and persistent sub-labels from the instantiated weights and parameters, every
   cluster proposing to split along its sub-clusters (their eq. 15), merges on the
   posterior ratio after a burn-out, new clusters' sub-labels from a 2-means split
-  whose group sums are reduced like the statistics;
+  whose group sums are reduced like the statistics, then max(3, K // 2) of the
+  anchored moves below;
 * sampling (kept draws): (1) weights and parameters from their conditionals given
   the partition, (2) the K-preserving restricted Gibbs step over all labels
   (rejection on an emptied cluster, counted over all ranks), (3) every
@@ -49,8 +50,8 @@ the rows only enter through statistics and row-local draws:
   model's hyperparameters and alpha given the partition.  Each leaves the
   posterior invariant, for the reasons given in :mod:`.subcluster`.  Of the
   single-process sampler's proposals, carving and the whitened 2-means (which look
-  at a cluster's nearest rows or a row sample) are not part of this kernel, nor are
-  the warm-up's anchored moves or families with per-point latent variables.
+  at a cluster's nearest rows or a row sample) are not part of this kernel, nor
+  are families with per-point latent variables.
 """
 
 from __future__ import annotations
@@ -511,6 +512,14 @@ class DistributedSubclusterSampler(MCMCClusterer):
                 born = born[kept]
                 n_merged = int(used.sum()) // 2
         k = int(born.shape[0])
+        # the exact anchored moves too (as the single-process warm-up runs them)
+        if comm.n_total >= 2:
+            z, k, counts, touched, kept = self._move_batch(X, z, k, weights, it,
+                                                           n_moves=max(3, k // 2))
+            if bool(touched.any()):
+                born = torch.cat([born, torch.full((counts["split"][1],), it)])[kept]
+                born = torch.where(touched, it, born)
+                zs = self._two_means_sublabels(X, z, touched, zs)
         sub = comm.stats(fam, X, 2 * z + zs, 2 * k)
         stats = sub.pair_sums()
         hyper, alpha, lp = self._update_global(state.hyper, state.alpha, stats)
@@ -546,7 +555,7 @@ class DistributedSubclusterSampler(MCMCClusterer):
         # 3. anchored split/merge moves
         counts = {"split": [0, 0], "merge": [0, 0]}
         if int(self.moves_per_iter) and comm.n_total >= 2:
-            z, k, counts = self._move_batch(X, z, k, weights, it)
+            z, k, counts, _, _ = self._move_batch(X, z, k, weights, it)
         stats = comm.stats(fam, X, z, k)
         # 4. collapsed Gibbs updates of gibbs_points labels drawn at random
         if int(self.gibbs_points):
@@ -604,17 +613,17 @@ class DistributedSubclusterSampler(MCMCClusterer):
                 j[c] = comm.min(mine.min().reshape(1))[0]
         return torch.stack([i, j], 1)
 
-    def _move_batch(self, X, z, k: int, weights, it: int):
+    def _move_batch(self, X, z, k: int, weights, it: int, n_moves=None):
         """:meth:`SubclusterSampler._move_batch` over all ranks, with the 2-means
         sub-partitions (principal or random axis, ``proposal_weights``): anchor pairs,
         kept on disjoint clusters; per group the sub-partition, sub-cluster weights and
         parameters (global draws from reduced statistics), responsibilities q and a
         split drawn from them (keyed uniforms, anchors apart); H_split / H_merge from
         the reduced statistics and the reduced log Q, decided in sequence.  Returns
-        (z, K, counts)."""
+        (z, K, counts, the clusters a move made or changed, the old ids kept)."""
         fam, comm = self._family, self._comm
         F = fam.features(X)
-        m = int(self.moves_per_iter)
+        m = int(self.moves_per_iter) if n_moves is None else int(n_moves)
         pairs = self._anchor_pairs(F, m, it)
         anchor_z = comm.gather(pairs.reshape(-1), z).reshape(m, 2)
         keep = disjoint_pairs(anchor_z.reshape(-1), torch.arange(2 * m).reshape(m, 2))
@@ -666,17 +675,19 @@ class DistributedSubclusterSampler(MCMCClusterer):
         n_split = int((accepted & is_split).sum())
         counts = {"split": [int(is_split.sum()), n_split],
                   "merge": [int((~is_split).sum()), int((accepted & ~is_split).sum())]}
+        touched = torch.zeros(k + n_split, dtype=torch.bool)
+        kept = torch.arange(k + n_split)
         if bool(accepted.any()):
             new_label = torch.where(is_split, k + torch.cumsum(accepted & is_split, 0) - 1, ca)
             moving = side_b & accepted[g]
             idx = rows.nonzero().flatten()[moving]
             z = z.clone()
             z[idx] = new_label[g[moving]]
-            k += n_split
+            touched[ca[accepted]] = True
+            touched[k:] = True
             if counts["merge"][1]:
-                z, kept = comm.relabel(z, k)
-                k = int(kept.numel())
-        return z, k, counts
+                z, kept = comm.relabel(z, k + n_split)
+        return z, int(kept.numel()), counts, touched[kept], kept
 
     def _slice_labels(self, X, z, log_w, weights, loglik, it):
         """:meth:`SubclusterSampler._slice_labels` over all ranks: u_i from keyed
