@@ -379,7 +379,7 @@ def distributed_table(rows) -> str:
             f"{two['bytes_per_iter'] / 1e6:.2f} MB at {LINK_BYTES_PER_S * 8 / 1e9:.0f} Gb/s): "
             f"communication {comm / (compute + comm):.0%} of {compute + comm:.1f} s. The "
             "network figures are assumptions; the bytes do not grow with N (slot "
-            "layout), the collectives per iteration do not depend on N or R."]
+            "layout), and the number of collectives per iteration is bounded whatever N and R."]
     return "\n".join(out)
 
 
