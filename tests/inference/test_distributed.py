@@ -111,9 +111,12 @@ def test_kept_draws_match_the_exact_posterior(model, data, options):
     only the split/merge moves change K, and they must accept."""
     model, X = model(), data()
     exact = exact_partition_posterior(model, X)
-    est = DistributedSubclusterSampler(model=model, max_iter=6000, burn_in=200,
-                                       store_log_likelihood=False, random_state=1,
-                                       **options).fit(X)
+    # the slice step alone mixes slowly: TV 0.059 and 0.038 at 6,000 iterations (seeds
+    # 1, 2), 0.032 at 20,000 -- Monte Carlo error, as for the single-process sampler
+    slice_alone = not options.get("moves_per_iter", 4) and not options.get("gibbs_points", 32)
+    est = DistributedSubclusterSampler(model=model, max_iter=20_000 if slice_alone else 6000,
+                                       burn_in=200, store_log_likelihood=False,
+                                       random_state=1, **options).fit(X)
     tv = total_variation(exact, empirical_partition_distribution(est.label_draws_))
     assert tv < 0.05, f"TV {tv:.3f}"
     assert len(np.unique(est.k_draws_)) >= 4
