@@ -40,12 +40,14 @@ from bnpdeep.inference import (
     CollapsedGibbs,
     DeepDPM,
     DeepDPMAE,
+    DistributedSubclusterSampler,
     GaussianMixtureEM,
     KMeans,
     MeanFieldSVI,
     MemoizedVB,
     SubclusterSampler,
     exact_partition_posterior,
+    fit_on_ranks,
 )
 from bnpdeep.methods import METHODS, make_estimator
 from bnpdeep.metrics import accuracy, ari, evaluate, k_error, nmi
@@ -77,6 +79,7 @@ __all__ = [
     "InverseWishart", "DirichletProcess", "PitmanYor", "FiniteDirichlet", "stick_breaking",
     "KMeans", "GaussianMixtureEM", "DBSCAN", "BayesianGMM", "CollapsedGibbs",
     "SubclusterSampler", "DeepDPM", "MemoizedVB", "MeanFieldSVI", "exact_partition_posterior",
+    "DistributedSubclusterSampler", "fit_on_ranks",
     "Autoencoder", "DEC", "IDEC", "DCN", "DEPICT", "DeepDPMAE",
     "to_inference_data", "k_summary", "save_inference_data", "compare", "Comparison",
     "METHODS", "make_estimator", "ClusteringResult", "RunFolder",

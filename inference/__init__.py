@@ -4,6 +4,7 @@ from .base import ClusterEstimator
 from .classical import CLASSICAL_METHODS, DBSCAN, BayesianGMM, GaussianMixtureEM, KMeans
 from .deep import DCN, DEC, DEPICT, IDEC, Autoencoder, DeepDPMAE
 from .deepdpm import DeepDPM
+from .distributed import DistributedSubclusterSampler, fit_on_ranks, shard_range
 from .exact import exact_partition_posterior, set_partitions, total_variation
 from .gibbs import CollapsedGibbs
 from .mcmc import MCMCClusterer
@@ -14,7 +15,8 @@ from .svi import MeanFieldSVI
 __all__ = [
     "ClusterEstimator", "MCMCClusterer",
     "KMeans", "GaussianMixtureEM", "DBSCAN", "BayesianGMM", "CLASSICAL_METHODS",
-    "CollapsedGibbs", "SubclusterSampler", "DeepDPM", "MemoizedVB", "MeanFieldSVI",
+    "CollapsedGibbs", "SubclusterSampler", "DistributedSubclusterSampler", "fit_on_ranks",
+    "shard_range", "DeepDPM", "MemoizedVB", "MeanFieldSVI",
     "Autoencoder", "DEC", "IDEC", "DCN", "DEPICT", "DeepDPMAE",
     "exact_partition_posterior", "set_partitions", "total_variation",
 ]

@@ -19,6 +19,7 @@ from bnpdeep import (
     CollapsedGibbs,
     DeepDPM,
     DeepDPMAE,
+    DistributedSubclusterSampler,
     GaussianMixtureEM,
     KMeans,
     MeanFieldSVI,
@@ -28,7 +29,8 @@ from bnpdeep import (
 
 ESTIMATORS = [KMeans(n_clusters=3, n_init=1), GaussianMixtureEM(n_clusters=3), DBSCAN(),
               BayesianGMM(truncation=5), CollapsedGibbs(max_iter=10),
-              SubclusterSampler(max_iter=20), MemoizedVB(max_laps=5),
+              SubclusterSampler(max_iter=20), DistributedSubclusterSampler(max_iter=20),
+              MemoizedVB(max_laps=5),
               MeanFieldSVI(truncation=5, max_epochs=10), DeepDPM(max_epochs=25)]
 
 
