@@ -442,8 +442,8 @@ class DistributedSubclusterSampler(MCMCClusterer):
         self._bandwidth2 = max(float(var.mean()) * 0.01, 1e-12)
         k0 = min(int(self.init_k), comm.n_total)
         u = comm.uniforms(self._key(-1, 0))
-        z, _ = comm.relabel((u * k0).long().clamp_max_(k0 - 1), k0)
-        k = int(comm.counts(z, k0).gt(0).sum())
+        z, kept = comm.relabel((u * k0).long().clamp_max_(k0 - 1), k0)
+        k = int(kept.numel())
         zs = self._two_means_sublabels(X, z, torch.ones(k, dtype=torch.bool),
                                        torch.zeros_like(z))
         born = torch.full((k,), -self._burnout, dtype=torch.long)
@@ -603,14 +603,16 @@ class DistributedSubclusterSampler(MCMCClusterer):
         if local.numel():
             xi = comm.gather(i[local], F)
             rows = torch.arange(comm.start, comm.stop)
-            for c, x in zip(local.tolist(), xi, strict=True):
-                logits = (F - x).square_().sum(1).mul_(-0.5 / self._bandwidth2)
-                logits[rows == i[c]] = -math.inf
-                u = comm.uniforms(self._key(it, 6, c))
-                val = logits - torch.log(-torch.log(u))
-                best = comm.max(val.max().reshape(1))
-                mine = torch.where(val == best, rows, torch.full_like(rows, n))
-                j[c] = comm.min(mine.min().reshape(1))[0]
+            # one column of Gumbel-perturbed log kernels per local anchor; the maxima and
+            # the rows attaining them are reduced for all anchors at once
+            val = torch.stack([
+                (F - x).square_().sum(1).mul_(-0.5 / self._bandwidth2)
+                .masked_fill_(rows == i[c], -math.inf)
+                .sub_(torch.log(-torch.log(comm.uniforms(self._key(it, 6, c)))))
+                for c, x in zip(local.tolist(), xi, strict=True)], 1)
+            best = comm.max(val.max(0).values)
+            mine = torch.where(val == best, rows[:, None], n).min(0).values
+            j[local] = comm.min(mine)
         return torch.stack([i, j], 1)
 
     def _move_batch(self, X, z, k: int, weights, it: int, n_moves=None):
@@ -658,10 +660,9 @@ class DistributedSubclusterSampler(MCMCClusterer):
         # the anchors apart: i on side flip, j on the other
         local_pos = torch.full((z.shape[0],), -1, dtype=torch.long)
         local_pos[rows] = torch.arange(int(rows.sum()))
-        for c in range(n_groups):
-            for a, value in ((int(pairs[c, 0]), bool(flip[c])), (int(pairs[c, 1]), not flip[c])):
-                if comm.start <= a < comm.stop:
-                    side[local_pos[a - comm.start]] = value
+        anchors, values = pairs.reshape(-1), torch.stack([flip, ~flip], 1).reshape(-1)
+        mine = (anchors >= comm.start) & (anchors < comm.stop)
+        side[local_pos[anchors[mine] - comm.start]] = values[mine]
         new_b = side != flip[g]
         is_split = ca == cb
         side_b = torch.where(is_split[g], new_b, z[rows] == cb[g])
@@ -706,7 +707,8 @@ class DistributedSubclusterSampler(MCMCClusterer):
             new_ll.masked_fill_(log_new[None] <= log_u[:, None], -math.inf)
             logits = torch.cat([logits, new_ll], 1)
         z = self._labels(logits, self._key(it, 5))
-        return comm.relabel(z, k + m)[0], int(comm.counts(z, k + m).gt(0).sum())
+        z, kept = comm.relabel(z, k + m)
+        return z, int(kept.numel())
 
     def _update_global(self, hyper, alpha, stats):
         """Hyperparameters and alpha given the partition (global draws), rank 0's kept."""
