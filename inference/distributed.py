@@ -154,6 +154,19 @@ class ShardComm:
         self.collectives = 0
         self.seconds = 0.0       # in collectives, waiting for the other ranks included
 
+    @classmethod
+    def for_local_rows(cls, n_local: int, n_slots: int = N_SLOTS) -> "ShardComm":
+        """The communicator of a rank holding ``n_local`` rows: the ranks' row counts are
+        gathered, and rank r holds the rows after those of ranks 0..r-1."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return cls(int(n_local), 0, int(n_local), n_slots)
+        n = torch.tensor([int(n_local)])
+        sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+        dist.all_gather(sizes, n)
+        sizes = [int(s) for s in sizes]
+        start = sum(sizes[:dist.get_rank()])
+        return cls(sum(sizes), start, start + int(n_local), n_slots)
+
     # -- collectives ------------------------------------------------------------------
     def _collective(self, op, tensor, *args):
         if not self.distributed:
@@ -229,6 +242,46 @@ class ShardComm:
         mine = (idx >= self.start) & (idx < self.stop)
         out[mine] = values[idx[mine] - self.start]
         return self.sum(out)
+
+    def gather_rows(self, mask: torch.Tensor, *tensors: torch.Tensor):
+        """The rows of ``tensors`` (this rank's rows) where ``mask`` holds, of all ranks,
+        on every rank, in global row order; also the position of this rank's first
+        masked row among them."""
+        n = torch.tensor([int(mask.sum())])
+        if not self.distributed:
+            return tuple(t[mask] for t in tensors), 0
+        sizes = [torch.zeros_like(n) for _ in range(self.world)]
+        self._collective(lambda t: dist.all_gather(sizes, t), n)
+        sizes = [int(s) for s in sizes]
+        out = []
+        for t in tensors:
+            part = torch.zeros((max(sizes),) + t.shape[1:], dtype=t.dtype)
+            part[:sizes[self.rank]] = t[mask]
+            parts = [torch.empty_like(part) for _ in range(self.world)]
+            self._collective(lambda x, ps=parts: dist.all_gather(ps, x), part)
+            out.append(torch.cat([p[:m] for p, m in zip(parts, sizes, strict=True)]))
+        return tuple(out), sum(sizes[:self.rank])
+
+    def sum_stats(self, stats):
+        """Sufficient statistics summed over ranks (every field in one all-reduce; the
+        summation order depends on the number of ranks, unlike :meth:`stats`)."""
+        names = list(stats.fields)
+        flat = torch.cat([stats.fields[m].reshape(-1) for m in names])
+        flat = self.sum(flat)
+        out, at = {}, 0
+        for m in names:
+            v = stats.fields[m]
+            out[m] = flat[at:at + v.numel()].reshape(v.shape)
+            at += v.numel()
+        return type(stats)(**out)
+
+    def moments(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and covariance (divisor N - 1) of all ranks' rows, slot-exact."""
+        d = X.shape[1]
+        s = self.slot_sum(_moments, X)
+        n, mean = s[0], s[1:1 + d] / s[0]
+        cov = (s[1 + d:].reshape(d, d) - n * torch.outer(mean, mean)) / max(float(n) - 1, 1)
+        return mean, cov
 
     def agree(self, *tensors):
         """Rank 0's values of tensors every rank computed alike, in place."""
@@ -382,17 +435,7 @@ class DistributedSubclusterSampler(MCMCClusterer):
             raise ValueError("proposal_weights must be two non-negative numbers, not both "
                              f"zero, got {self.proposal_weights!r}")
         self._kind_weights = w / w.sum()
-        n = torch.tensor([X.shape[0]])
-        distributed = dist.is_available() and dist.is_initialized()
-        if distributed:
-            sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-            dist.all_gather(sizes, n)
-            sizes = [int(s) for s in sizes]
-            start = sum(sizes[:dist.get_rank()])
-            total = sum(sizes)
-        else:
-            start, total = 0, int(n)
-        self._comm = ShardComm(total, start, start + int(n), int(self.n_slots))
+        self._comm = ShardComm.for_local_rows(X.shape[0], int(self.n_slots))
         super()._fit(X)
         self.bytes_reduced_ = self._comm.bytes_reduced
         self.collectives_ = self._comm.collectives
@@ -403,11 +446,7 @@ class DistributedSubclusterSampler(MCMCClusterer):
         if self.model is not None:
             return super()._resolve_model(X)
         # GaussianNIW.weak from the moments of all ranks' rows
-        Xt = torch.as_tensor(np.asarray(X), dtype=torch.float64)
-        d = Xt.shape[1]
-        s = self._comm.slot_sum(_moments, Xt)
-        n, mean = s[0], s[1:1 + d] / s[0]
-        cov = (s[1 + d:].reshape(d, d) - n * torch.outer(mean, mean)) / max(float(n) - 1, 1)
+        mean, cov = self._comm.moments(torch.as_tensor(np.asarray(X), dtype=torch.float64))
         return DPMixture(GaussianNIW.weak_from_moments(mean, cov), DirichletProcess(1.0))
 
     # -- kernel --------------------------------------------------------------------------
@@ -735,6 +774,21 @@ class DistributedSubclusterSampler(MCMCClusterer):
     def _label_stats(self, family, X, labels: np.ndarray, k: int):
         return self._comm.stats(family, X, torch.as_tensor(labels), k)
 
+    def _merge_rank_fits(self, fits: list) -> "DistributedSubclusterSampler":
+        """This fit (rank 0's) with the per-row results of every rank's fit in
+        ``fits`` joined in row order: the one-rank fit (:func:`fit_on_ranks`)."""
+        self.labels_ = np.concatenate([f.labels_ for f in fits])
+        self.label_draws_ = np.concatenate([f.label_draws_ for f in fits], 1)
+        for c, rec in enumerate(self.chains_):
+            rec.labels = [np.concatenate(parts) for parts in
+                          zip(*(f.chains_[c].labels for f in fits), strict=True)]
+            rec.log_lik = [np.concatenate(parts) for parts in
+                           zip(*(f.chains_[c].log_lik for f in fits), strict=True)]
+        self._X_train = torch.cat([f._X_train for f in fits])
+        n = self._X_train.shape[0]
+        self._comm = ShardComm(n, 0, n, int(self.n_slots))
+        return self
+
 def _fit_rank(rank: int, world: int, init: str, est, X: np.ndarray, n_slots: int,
               fit_kw: dict, out: str, threads: int):
     """One rank of :func:`fit_on_ranks`: its rows' fit, saved to ``out``/rank<r>.pt."""
@@ -749,14 +803,14 @@ def _fit_rank(rank: int, world: int, init: str, est, X: np.ndarray, n_slots: int
         dist.destroy_process_group()
 
 
-def fit_on_ranks(est: DistributedSubclusterSampler, X, n_ranks: int, checkpoint_dir=None,
-                 resume: bool = False, threads: int | None = None
-                 ) -> DistributedSubclusterSampler:
-    """Fit ``est`` on ``n_ranks`` local processes (spawned, gloo), each holding its
-    :func:`shard_range` of the rows of X; returns rank 0's fitted estimator with the
-    per-row results (``labels_``, ``label_draws_``, the records' labels and
-    pointwise log-likelihoods) gathered over the ranks in row order: the result of
-    ``est.fit(X)`` on one rank.  ``threads``: torch threads per process (default:
+def fit_on_ranks(est, X, n_ranks: int, checkpoint_dir=None, resume: bool = False,
+                 threads: int | None = None):
+    """Fit ``est`` (a :class:`DistributedSubclusterSampler` or a
+    :class:`~bnpdeep.inference.deepdpm.DistributedDeepDPM`) on ``n_ranks`` local
+    processes (spawned, gloo), each holding its :func:`shard_range` of the rows of
+    X; returns rank 0's fitted estimator with the per-row results (``labels_``; the
+    sampler's ``label_draws_``, the records' labels and pointwise log-likelihoods)
+    gathered over the ranks in row order, as ``est.fit(X)`` on one rank has them.  ``threads``: torch threads per process (default:
     this process's shared out).  A rank that fails ends the fit with
     :class:`RankFailure` naming it; ``resume=True`` continues from the checkpoints
     in ``checkpoint_dir``."""
@@ -781,18 +835,7 @@ def fit_on_ranks(est: DistributedSubclusterSampler, X, n_ranks: int, checkpoint_
         except ProcessException as err:
             raise RankFailure(f"rank {err.error_index} of {n_ranks} ended: {err}") from err
         fits = [torch.load(f"{tmp}/rank{r}.pt", weights_only=False) for r in range(n_ranks)]
-    out = fits[0]
-    out.labels_ = np.concatenate([f.labels_ for f in fits])
-    out.label_draws_ = np.concatenate([f.label_draws_ for f in fits], 1)
-    for c, rec in enumerate(out.chains_):
-        rec.labels = [np.concatenate(parts) for parts in
-                      zip(*(f.chains_[c].labels for f in fits), strict=True)]
-        rec.log_lik = [np.concatenate(parts) for parts in
-                       zip(*(f.chains_[c].log_lik for f in fits), strict=True)]
-    out._X_train = torch.cat([f._X_train for f in fits])
-    out._comm = ShardComm(X.shape[0], 0, X.shape[0], int(est.n_slots))
-    out.bytes_reduced_ = fits[0].bytes_reduced_
-    return out
+    return fits[0]._merge_rank_fits(fits)
 
 
 def _moments(xs: torch.Tensor) -> torch.Tensor:

@@ -75,8 +75,13 @@ class GuideSplitMerge:
         self.carve_tries = int(carve_tries)
         self.neighbours = int(neighbours)
 
+    def _stats(self, X, labels, n_groups: int):
+        """The family's statistics of the groups 0..n_groups-1 of the rows (a
+        data-parallel step sums them over its ranks)."""
+        return self.family.suff_stats_labels(X, labels, n_groups)
+
     def _hard_stats(self, X, z, zs, k):
-        sub = self.family.suff_stats_labels(X, 2 * z + zs, 2 * k)
+        sub = self._stats(X, 2 * z + zs, 2 * k)
         return sub.pair_sums(), sub
 
     def _children(self, X, z, zs, clusters):
@@ -87,7 +92,7 @@ class GuideSplitMerge:
             rows = (z == c).nonzero().flatten()
             h = two_means(X[rows]).to(z.device)
             zs[rows] = h
-            out.append(self.family.suff_stats_labels(X[rows], h, 2))
+            out.append(self._stats(X[rows], h, 2))
         return out
 
     def _apply_split(self, guide, X, z, zs, c: int, halves=None):
@@ -102,11 +107,7 @@ class GuideSplitMerge:
         updated in place.  Returns the guide's :class:`Surgery` records."""
         fam, k = self.family, guide.k
         if self.refine_iter > 0:
-            sample = None
-            if self.refine_rows is not None:
-                keys = torch.rand(X.shape[0], generator=generator, dtype=torch.float64)
-                sample = rank_within_groups(keys.to(X.device), z, k) < self.refine_rows
-            zs = refine_subclusters(fam, X, z, zs, k, self.refine_iter, sample=sample)
+            zs = self._refined(X, z, zs, k, generator)
         stats, sub = self._hard_stats(X, z, zs, k)
         log_h = moves.log_split_ratio(self.weights, fam, float(k), stats, sub[0::2], sub[1::2])
         ok = (sub.n[0::2] >= 2) & (sub.n[1::2] >= 2)
@@ -130,24 +131,39 @@ class GuideSplitMerge:
                     rows = (z == c).nonzero().flatten()
                     zs[rows] = 1 - h
                     done.append(self._apply_split(
-                        guide, X, z, zs, c, fam.suff_stats_labels(X[rows], 1 - h, 2)))
+                        guide, X, z, zs, c, self._stats(X[rows], 1 - h, 2)))
         return done
+
+    def _refined(self, X, z, zs, k: int, generator):
+        """The sub-labels after the EM refinement (on ``refine_rows`` rows per cluster
+        drawn at random, every row then assigned)."""
+        sample = None
+        if self.refine_rows is not None:
+            keys = torch.rand(X.shape[0], generator=generator, dtype=torch.float64)
+            sample = rank_within_groups(keys.to(X.device), z, k) < self.refine_rows
+        return refine_subclusters(self.family, X, z, zs, k, self.refine_iter, sample=sample)
 
     def _carve_proposal(self, guide, X, z, c: int, generator):
         """A carved sub-partition of cluster c around a random member, accepted with
         probability min(1, H_s); None when rejected or too small."""
-        fam = self.family
         rows = (z == c).nonzero().flatten()
+        h = self._carved(X, rows, generator)
+        if h is None:
+            return None
+        sub = self._stats(X[rows], h, 2)
+        if bool((sub.n < 2).any()):
+            return None
+        log_h = moves.log_split_ratio(self.weights, self.family, float(guide.k),
+                                      sub[[0]] + sub[[1]], sub[[0]], sub[[1]])
+        return h if bool(moves.mh_accept(log_h, generator=generator)[0]) else None
+
+    def _carved(self, X, rows, generator):
+        """The carving of the rows ``rows`` (one cluster) around a random one of them;
+        None for a cluster too small to carve."""
         if rows.numel() < 4 * (X.shape[1] + 2):
             return None
         anchor = int(torch.randint(rows.numel(), (1,), generator=generator))
-        h = carve(fam, X[rows], anchor).to(z.device)
-        sub = fam.suff_stats_labels(X[rows], h, 2)
-        if bool((sub.n < 2).any()):
-            return None
-        log_h = moves.log_split_ratio(self.weights, fam, float(guide.k), sub[[0]] + sub[[1]],
-                                      sub[[0]], sub[[1]])
-        return h if bool(moves.mh_accept(log_h, generator=generator)[0]) else None
+        return carve(self.family, X[rows], anchor).to(rows.device)
 
     def merge(self, guide, X, z, zs, soft, generator=None) -> list:
         """One merge step: candidate pairs among each cluster's nearest neighbours,

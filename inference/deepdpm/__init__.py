@@ -5,6 +5,7 @@ from .guide import DeepDPMGuide, Mixture, Surgery, stick_fractions
 from .loss import DeepDPMLoss
 from .nets import ClusterNet, SubclusterNets
 from .trainer import DeepDPM
+from .distributed import DistributedDeepDPM, ShardedGuideSplitMerge
 
-__all__ = ["ClusterNet", "DeepDPM", "DeepDPMGuide", "DeepDPMLoss", "Mixture", "SubclusterNets",
-           "Surgery", "stick_fractions"]
+__all__ = ["ClusterNet", "DeepDPM", "DeepDPMGuide", "DeepDPMLoss", "DistributedDeepDPM",
+           "Mixture", "ShardedGuideSplitMerge", "SubclusterNets", "Surgery", "stick_fractions"]

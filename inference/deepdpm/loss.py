@@ -92,19 +92,26 @@ class JointAdam(PyroOptim):
     small nets costs more per step than the nets' arithmetic; the update is the
     same.  The parameter set is fixed at the first step (a move that changes the
     nets' shapes starts a new SVI and optimiser); ``get_state``/``set_state`` carry
-    the optimiser state through checkpoints, keyed by parameter name."""
+    the optimiser state through checkpoints, keyed by parameter name.
 
-    def __init__(self, lr_of, betas=(0.9, 0.999)):
+    ``reduce_grads(params)``, when given, is called on the parameters (in name
+    order) before every step: a data-parallel run averages its ranks' gradients
+    there."""
+
+    def __init__(self, lr_of, betas=(0.9, 0.999), reduce_grads=None):
         self.lr_of = lr_of
         self.betas = tuple(betas)
+        self.reduce_grads = reduce_grads
         self._opt = None
         self._names: list[str] = []
+        self._params: list = []
         self._pending = None
 
     def _build(self, params):
         store = pyro.get_param_store()
         named = sorted((store.param_name(p), p) for p in params)
         self._names = [n for n, _ in named]
+        self._params = [p for _, p in named]
         groups: dict[float, list] = {}
         for name, p in named:
             groups.setdefault(float(self.lr_of(module_from_param_with_module_name(name))),
@@ -120,6 +127,8 @@ class JointAdam(PyroOptim):
     def __call__(self, params, *args, **kwargs) -> None:
         if self._opt is None:
             self._build(list(params))
+        if self.reduce_grads is not None:
+            self.reduce_grads(self._params)
         self._opt.step()
 
     def get_state(self) -> dict:

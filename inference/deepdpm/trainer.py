@@ -244,8 +244,8 @@ class DeepDPM(CheckpointedEstimator):
 
     def _setup(self, X):
         self._check_options()
-        self._device = resolve_device(self.device)
-        model = self.model if self.model is not None else default_model(X)
+        self._device = self._resolved_device()
+        model = self.model if self.model is not None else self._default_model(X)
         if not isinstance(model, DPMixture):
             raise TypeError(f"model must be a DPMixture, got {type(model).__name__}")
         require_no_latent(model, "DeepDPM")
@@ -255,14 +255,28 @@ class DeepDPM(CheckpointedEstimator):
         self._weights = model.weights
         self._loss = DeepDPMLoss("kl" if self.loss == "deepdpm" else "elbo",
                                  self.kl_direction)
-        self._moves = GuideSplitMerge(self._weights, self._family, self.split_refine,
-                                      self.carve, self.carves_per_step, self.carve_tries)
+        self._moves = self._make_moves()
         self._hyper = HyperparameterStep(self._model)
         self._alpha_prior = model.hyperpriors.alpha if model.hyperpriors is not None else None
         self.guide_ = None
         self._set_hyperparameters(self._hyper.initial(),
                                   float(getattr(self._weights, "alpha", 1.0)))
         return as_tensor(X, device=self._device)
+
+    def _resolved_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def _default_model(self, X) -> DPMixture:
+        return default_model(X)
+
+    def _make_moves(self) -> GuideSplitMerge:
+        return GuideSplitMerge(self._weights, self._family, self.split_refine, self.carve,
+                               self.carves_per_step, self.carve_tries)
+
+    def _total(self, t: torch.Tensor) -> torch.Tensor:
+        """A per-row sum (counts, tallies) over all the rows of the fit: here, this
+        process's; a data-parallel fit sums it over its ranks."""
+        return t
 
     # -- hyperparameters ---------------------------------------------------------
     def _set_hyperparameters(self, values: dict, alpha: float) -> None:
@@ -291,15 +305,26 @@ class DeepDPM(CheckpointedEstimator):
             else self._hyper_values
         alpha = self._alpha
         if self._alpha_prior is not None:
-            counts = torch.bincount(z).to(DTYPE)
+            counts = self._total(torch.bincount(z, minlength=self.guide_.k)).to(DTYPE)
             counts = counts[counts > 0].cpu()
             alpha = maximize_alpha(self._alpha_prior, self._alpha, lambda a: float(
                 DirichletProcess(float(a)).log_eppf(counts)))
         self._set_hyperparameters(values, alpha)
 
     def _init_guide(self, X: torch.Tensor):
-        """k-means with ``init_k`` clusters (one cluster: all rows), 2-means sub-clusters
-        in each, and the guide's point parameters from their hard statistics."""
+        """The guide at the initial partition (:meth:`_initial_partition`), its point
+        parameters from the partition's hard statistics."""
+        z, zs, k = self._initial_partition(X)
+        shift, scale = self._input_moments(X)
+        self.guide_ = DeepDPMGuide(self._family, X.shape[1], k, self.hidden,
+                                   shift=shift, scale=scale).to(self._device)
+        self.guide_.set_hyperparameters(self._hyperparameter_record(), self._family)
+        stats, sub = self._moves._hard_stats(X, z, zs, k)
+        self.guide_.m_step(stats, sub, self._alpha)
+
+    def _initial_partition(self, X: torch.Tensor):
+        """(z, zs, K): ``init_labels``, else k-means with ``init_k`` clusters (one
+        cluster: all rows); 2-means sub-clusters in each."""
         from sklearn.cluster import KMeans as SkKMeans
 
         k0 = min(int(self.init_k), X.shape[0])
@@ -317,12 +342,12 @@ class DeepDPM(CheckpointedEstimator):
         for c in range(k):
             rows = (z == c).nonzero().flatten()
             zs[rows] = two_means(X[rows]).to(self._device)
+        return z, zs, k
+
+    def _input_moments(self, X: torch.Tensor):
+        """The nets' input shift and scale: the rows' mean and standard deviation."""
         std = X.std(0) if X.shape[0] > 1 else torch.ones(X.shape[1], dtype=X.dtype)
-        self.guide_ = DeepDPMGuide(self._family, X.shape[1], k, self.hidden,
-                                   shift=X.mean(0), scale=std).to(self._device)
-        self.guide_.set_hyperparameters(self._hyperparameter_record(), self._family)
-        sub = self._family.suff_stats_labels(X, 2 * z + zs, 2 * k)
-        self.guide_.m_step(sub.pair_sums(), sub, self._alpha)
+        return X.mean(0), std
 
     def _checked_init_labels(self, n: int) -> np.ndarray:
         labels = np.asarray(self.init_labels)
@@ -349,15 +374,24 @@ class DeepDPM(CheckpointedEstimator):
     def _train_epoch(self, X: torch.Tensor) -> float:
         """Minibatch SVI steps over the data (several passes on small data, at least
         ``min_steps`` steps); returns the mean loss."""
-        n = X.shape[0]
+        total = rows = 0.0
+        for idx in self._epoch_batches(X.shape[0]):
+            total += self._svi_step(X[idx])
+            rows += idx.numel()
+        tally = self._total(torch.tensor([total, rows], dtype=DTYPE))
+        return float(tally[0] / tally[1])
+
+    def _epoch_batches(self, n: int):
+        """The minibatches of an epoch: row indices, ``passes`` random permutations
+        of the rows cut into batches of ``_batch_rows(n)``."""
         batch = self._batch_rows(n)
         passes = max(1, math.ceil(self.min_steps * batch / n))
         order = torch.cat([torch.randperm(n, generator=self._gen) for _ in range(passes)])
-        order = order.to(self._device)
-        total = 0.0
-        for idx in torch.split(order, batch):
-            total += self._svi.step(X[idx]) * idx.numel()
-        return total / order.numel()
+        return torch.split(order.to(self._device), batch)
+
+    def _svi_step(self, Xb: torch.Tensor) -> float:
+        """One SVI step on the rows Xb; their summed loss (the step's mean times rows)."""
+        return self._svi.step(Xb) * Xb.shape[0]
 
     def _batch_rows(self, n: int) -> int:
         if self.batch_size == "auto":
@@ -368,13 +402,18 @@ class DeepDPM(CheckpointedEstimator):
         """The guide's M-step from the nets' soft statistics; with ``prune``, a cluster
         no point is assigned to is removed (its soft mass goes to the rest)."""
         guide = self.guide_
-        z, zs = self._m_step_at(guide.soft_stats(X))
-        empty = torch.bincount(z, minlength=guide.k) == 0
+        z, zs = self._m_step_at(self._soft_stats(X))
+        empty = self._total(torch.bincount(z, minlength=guide.k)) == 0
         if prune and bool(empty.any()) and not bool(empty.all()):
             guide.remove((~empty).nonzero().flatten())
             self._make_svi()
-            z, zs = self._m_step_at(guide.soft_stats(X))
+            z, zs = self._m_step_at(self._soft_stats(X))
         return z, zs
+
+    def _soft_stats(self, X):
+        """The guide's M-step statistics and hard labels over the rows (a data-parallel
+        fit sums the statistics over its ranks)."""
+        return self.guide_.soft_stats(X)
 
     def _m_step_at(self, soft):
         """Hyperparameters (if the model has hyperpriors), then the guide's point
@@ -388,7 +427,7 @@ class DeepDPM(CheckpointedEstimator):
 
     # -- the loop ----------------------------------------------------------------
     def _fit(self, X):
-        with own_pyro_state(resolve_device(self.device)):
+        with own_pyro_state(self._resolved_device()):
             self._fit_scoped(X)
 
     def _fit_scoped(self, X):
@@ -421,7 +460,9 @@ class DeepDPM(CheckpointedEstimator):
                 # the mixture is held
                 z, zs = self._m_step(Xt, prune=move)
                 if self._last_z is not None and self._last_z.shape == z.shape:
-                    changed = float((z != self._last_z).double().mean())
+                    tally = self._total(torch.tensor([float((z != self._last_z).sum()),
+                                                      float(z.numel())], dtype=DTYPE))
+                    changed = float(tally[0] / tally[1])
                 self._last_z = z.clone()
             if move:
                 done = [h["move"] for h in self.history_ if h.get("move")]
@@ -499,7 +540,8 @@ class DeepDPM(CheckpointedEstimator):
             net += torch.bincount(guide.log_r(c).argmax(1), minlength=k)
             with torch.no_grad():
                 tgt += torch.bincount(guide.log_targets(c).argmax(1), minlength=k)
-        small = 10 * k * tgt < X.shape[0]
+        net, tgt = self._total(torch.stack([net, tgt]))
+        small = 10 * k * tgt < tgt.sum()
         return bool(((2 * net >= tgt) | small).all())
 
     def _finish(self, X):
@@ -509,13 +551,13 @@ class DeepDPM(CheckpointedEstimator):
         log_r = guide.log_r(X)
         if not bool(torch.isfinite(log_r).all()):
             raise FloatingPointError("DeepDPM produced non-finite responsibilities")
-        used = torch.bincount(log_r.argmax(1), minlength=guide.k) > 0
+        used = self._total(torch.bincount(log_r.argmax(1), minlength=guide.k)) > 0
         if not bool(used.all()):
             guide.remove(used.nonzero().flatten())
             log_r = guide.log_r(X)
         self.model_ = self._model.with_truncation(guide.k)
         self.labels_ = log_r.argmax(1).cpu().numpy()
-        self.n_clusters_ = int(np.unique(self.labels_).size)
+        self.n_clusters_ = guide.k          # every cluster is some row's argmax
         self.hyperparameters_ = plain_values(self._hyperparameter_record())
         self._X = X
 
