@@ -91,22 +91,26 @@ def _launched_ranks() -> int:
 
 
 def _cmd_fit_ranks(args) -> int:
-    """``torchrun --nproc-per-node R -m bnpdeep fit DATA --method subcluster --out DIR``:
-    each rank reads its rows of DATA (a file, or a folder of shard files in name
-    order; .npy files are memory-mapped) and runs its part of the data-parallel
-    sampler (:mod:`bnpdeep.inference.distributed`); every rank checkpoints into DIR,
+    """``torchrun --nproc-per-node R -m bnpdeep fit DATA --method subcluster --out DIR``
+    (or ``--method deepdpm``): each rank reads its rows of DATA (a file, or a folder
+    of shard files in name order; .npy files are memory-mapped) and runs its part of
+    the data-parallel sampler (:mod:`bnpdeep.inference.distributed`) or DeepDPM
+    (:mod:`bnpdeep.inference.deepdpm.distributed`); every rank checkpoints into DIR,
     and rank 0 gathers the labels and writes the run."""
     import torch.distributed as dist
 
     from bnpdeep import data
+    from bnpdeep.inference.deepdpm import DistributedDeepDPM
     from bnpdeep.inference.distributed import DistributedSubclusterSampler, shard_range
     from bnpdeep.metrics import evaluate
     from bnpdeep.results import ClusteringResult
     from bnpdeep.runs import RunFolder
 
-    if args.method != "subcluster":
+    if args.method not in ("subcluster", "deepdpm"):
         raise ValueError(f"under a launcher ({_launched_ranks()} ranks) only --method "
-                         f"subcluster runs data-parallel, not '{args.method}'")
+                         f"subcluster and deepdpm run data-parallel, not '{args.method}'")
+    if args.draws and args.method != "subcluster":
+        raise ValueError(f"--draws needs a sampler; '{args.method}' has no posterior draws")
     if args.standardize or args.images or args.k is not None:
         raise ValueError("--standardize, --images and --k do not apply to a data-parallel "
                          "fit; standardise the data files beforehand")
@@ -121,10 +125,13 @@ def _cmd_fit_ranks(args) -> int:
         start, stop = shard_range(total, world, rank)
         X = data.load_rows(path, start, stop, args.delimiter)
         if rank == 0:
-            _log(f"fitting subcluster on {total} x {X.shape[1]} over {world} ranks")
-        kw = {} if args.iters is None else {"max_iter": args.iters}
-        est = DistributedSubclusterSampler(random_state=args.seed,
-                                           progress=rank == 0 and not args.quiet, **kw)
+            _log(f"fitting {args.method} on {total} x {X.shape[1]} over {world} ranks")
+        if args.method == "subcluster":
+            cls, kw = DistributedSubclusterSampler, {"max_iter": args.iters}
+        else:
+            cls, kw = DistributedDeepDPM, {"max_epochs": args.iters}
+        kw = {n: v for n, v in kw.items() if v is not None}
+        est = cls(random_state=args.seed, progress=rank == 0 and not args.quiet, **kw)
         est.fit(X, checkpoint_dir=args.out, resume=args.resume)
         parts = [None] * world if rank == 0 else None
         dist.gather_object((est.labels_, est.label_draws_ if args.draws else None), parts)
@@ -132,7 +139,7 @@ def _cmd_fit_ranks(args) -> int:
             labels = np.concatenate([p[0] for p in parts])
             y = None if args.labels is None else data.load_labels(args.labels)
             result = ClusteringResult(
-                method="subcluster", labels=labels, n_clusters=est.n_clusters_,
+                method=args.method, labels=labels, n_clusters=est.n_clusters_,
                 time_s=est.fit_time_, metrics=None if y is None else evaluate(y, labels),
                 info={"ranks": world, "bytes_reduced_rank0": est.bytes_reduced_})
             folder = RunFolder(args.out).save(result, extra={"data": str(args.data)})

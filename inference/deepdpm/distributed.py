@@ -266,9 +266,17 @@ class DistributedDeepDPM(DeepDPM):
 
     def _merge_rank_fits(self, fits: list) -> "DistributedDeepDPM":
         """This fit (rank 0's) with every rank's rows joined in row order: ``labels_``
-        and the rows ``posterior_arrays`` reads."""
+        and the rows ``posterior_arrays`` reads.  Raises if the ranks' guides differ
+        (the replicas must be equal bit for bit)."""
         import numpy as np
 
+        mine = self.guide_.state_dict()
+        for r, f in enumerate(fits[1:], 1):
+            theirs = f.guide_.state_dict()
+            if mine.keys() != theirs.keys() or not all(
+                    torch.equal(mine[n], theirs[n]) for n in mine):
+                raise RuntimeError(f"the guide of rank {r} differs from rank 0's: the "
+                                   "replicas drifted apart")
         self.labels_ = np.concatenate([f.labels_ for f in fits])
         self._X = torch.cat([f._X for f in fits])
         n = self._X.shape[0]

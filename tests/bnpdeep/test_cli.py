@@ -310,3 +310,30 @@ def test_torchrun_fits_the_data_parallel_sampler_from_shard_files(tmp_path):
     np.testing.assert_array_equal(np.load(out / "label_draws.npy"), one.label_draws_)
     np.testing.assert_array_equal(np.load(out / "labels.npy"), one.labels_)
     assert summary["n_clusters"] == one.n_clusters_
+
+
+def test_torchrun_fits_data_parallel_deepdpm(tmp_path):
+    """``torchrun --nproc-per-node 2 -m bnpdeep fit FILE --method deepdpm``: rank 0
+    writes the labels of all rows, with the K and NMI of the one-rank fit."""
+    from bnpdeep.inference.deepdpm import DistributedDeepDPM
+    from sklearn.metrics import normalized_mutual_info_score as nmi
+
+    g = np.random.default_rng(3)
+    centres = g.normal(0.0, 6.0, (4, 3))
+    y = g.integers(0, 4, 800)
+    X = centres[y] + g.normal(size=(800, 3))
+    np.save(tmp_path / "X.npy", X)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--standalone", "-m", "bnpdeep", "fit", str(tmp_path / "X.npy"), "--method",
+         "deepdpm", "--seed", "1", "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
+                                                          "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ranks"] == 2 and summary["n_points"] == 800
+    labels = np.load(out / "labels.npy")
+    one = DistributedDeepDPM(random_state=1).fit(X)
+    assert summary["n_clusters"] == one.n_clusters_ == 4
+    assert abs(nmi(y, labels) - nmi(y, one.labels_)) <= 0.01

@@ -19,6 +19,7 @@ from bnpdeep import (
     CollapsedGibbs,
     DeepDPM,
     DeepDPMAE,
+    DistributedDeepDPM,
     DistributedSubclusterSampler,
     GaussianMixtureEM,
     KMeans,
@@ -31,7 +32,8 @@ ESTIMATORS = [KMeans(n_clusters=3, n_init=1), GaussianMixtureEM(n_clusters=3), D
               BayesianGMM(truncation=5), CollapsedGibbs(max_iter=10),
               SubclusterSampler(max_iter=20), DistributedSubclusterSampler(max_iter=20),
               MemoizedVB(max_laps=5),
-              MeanFieldSVI(truncation=5, max_epochs=10), DeepDPM(max_epochs=25)]
+              MeanFieldSVI(truncation=5, max_epochs=10), DeepDPM(max_epochs=25),
+              DistributedDeepDPM(max_epochs=25)]
 
 
 def _tiny_autoencoder():
