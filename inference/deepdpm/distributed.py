@@ -36,8 +36,13 @@ from bnpdeep.linalg import DTYPE
 from ...models import DirichletProcess, DPMixture, GaussianNIW
 from ..distributed import N_SLOTS, ShardComm, stream_key
 from ..guide_moves import GuideSplitMerge
-from ..subpartition import assign_to_sub_mixture, carve, refine_subclusters, select_groups, \
-    two_means_groups
+from ..subpartition import (
+    assign_to_sub_mixture,
+    carve,
+    refine_subclusters,
+    select_groups,
+    two_means_groups,
+)
 from .trainer import DeepDPM
 
 SAMPLE_INIT = 20_000        # rows gathered for the k-means start (init_k > 1)

@@ -18,12 +18,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from bnpdeep import DeepDPM, DistributedDeepDPM, fit_on_ranks
-from bnpdeep.data import make_mixture
 from bnpdeep.inference.deepdpm import ShardedGuideSplitMerge
 from bnpdeep.inference.distributed import RankFailure, ShardComm
 from bnpdeep.inference.guide_moves import GuideSplitMerge
 from sklearn.metrics import normalized_mutual_info_score as nmi
+
+from bnpdeep import DeepDPM, DistributedDeepDPM, fit_on_ranks
+from bnpdeep.data import make_mixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
