@@ -60,6 +60,7 @@ REPORT_RUNS = (
     ["deepdpm"],
     ["scale"],
     ["distributed"],
+    ["distributed-deepdpm"],
 )
 _MARKER = re.compile(r"^\{\{(result|seeds) ([^}]+)\}\}$")
 
@@ -383,6 +384,21 @@ def distributed_table(rows) -> str:
     return "\n".join(out)
 
 
+def distributed_deepdpm_table(rows) -> str:
+    """Per run: seconds, epochs, seconds per epoch, K, NMI, and rank 0's collectives,
+    megabytes reduced and seconds in collectives per epoch."""
+    out = ["| method | ranks | seconds | epochs | s / epoch | K | NMI | collectives / epoch "
+           "| MB reduced / epoch | s in collectives / epoch |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        comm = ("- | - | -" if "bytes_per_epoch" not in r else
+                f"{r['collectives_per_epoch']:.0f} | {r['bytes_per_epoch'] / 1e6:.2f} | "
+                f"{r['collective_s_per_epoch']:.3f}")
+        out.append(f"| {r['method']} | {r['ranks']} | {r['seconds']:.1f} | {r['epochs']} | "
+                   f"{r['s_per_epoch']:.2f} | {r['k']} | {r['nmi']:.3f} | {comm} |")
+    return "\n".join(out)
+
+
 def deep_table(rows) -> str:
     """Per image set and method: K per seed, median NMI / ARI / ACC, median seconds of the
     method's own fit and of the autoencoder pretraining it starts from; then the deep
@@ -496,7 +512,8 @@ RENDERERS = {"accuracy": accuracy_tables, "speed": speed_tables,
              "movb-speed": movb_speed_table, "mixing": mixing_table, "fresh": fresh_table,
              "deepdpm": deepdpm_text, "scale": scale_text, "highdim": highdim_table,
              "highdim-large": highdim_large_text, "deep": deep_table,
-             "hyperpriors": hyperpriors_table, "distributed": distributed_table}
+             "hyperpriors": hyperpriors_table, "distributed": distributed_table,
+             "distributed-deepdpm": distributed_deepdpm_table}
 
 
 def render_record(record: dict) -> str:

@@ -46,6 +46,7 @@ from bnpdeep.inference import (
     SubclusterSampler,
 )
 from bnpdeep.inference.base import resolve_device
+from bnpdeep.inference.deepdpm import DistributedDeepDPM
 from bnpdeep.inference.distributed import DistributedSubclusterSampler, fit_on_ranks
 from bnpdeep.inference.subcluster_compiled import load_kernels
 from bnpdeep.models import DirichletProcess, DPMixture, GaussianNIW, Hyperpriors, StudentNIW
@@ -423,6 +424,43 @@ def run_distributed(seed: int, n: int, iters: int) -> list[dict]:
     return rows
 
 
+def run_distributed_deepdpm(seed: int, n: int = 100_000, d: int = 32, k: int = 20
+                            ) -> list[dict]:
+    """DeepDPM data-parallel on the DeepDPM speed section's data (N=1e5, d=32, K=20):
+    the single-process DeepDPM, the data-parallel one on one rank (this process, all
+    torch threads) and on two (spawned gloo processes, the threads shared out), each
+    from K = 1 to its convergence stop: seconds, epochs, K, NMI, and rank 0's
+    collectives, bytes and seconds in collectives per epoch."""
+    X, y = data.make_mixture(n, d, k, seed=seed)
+
+    def on_two_ranks():
+        time.sleep(SETTLE_SECONDS)
+        start = time.perf_counter()
+        est = fit_on_ranks(DistributedDeepDPM(random_state=seed), X, 2)
+        return est, time.perf_counter() - start
+
+    fits = {"deepdpm (single process)": lambda: timed_fit(DeepDPM(random_state=seed), X),
+            "data-parallel, 1 rank": lambda: timed_fit(DistributedDeepDPM(random_state=seed),
+                                                       X),
+            "data-parallel, 2 ranks": on_two_ranks}
+    rows = []
+    for method, fit in fits.items():
+        est, secs = fit()
+        epochs = len(est.history_)
+        row = {"N": n, "d": d, "k_true": k, "method": method,
+               "ranks": 2 if "2 ranks" in method else 1, "seconds": secs, "epochs": epochs,
+               "s_per_epoch": secs / epochs, "k": int(est.n_clusters_),
+               "nmi": evaluate(y, est.labels_)["nmi"]}
+        if hasattr(est, "bytes_reduced_"):
+            row.update(bytes_per_epoch=est.bytes_reduced_ / epochs,
+                       collectives_per_epoch=est.collectives_ / epochs,
+                       collective_s_per_epoch=est.collective_seconds_ / epochs)
+        rows.append(row)
+        print(f"  distributed deepdpm {method:<26} {secs:7.1f} s K={est.n_clusters_}",
+              file=sys.stderr, flush=True)
+    return rows
+
+
 # high dimensions: (N, d, K, rank of each cluster's covariance above the noise)
 HIGHDIM_CASES = [(2500, 64, 5, 5), (10_000, 128, 10, 8), (2500, 64, 5, None)]
 
@@ -613,7 +651,8 @@ def run_fresh(seed: int) -> list[dict]:
 
 
 SECTIONS = ("accuracy", "speed", "movb-speed", "deepdpm", "scale", "mixing", "fresh",
-            "highdim", "highdim-large", "deep", "hyperpriors", "distributed")
+            "highdim", "highdim-large", "deep", "hyperpriors", "distributed",
+            "distributed-deepdpm")
 MIXING_CHAINS, MIXING_ITERS = 4, 400
 
 
@@ -718,6 +757,8 @@ def main(argv=None):
         run("scale", run_scale(args.seed, args.scale_n, args.scale_iters))
     if "distributed" in args.sections:
         run("distributed", run_distributed(args.seed, args.scale_n, args.scale_iters))
+    if "distributed-deepdpm" in args.sections:
+        run("distributed-deepdpm", run_distributed_deepdpm(args.seed))
     if "hyperpriors" in args.sections:
         run("hyperpriors", run_hyperpriors(args.seed, args.sets), seed=args.seed)
 

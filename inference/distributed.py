@@ -811,8 +811,9 @@ def fit_on_ranks(est, X, n_ranks: int, checkpoint_dir=None, resume: bool = False
     X; returns rank 0's fitted estimator with the per-row results (``labels_``; the
     sampler's ``label_draws_``, the records' labels and pointwise log-likelihoods)
     gathered over the ranks in row order, as ``est.fit(X)`` on one rank has them.
-    ``threads``: torch threads per process (default: this process's shared out).  A rank that fails ends the fit with
-    :class:`RankFailure` naming it; ``resume=True`` continues from the checkpoints
+    ``threads``: torch threads per process (default: this process's shared out).  A
+    rank that fails ends the fit with :class:`RankFailure` naming it; ``resume=True``
+    continues from the checkpoints
     in ``checkpoint_dir``."""
     import tempfile
 
