@@ -387,6 +387,16 @@ def run_scale(seed: int, n: int, iters: int) -> dict:
             "peak_rss_gib": peak, "rss_before_fit_gib": before}
 
 
+def _communication(est, count: int, unit: str) -> dict:
+    """Rank 0's bytes all-reduced, collectives and seconds in them per ``unit``
+    (``count`` of them), for a data-parallel fit; nothing for another."""
+    if not hasattr(est, "bytes_reduced_"):
+        return {}
+    return {f"bytes_per_{unit}": est.bytes_reduced_ / count,
+            f"collectives_per_{unit}": est.collectives_ / count,
+            f"collective_s_per_{unit}": est.collective_seconds_ / count}
+
+
 def run_distributed(seed: int, n: int, iters: int) -> list[dict]:
     """The data-parallel sampler on the scale section's data (N=1e6, d=16, K=32) on one
     rank (this process, all torch threads) and on two (spawned gloo processes, the
@@ -414,10 +424,7 @@ def run_distributed(seed: int, n: int, iters: int) -> list[dict]:
                "s_per_iter": float(trace.sum()) / iters,
                "s_per_exact_iter": float(np.median(kept)), "k": int(est.n_clusters_),
                "nmi": evaluate(y, est.labels_)["nmi"]}
-        if hasattr(est, "bytes_reduced_"):
-            row.update(bytes_per_iter=est.bytes_reduced_ / iters,
-                       collectives_per_iter=est.collectives_ / iters,
-                       collective_s_per_iter=est.collective_seconds_ / iters)
+        row.update(_communication(est, iters, "iter"))
         rows.append(row)
         print(f"  distributed {method:<30} {secs:7.1f} s K={est.n_clusters_}",
               file=sys.stderr, flush=True)
@@ -458,10 +465,7 @@ def run_distributed_deepdpm(seed: int, repeats: int = 3, n: int = 100_000, d: in
                "seconds_runs": [t for _, t in done], "epochs": epochs,
                "s_per_epoch": secs / epochs, "k": int(est.n_clusters_),
                "nmi": evaluate(y, est.labels_)["nmi"]}
-        if hasattr(est, "bytes_reduced_"):
-            row.update(bytes_per_epoch=est.bytes_reduced_ / epochs,
-                       collectives_per_epoch=est.collectives_ / epochs,
-                       collective_s_per_epoch=est.collective_seconds_ / epochs)
+        row.update(_communication(est, epochs, "epoch"))
         rows.append(row)
         print(f"  distributed deepdpm {method:<26} {secs:7.1f} s K={est.n_clusters_}",
               file=sys.stderr, flush=True)

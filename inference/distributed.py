@@ -127,6 +127,14 @@ def shard_range(n_total: int, world: int, rank: int, n_slots: int = N_SLOTS
     return rank * slots // world * slot, min((rank + 1) * slots // world * slot, int(n_total))
 
 
+def rank_checkpoint_name(method_name: str, comm) -> str:
+    """The checkpoint file of this rank in the folder all ranks share: one per rank
+    (``<method>_rank<r>of<R>_checkpoint.pt``); the plain name on one rank."""
+    if comm is None or comm.world == 1:
+        return f"{method_name}_checkpoint.pt"
+    return f"{method_name}_rank{comm.rank}of{comm.world}_checkpoint.pt"
+
+
 class RankFailure(RuntimeError):
     """A collective operation failed: a rank ended or lost its connection."""
 
@@ -408,11 +416,8 @@ class DistributedSubclusterSampler(MCMCClusterer):
 
     # -- the layout --------------------------------------------------------------------
     @property
-    def _CHECKPOINT(self) -> str:      # one file per rank in a shared folder
-        comm = getattr(self, "_comm", None)
-        if comm is None or comm.world == 1:
-            return f"{self.method_name}_checkpoint.pt"
-        return f"{self.method_name}_rank{comm.rank}of{comm.world}_checkpoint.pt"
+    def _CHECKPOINT(self) -> str:
+        return rank_checkpoint_name(self.method_name, getattr(self, "_comm", None))
 
     def _fit(self, X):
         if str(self.device) != "cpu":

@@ -34,7 +34,7 @@ import torch
 from bnpdeep.linalg import DTYPE
 
 from ...models import DirichletProcess, DPMixture, GaussianNIW
-from ..distributed import N_SLOTS, ShardComm, stream_key
+from ..distributed import N_SLOTS, ShardComm, rank_checkpoint_name, stream_key
 from ..guide_moves import GuideSplitMerge
 from ..subpartition import (
     assign_to_sub_mixture,
@@ -145,11 +145,8 @@ class DistributedDeepDPM(DeepDPM):
     n_slots = N_SLOTS          # the row layout of shard_range: at most 64 ranks
 
     @property
-    def _CHECKPOINT(self) -> str:      # one file per rank in a shared folder
-        comm = getattr(self, "_comm", None)
-        if comm is None or comm.world == 1:
-            return f"{self.method_name}_checkpoint.pt"
-        return f"{self.method_name}_rank{comm.rank}of{comm.world}_checkpoint.pt"
+    def _CHECKPOINT(self) -> str:
+        return rank_checkpoint_name(self.method_name, getattr(self, "_comm", None))
 
     def _fit(self, X):
         self._comm = ShardComm.for_local_rows(X.shape[0], int(self.n_slots))
