@@ -80,6 +80,10 @@ class GuideSplitMerge:
         data-parallel step sums them over its ranks)."""
         return self.family.suff_stats_labels(X, labels, n_groups)
 
+    def _accept(self, log_h, generator) -> torch.Tensor:
+        """Metropolis-Hastings decisions: u < exp(log_h), one per proposal."""
+        return moves.mh_accept(log_h, generator=generator)
+
     def _hard_stats(self, X, z, zs, k):
         sub = self._stats(X, 2 * z + zs, 2 * k)
         return sub.pair_sums(), sub
@@ -111,7 +115,7 @@ class GuideSplitMerge:
         stats, sub = self._hard_stats(X, z, zs, k)
         log_h = moves.log_split_ratio(self.weights, fam, float(k), stats, sub[0::2], sub[1::2])
         ok = (sub.n[0::2] >= 2) & (sub.n[1::2] >= 2)
-        accept = moves.mh_accept(log_h, generator=generator) & ok
+        accept = self._accept(log_h, generator) & ok
         done = []
         for c in accept.nonzero().flatten().tolist():
             # refined halves start from their own MAP, the sub-nets' from their components
@@ -155,7 +159,7 @@ class GuideSplitMerge:
             return None
         log_h = moves.log_split_ratio(self.weights, self.family, float(guide.k),
                                       sub[[0]] + sub[[1]], sub[[0]], sub[[1]])
-        return h if bool(moves.mh_accept(log_h, generator=generator)[0]) else None
+        return h if bool(self._accept(log_h, generator)[0]) else None
 
     def _carved(self, X, rows, generator):
         """The carving of the rows ``rows`` (one cluster) around a random one of them;
@@ -183,7 +187,7 @@ class GuideSplitMerge:
         a_idx, b_idx = pairs[0].to(z.device), pairs[1].to(z.device)
         log_h = moves.log_merge_ratio(self.weights, self.family, float(k),
                                       stats[a_idx], stats[b_idx])
-        accept = moves.mh_accept(log_h, generator=generator).tolist()
+        accept = self._accept(log_h, generator).tolist()
         order = torch.randperm(pairs.shape[1], generator=generator).tolist()
         used: set[int] = set()
         chosen = []

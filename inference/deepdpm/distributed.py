@@ -66,6 +66,12 @@ class ShardedGuideSplitMerge(GuideSplitMerge):
     def _stats(self, X, labels, n_groups: int):
         return self.comm.sum_stats(self.family.suff_stats_labels(X, labels, n_groups))
 
+    def _accept(self, log_h, generator) -> torch.Tensor:
+        """The decisions every rank drew alike (same ratios, same generator), rank 0's
+        broadcast so that the replicas cannot part."""
+        accept = super()._accept(log_h, generator)
+        return self.comm.agree(accept.to(torch.uint8))[0].bool()
+
     def _sample(self, mask: torch.Tensor, n_rows: torch.Tensor, key: int | None):
         """Rows of ``mask`` kept for a proposal: with probability refine_rows / n_c in
         a cluster of n_c rows (``n_rows``: n_c per row), by uniforms keyed by the global
