@@ -84,11 +84,13 @@ class GuideSplitMerge:
         """Metropolis-Hastings decisions: u < exp(log_h), one per proposal."""
         return moves.mh_accept(log_h, generator=generator)
 
-    def _hard_stats(self, X, z, zs, k):
+    def hard_stats(self, X, z, zs, k):
+        """Statistics of the hard partition: the K clusters of z and their 2K
+        sub-clusters 2 z + zs, as (cluster stats, sub-cluster stats)."""
         sub = self._stats(X, 2 * z + zs, 2 * k)
         return sub.pair_sums(), sub
 
-    def _children(self, X, z, zs, clusters):
+    def children(self, X, z, zs, clusters):
         """Sub-clusters of the given clusters from 2-means of their rows (zs is
         updated in place); one 2-group SuffStats per cluster."""
         out = []
@@ -104,7 +106,7 @@ class GuideSplitMerge:
         new = guide.k
         rows = (z == c).nonzero().flatten()
         z[rows[zs[rows] == 1]] = new
-        return guide.split(c, halves=halves, children=self._children(X, z, zs, (c, new)))
+        return guide.split(c, halves=halves, children=self.children(X, z, zs, (c, new)))
 
     def split(self, guide, X, z, zs, generator=None) -> list:
         """One split step over every cluster; z and zs (the nets' hard labels) are
@@ -112,7 +114,7 @@ class GuideSplitMerge:
         fam, k = self.family, guide.k
         if self.refine_iter > 0:
             zs = self._refined(X, z, zs, k, generator)
-        stats, sub = self._hard_stats(X, z, zs, k)
+        stats, sub = self.hard_stats(X, z, zs, k)
         log_h = moves.log_split_ratio(self.weights, fam, float(k), stats, sub[0::2], sub[1::2])
         ok = (sub.n[0::2] >= 2) & (sub.n[1::2] >= 2)
         accept = self._accept(log_h, generator) & ok
@@ -177,7 +179,7 @@ class GuideSplitMerge:
         k = guide.k
         if k < 2:
             return []
-        stats, _ = self._hard_stats(X, z, zs, k)
+        stats, _ = self.hard_stats(X, z, zs, k)
         cent = moves.group_means(stats)
         dist = torch.cdist(cent, cent)
         dist.fill_diagonal_(float("inf"))

@@ -114,7 +114,7 @@ class ShardedGuideSplitMerge(GuideSplitMerge):
         return assign_to_sub_mixture(self.family, X[rows], one, 1, Xs,
                                      torch.zeros(Xs.shape[0], dtype=torch.long), hs)
 
-    def _children(self, X, z, zs, clusters):
+    def children(self, X, z, zs, clusters):
         """2-means sub-clusters of the given clusters over all ranks' rows (the group
         sums of :func:`two_means_groups` reduced); zs updated in place."""
         chosen = torch.zeros(max(clusters) + 1, dtype=torch.bool)
@@ -210,7 +210,7 @@ class DistributedDeepDPM(DeepDPM):
             kept = torch.zeros(1, dtype=torch.long)
         k = int(kept.numel())
         zs = torch.zeros_like(z)
-        self._moves._children(X, z, zs, tuple(range(k)))
+        self._moves.children(X, z, zs, tuple(range(k)))
         return z, zs, k
 
     def _soft_stats(self, X):

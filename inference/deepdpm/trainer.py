@@ -319,7 +319,7 @@ class DeepDPM(CheckpointedEstimator):
         self.guide_ = DeepDPMGuide(self._family, X.shape[1], k, self.hidden,
                                    shift=shift, scale=scale).to(self._device)
         self.guide_.set_hyperparameters(self._hyperparameter_record(), self._family)
-        stats, sub = self._moves._hard_stats(X, z, zs, k)
+        stats, sub = self._moves.hard_stats(X, z, zs, k)
         self.guide_.m_step(stats, sub, self._alpha)
 
     def _initial_partition(self, X: torch.Tensor):
