@@ -278,11 +278,11 @@ class DistributedDeepDPM(DeepDPM):
         (the replicas must be equal bit for bit)."""
         import numpy as np
 
-        mine = self.guide_.state_dict()
+        mine = _replica(self.guide_)
         for r, f in enumerate(fits[1:], 1):
-            theirs = f.guide_.state_dict()
-            if mine.keys() != theirs.keys() or not all(
-                    torch.equal(mine[n], theirs[n]) for n in mine):
+            theirs = _replica(f.guide_)
+            if len(mine) != len(theirs) or not all(
+                    torch.equal(a, b) for a, b in zip(mine, theirs, strict=True)):
                 raise RuntimeError(f"the guide of rank {r} differs from rank 0's: the "
                                    "replicas drifted apart")
         self.labels_ = np.concatenate([f.labels_ for f in fits])
@@ -290,6 +290,15 @@ class DistributedDeepDPM(DeepDPM):
         n = self._X.shape[0]
         self._comm = ShardComm(n, 0, n, int(self.n_slots))
         return self
+
+
+def _replica(guide) -> list:
+    """Every tensor that defines a guide: the nets' weights and buffers, the point
+    parameters and the hyperparameter estimates."""
+    m = guide.mixture.state()
+    flat = [m["log_pi"], m["sub_log_pi"], m["sub_centres"], *m["params"], *m["sub_params"]]
+    flat += [torch.as_tensor(v, dtype=DTYPE) for _, v in sorted(guide.hyperparameters.items())]
+    return list(guide.state_dict().values()) + flat
 
 
 __all__ = ["DistributedDeepDPM", "ShardedGuideSplitMerge"]

@@ -146,3 +146,23 @@ def test_bad_settings_are_named():
     X, _ = _mixture(100, seed=0)
     with pytest.raises(ValueError, match="on the CPU"):
         DistributedDeepDPM(device="cuda", max_epochs=2).fit(X)
+
+
+def test_two_ranks_estimate_the_hyperparameters_of_one():
+    """With hyperpriors in the model, the M-step's point estimates come from the
+    reduced statistics and counts: 2 ranks estimate what one estimates."""
+    import pyro.distributions as pdist
+    from bnpdeep.models import Hyperpriors
+
+    from bnpdeep import DirichletProcess, DPMixture, GaussianNIW
+
+    X, _ = make_mixture(1500, 3, 5, seed=4)
+    model = DPMixture(GaussianNIW.weak(X), DirichletProcess(1.0), hyperpriors=Hyperpriors(
+        kappa=pdist.Gamma(1.0, 1.0), psi_scale=pdist.Gamma(1.0, 1.0),
+        alpha=pdist.Gamma(1.0, 1.0)))
+    one = DistributedDeepDPM(model=model, random_state=0).fit(X)
+    two = fit_on_ranks(DistributedDeepDPM(model=model, random_state=0), X, 2, threads=1)
+    assert two.n_clusters_ == one.n_clusters_ == 5
+    for name, value in one.hyperparameters_.items():
+        assert two.hyperparameters_[name] == pytest.approx(value, rel=0.01), name
+    assert one.hyperparameters_["alpha"] != pytest.approx(1.0, rel=0.05)   # it moved
