@@ -217,20 +217,9 @@ class ShardComm:
               rows: torch.Tensor | None = None):
         """The family's statistics of clusters 0..k-1 over all ranks' rows (with
         ``rows``, X and z hold only the masked rows of this rank)."""
-        template = family.empty_stats(k)
-        names = list(template.fields)
-
-        def flat(Xs, zs):
-            s = family.suff_stats_labels(Xs, zs, k)
-            return torch.cat([s.fields[n].reshape(-1) for n in names])
-
-        total = self.slot_sum(flat, X, z, rows=rows)
-        out, at = {}, 0
-        for n in names:
-            v = template.fields[n]
-            out[n] = total[at:at + v.numel()].reshape(v.shape)
-            at += v.numel()
-        return type(template)(**out)
+        total = self.slot_sum(lambda Xs, zs: _flat_fields(family.suff_stats_labels(Xs, zs, k)),
+                              X, z, rows=rows)
+        return _from_flat(family.empty_stats(k), total)
 
     def sum(self, t: torch.Tensor) -> torch.Tensor:
         """Elementwise sum over ranks (integer tensors: exact in any order)."""
@@ -273,15 +262,7 @@ class ShardComm:
     def sum_stats(self, stats):
         """Sufficient statistics summed over ranks (every field in one all-reduce; the
         summation order depends on the number of ranks, unlike :meth:`stats`)."""
-        names = list(stats.fields)
-        flat = torch.cat([stats.fields[m].reshape(-1) for m in names])
-        flat = self.sum(flat)
-        out, at = {}, 0
-        for m in names:
-            v = stats.fields[m]
-            out[m] = flat[at:at + v.numel()].reshape(v.shape)
-            at += v.numel()
-        return type(stats)(**out)
+        return _from_flat(stats, self.sum(_flat_fields(stats)))
 
     def moments(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and covariance (divisor N - 1) of all ranks' rows, slot-exact."""
@@ -842,6 +823,20 @@ def fit_on_ranks(est, X, n_ranks: int, checkpoint_dir=None, resume: bool = False
             raise RankFailure(f"rank {err.error_index} of {n_ranks} ended: {err}") from err
         fits = [torch.load(f"{tmp}/rank{r}.pt", weights_only=False) for r in range(n_ranks)]
     return fits[0]._merge_rank_fits(fits)
+
+
+def _flat_fields(stats) -> torch.Tensor:
+    """A SuffStats' fields, flattened into one vector in field order."""
+    return torch.cat([v.reshape(-1) for v in stats.fields.values()])
+
+
+def _from_flat(template, flat: torch.Tensor):
+    """The SuffStats of ``template``'s type and shapes holding the values ``flat``."""
+    out, at = {}, 0
+    for name, v in template.fields.items():
+        out[name] = flat[at:at + v.numel()].reshape(v.shape)
+        at += v.numel()
+    return type(template)(**out)
 
 
 def _moments(xs: torch.Tensor) -> torch.Tensor:
