@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
-	$(PY) -m bnpdeep.inference.subcluster_compiled
+	$(PY) -c 'from bnpdeep.inference.subcluster import compile_kernels as c; print(f"compiled sub-cluster kernels ready in {c():.1f} s")'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -48,7 +48,7 @@ from bnpdeep.inference import (
 from bnpdeep.inference.base import resolve_device
 from bnpdeep.inference.deepdpm import DistributedDeepDPM
 from bnpdeep.inference.distributed import DistributedSubclusterSampler, fit_on_ranks
-from bnpdeep.inference.subcluster_compiled import load_kernels
+from bnpdeep.inference.subcluster import compile_kernels
 from bnpdeep.models import DirichletProcess, DPMixture, GaussianNIW, Hyperpriors, StudentNIW
 from report import SPEED_SAMPLERS
 
@@ -230,7 +230,7 @@ def run_speed(seed: int, repeats: int) -> list[dict]:
     cases = {"synthetic N=10000 d=2 K=10": data.make_mixture(10_000, 2, 10, seed=seed),
              "a1 (N=3000, K=20)": data.load_benchmark("a1"),
              "synthetic N=20000 d=2 K=50": data.make_mixture(20_000, 2, 50, seed=seed)}
-    rows = [{"case": "kernel load", "method": "compiled", "seconds": load_kernels()}]
+    rows = [{"case": "kernel load", "method": "compiled", "seconds": compile_kernels()}]
     print(f"  compiled kernels loaded in {rows[0]['seconds']:.2f} s", file=sys.stderr)
     for case, (X, y) in cases.items():
         k_true = int(np.unique(y).size)

@@ -76,6 +76,7 @@ from .mcmc import (
 )
 from .moves import disjoint_pairs
 from .subcluster import GIBBS_POINTS_TORCH, MOVES_PER_ITER, log_split_proposal
+from .subcluster_settings import KernelSettings, check_count, resolve_common
 from .subpartition import LocalSums, own_pair_loglik, select_groups, two_means_groups
 
 N_SLOTS = 64
@@ -406,21 +407,8 @@ class DistributedSubclusterSampler(MCMCClusterer):
                              f"device={self.device!r} is not supported")
         if int(self.n_slots) < 1:
             raise ValueError(f"n_slots must be at least 1, got {self.n_slots}")
-        if int(self.slice_every) < 0:
-            raise ValueError(f"slice_every must be a non-negative integer, got "
-                             f"{self.slice_every}")
-        if not (isinstance(self.moves_per_iter, (int, np.integer)) and self.moves_per_iter >= 0):
-            raise ValueError("moves_per_iter must be a non-negative integer, got "
-                             f"{self.moves_per_iter!r}")
-        if not (isinstance(self.gibbs_points, (int, np.integer)) and self.gibbs_points >= 0):
-            raise ValueError("gibbs_points must be a non-negative integer, got "
-                             f"{self.gibbs_points!r}")
-        w = torch.as_tensor(self.proposal_weights, dtype=torch.float64)
-        if w.shape != (2,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) \
-                or float(w.sum()) <= 0:
-            raise ValueError("proposal_weights must be two non-negative numbers, not both "
-                             f"zero, got {self.proposal_weights!r}")
-        self._kind_weights = w / w.sum()
+        check_count(self.moves_per_iter, "moves_per_iter")
+        check_count(self.gibbs_points, "gibbs_points")
         self._comm = ShardComm.for_local_rows(X.shape[0], int(self.n_slots))
         super()._fit(X)
         self.bytes_reduced_ = self._comm.bytes_reduced
@@ -449,29 +437,25 @@ class DistributedSubclusterSampler(MCMCClusterer):
         self._model, self._chain = model, chain
         hyper = self._setup_hyperparameters(model)
         weights = model.weights
-        self._sub_alpha = weights.alpha if getattr(weights, "alpha", 0) > 0 else 1.0
         comm = self._comm
         self.label_rejections_ = 0
-        burn = self._burn_in()
-        self.warmup_ = burn // 2 if self.warmup is None else int(self.warmup)
-        if not 0 <= self.warmup_ <= burn:
-            raise ValueError(f"warmup must lie in [0, burn_in={burn}], got {self.warmup_}")
-        self._burnout = max(5, 3 * self.warmup_ // 20) if self.burnout is None \
-            else int(self.burnout)
-        # kernel bandwidth of the local anchor choice: a tenth of the data's scale
-        F = model.family.features(X)
-        mom = comm.slot_sum(_moments, F)
-        mean = mom[1:1 + F.shape[1]] / mom[0]
-        var = (mom[1 + F.shape[1]:].reshape(F.shape[1], -1).diagonal() / mom[0]
-               - mean.square()).clamp_min(0)
-        self._bandwidth2 = max(float(var.mean()) * 0.01, 1e-12)
+        common = resolve_common(self, weights, self._burn_in(), 2,
+                                "two non-negative numbers, not both zero")
+        self.warmup_ = common["warmup"]
+        # kernel bandwidth of the local anchor choice: a tenth of the data's scale (the
+        # single-process sampler's rule, from all ranks' rows)
+        var = comm.moments(model.family.features(X))[1].diagonal().clamp_min(0)
+        self._settings = KernelSettings(
+            **common, moves_per_iter=int(self.moves_per_iter),
+            gibbs_points=int(self.gibbs_points), max_label_tries=int(self.max_label_tries),
+            bandwidth2=max(float(var.mean()) * 0.01, 1e-12))
         k0 = min(int(self.init_k), comm.n_total)
         u = comm.uniforms(self._key(-1, 0))
         z, kept = comm.relabel((u * k0).long().clamp_max_(k0 - 1), k0)
         k = int(kept.numel())
         zs = self._two_means_sublabels(X, z, torch.ones(k, dtype=torch.bool),
                                        torch.zeros_like(z))
-        born = torch.full((k,), -self._burnout, dtype=torch.long)
+        born = torch.full((k,), -self._settings.burnout, dtype=torch.long)
         fam = self._family
         sub = comm.stats(fam, X, 2 * z + zs, 2 * k)
         return ShardState(X, z, k, float(getattr(weights, "alpha", 1.0)), zs=zs, born=born,
@@ -504,7 +488,7 @@ class DistributedSubclusterSampler(MCMCClusterer):
         sub = state.sub_stats
         stats = sub.pair_sums()
         log_pi = conditional_log_weights(weights, stats.n)[:k]
-        log_pibar = dirichlet_log(sub.n.reshape(k, 2) + self._sub_alpha / 2)
+        log_pibar = dirichlet_log(sub.n.reshape(k, 2) + self._settings.sub_alpha / 2)
         comm.agree(log_pi, log_pibar)
         params = comm.agree_params(fam.sample_posterior(stats))
         sub_params = comm.agree_params(fam.sample_posterior(sub))
@@ -523,7 +507,7 @@ class DistributedSubclusterSampler(MCMCClusterer):
             zs = self._two_means_sublabels(X, z, fresh, zs)
             born = torch.cat([torch.where(split, it, born), torch.full((n_split,), it)])
         n_merged = 0
-        eligible = ~split & (it - born[:k] >= self._burnout)
+        eligible = ~split & (it - born[:k] >= self._settings.burnout)
         if int(eligible.sum()) > 1:
             target, used = moves.warmup_merge_targets(fam, weights, stats, eligible,
                                                       k + n_split, born.shape[0])
@@ -563,11 +547,10 @@ class DistributedSubclusterSampler(MCMCClusterer):
         params = comm.agree_params(fam.sample_posterior(stats))
         # 2. K-preserving restricted Gibbs step (rejection on an emptied cluster)
         loglik = fam.log_likelihood(X, params)
-        slice_now = bool(self.slice_every) and (
-            (it - self.warmup_) % int(self.slice_every) == int(self.slice_every) - 1)
+        slice_now = self._settings.slice_due(it)
         cdf = categorical_cdf_(loglik + log_w[:k])
         z = state.z
-        for attempt in range(self.max_label_tries):
+        for attempt in range(self._settings.max_label_tries):
             draw = sample_from_cdf(cdf, comm.uniforms(self._key(it, 3, attempt)))
             if int(comm.counts(draw, k).min()) > 0:
                 z = draw
@@ -579,11 +562,11 @@ class DistributedSubclusterSampler(MCMCClusterer):
             z, k = self._slice_labels(X, z, log_w, weights, loglik, it)
         # 3. anchored split/merge moves
         counts = {"split": [0, 0], "merge": [0, 0]}
-        if int(self.moves_per_iter) and comm.n_total >= 2:
+        if self._settings.moves_per_iter and comm.n_total >= 2:
             z, k, counts, _, _ = self._move_batch(X, z, k, weights, it)
         stats = comm.stats(fam, X, z, k)
         # 4. collapsed Gibbs updates of gibbs_points labels drawn at random
-        if int(self.gibbs_points):
+        if self._settings.gibbs_points:
             z, stats = self._collapsed_updates(X, z, stats, weights)
             k = stats.k
         # 4. hyperparameters and concentration given the partition
@@ -601,7 +584,7 @@ class DistributedSubclusterSampler(MCMCClusterer):
         labels, and every other row's cluster takes its new id (an emptied cluster
         held only updated rows)."""
         comm = self._comm
-        idx = torch.randperm(comm.n_total)[:int(self.gibbs_points)]
+        idx = torch.randperm(comm.n_total)[:self._settings.gibbs_points]
         k_old = stats.k
         new, stats, ids = collapsed_updates(self._family, weights, comm.gather(idx, X),
                                             comm.gather(idx, z), stats, range(idx.numel()),
@@ -631,7 +614,7 @@ class DistributedSubclusterSampler(MCMCClusterer):
             # one column of Gumbel-perturbed log kernels per local anchor; the maxima and
             # the rows attaining them are reduced for all anchors at once
             val = torch.stack([
-                (F - x).square_().sum(1).mul_(-0.5 / self._bandwidth2)
+                (F - x).square_().sum(1).mul_(-0.5 / self._settings.bandwidth2)
                 .masked_fill_(rows == i[c], -math.inf)
                 .sub_(torch.log(-torch.log(comm.uniforms(self._key(it, 6, c)))))
                 for c, x in zip(local.tolist(), xi, strict=True)], 1)
@@ -650,7 +633,7 @@ class DistributedSubclusterSampler(MCMCClusterer):
         (z, K, counts, the clusters a move made or changed, the old ids kept)."""
         fam, comm = self._family, self._comm
         F = fam.features(X)
-        m = int(self.moves_per_iter) if n_moves is None else int(n_moves)
+        m = self._settings.moves_per_iter if n_moves is None else int(n_moves)
         pairs = self._anchor_pairs(F, m, it)
         anchor_z = comm.gather(pairs.reshape(-1), z).reshape(m, 2)
         keep = disjoint_pairs(anchor_z.reshape(-1), torch.arange(2 * m).reshape(m, 2))
@@ -666,12 +649,13 @@ class DistributedSubclusterSampler(MCMCClusterer):
         sums = comm.group_sums(rows)
         # sub-clusters of every group: a 2-means sub-partition of its rows, then
         # weights and parameters from their conditionals given it
-        kind = int(torch.multinomial(self._kind_weights, 1))
+        kind = int(torch.multinomial(self._settings.kind_weights, 1))
         axes = torch.randn(n_groups, fam.dim, dtype=F.dtype)
         h = two_means_groups(F[rows], g, n_groups, axes if kind == 1 else None, sums=sums)
         Xr = X[rows]
         sub = comm.stats(fam, Xr, 2 * g + h, 2 * n_groups, rows=rows)
-        log_w = comm.agree(dirichlet_log(sub.n.reshape(n_groups, 2) + self._sub_alpha / 2))[0]
+        sub_alpha = self._settings.sub_alpha
+        log_w = comm.agree(dirichlet_log(sub.n.reshape(n_groups, 2) + sub_alpha / 2))[0]
         sub_params = comm.agree_params(fam.sample_posterior(sub))
         ll = own_pair_loglik(fam, Xr, g, n_groups, sub_params) + log_w[g]
         log_q = ll - torch.logsumexp(ll, 1, keepdim=True)

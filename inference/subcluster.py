@@ -133,6 +133,7 @@ from .mcmc import (
     update_latent,
 )
 from .moves import disjoint_pairs
+from .subcluster_settings import KernelSettings, check_count, resolve_common
 from .subpartition import (
     LocalSums,
     carve_groups,
@@ -377,58 +378,50 @@ class SubclusterSampler(MCMCClusterer):
         self._model = model
         hyper = self._setup_hyperparameters(model)
         weights = model.weights
-        self._sub_alpha = weights.alpha if getattr(weights, "alpha", 0) > 0 else 1.0
         n = X.shape[0]
         z, _ = relabel(torch.randint(0, min(int(self.init_k), n), (n,)))
         self.label_rejections_ = 0
-        burn = self._burn_in()
-        # the exact kernel gets a burn-in of its own after the warm-up
-        self.warmup_ = burn // 2 if self.warmup is None else int(self.warmup)
+        common = resolve_common(self, weights, self._burn_in(), 4,
+                                "four non-negative numbers, not all zero")
         # a number of anchored moves fixed for the chain: a count read from the state
         # (say K // 8) would compose a state-dependent number of MH steps, which does
         # not in general leave the posterior invariant
-        self.moves_per_iter_ = MOVES_PER_ITER if self.moves_per_iter is None \
-            else self.moves_per_iter
-        if not (isinstance(self.moves_per_iter_, (int, np.integer))
-                and self.moves_per_iter_ >= 0):
-            raise ValueError("moves_per_iter must be a non-negative integer, got "
-                             f"{self.moves_per_iter!r}")
-        self._burnout = max(5, 3 * self.warmup_ // 20) if self.burnout is None \
-            else int(self.burnout)
-        if self._burnout < 0:
-            raise ValueError(f"burnout must be non-negative, got {self.burnout}")
-        if not 0 <= self.warmup_ <= burn:
-            raise ValueError(f"warmup must lie in [0, burn_in={burn}], got {self.warmup_}")
-        w = torch.as_tensor(self.proposal_weights, dtype=torch.float64)
-        if w.shape != (4,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) \
-                or float(w.sum()) <= 0:
-            raise ValueError("proposal_weights must be four non-negative numbers, not all "
-                             f"zero, got {self.proposal_weights!r}")
-        self._kind_weights = w / w.sum()
-        if int(self.slice_every) < 0:
-            raise ValueError(f"slice_every must be a non-negative integer, got {self.slice_every}")
-        if self.gibbs_points != "auto" and not (
-                isinstance(self.gibbs_points, (int, np.integer)) and self.gibbs_points >= 0):
-            raise ValueError("gibbs_points must be a non-negative integer or 'auto', got "
-                             f"{self.gibbs_points!r}")
+        moves = MOVES_PER_ITER if self.moves_per_iter is None else self.moves_per_iter
+        check_count(moves, "moves_per_iter")
+        check_count(self.gibbs_points, "gibbs_points", allow_auto=True)
         if not 0.0 <= float(self.resplit_prob) <= 1.0:
             raise ValueError(f"resplit_prob must lie in [0, 1], got {self.resplit_prob}")
         # fixed per-row keys (independent of the partition) that pick the rows a refined
         # sub-partition fits on when a cluster has more than refine_rows of them; drawn
         # only when that kind can be proposed
-        self._row_keys = torch.rand(n, dtype=torch.float64).to(X.device) \
-            if float(w[3]) > 0 else None
-        # kernel bandwidth of the local anchor choice: a tenth of the data's scale
-        self._bandwidth2 = max(float(model.family.features(X).var(0).mean()) * 0.01, 1e-12)
-        self._compiled = self._compiled_steps(X, model)
-        self.backend_ = "torch" if self._compiled is None else "compiled"
-        default = GIBBS_POINTS_COMPILED if self._compiled is not None else GIBBS_POINTS_TORCH
-        self.gibbs_points_ = min(n, default if self.gibbs_points == "auto"
-                                 else int(self.gibbs_points))
+        row_keys = torch.rand(n, dtype=torch.float64).to(X.device) \
+            if float(common["kind_weights"][3]) > 0 else None
+        backend = self._backend_for(X, model)
+        default = GIBBS_POINTS_COMPILED if backend == "compiled" else GIBBS_POINTS_TORCH
+        self._settings = KernelSettings(
+            **common, moves_per_iter=int(moves), warmup_moves=self.warmup_moves,
+            gibbs_points=min(n, default if self.gibbs_points == "auto"
+                             else int(self.gibbs_points)),
+            resplit_prob=float(self.resplit_prob), refine_rows=int(self.refine_rows),
+            max_label_tries=int(self.max_label_tries),
+            # kernel bandwidth of the local anchor choice: a tenth of the data's scale
+            bandwidth2=max(float(model.family.features(X).var(0).mean()) * 0.01, 1e-12),
+            row_keys=row_keys)
+        cfg = self._settings
+        self.warmup_, self.moves_per_iter_, self.gibbs_points_ = \
+            cfg.warmup, cfg.moves_per_iter, cfg.gibbs_points
+        self.backend_ = backend
+        self._compiled = None
+        if backend == "compiled":
+            from .subcluster_compiled import CompiledGaussianSteps, ensure_kernels
+
+            ensure_kernels(compile_kernels)
+            self._compiled = CompiledGaussianSteps(cfg, X, model.family,
+                                                   self._update_hyperparameters)
         if self._compiled is not None:
             zs = torch.from_numpy(self._compiled.warmup_sublabels(
                 z.numpy(), np.ones(int(z.max()) + 1, dtype=bool), np.zeros(n, dtype=np.int64)))
-            born = torch.full((int(z.max()) + 1,), -self._burnout, dtype=torch.long)
+            born = torch.full((int(z.max()) + 1,), -self._settings.burnout, dtype=torch.long)
             return self._compiled.seed_state(SubclusterState(
                 X, z, float(getattr(weights, "alpha", 1.0)), zs=zs, born=born, hyper=hyper))
         zs = self._warmup_sublabels(model.family.features(X), z,
@@ -436,34 +429,29 @@ class SubclusterSampler(MCMCClusterer):
                                     torch.zeros(n, dtype=torch.long))
         # the clusters of the start may merge at once: a random start's clusters are
         # interleaved pieces of the data, not splits to protect
-        born = torch.full((int(z.max()) + 1,), -self._burnout, dtype=torch.long)
+        born = torch.full((int(z.max()) + 1,), -self._settings.burnout, dtype=torch.long)
         return SubclusterState(X, z, float(getattr(weights, "alpha", 1.0)), zs=zs, born=born,
                                hyper=hyper)
 
-    def _compiled_steps(self, X, model):
-        """The compiled backend's steps for this chain, or None for the torch one."""
+    def _backend_for(self, X, model) -> str:
+        """"compiled" or "torch": the backend this fit runs (``backend``, and for "auto"
+        the compiled one where it covers the model, up to ``AUTO_MAX_DIM`` features)."""
         if self.backend not in ("auto", "torch", "compiled"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'compiled', got {self.backend!r}")
         if self.backend == "torch":
-            return None
-        from .subcluster_compiled import (
-            AUTO_MAX_DIM,
-            CompiledGaussianSteps,
-            compiled_supported,
-            ensure_kernels,
-        )
+            return "torch"
+        from .subcluster_compiled import AUTO_MAX_DIM, compiled_supported
 
         supported = compiled_supported(model, self.refine_iter, X.device)
+        if self.backend == "compiled" and not supported:
+            raise ValueError(
+                "backend='compiled' covers GaussianNIW components with a DP, Pitman-Yor "
+                "or finite Dirichlet prior on the CPU with refine_iter=0; got "
+                f"{type(model.family).__name__}, {type(model.weights).__name__}, "
+                f"device {X.device}, refine_iter={self.refine_iter}")
         if not supported or (self.backend == "auto" and X.shape[1] > AUTO_MAX_DIM):
-            if self.backend == "compiled":
-                raise ValueError(
-                    "backend='compiled' covers GaussianNIW components with a DP, Pitman-Yor "
-                    "or finite Dirichlet prior on the CPU with refine_iter=0; got "
-                    f"{type(model.family).__name__}, {type(model.weights).__name__}, "
-                    f"device {X.device}, refine_iter={self.refine_iter}")
-            return None
-        ensure_kernels()
-        return CompiledGaussianSteps(self, X, model.family)
+            return "torch"
+        return "compiled"
 
     def _step(self, state: SubclusterState):
         self._family = self._hyper.family(state.hyper or {})
@@ -472,7 +460,10 @@ class SubclusterSampler(MCMCClusterer):
             weights = self._weights_for(state.alpha)
             if state.iteration < self.warmup_:
                 return self._compiled.warmup_step(state, weights)
-            return self._compiled.exact_step(state, weights)
+            state, info = self._compiled.exact_step(state, weights)
+            if info.pop("label_rejected"):
+                self.label_rejections_ += 1
+            return state, info
         if state.iteration < self.warmup_:
             return self._warmup_step(state)
         return self._exact_step(state)
@@ -501,8 +492,7 @@ class SubclusterSampler(MCMCClusterer):
         # one within the labelings that keep every cluster, a set the current labels
         # lie in), so the slice step reuses the log-likelihood table.
         loglik = fam.log_likelihood(X, params)
-        slice_now = bool(self.slice_every) and (
-            (state.iteration - self.warmup_) % self.slice_every == self.slice_every - 1)
+        slice_now = self._settings.slice_due(state.iteration)
         logits = loglik + log_w[:k] if slice_now else loglik.add_(log_w[:k])
         z = self._sample_labels(logits, state.z, k)
         if slice_now:
@@ -515,8 +505,8 @@ class SubclusterSampler(MCMCClusterer):
 
         # 4. collapsed Gibbs updates of gibbs_points_ labels drawn at random
         stats = fam.suff_stats_labels(X, state.z, state.k)
-        if self.gibbs_points_:
-            idx = torch.randperm(n)[:self.gibbs_points_]
+        if self._settings.gibbs_points:
+            idx = torch.randperm(n)[:self._settings.gibbs_points]
             z, stats = collapsed_updates(fam, weights, X, state.z, stats, idx)
             state = SubclusterState(X, z, state.alpha, state.iteration, hyper=state.hyper)
         # the family's latent variables given the partition (StudentNIW's scales)
@@ -541,13 +531,14 @@ class SubclusterSampler(MCMCClusterer):
         kind of move [proposed, accepted], and the :class:`MoveBatch` (None when no
         move was proposed)."""
         if n_moves is None:
-            n_moves = self.moves_per_iter_
+            n_moves = self._settings.moves_per_iter
         if state.X.shape[0] < 2 or int(n_moves) < 1:
             return state, {"split": [0, 0], "merge": [0, 0], "resplit": [0, 0]}, None
         pairs = self._anchor_pairs(self._family.features(state.X), int(n_moves))
         # which kernel this batch runs is drawn whatever the state (a mixture of exact
         # kernels); no draw at all when re-splits are off, so those chains are unchanged
-        if self.resplit_prob > 0 and float(torch.rand(())) < self.resplit_prob:
+        resplit = self._settings.resplit_prob
+        if resplit > 0 and float(torch.rand(())) < resplit:
             batch = self._resplit_batch(state, pairs, weights)
         else:
             batch = self._move_batch(state, pairs, weights)
@@ -603,7 +594,7 @@ class SubclusterSampler(MCMCClusterer):
         n = z_old.shape[0]
         block = torch.rand(n) < 0.5 if float(torch.rand(())) < 0.5 else None
         cdf = categorical_cdf_(logits if block is None else logits[block])
-        for _ in range(self.max_label_tries):
+        for _ in range(self._settings.max_label_tries):
             z = sample_from_cdf(cdf)
             if block is not None:
                 z = z_old.clone().index_put_((block,), z)
@@ -624,7 +615,7 @@ class SubclusterSampler(MCMCClusterer):
             else fam.suff_stats_labels(X, 2 * state.z + zs, 2 * k)
         stats = sub.pair_sums()
         log_pi = conditional_log_weights(weights, stats.n)[:k]
-        log_pibar = dirichlet_log(sub.n.reshape(k, 2) + self._sub_alpha / 2)
+        log_pibar = dirichlet_log(sub.n.reshape(k, 2) + self._settings.sub_alpha / 2)
         params, sub_params = fam.sample_posterior(stats), fam.sample_posterior(sub)
         z = sample_from_cdf(categorical_cdf_(fam.log_likelihood(X, params).add_(log_pi)))
         zs = sample_from_cdf(categorical_cdf_(own_pair_loglik(fam, X, z, k, sub_params)
@@ -642,7 +633,7 @@ class SubclusterSampler(MCMCClusterer):
             zs = self._warmup_sublabels(fam.features(X), z, fresh_clusters, zs)
             born = torch.cat([torch.where(split, it, born), torch.full((n_split,), it)])
         # clusters that did not split and are past their burn-out may merge
-        eligible = ~split & (it - born[:k] >= self._burnout)
+        eligible = ~split & (it - born[:k] >= self._settings.burnout)
         if int(eligible.sum()) > 1:
             z, zs, born = self._warmup_merges(z, zs, born, stats, weights, eligible,
                                               k + n_split, it)
@@ -650,7 +641,8 @@ class SubclusterSampler(MCMCClusterer):
                                 hyper=state.hyper)
         # the exact anchored moves too: they make progress where the posterior gains
         # little from coarse splits (many overlapping blobs)
-        n_moves = self.warmup_moves if self.warmup_moves is not None else max(3, state.k // 2)
+        n_moves = self._settings.warmup_moves
+        n_moves = max(3, state.k // 2) if n_moves is None else n_moves
         state, counts, batch = self._anchored_moves(state, weights, n_moves=n_moves)
         if batch is not None and bool(batch.touched.any()):
             # clusters an accepted move made start their burn-out and get 2-means sub-labels
@@ -720,8 +712,9 @@ class SubclusterSampler(MCMCClusterer):
         local = (torch.rand(m) >= 0.5).nonzero().flatten() if n > 2 else torch.zeros(0)
         step = max(1, (1 << 21) // (n * X.shape[1]))
         ones = torch.ones(X.shape[1], dtype=X.dtype)
+        scale = -0.5 / self._settings.bandwidth2
         for chunk in torch.split(local, step):
-            logits = ((X[None] - X[i[chunk], None]).square_() @ ones).mul_(-0.5 / self._bandwidth2)
+            logits = ((X[None] - X[i[chunk], None]).square_() @ ones).mul_(scale)
             logits[torch.arange(chunk.numel()), i[chunk]] = -math.inf
             j[chunk] = sample_from_cdf(categorical_cdf_(logits))
         return torch.stack([i, j], 1)
@@ -878,7 +871,7 @@ class SubclusterSampler(MCMCClusterer):
         sub-partition pass per batch instead of one per kind present (11% fewer torch
         operations per iteration on a1)."""
         fam = self._family
-        kind = int(torch.multinomial(self._kind_weights, 1))
+        kind = int(torch.multinomial(self._settings.kind_weights, 1))
         axes = torch.randn(n_groups, fam.dim, dtype=Xr.dtype)
         if kind == 0:
             h = two_means_groups(fam.features(Xr), g, n_groups)
@@ -888,13 +881,35 @@ class SubclusterSampler(MCMCClusterer):
             h = carve_groups(fam, Xr, g, n_groups, anchors)
         else:
             h = refined_two_means_groups(fam, Xr, g, n_groups, axes, n_iter=self.refine_iter,
-                                         keys=self._row_keys[rows_of_x],
-                                         max_rows=self.refine_rows)
+                                         keys=self._settings.row_keys[rows_of_x],
+                                         max_rows=self._settings.refine_rows)
         sub = fam.suff_stats_labels(Xr, 2 * g + h, 2 * n_groups)
-        log_w = dirichlet_log(sub.n.reshape(n_groups, 2) + self._sub_alpha / 2)
+        log_w = dirichlet_log(sub.n.reshape(n_groups, 2) + self._settings.sub_alpha / 2)
         ll = own_pair_loglik(fam, Xr, g, n_groups, fam.sample_posterior(sub)) + log_w[g]
         return ll - torch.logsumexp(ll, 1, keepdim=True)
 
 
 
-__all__ = ["SubclusterSampler", "SubclusterState", "MoveBatch", "log_split_proposal"]
+def compile_kernels() -> float:
+    """Compile the compiled backend's kernels (or load them from numba's on-disk cache)
+    with short fits on 50 points; returns its seconds.  A fresh install compiles them
+    in about 45 s (2026-11-26, 2-core CPU); ``make venv`` does it once, later processes
+    load them in 0.1-0.3 s.  A compiled fit calls it once per process
+    (:func:`.subcluster_compiled.ensure_kernels`)."""
+    import time
+
+    from . import kernels as kn
+    from . import subcluster_compiled
+
+    subcluster_compiled.mark_kernels_ready()       # its own fits skip ensure_kernels
+    X = np.random.default_rng(0).normal(size=(50, 2))
+    start = time.perf_counter()
+    SubclusterSampler(max_iter=4, backend="compiled").fit(X)
+    SubclusterSampler(max_iter=4, backend="compiled", resplit_prob=1.0).fit(X)
+    stats = kn.group_stats(X, np.arange(50) % 2, 2)          # the warm-up's merges
+    kn.split_terms(*stats, *stats, np.zeros(2), 1.0, 4.0, np.eye(2), 0.0, 0.0, 0.0)
+    return time.perf_counter() - start
+
+
+__all__ = ["SubclusterSampler", "SubclusterState", "MoveBatch", "compile_kernels",
+           "log_split_proposal"]

@@ -29,7 +29,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.special import gammaln
 
 from ..models import GaussianNIW, SuffStats
 from ..models.families.gaussian_niw import GaussianParams
@@ -50,41 +49,23 @@ def compiled_supported(model, refine_iter: int, device) -> bool:
             and int(refine_iter) == 0 and torch.device(device).type == "cpu")
 
 
-class GibbsWeights:
-    """A Gibbs-type EPPF V(N, K) prod_k W(n_k) in (alpha, sigma) form
-    (:meth:`~bnpdeep.models.weights.WeightPrior.gibbs_parameters`) on numpy arrays:
-    the block weights, the new-block ratio, the log EPPF and the Dirichlet of
-    (pi_1..pi_K, pi_rest)."""
+def eppf_kernel_args(weights) -> tuple[float, float, float, float]:
+    """What the kernels take of a weight prior of Gibbs type
+    (:meth:`~bnpdeep.models.weights.WeightPrior.gibbs_parameters`): (alpha, sigma,
+    largest K, log Gamma(1 - sigma)), the last the normaliser of W(n) =
+    Gamma(n - sigma) / Gamma(1 - sigma)."""
+    params = weights.gibbs_parameters()
+    if params is None:
+        raise TypeError(f"no compiled form of {type(weights).__name__}")
+    alpha, sigma, max_clusters = (float(p) for p in params)
+    return alpha, sigma, max_clusters, math.lgamma(1.0 - sigma)
 
-    def __init__(self, weights):
-        params = weights.gibbs_parameters()
-        if params is None:
-            raise TypeError(f"no compiled form of {type(weights).__name__}")
-        self.alpha, self.sigma, self.max_clusters = (float(p) for p in params)
-        self.log_w1 = math.lgamma(1.0 - self.sigma)
-        # what the kernels take: (alpha, sigma, largest K, log W(1) normaliser)
-        self.kernel_args = (self.alpha, self.sigma, self.max_clusters, self.log_w1)
 
-    def log_block_weight(self, n: np.ndarray) -> np.ndarray:
-        return gammaln(n - self.sigma) - self.log_w1
-
-    def log_new_block_ratio(self, k: int) -> float:
-        return kn.log_new_block_ratio(self.alpha, self.sigma, self.max_clusters, k)
-
-    def log_eppf(self, n: np.ndarray) -> float:
-        """log V(N, K) + sum_k log W(n_k), with
-        log V(N, K) = sum_{i<K} log(alpha + i sigma) - log (alpha + 1)_{N-1}."""
-        k = n.shape[0]
-        if k > self.max_clusters:
-            return -math.inf
-        i = np.arange(1, k)
-        return float(np.log(self.alpha + i * self.sigma).sum() + self.log_block_weight(n).sum()
-                     - math.lgamma(self.alpha + n.sum()) + math.lgamma(self.alpha + 1.0))
-
-    def concentration(self, n: np.ndarray) -> np.ndarray:
-        """Dirichlet parameters of (pi_1..pi_K, pi_rest) given block sizes n."""
-        rest = max(self.alpha + n.shape[0] * self.sigma, 0.0)
-        return np.append(n - self.sigma, rest)
+def weight_concentration(weights, n: np.ndarray) -> np.ndarray:
+    """Dirichlet parameters of (pi_1..pi_K, pi_rest) given block sizes ``n``, as one
+    array (the prior's :meth:`~bnpdeep.models.weights.WeightPrior.weight_concentration`)."""
+    conc, rest = weights.weight_concentration(torch.from_numpy(n))
+    return np.append(conc.numpy(), float(rest))
 
 
 def dirichlet_log(rng: np.random.Generator, conc: np.ndarray) -> np.ndarray:
@@ -103,17 +84,23 @@ def niw_arrays(family: GaussianNIW) -> tuple:
 
 
 class CompiledGaussianSteps:
-    """The warm-up and exact steps of one chain of a :class:`SubclusterSampler` on
-    numpy arrays; the sampler's settings are read from ``sampler``."""
+    """The warm-up and exact steps of one chain of a sub-cluster sampler on numpy
+    arrays, with the kernel's constants ``settings``
+    (:class:`~bnpdeep.inference.subcluster_settings.KernelSettings`) and the
+    sampler's hyperparameter and concentration update ``update_hyperparameters``
+    (:meth:`~bnpdeep.inference.mcmc.MCMCClusterer._update_hyperparameters`, shared
+    with the torch backend)."""
 
-    def __init__(self, sampler, X: torch.Tensor, family: GaussianNIW):
-        self.s = sampler
+    def __init__(self, settings, X: torch.Tensor, family: GaussianNIW,
+                 update_hyperparameters):
+        self.cfg = settings
+        self.update_hyperparameters = update_hyperparameters
         self.X = np.ascontiguousarray(X.detach().cpu().numpy(), dtype=np.float64)
         self._family = None
         self.set_family(family)
-        self.kind_cdf = np.cumsum(sampler._kind_weights.numpy()).astype(np.float64)
-        self.keys = (np.zeros(0) if sampler._row_keys is None
-                     else sampler._row_keys.cpu().numpy().astype(np.float64))
+        self.kind_cdf = settings.kind_cdf
+        self.keys = (np.zeros(0) if settings.row_keys is None
+                     else settings.row_keys.cpu().numpy().astype(np.float64))
 
     def set_family(self, family: GaussianNIW) -> None:
         """Take the NIW prior (mu0, kappa, nu, Psi) every kernel is given from
@@ -155,41 +142,40 @@ class CompiledGaussianSteps:
         (:func:`.kernels.draw_niw`)."""
         return kn.draw_niw(self.rng, *stats, *self.prior)
 
-    def split_terms(self, gw: GibbsWeights, s_a, s_b) -> np.ndarray:
+    def split_terms(self, eppf, s_a, s_b) -> np.ndarray:
         """log W(n_a) + log W(n_b) - log W(n) + log f(X_a) + log f(X_b) - log f(X)
         (:func:`.moves.log_split_terms`, :func:`.kernels.split_terms`)."""
-        return kn.split_terms(*s_a, *s_b, *self.prior, self.prior_const, gw.sigma,
-                              gw.log_w1)
+        return kn.split_terms(*s_a, *s_b, *self.prior, self.prior_const, eppf[1], eppf[3])
 
     # -- the exact kernel ------------------------------------------------------------
     def exact_step(self, state, weights):
-        s, X = self.s, self.X
+        """One exact iteration; ``info["label_rejected"]`` says whether the restricted
+        Gibbs step kept the labels after ``max_label_tries`` rejections."""
+        s, X = self.cfg, self.X
         self.rng = state.rng
-        gw = GibbsWeights(weights)
+        eppf = eppf_kernel_args(weights)
         z = state.z.numpy()
         k = int(z.max()) + 1
         stats = state.stats if state.stats is not None else self.stats(X, z, k)
         # 1-2. weights and parameters from their conditionals, restricted Gibbs (K kept);
         # every slice_every-th iteration the slice step
         z, log_w, W, b, c, moved = kn.restricted_labels(
-            self.rng, X, z, *stats, gw.concentration(stats[0]), *self.prior,
+            self.rng, X, z, *stats, weight_concentration(weights, stats[0]), *self.prior,
             int(s.max_label_tries))
-        if not moved:
-            s.label_rejections_ += 1
-        slice_now = bool(s.slice_every) and (
-            (state.iteration - s.warmup_) % s.slice_every == s.slice_every - 1)
-        if slice_now:
+        if s.slice_due(state.iteration):
             z = self.slice_labels(z, log_w, weights, (W, b, c))
         # 3. anchored split/merge moves
-        z, counts, _ = self.anchored_moves(z, gw, s.moves_per_iter_)
-        # 4. collapsed Gibbs updates of gibbs_points_ labels drawn at random
+        z, counts, _ = self.anchored_moves(z, eppf, s.moves_per_iter)
+        # 4. collapsed Gibbs updates of gibbs_points labels drawn at random
         k = int(z.max()) + 1
         stats = self.stats(X, z, k)
-        if s.gibbs_points_:
-            idx = self.rng.choice(X.shape[0], s.gibbs_points_, replace=False)
+        if s.gibbs_points:
+            idx = self.rng.choice(X.shape[0], s.gibbs_points, replace=False)
             z, *stats = kn.collapsed_labels(
-                self.rng, X, z, k, idx, *stats, *self.prior, *gw.kernel_args[:3])
-        return self._finish(state, z, None, counts, gw, None, tuple(stats))
+                self.rng, X, z, k, idx, *stats, *self.prior, *eppf[:3])
+        new, info = self._finish(state, z, None, counts, None, tuple(stats))
+        info["label_rejected"] = not moved
+        return new, info
 
     def slice_labels(self, z, log_w, weights, comps):
         """:meth:`SubclusterSampler._slice_labels`: u_i ~ U(0, pi_{z_i}), the rest mass
@@ -210,11 +196,11 @@ class CompiledGaussianSteps:
         z = kn.draw_from_cdf(cdf, self.rng.random(z.shape[0]))
         return kn.relabel(z)[0]
 
-    def _finish(self, state, z, zs, counts, gw, born, stats=None):
+    def _finish(self, state, z, zs, counts, born, stats=None):
         """Statistics (``stats`` when the step has them), the hyperparameter and
         concentration updates given them (the sampler's, shared with the torch
         backend), the log joint and the info of a step."""
-        s, X = self.s, self.X
+        X = self.X
         k = int(z.max()) + 1
         if zs is None:
             stats, sub = (self.stats(X, z, k) if stats is None else stats), None
@@ -227,9 +213,8 @@ class CompiledGaussianSteps:
             self.set_family(family)
             return float(self.log_marginal(stats).sum())
 
-        hyper, alpha, lp = s._update_hyperparameters(
-            state.hyper, state.alpha, SuffStats(n=n, sx=s1, sxx=s2), log_marginal,
-            lambda weights: GibbsWeights(weights).log_eppf(stats[0]))
+        hyper, alpha, lp = self.update_hyperparameters(
+            state.hyper, state.alpha, SuffStats(n=n, sx=s1, sxx=s2), log_marginal)
         new = type(state)(state.X, torch.from_numpy(z), alpha, state.iteration + 1,
                           None if zs is None else torch.from_numpy(zs),
                           None if born is None else torch.from_numpy(born), stats, sub,
@@ -243,41 +228,41 @@ class CompiledGaussianSteps:
     # -- anchored moves --------------------------------------------------------------
     def anchor_pairs(self, m: int) -> np.ndarray:
         """:meth:`SubclusterSampler._anchor_pairs` (:func:`.kernels.anchor_pairs`)."""
-        return kn.anchor_pairs(self.rng, self.X, int(m), 1.0 / self.s._bandwidth2)
+        return kn.anchor_pairs(self.rng, self.X, int(m), 1.0 / self.cfg.bandwidth2)
 
-    def anchored_moves(self, z, gw, n_moves):
+    def anchored_moves(self, z, eppf, n_moves):
         """One batch of anchored proposals: split/merge or, with probability
         ``resplit_prob``, re-splits; returns (labels, counts, batch or None)."""
-        s = self.s
+        s = self.cfg
         if self.X.shape[0] < 2 or int(n_moves) < 1:
             return z, {"split": [0, 0], "merge": [0, 0], "resplit": [0, 0]}, None
         pairs = self.anchor_pairs(int(n_moves))
         if s.resplit_prob > 0 and self.rng.random() < s.resplit_prob:
-            batch = self.resplit_batch(z, pairs, gw)
+            batch = self.resplit_batch(z, pairs, eppf)
         else:
-            batch = self.move_batch(z, pairs, gw)
+            batch = self.move_batch(z, pairs, eppf)
         return batch[0], batch[1], batch
 
     def pair_proposals(self, z, k, pairs):
         """:meth:`SubclusterSampler._pair_proposals` (:func:`.kernels.pair_proposals`):
         the groups of the kept pairs, their sub-cluster log-responsibilities and a
         drawn split of each (anchors apart)."""
-        s = self.s
+        s = self.cfg
         rows, Xr, g, li, lj, log_q, new_b = kn.pair_proposals(
             self.rng, self.X, z, int(k), np.ascontiguousarray(pairs), self.kind_cdf,
-            float(s._sub_alpha), self.keys, int(s.refine_rows), *self.prior)
+            float(s.sub_alpha), self.keys, int(s.refine_rows), *self.prior)
         return z[pairs[:, 0]], z[pairs[:, 1]], rows, Xr, g, li, lj, log_q, new_b
 
-    def move_batch(self, z, pairs, gw):
+    def move_batch(self, z, pairs, eppf):
         """:meth:`SubclusterSampler._move_batch` (:func:`.kernels.split_merge_batch`):
         anchored splits and merges on disjoint clusters; returns (labels, counts, kept
         old ids, touched)."""
-        s = self.s
+        s = self.cfg
         k = int(z.max()) + 1
         pairs = np.ascontiguousarray(pairs[disjoint_pairs(z, pairs)])
         z, accepted, is_split = kn.split_merge_batch(
-            self.rng, self.X, z, k, pairs, self.kind_cdf, float(s._sub_alpha), self.keys,
-            int(s.refine_rows), *self.prior, self.prior_const, *gw.kernel_args)
+            self.rng, self.X, z, k, pairs, self.kind_cdf, float(s.sub_alpha), self.keys,
+            int(s.refine_rows), *self.prior, self.prior_const, *eppf)
         n_split = int((accepted & is_split).sum())
         counts = {"split": [int(is_split.sum()), n_split],
                   "merge": [int((~is_split).sum()), int((accepted & ~is_split).sum())],
@@ -291,7 +276,7 @@ class CompiledGaussianSteps:
                 z, kept = kn.relabel(z)
         return z, counts, kept, touched[kept]
 
-    def resplit_batch(self, z, pairs, gw):
+    def resplit_batch(self, z, pairs, eppf):
         """:meth:`SubclusterSampler._resplit_batch`: K-preserving redraws of the boundary
         between the anchors' two clusters."""
         k = int(z.max()) + 1
@@ -308,7 +293,7 @@ class CompiledGaussianSteps:
                            np.concatenate([2 * g + old_b, 2 * g_n + 2 * g + new_b]), 4 * g_n)
         s_a = tuple(a[0::2] for a in sides)
         s_b = tuple(a[1::2] for a in sides)
-        terms = self.split_terms(gw, s_a, s_b)
+        terms = self.split_terms(eppf, s_a, s_b)
         log_h = (terms[g_n:] - terms[:g_n]
                  + kn.log_split_proposal(log_q, old_b, g, g_n, li, lj)
                  - kn.log_split_proposal(log_q, new_b, g, g_n, li, lj))
@@ -335,9 +320,9 @@ class CompiledGaussianSteps:
         return zs
 
     def warmup_step(self, state, weights):
-        s, X = self.s, self.X
+        s, X = self.cfg, self.X
         self.rng = state.rng
-        gw = GibbsWeights(weights)
+        eppf = eppf_kernel_args(weights)
         z, zs, born = state.z.numpy(), state.zs.numpy(), state.born.numpy()
         it = state.iteration
         k = int(z.max()) + 1
@@ -345,8 +330,8 @@ class CompiledGaussianSteps:
             else self.stats(X, 2 * z + zs, 2 * k)
         stats = kn.pair_sums(*sub)
         z, zs, kept, split, sub, stats = kn.warmup_labels(
-            self.rng, X, *sub, gw.concentration(stats[0]), float(s._sub_alpha), *self.prior,
-            self.prior_const, *gw.kernel_args)
+            self.rng, X, *sub, weight_concentration(weights, stats[0]), float(s.sub_alpha),
+            *self.prior, self.prior_const, *eppf)
         born = born[kept]
         k = kept.shape[0]
         n_split = int(split.sum())
@@ -361,22 +346,23 @@ class CompiledGaussianSteps:
             fresh[k:] = True
             zs = self.warmup_sublabels(z, fresh, zs)
             born = np.concatenate([np.where(split, it, born), np.full(n_split, it)])
-        eligible = ~split & (it - born[:k] >= s._burnout)
+        eligible = ~split & (it - born[:k] >= s.burnout)
         if int(eligible.sum()) > 1:
-            z, zs, born = self.warmup_merges(z, zs, born, stats, gw, eligible, k + n_split, it)
+            z, zs, born = self.warmup_merges(z, zs, born, stats, eppf, eligible, k + n_split,
+                                             it)
         n_moves = s.warmup_moves if s.warmup_moves is not None \
             else max(3, (int(z.max()) + 1) // 2)
-        z, counts, batch = self.anchored_moves(z, gw, n_moves)
+        z, counts, batch = self.anchored_moves(z, eppf, n_moves)
         if batch is not None and batch[3].any():
             _, _, kept, touched = batch
             born = np.concatenate([born, np.full(counts["split"][1], it)])[kept]
             born = np.where(touched, it, born)
             zs = self.warmup_sublabels(z, touched, zs)
-        new, info = self._finish(state, z, zs, counts, gw, born.astype(np.int64))
+        new, info = self._finish(state, z, zs, counts, born.astype(np.int64))
         info["split_acceptance"] = (n_split + counts["split"][1]) / (k + counts["split"][0])
         return new, info
 
-    def warmup_merges(self, z, zs, born, stats, gw, eligible, k_now, it):
+    def warmup_merges(self, z, zs, born, stats, eppf, eligible, k_now, it):
         """:meth:`SubclusterSampler._warmup_merges`: pairs of eligible clusters (all,
         or the near ones: :func:`.moves.warmup_merge_pairs`) in random order, each
         cluster merging at most once, on the posterior ratio."""
@@ -388,7 +374,8 @@ class CompiledGaussianSteps:
         i, j = i.numpy(), j.numpy()
         s_i = tuple(a[i] for a in stats)
         s_j = tuple(a[j] for a in stats)
-        log_h = -(gw.log_new_block_ratio(k_now - 1) + self.split_terms(gw, s_i, s_j))
+        log_h = -(kn.log_new_block_ratio(*eppf[:3], k_now - 1)
+                  + self.split_terms(eppf, s_i, s_j))
         accept = self._log_rand(i.shape[0]) < log_h
         order = self.rng.permutation(i.shape[0])
         order = order[accept[order]]
@@ -416,7 +403,7 @@ class CompiledGaussianSteps:
         z = state.z.numpy()
         stats = state.stats if state.stats is not None \
             else self.stats(self.X, z, int(z.max()) + 1)
-        conc = GibbsWeights(weights).concentration(stats[0])
+        conc = weight_concentration(weights, stats[0])
         log_w = torch.from_numpy(dirichlet_log(self.rng, conc))
         params = None
         if with_params:
@@ -432,32 +419,19 @@ COMPILE_NOTICE_AFTER = 2.0
 _kernels_ready = False
 
 
-def load_kernels() -> float:
-    """Compile the kernels a fit runs (or load them from numba's on-disk cache) with a
-    short fit on 50 points; returns its seconds.  A fresh install compiles them in
-    about 45 s (2026-11-26, 2-core CPU); ``make venv`` does it once, later processes
-    load them in 0.1-0.3 s."""
-    import time
-
-    from .subcluster import SubclusterSampler
-
+def mark_kernels_ready() -> None:
+    """Record that this process has loaded the kernels (:func:`ensure_kernels` then
+    returns at once)."""
     global _kernels_ready
-    _kernels_ready = True                  # its own fits skip ensure_kernels
-
-    X = np.random.default_rng(0).normal(size=(50, 2))
-    start = time.perf_counter()
-    SubclusterSampler(max_iter=4, backend="compiled").fit(X)
-    SubclusterSampler(max_iter=4, backend="compiled", resplit_prob=1.0).fit(X)
-    stats = kn.group_stats(X, np.arange(50) % 2, 2)          # the warm-up's merges
-    kn.split_terms(*stats, *stats, np.zeros(2), 1.0, 4.0, np.eye(2), 0.0, 0.0, 0.0)
-    return time.perf_counter() - start
+    _kernels_ready = True
 
 
-def ensure_kernels() -> None:
-    """Load the kernels once per process before a compiled fit.  Where numba's cache
-    holds them this takes 0.1-0.3 s; where it does not (a fresh ``pip install``) the
-    compile takes about 45 s, and a line on stderr says so once the load has run past
-    ``COMPILE_NOTICE_AFTER`` seconds, so that a first fit does not look hung."""
+def ensure_kernels(load_kernels) -> None:
+    """Load the kernels once per process before a compiled fit, by ``load_kernels()``
+    (:func:`.subcluster.compile_kernels`: short fits that compile them).  Where numba's
+    cache holds them this takes 0.1-0.3 s; where it does not (a fresh ``pip install``)
+    the compile takes about 45 s, and a line on stderr says so once the load has run
+    past ``COMPILE_NOTICE_AFTER`` seconds, so that a first fit does not look hung."""
     global _kernels_ready
     if _kernels_ready:
         return
@@ -480,9 +454,5 @@ def ensure_kernels() -> None:
         notice.cancel()
 
 
-if __name__ == "__main__":
-    print(f"compiled sub-cluster kernels ready in {load_kernels():.1f} s")
-
-
-__all__ = ["CompiledGaussianSteps", "GibbsWeights", "compiled_supported", "ensure_kernels",
-           "load_kernels"]
+__all__ = ["CompiledGaussianSteps", "compiled_supported", "eppf_kernel_args", "ensure_kernels",
+           "mark_kernels_ready", "weight_concentration"]

@@ -140,18 +140,19 @@ class _CountingSampler(SubclusterSampler):
         self._count(batch.counts)
         return batch
 
-    def _compiled_steps(self, X, model):
-        steps = super()._compiled_steps(X, model)
+    def _init_state(self, X, model, chain):
+        state = super()._init_state(X, model, chain)
+        steps = self._compiled
         if steps is not None:
             move_batch = steps.move_batch
 
-            def counting(z, pairs, gw):
-                out = move_batch(z, pairs, gw)
+            def counting(z, pairs, eppf):
+                out = move_batch(z, pairs, eppf)
                 self._count(out[1])
                 return out
 
             steps.move_batch = counting
-        return steps
+        return state
 
 
 @pytest.mark.parametrize("case", NIW_CASES)

@@ -12,10 +12,12 @@ from bnpdeep.inference import moves
 from bnpdeep.inference.subcluster import SubclusterSampler, log_split_proposal
 from bnpdeep.inference.subcluster_compiled import (
     CompiledGaussianSteps,
-    GibbsWeights,
     dirichlet_log,
+    eppf_kernel_args,
     niw_arrays,
+    weight_concentration,
 )
+from bnpdeep.inference.subcluster_settings import KernelSettings
 from bnpdeep.inference.subpartition import (
     carve_groups,
     refined_two_means_groups,
@@ -39,11 +41,10 @@ def _family(d=3):
 
 
 def _steps(family):
-    est = SubclusterSampler(model=DPMixture(family, DirichletProcess(1.0)))
-    est._row_keys = None
-    est._kind_weights = torch.tensor([0.25, 0.25, 0.25, 0.25], dtype=torch.float64)
+    settings = KernelSettings(warmup=0, burnout=5, sub_alpha=1.0,
+                              kind_weights=torch.full((4,), 0.25, dtype=torch.float64))
     X = torch.zeros((2, family.dim), dtype=torch.float64)
-    steps = CompiledGaussianSteps(est, X, family)
+    steps = CompiledGaussianSteps(settings, X, family, None)
     steps.rng = np.random.default_rng(0)
     return steps
 
@@ -228,19 +229,24 @@ def test_split_proposal_matches_the_torch_one():
 @pytest.mark.parametrize("weights", [DirichletProcess(1.3), PitmanYor(0.3, 0.7),
                                      FiniteDirichlet(6, 2.0), FiniteDirichlet(3, 2.0)],
                          ids=["dp", "pitman-yor", "finite", "finite-full"])
-def test_gibbs_weights_match_the_weight_priors(weights):
-    gw = GibbsWeights(weights)
+def test_compiled_eppf_terms_match_the_weight_priors(weights):
+    """What the kernels compute of a Gibbs-type prior from (alpha, sigma, largest K,
+    log W normaliser) -- the new-block ratio and the block weights of a split ratio --
+    and the Dirichlet parameters the compiled steps take, against the prior's own."""
+    args = eppf_kernel_args(weights)
     assert WeightPrior().gibbs_parameters() is None      # other forms: the torch backend
-    n = np.array([5.0, 1.0, 3.0, 7.0])
-    nt = torch.from_numpy(n)
-    assert gw.log_eppf(n) == pytest.approx(weights.log_eppf(nt), rel=1e-12)
-    n3 = n[:3]
+    with pytest.raises(TypeError, match="no compiled form"):
+        eppf_kernel_args(WeightPrior())
+    n3 = np.array([5.0, 1.0, 3.0])
     conc, rest = weights.weight_concentration(torch.from_numpy(n3))
-    np.testing.assert_allclose(gw.concentration(n3), np.append(conc.numpy(), float(rest)))
+    np.testing.assert_allclose(weight_concentration(weights, n3),
+                               np.append(conc.numpy(), float(rest)))
     # split ratios agree, whatever the additive convention of W(n)
     for k in (1, 2, 3):
-        ours = (gw.log_new_block_ratio(k) + gw.log_block_weight(np.array([2.0, 3.0])).sum()
-                - gw.log_block_weight(np.array([5.0]))[0])
+        ours = (kn.log_new_block_ratio(*args[:3], k)
+                + kn._log_block_weight(2.0, args[1], args[3])
+                + kn._log_block_weight(3.0, args[1], args[3])
+                - kn._log_block_weight(5.0, args[1], args[3]))
         ref = float(weights.log_new_block_ratio(torch.tensor(float(k)))
                     + weights.log_block_weight(torch.tensor([2.0, 3.0])).sum()
                     - weights.log_block_weight(torch.tensor(5.0)))
@@ -276,12 +282,14 @@ def test_backend_choice_and_refusals():
 def test_first_compiled_fit_loads_the_kernels_once_and_says_when_it_compiles(monkeypatch, capsys):
     import time
 
+    import bnpdeep.inference.subcluster as sampler_module
     import bnpdeep.inference.subcluster_compiled as sc
 
     loads = []
     monkeypatch.setattr(sc, "_kernels_ready", False)
     monkeypatch.setattr(sc, "COMPILE_NOTICE_AFTER", 0.05)
-    monkeypatch.setattr(sc, "load_kernels", lambda: (loads.append(1), time.sleep(0.5)))
+    monkeypatch.setattr(sampler_module, "compile_kernels",
+                        lambda: (loads.append(1), time.sleep(0.5)))
     X = np.random.default_rng(0).normal(size=(40, 2))
     SubclusterSampler(max_iter=2).fit(X)
     SubclusterSampler(max_iter=2).fit(X)
@@ -291,12 +299,12 @@ def test_first_compiled_fit_loads_the_kernels_once_and_says_when_it_compiles(mon
     # a load from the cache (shorter than the notice delay) prints nothing
     monkeypatch.setattr(sc, "_kernels_ready", False)
     monkeypatch.setattr(sc, "COMPILE_NOTICE_AFTER", 5.0)
-    monkeypatch.setattr(sc, "load_kernels", lambda: loads.append(2))
+    monkeypatch.setattr(sampler_module, "compile_kernels", lambda: loads.append(2))
     SubclusterSampler(max_iter=2).fit(X)
     assert loads == [1, 2] and "compiling" not in capsys.readouterr().err
     # a failed load is tried again by the next fit
     monkeypatch.setattr(sc, "_kernels_ready", False)
-    monkeypatch.setattr(sc, "load_kernels", lambda: 1 / 0)
+    monkeypatch.setattr(sampler_module, "compile_kernels", lambda: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         SubclusterSampler(max_iter=2).fit(X)
     assert sc._kernels_ready is False
@@ -351,7 +359,7 @@ def test_split_terms_match_the_moves_module(weights):
                                  four[torch.tensor([2, 3])])
     steps = _steps(fam)
     n, s1, s2 = kn.group_stats(X, grp, 4)
-    got = steps.split_terms(GibbsWeights(weights), (n[:2], s1[:2], s2[:2]),
+    got = steps.split_terms(eppf_kernel_args(weights), (n[:2], s1[:2], s2[:2]),
                             (n[2:], s1[2:], s2[2:]))
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-12)
 
@@ -365,7 +373,7 @@ def test_split_merge_batch_is_the_composed_hastings_ratio(weights):
     fam = _family(d=2)
     X, grp = _grouped_data(seed=3, d=2, groups=4)
     steps = _steps(fam)
-    gw = GibbsWeights(weights)
+    eppf = eppf_kernel_args(weights)
     z = grp.copy()
     z[np.flatnonzero(grp == 1)[::2]] = 4          # clusters 1 and 4 halve one group
     first = {c: np.flatnonzero(z == c) for c in range(5)}
@@ -377,7 +385,7 @@ def test_split_merge_batch_is_the_composed_hastings_ratio(weights):
         ours, ref = np.random.default_rng(seed), np.random.default_rng(seed)
         z_new, accepted, is_split = kn.split_merge_batch(
             ours, X, z, 5, pairs, steps.kind_cdf, 1.0, keys, 200, *steps.prior,
-            steps.prior_const, *gw.kernel_args)
+            steps.prior_const, *eppf)
         rows, _, g, li, lj, log_q, new_b = kn.pair_proposals(
             ref, X, z, 5, pairs, steps.kind_cdf, 1.0, keys, 200, *steps.prior)
         split = np.array([True, False, False])
@@ -437,15 +445,14 @@ def test_collapsed_update_draws_from_the_predictive_rule(weights):
     logits = fam.log_predictive(torch.as_tensor(X[i:i + 1]), cand)[0] + torch.cat(
         [log_old, log_new.reshape(1)])
     want = torch.softmax(logits, 0).numpy()
-    gw = GibbsWeights(weights)
+    eppf = eppf_kernel_args(weights)
     stats_np = kn.group_stats(X, z, 3)
     rng = np.random.default_rng(0)
     m = 40000
     drawn = np.empty(m, dtype=np.int64)
     for t in range(m):
         out, n, _, _ = kn.collapsed_labels(rng, X, z, 3, np.array([i]), *stats_np,
-                                           *niw_arrays(fam), gw.alpha, gw.sigma,
-                                           gw.max_clusters)
+                                           *niw_arrays(fam), *eppf[:3])
         drawn[t] = out[i]
         assert n.sum() == len(z) and n.min() > 0
     got = np.bincount(drawn, minlength=4) / m
@@ -460,14 +467,14 @@ def test_collapsed_sweeps_keep_the_statistics_of_their_labels():
     X, grp = _grouped_data(7, d=3, groups=5)
     z = np.where(np.arange(len(grp)) < 6, len(grp) % 3 + np.arange(len(grp)) % 3, grp)
     z = kn.relabel(z)[0]
-    gw = GibbsWeights(DirichletProcess(5.0))
+    eppf = eppf_kernel_args(DirichletProcess(5.0))
     rng = np.random.default_rng(1)
     ks = set()
     for _ in range(30):
         k = int(z.max()) + 1
         idx = rng.permutation(len(z))
         z, n, s1, s2 = kn.collapsed_labels(rng, X, z, k, idx, *kn.group_stats(X, z, k),
-                                           *niw_arrays(fam), gw.alpha, gw.sigma, gw.max_clusters)
+                                           *niw_arrays(fam), *eppf[:3])
         k = int(z.max()) + 1
         ks.add(k)
         assert np.array_equal(np.unique(z), np.arange(k)) and n.shape == (k,)
