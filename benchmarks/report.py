@@ -57,7 +57,7 @@ REPORT_RUNS = (
     ["highdim"],
     ["highdim-large", "--iters", "100"],
     ["deep"],
-    ["deepdpm"],
+    ["deepdpm", "--repeats", "3"],
     ["scale"],
     ["distributed"],
     ["distributed-deepdpm", "--repeats", "3"],
@@ -332,9 +332,19 @@ def deepdpm_text(res: dict) -> str:
             f"(target met: {sc['seconds_to_target'] is not None})\n"
             f"- DeepDPM's time to the target / the sampler's: "
             f"{_ratio(dd['seconds_to_target'], sc['seconds_to_target'])}\n"
+            + _rounds_text(res.get("rounds")) +
             f"- E-step (float64, K={es['k']}): {es['seconds']:.3f} s per pass, "
             f"{es['gflops']:.1f} GFLOP/s = {100 * es['fraction_of_matmul']:.1f}% of the "
             f"float32 matmul rate ({es['matmul_f32_gflops']:.1f} GFLOP/s)")
+
+
+def _rounds_text(rounds) -> str:
+    """The paired rounds of a timed section, when it has more than one."""
+    if not rounds or len(rounds) < 2:
+        return ""
+    pairs = ", ".join(f"{_secs(a)} / {_secs(b)}" for a, b in rounds)
+    return (f"- {len(rounds)} paired rounds (DeepDPM / sampler seconds to the target; the "
+            f"figures above are their medians): {pairs}\n")
 
 
 def scale_text(res: dict) -> str:
