@@ -131,3 +131,20 @@ def test_paper_seeds_show_each_seed_and_the_medians(report, tmp_path):
     assert ("| mnist_umap | deepdpm | 12 / 0.900 | 10 / 0.950 | 10 / 0.940 | 10 | 0.940 | "
             "0.940 | 0.940 | 61.0 |") in text
     assert "| mnist_umap | bgm | 13 / 0.900 | - | - | 13 | 0.900 |" in text
+
+
+def test_deepdpm_speed_lists_its_paired_rounds_beside_their_medians(report):
+    """The DeepDPM speed text gives the ratio of the medians and every round's pair; a
+    single-round record renders without the rounds line."""
+    res = {"device": "cpu", "target_nmi": 0.95,
+           "deepdpm": {"epochs_to_target": 42, "seconds_to_target": 20.0, "epochs": 57,
+                       "seconds_total": 38.0, "k": 20, "nmi": 1.0},
+           "subcluster": {"iters": 20, "seconds": 5.0, "nmi": 0.99, "k": 21,
+                          "seconds_to_target": 5.0},
+           "estep": {"k": 20, "seconds": 0.1, "gflops": 40.0, "fraction_of_matmul": 0.2,
+                     "matmul_f32_gflops": 200.0},
+           "rounds": [[22.0, 6.0], [20.0, 5.0], [19.0, 4.0]]}
+    text = report.deepdpm_text(res)
+    assert "the sampler's: 4.0x" in text
+    assert "3 paired rounds" in text and "22.0 s / 6.0 s, 20.0 s / 5.0 s, 19.0 s / 4.0 s" in text
+    assert "paired rounds" not in report.deepdpm_text({**res, "rounds": [[20.0, 5.0]]})
