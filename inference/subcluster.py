@@ -412,24 +412,22 @@ class SubclusterSampler(MCMCClusterer):
             cfg.warmup, cfg.moves_per_iter, cfg.gibbs_points
         self.backend_ = backend
         self._compiled = None
+        # the clusters of the start may merge at once: a random start's clusters are
+        # interleaved pieces of the data, not splits to protect
+        born = torch.full((int(z.max()) + 1,), -cfg.burnout, dtype=torch.long)
         if backend == "compiled":
             from .subcluster_compiled import CompiledGaussianSteps, ensure_kernels
 
             ensure_kernels(compile_kernels)
             self._compiled = CompiledGaussianSteps(cfg, X, model.family,
                                                    self._update_hyperparameters)
-        if self._compiled is not None:
             zs = torch.from_numpy(self._compiled.warmup_sublabels(
                 z.numpy(), np.ones(int(z.max()) + 1, dtype=bool), np.zeros(n, dtype=np.int64)))
-            born = torch.full((int(z.max()) + 1,), -self._settings.burnout, dtype=torch.long)
             return self._compiled.seed_state(SubclusterState(
                 X, z, float(getattr(weights, "alpha", 1.0)), zs=zs, born=born, hyper=hyper))
         zs = self._warmup_sublabels(model.family.features(X), z,
                                     torch.ones(int(z.max()) + 1, dtype=torch.bool),
                                     torch.zeros(n, dtype=torch.long))
-        # the clusters of the start may merge at once: a random start's clusters are
-        # interleaved pieces of the data, not splits to protect
-        born = torch.full((int(z.max()) + 1,), -self._settings.burnout, dtype=torch.long)
         return SubclusterState(X, z, float(getattr(weights, "alpha", 1.0)), zs=zs, born=born,
                                hyper=hyper)
 
