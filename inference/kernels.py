@@ -347,13 +347,56 @@ def label_cdf(X, W, b, c):
 @njit(cache=True)
 def pair_loglik(X, grp, W, b, c):
     """log N(x_i | component 2 g_i + h) for h = 0, 1: each row against the two
-    sub-components of its own group, (N, 2)."""
+    sub-components of its own group, (N, 2).  From :data:`GEMM_MIN_D` the quadratic
+    forms are matrix products, group by group (:func:`pair_quad`)."""
     n_rows = X.shape[0]
     out = np.empty((n_rows, 2))
+    if X.shape[1] >= GEMM_MIN_D:
+        q = pair_quad(X, grp, W, b)
+        for i in range(n_rows):
+            for h in range(2):
+                out[i, h] = c[2 * grp[i] + h] - 0.5 * q[i, h]
+        return out
     for i in range(n_rows):
         for h in range(2):
             k = 2 * grp[i] + h
             out[i, h] = c[k] - 0.5 * _quad(X, i, W, b, k)
+    return out
+
+
+@njit(cache=True)
+def pair_quad(X, grp, W, b):
+    """|W_{2 g_i + h} x_i - b_{2 g_i + h}|^2 for h = 0, 1, (N, 2): each group's rows
+    gathered and passed to :func:`quad_table` with the group's two components."""
+    n_rows = X.shape[0]
+    out = np.empty((n_rows, 2))
+    order, start = group_index(grp, W.shape[0] // 2)
+    for g in range(W.shape[0] // 2):
+        idx = order[start[g]:start[g + 1]]
+        if idx.shape[0] == 0:
+            continue
+        q = quad_table(X[idx], W[2 * g:2 * g + 2], b[2 * g:2 * g + 2])
+        for r in range(idx.shape[0]):
+            out[idx[r], 0] = q[r, 0]
+            out[idx[r], 1] = q[r, 1]
+    return out
+
+
+@njit(cache=True)
+def two_loglik(X, W, b, c):
+    """log N(x_i | component h) + c_h for h = 0, 1 of every row, (N, 2): the loops of
+    :func:`_quad` below :data:`GEMM_MIN_D`, :func:`quad_table` from it."""
+    n_rows = X.shape[0]
+    out = np.empty((n_rows, 2))
+    if X.shape[1] >= GEMM_MIN_D:
+        q = quad_table(X, W[:2], b[:2])
+        for r in range(n_rows):
+            for h in range(2):
+                out[r, h] = c[h] - 0.5 * q[r, h]
+        return out
+    for r in range(n_rows):
+        for h in range(2):
+            out[r, h] = c[h] - 0.5 * _quad(X, r, W, b, h)
     return out
 
 
@@ -661,9 +704,10 @@ def _map_loglik_two(X, idx, h, mu0, kappa0, nu0, psi0, out):
         return False
     kap, mu, nu, chol = niw_posterior(n, s1, s2, mu0, kappa0, nu0, psi0)
     W, b, c = map_components(kap, mu, nu, chol)
+    ll = two_loglik(sub, W, b, c)
     for r in range(idx.shape[0]):
         for s in range(2):
-            out[r, s] = c[s] - 0.5 * _quad(sub, r, W, b, s) + math.log(n[s])
+            out[r, s] = ll[r, s] + math.log(n[s])
     return True
 
 
@@ -770,11 +814,9 @@ def whitened_two_means_groups(X, grp, n_groups, axes, keys, max_rows, mu0, kappa
         W, b, c = map_components(kap, mu, nu, chol)
         lw0 = math.log(n[0] + 0.5)
         lw1 = math.log(n[1] + 0.5)
+        ll = two_loglik(X[idx], W, b, c)
         for r in range(cnt):
-            i = idx[r]
-            l0 = c[0] - 0.5 * _quad(X, i, W, b, 0) + lw0
-            l1 = c[1] - 0.5 * _quad(X, i, W, b, 1) + lw1
-            h[i] = 1 if l1 > l0 else 0
+            h[idx[r]] = 1 if ll[r, 1] + lw1 > ll[r, 0] + lw0 else 0
     return h
 
 
@@ -1164,13 +1206,27 @@ def _predictive_terms(n, s1, s2, g, mu0, kappa0, nu0, psi0, mu, chol, const, sca
                       psi):
     """The NIW posterior predictive of group g, a multivariate Student-t with
     df = nu_n - d + 1, location mu_n and scale Psi_n (kappa_n + 1) / (kappa_n df)
-    (Murphy 2007, eq. 258), stored as mu_n, the Cholesky factor of Psi_n (the
-    posterior of :func:`niw_posterior`), the log normaliser, c df (the divisor of the
-    Psi_n-Mahalanobis distance) and (df + d) / 2; ``psi`` is (d, d) scratch."""
+    (Murphy 2007, eq. 258), stored as mu_n, the upper Cholesky factor U = L^T of Psi_n
+    (the posterior of :func:`niw_posterior`; upper, so that the rank-one updates and
+    the forward solves run along its contiguous rows), the log normaliser, c df (the
+    divisor of the Psi_n-Mahalanobis distance) and (df + d) / 2; ``psi`` is (d, d)
+    scratch."""
     d = s1.shape[1]
     kap = kappa0 + n[g]
     _posterior_into(n, s1, s2, g, mu0, kappa0, psi0, mu, chol, psi)
-    df = nu0 + n[g] - d + 1.0
+    for a in range(d):                      # L (zero above the diagonal) to U = L^T
+        for b in range(a):
+            chol[g, b, a] = chol[g, a, b]
+            chol[g, a, b] = 0.0
+    _student_terms(g, kap, nu0 + n[g] - d + 1.0, chol, const, scale, half)
+
+
+@njit(cache=True)
+def _student_terms(g, kap, df, chol, const, scale, half):
+    """Group g's Student-t predictive terms from kappa_n, its df and the Cholesky factor
+    of Psi_n: the log normaliser, c df with c = (kappa_n + 1) / (kappa_n df), and
+    (df + d) / 2 (Murphy 2007, eq. 258)."""
+    d = chol.shape[1]
     c = (kap + 1.0) / (kap * df)
     logdet = 0.0
     for a in range(d):
@@ -1182,16 +1238,70 @@ def _predictive_terms(n, s1, s2, g, mu0, kappa0, nu0, psi0, mu, chol, const, sca
 
 
 @njit(cache=True)
-def _log_predictive(x, g, mu, chol, const, scale, half, y):
-    """log t(x | group g) from :func:`_predictive_terms` (``y`` is scratch, (d,))."""
+def _chol_rank1(U, w, sign):
+    """U^T U + sign w w^T into the upper factor U in O(d^2) (the rotation form of the
+    rank-one Cholesky update; Golub & Van Loan, sec. 6.5.4); ``w`` is overwritten.
+    False, with U part-updated, when a pivot would shrink by more than 1e4 (a downdate to a
+    nearly singular matrix, where the rotations lose the digits a fresh
+    factorisation keeps)."""
+    d = w.shape[0]
+    for a in range(d):
+        u_aa = U[a, a]
+        r2 = u_aa * u_aa + sign * w[a] * w[a]
+        if not r2 > 1e-8 * u_aa * u_aa:
+            return False
+        r = math.sqrt(r2)
+        cs = r / u_aa
+        sn = w[a] / u_aa
+        U[a, a] = r
+        for i in range(a + 1, d):
+            U[a, i] = (U[a, i] + sign * sn * w[i]) / cs
+            w[i] = cs * w[i] - sn * U[a, i]
+    return True
+
+
+@njit(cache=True)
+def _predictive_moved(x, g, sign, n, s1, s2, mu0, kappa0, nu0, psi0, mu, chol, const, scale,
+                      half, psi, w):
+    """:func:`_predictive_terms` of group g after x joined (sign 1) or left (-1) it,
+    from its terms before, in O(d^2): with kappa the smaller and kappa' = kappa + 1
+    the larger count's kappa_n and mu_n, mu' the larger mean, Psi' = Psi +
+    kappa'/kappa (x - mu')(x - mu')^T (Murphy 2007, eq. 254), a rank-one update of
+    the Cholesky factor; recomputed from the statistics (already updated) when the
+    downdate loses positive definiteness.  ``w`` is (d,) scratch."""
     d = x.shape[0]
+    kap_new = kappa0 + n[g]
+    kap_old = kap_new - sign
+    big = max(kap_new, kap_old)
+    f = math.sqrt(big / (big - 1.0))
+    if sign < 0:                            # x - mu': the mean before x left
+        for a in range(d):
+            w[a] = f * (x[a] - mu[g, a])
+    for a in range(d):
+        mu[g, a] = (kap_old * mu[g, a] + sign * x[a]) / kap_new
+    if sign > 0:                            # the mean after x joined
+        for a in range(d):
+            w[a] = f * (x[a] - mu[g, a])
+    if not _chol_rank1(chol[g], w, sign):
+        _predictive_terms(n, s1, s2, g, mu0, kappa0, nu0, psi0, mu, chol, const, scale, half,
+                          psi)
+        return
+    _student_terms(g, kap_new, nu0 + n[g] - d + 1.0, chol, const, scale, half)
+
+
+@njit(cache=True)
+def _log_predictive(x, g, mu, chol, const, scale, half, y):
+    """log t(x | group g) from :func:`_predictive_terms` (``y`` is scratch, (d,)): the
+    forward solve L y = x - mu_n column by column, L's columns being U's rows."""
+    d = x.shape[0]
+    for a in range(d):
+        y[a] = x[a] - mu[g, a]
     maha = 0.0
     for a in range(d):
-        v = x[a] - mu[g, a]
-        for b in range(a):
-            v -= chol[g, a, b] * y[b]
-        y[a] = v / chol[g, a, a]
-        maha += y[a] * y[a]
+        ya = y[a] / chol[g, a, a]
+        maha += ya * ya
+        for i in range(a + 1, d):
+            y[i] -= chol[g, a, i] * ya
     return const[g] - half[g] * math.log1p(maha / scale[g])
 
 
@@ -1203,6 +1313,14 @@ def _add_row(x, g, sign, n, s1, s2):
         s1[g, a] += sign * x[a]
         for b in range(d):
             s2[g, a, b] += sign * x[a] * x[b]
+
+
+@njit(cache=True)
+def _grow(a, rows):
+    """``a`` with its first axis zero-padded to ``rows``."""
+    out = np.zeros((rows,) + a.shape[1:], dtype=a.dtype)
+    out[:a.shape[0]] = a
+    return out
 
 
 @njit(cache=True)
@@ -1218,7 +1336,7 @@ def collapsed_labels(rng, X, z, k, idx, n, s1, s2, mu0, kappa0, nu0, psi0, alpha
     (n, s1, s2) are the statistics of the K clusters of ``z``; returns the new labels
     (renumbered 0..K'-1) and their statistics.  One ``rng.random()`` per row."""
     d = X.shape[1]
-    cap = k + idx.shape[0]
+    cap = k + min(idx.shape[0], 8)          # slots; doubled when the new clusters fill them
     cn = np.zeros(cap)
     cs1 = np.zeros((cap, d))
     cs2 = np.zeros((cap, d, d))
@@ -1247,6 +1365,7 @@ def collapsed_labels(rng, X, z, k, idx, n, s1, s2, mu0, kappa0, nu0, psi0, alpha
     keep_mu = np.empty(d)
     keep_chol = np.empty((d, d))
     y = np.empty(d)
+    w = np.empty(d)
     logits = np.empty(cap + 1)
     slots = np.empty(cap + 1, dtype=np.int64)
     z = z.copy()
@@ -1268,8 +1387,8 @@ def collapsed_labels(rng, X, z, k, idx, n, s1, s2, mu0, kappa0, nu0, psi0, alpha
             cs1[old] = 0.0
             cs2[old] = 0.0
         else:
-            _predictive_terms(cn, cs1, cs2, old, mu0, kappa0, nu0, psi0, mu, chol, const,
-                              scale, half, psi)
+            _predictive_moved(x, old, -1.0, cn, cs1, cs2, mu0, kappa0, nu0, psi0, mu, chol,
+                              const, scale, half, psi, w)
         m = 0
         top = -np.inf
         for g in range(n_slots):
@@ -1304,6 +1423,13 @@ def collapsed_labels(rng, X, z, k, idx, n, s1, s2, mu0, kappa0, nu0, psi0, alpha
                         break
             if new == n_slots:
                 n_slots += 1
+            if n_slots > cap:
+                cap *= 2
+                cn, cs1, cs2, alive = _grow(cn, cap), _grow(cs1, cap), _grow(cs2, cap), \
+                    _grow(alive, cap)
+                mu, chol, const, scale, half = _grow(mu, cap), _grow(chol, cap), \
+                    _grow(const, cap), _grow(scale, cap), _grow(half, cap)
+                logits, slots = _grow(logits, cap + 1), _grow(slots, cap + 1)
             alive[new] = True
             k_live += 1
         _add_row(x, new, 1.0, cn, cs1, cs2)
@@ -1311,9 +1437,12 @@ def collapsed_labels(rng, X, z, k, idx, n, s1, s2, mu0, kappa0, nu0, psi0, alpha
             mu[old] = keep_mu
             chol[old] = keep_chol
             const[old], scale[old], half[old] = keep
-        else:
+        elif cn[new] < 1.5:                         # a new cluster
             _predictive_terms(cn, cs1, cs2, new, mu0, kappa0, nu0, psi0, mu, chol, const,
                               scale, half, psi)
+        else:
+            _predictive_moved(x, new, 1.0, cn, cs1, cs2, mu0, kappa0, nu0, psi0, mu, chol,
+                              const, scale, half, psi, w)
         z[i] = new
     z, kept = relabel(z)
     return z, cn[kept], cs1[kept], cs2[kept]

@@ -156,6 +156,24 @@ def test_label_table_matches_the_log_densities_on_both_paths(d):
     np.testing.assert_allclose(kn.quad_table(X, W, b), quad, rtol=1e-12)
 
 
+@pytest.mark.parametrize("d", [3, kn.GEMM_MIN_D, 40])
+def test_own_group_log_densities_on_both_paths(d):
+    """Each row against its own group's two sub-components (loops below GEMM_MIN_D,
+    gathered matrix products from it; one group left empty): c_h - |W x - b|^2 / 2."""
+    g = np.random.default_rng(d + 1)
+    n, groups = 300, 4
+    X = g.normal(size=(n, d))
+    grp = g.choice([0, 1, 3], size=n)
+    W = np.tril(g.normal(size=(2 * groups, d, d))) + 3 * np.eye(d)
+    b, c = g.normal(size=(2 * groups, d)), g.normal(size=2 * groups)
+    quad = ((np.einsum("kij,nj->nki", W, X) - b[None]) ** 2).sum(-1)
+    ll = c[None] - 0.5 * quad
+    want = np.stack([ll[np.arange(n), 2 * grp], ll[np.arange(n), 2 * grp + 1]], 1)
+    np.testing.assert_allclose(kn.pair_loglik(X, grp, W, b, c), want, rtol=1e-12)
+    np.testing.assert_allclose(kn.two_loglik(X, W[2:4], b[2:4], c[2:4]), ll[:, 2:4],
+                               rtol=1e-12)
+
+
 def test_slice_labels_use_only_atoms_above_the_slice():
     g = np.random.default_rng(3)
     X = g.normal(size=(1, 2))
@@ -427,6 +445,48 @@ def test_collapsed_predictive_is_the_family_student_t():
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
+def _predictive(fam, n, s1, s2):
+    d = s1.shape[1]
+    terms = (np.empty((1, d)), np.zeros((1, d, d)), np.empty(1), np.empty(1), np.empty(1))
+    kn._predictive_terms(n, s1, s2, 0, *niw_arrays(fam), *terms, np.empty((d, d)))
+    return terms
+
+
+@pytest.mark.parametrize("d", [3, 40])
+def test_rank_one_predictive_updates_match_the_recomputed_terms(d):
+    """A cluster's predictive terms carried through 60 joins and leaves by rank-one
+    Cholesky updates equal those recomputed from its statistics, at every step; a
+    leave that would make Psi_n singular falls back to the recomputation."""
+    fam = _family(d)
+    g = np.random.default_rng(d)
+    X = g.normal(size=(80, d)) @ g.normal(size=(d, d)) + 2.0
+    inside = list(range(20))
+    n, s1, s2 = kn.group_stats(X[inside], np.zeros(20, dtype=np.int64), 1)
+    terms = _predictive(fam, n, s1, s2)
+    scratch = (np.empty((d, d)), np.empty(d))
+    for t in range(60):
+        if t % 3 == 2:                                   # a leave
+            i, sign = inside.pop(int(g.integers(len(inside)))), -1.0
+        else:                                            # a join
+            i, sign = 20 + t, 1.0
+            inside.append(i)
+        kn._add_row(X[i], 0, sign, n, s1, s2)
+        kn._predictive_moved(X[i], 0, sign, n, s1, s2, *niw_arrays(fam), *terms, *scratch)
+        for got, want in zip(terms, _predictive(fam, n, s1, s2), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    # a leave that shrinks a pivot by more than 1e4 (Psi nearly singular without the
+    # point) is refused by the downdate and recomputed
+    tiny = GaussianNIW(np.zeros(d), 0.3, d + 2.5, np.eye(d) * 1e-12)
+    n, s1, s2 = kn.group_stats(X[:2], np.zeros(2, dtype=np.int64), 1)
+    terms = _predictive(tiny, n, s1, s2)
+    w = terms[0][0] - X[1]
+    assert not kn._chol_rank1(terms[1][0].copy(), w * math.sqrt(2.3 / 1.3), -1.0)
+    kn._add_row(X[1], 0, -1.0, n, s1, s2)
+    kn._predictive_moved(X[1], 0, -1.0, n, s1, s2, *niw_arrays(tiny), *terms, *scratch)
+    for got, want in zip(terms, _predictive(tiny, n, s1, s2), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("weights", [DirichletProcess(2.0), PitmanYor(0.5, 0.4),
                                      FiniteDirichlet(3.0, 5)])
 def test_collapsed_update_draws_from_the_predictive_rule(weights):
@@ -481,3 +541,12 @@ def test_collapsed_sweeps_keep_the_statistics_of_their_labels():
         for got, want in zip((n, s1, s2), kn.group_stats(X, z, k), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
     assert len(ks) > 2                       # clusters did open and empty
+    # a concentration that opens a cluster for nearly every row: more new clusters in
+    # one sweep than the slots it starts with
+    eppf = eppf_kernel_args(DirichletProcess(1e12))
+    z = np.zeros(len(grp), dtype=np.int64)
+    z, n, s1, s2 = kn.collapsed_labels(rng, X, z, 1, np.arange(40), *kn.group_stats(X, z, 1),
+                                       *niw_arrays(fam), *eppf[:3])
+    assert int(z.max()) + 1 > 30
+    for got, want in zip((n, s1, s2), kn.group_stats(X, z, int(z.max()) + 1), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
