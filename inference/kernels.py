@@ -68,27 +68,16 @@ def group_stats(X, lab, n_groups):
 
 @njit(cache=True)
 def _group_stats_gemm(X, lab, n_groups):
-    n_rows, d = X.shape
-    counts = np.zeros(n_groups, dtype=np.int64)
-    for i in range(n_rows):
-        counts[lab[i]] += 1
-    start = np.zeros(n_groups + 1, dtype=np.int64)
-    for g in range(n_groups):
-        start[g + 1] = start[g] + counts[g]
-    order = np.empty(n_rows, dtype=np.int64)
-    fill = start[:-1].copy()
-    for i in range(n_rows):
-        order[fill[lab[i]]] = i
-        fill[lab[i]] += 1
-    n = counts.astype(np.float64)
+    d = X.shape[1]
+    order, start = group_index(lab, n_groups)
+    n = np.zeros(n_groups)
     s1 = np.zeros((n_groups, d))
     s2 = np.zeros((n_groups, d, d))
     for g in range(n_groups):
-        if counts[g] == 0:
+        if start[g + 1] == start[g]:
             continue
-        rows = np.empty((counts[g], d))
-        for r in range(counts[g]):
-            rows[r] = X[order[start[g] + r]]
+        rows = X[order[start[g]:start[g + 1]]]
+        n[g] = rows.shape[0]
         s1[g] = rows.sum(0)
         s2[g] = rows.T @ rows
     return n, s1, s2
@@ -595,9 +584,15 @@ def group_index(grp, n_groups):
 
 @njit(cache=True)
 def _moments(X, idx):
-    """Mean and biased covariance of the rows idx of X."""
+    """Mean and biased covariance of the rows idx of X (from :data:`GEMM_MIN_D` the
+    scatter of the centred rows is one matrix product)."""
     d = X.shape[1]
     m = idx.shape[0]
+    if d >= GEMM_MIN_D and m > 0:
+        rows = X[idx]
+        mean = rows.sum(0) / m
+        rows -= mean
+        return mean, (rows.T @ rows) / m
     mean = np.zeros(d)
     for r in range(m):
         for a in range(d):
@@ -791,13 +786,17 @@ def whitened_two_means_groups(X, grp, n_groups, axes, keys, max_rows, mu0, kappa
             cov[a, a] += ridge
         if not _cholesky_into(cov, L):
             raise ValueError("a group's covariance is not positive definite")
-        xw = np.empty((ms, d))
-        for r in range(ms):
-            for a in range(d):
-                t = X[sample[r], a] - mean[a]
-                for k in range(a):
-                    t -= L[a, k] * xw[r, k]
-                xw[r, a] = t / L[a, a]
+        if d >= GEMM_MIN_D:                 # L^-1 (x - mean) as one matrix product
+            xw = X[sample] - mean
+            xw = xw @ np.ascontiguousarray(np.linalg.inv(L).T)
+        else:
+            xw = np.empty((ms, d))
+            for r in range(ms):
+                for a in range(d):
+                    t = X[sample[r], a] - mean[a]
+                    for k in range(a):
+                        t -= L[a, k] * xw[r, k]
+                    xw[r, a] = t / L[a, a]
         hs = np.zeros(ms, dtype=np.int64)
         _two_means_one(xw, np.arange(ms), axes[g], True, 5, hs)
         for r in range(ms):

@@ -191,21 +191,23 @@ def test_slice_labels_use_only_atoms_above_the_slice():
     assert np.mean(z == 1) == pytest.approx(2 / 3, abs=0.015)
 
 
+@pytest.mark.parametrize("d", [3, 30])
 @pytest.mark.parametrize("use_axes", [False, True])
-def test_two_means_matches_the_torch_subpartition(use_axes):
-    X, grp = _grouped_data(seed=4)
-    axes = np.random.default_rng(5).normal(size=(4, 3))
+def test_two_means_matches_the_torch_subpartition(use_axes, d):
+    X, grp = _grouped_data(seed=4, d=d)
+    axes = np.random.default_rng(5).normal(size=(4, d))
     got = kn.two_means_groups(X, grp, 4, axes, use_axes)
     want = two_means_groups(torch.from_numpy(X), torch.from_numpy(grp), 4,
                             torch.from_numpy(axes) if use_axes else None)
     np.testing.assert_array_equal(got, want.numpy())
 
 
-def test_carving_matches_the_torch_subpartition():
-    fam = _family()
-    X, grp = _grouped_data(seed=6, groups=3)
-    X = np.concatenate([X, np.random.default_rng(7).normal(size=(300, 3)) * 0.2])
-    grp = np.concatenate([grp, np.full(300, 3)])          # a group large enough to carve
+@pytest.mark.parametrize("d", [3, 30])
+def test_carving_matches_the_torch_subpartition(d):
+    fam = _family(d)
+    X, grp = _grouped_data(seed=6, d=d, groups=3)
+    X = np.concatenate([X, np.random.default_rng(7).normal(size=(300 + 10 * d, d)) * 0.2])
+    grp = np.concatenate([grp, np.full(300 + 10 * d, 3)])  # a group large enough to carve
     anchors = np.array([np.flatnonzero(grp == k)[0] for k in range(4)])
     got = kn.carve_groups(X, grp, 4, anchors, *niw_arrays(fam), 3)
     want = carve_groups(fam, torch.from_numpy(X), torch.from_numpy(grp), 4,
@@ -213,14 +215,15 @@ def test_carving_matches_the_torch_subpartition():
     np.testing.assert_array_equal(got, want.numpy())
 
 
+@pytest.mark.parametrize("d", [3, 30])
 @pytest.mark.parametrize("max_rows", [1000, 20])
-def test_whitened_two_means_matches_the_torch_subpartition(max_rows):
+def test_whitened_two_means_matches_the_torch_subpartition(max_rows, d):
     """Group by group (the torch function also relabels small groups when any group of
     the call exceeds max_rows), with the rows of larger groups subsampled by key."""
-    fam = _family()
-    X, grp = _grouped_data(seed=8)
+    fam = _family(d)
+    X, grp = _grouped_data(seed=8, d=d)
     keys = np.random.default_rng(9).uniform(size=X.shape[0])
-    axes = np.random.default_rng(10).normal(size=(4, 3))
+    axes = np.random.default_rng(10).normal(size=(4, d))
     got = kn.whitened_two_means_groups(X, grp, 4, axes, keys, max_rows, *niw_arrays(fam))
     for k in range(4):
         rows = grp == k
