@@ -218,26 +218,32 @@ def log_marginal(n, kap, nu, chol, prior_const):
 @njit(cache=True)
 def sample_components(kap, mu_n, nu, chol, normals, gammas, eps):
     """Posterior draws (Sigma, mu) ~ NIW(mu_n, kappa_n, nu_n, C C^T) by Bartlett's
-    decomposition, returned as (W, b, c) with W = A^T C^{-1}, b = W mu and
-    c = -d/2 log 2 pi - log|C| + log|A| (= -log|Sigma|^{1/2} - d/2 log 2pi); also mu.
-    ``normals`` (G, d, d) fill A below the diagonal, ``gammas`` (G, d) are
-    Gamma((nu_n - i)/2, 1) draws (A_ii = sqrt(2 gamma)), ``eps`` (G, d) N(0, I)."""
+    decomposition, returned as (W, b, c) with W lower triangular, W^T W = Sigma^-1,
+    b = W mu and c = -d/2 log 2 pi + log|W| (= -log|Sigma|^{1/2} - d/2 log 2pi); also mu.
+
+    Sigma^-1 ~ Wishart(nu_n, C^-T C^-1) is drawn as C^-T B B^T C^-1 with B the
+    Bartlett factor in reversed index order (upper triangular: B_ii^2 ~
+    chi^2(nu_n - (d - 1 - i)), N(0, 1) above the diagonal; the reversal P A P of the
+    usual lower factor A, and P W(nu, I) P = W(nu, I)), so that W = B^T C^-1 is a
+    product of two lower-triangular matrices.  ``normals`` (G, d, d) fill A below
+    the diagonal, ``gammas`` (G, d) are Gamma((nu_n - i)/2, 1) draws (A_ii =
+    sqrt(2 gamma_i)), ``eps`` (G, d) N(0, I); mu = mu_n + W^-1 eps / sqrt(kappa_n)."""
     n_groups, d = mu_n.shape
     W = np.zeros((n_groups, d, d))
     b = np.empty((n_groups, d))
     c = np.empty(n_groups)
     mean = np.empty((n_groups, d))
-    A = np.empty((d, d))
+    B = np.zeros((d, d))
     cinv = np.empty((d, d))
     v = np.empty(d)
     for g in range(n_groups):
         C = chol[g]
         logdet = 0.0
         for i in range(d):
-            for j in range(d):
-                A[i, j] = normals[g, i, j] if j < i else 0.0
-            A[i, i] = math.sqrt(2.0 * max(gammas[g, i], 1e-300))
-            logdet += math.log(A[i, i]) - math.log(C[i, i])
+            B[i, i] = math.sqrt(2.0 * max(gammas[g, d - 1 - i], 1e-300))
+            for j in range(i + 1, d):
+                B[i, j] = normals[g, d - 1 - i, d - 1 - j]
+            logdet += math.log(B[i, i]) - math.log(C[i, i])
         # C^{-1} by forward substitution (lower triangular)
         for j in range(d):
             for i in range(d):
@@ -248,19 +254,19 @@ def sample_components(kap, mu_n, nu, chol, normals, gammas, eps):
                 for k in range(j, i):
                     t -= C[i, k] * cinv[k, j]
                 cinv[i, j] = t / C[i, i]
-        # W = A^T C^{-1}
+        # W = B^T C^{-1}, lower triangular
         for i in range(d):
-            for j in range(d):
+            for j in range(i + 1):
                 t = 0.0
-                for k in range(max(i, j), d):
-                    t += A[k, i] * cinv[k, j]
+                for k in range(j, i + 1):
+                    t += B[k, i] * cinv[k, j]
                 W[g, i, j] = t
-        # mu = mu_n + C A^{-T} eps / sqrt(kappa_n): A^T v = eps (upper), then C v
-        for i in range(d - 1, -1, -1):
+        # mu = mu_n + C B^{-T} eps / sqrt(kappa_n): B^T v = eps (lower), then C v
+        for i in range(d):
             t = eps[g, i]
-            for k in range(i + 1, d):
-                t -= A[k, i] * v[k]
-            v[i] = t / A[i, i]
+            for k in range(i):
+                t -= B[k, i] * v[k]
+            v[i] = t / B[i, i]
         scale = 1.0 / math.sqrt(kap[g])
         for i in range(d):
             t = 0.0
@@ -269,7 +275,7 @@ def sample_components(kap, mu_n, nu, chol, normals, gammas, eps):
             mean[g, i] = mu_n[g, i] + t * scale
         for i in range(d):
             t = 0.0
-            for j in range(d):
+            for j in range(i + 1):
                 t += W[g, i, j] * mean[g, j]
             b[g, i] = t
         c[g] = -0.5 * d * LOG_2PI + logdet
@@ -315,11 +321,12 @@ def map_components(kap, mu_n, nu, chol):
 # -- log-likelihoods and categorical draws --------------------------------------------
 @njit(cache=True, inline="always")
 def _quad(X, i, W, b, k):
+    """|W_k x_i - b_k|^2, W_k lower triangular."""
     d = X.shape[1]
     q = 0.0
     for a in range(d):
         t = -b[k, a]
-        for j in range(d):
+        for j in range(a + 1):
             t += W[k, a, j] * X[i, j]
         q += t * t
     return q
@@ -423,6 +430,7 @@ ROW_CHUNK = 256      # rows per task of the parallel tables
 # times the rate once d is past a few dozen.
 GEMM_MIN_D = 24
 GEMM_CHUNK = 1 << 19  # elements of one (rows, K d) product block: 4 MiB of float64
+TRI_BLOCK = 32       # coordinates of W x per product of the triangular quadratic forms
 
 
 @njit(cache=True, inline="always")
@@ -447,26 +455,41 @@ def _cdf_row(out, i, q, c, log_w, log_u):
 
 @njit(cache=True)
 def quad_table(X, W, b):
-    """|W_k x_i - b_k|^2 for every row and component, (N, K), by matrix products: a
-    block of rows times the (d, K d) matrix of every W_k^T (BLAS), then each length-d
-    block of the product shifted by b_k and squared.  Rows go in blocks of at most
+    """|W_k x_i - b_k|^2 for every row and component, (N, K), W_k lower triangular, by
+    matrix products (BLAS) that skip W's zero upper triangle: the coordinates a of
+    W_k x go in blocks [lo, hi) of :data:`TRI_BLOCK`, and a block needs only x's first
+    hi columns, one (rows, hi) x (hi, K (hi - lo)) product for all K components; about
+    (d + TRI_BLOCK) / 2d of a full product's multiply-adds.  Each block's part of
+    W_k x is shifted by b_k and its squares summed.  Rows go in blocks of at most
     :data:`GEMM_CHUNK` / (K d), so no (N, K d) array is formed."""
     n_rows, d = X.shape
     k = W.shape[0]
-    wf = np.ascontiguousarray(W.transpose(2, 0, 1)).reshape(d, k * d)  # [j, g d + a] = W[g, a, j]
-    bf = np.ascontiguousarray(b).reshape(k * d)
-    out = np.empty((n_rows, k))
+    n_blocks = (d + TRI_BLOCK - 1) // TRI_BLOCK
+    # block c: [j, g (hi - lo) + a - lo] = W[g, a, j] for lo <= a < hi, j <= a
+    parts = []
+    for blk in range(n_blocks):
+        lo, hi = blk * TRI_BLOCK, min(d, (blk + 1) * TRI_BLOCK)
+        part = np.zeros((hi, k * (hi - lo)))
+        for g in range(k):
+            for a in range(lo, hi):
+                for j in range(a + 1):
+                    part[j, g * (hi - lo) + a - lo] = W[g, a, j]
+        parts.append(part)
+    out = np.zeros((n_rows, k))
     step = max(1, GEMM_CHUNK // (k * d))
     for start in range(0, n_rows, step):
         stop = min(n_rows, start + step)
-        t = np.ascontiguousarray(X[start:stop]) @ wf
-        for r in range(stop - start):
-            for g in range(k):
-                q = 0.0
-                for a in range(g * d, (g + 1) * d):
-                    v = t[r, a] - bf[a]
-                    q += v * v
-                out[start + r, g] = q
+        for blk in range(n_blocks):
+            lo, hi = blk * TRI_BLOCK, min(d, (blk + 1) * TRI_BLOCK)
+            p = np.ascontiguousarray(X[start:stop, :hi]) @ parts[blk]
+            w = hi - lo
+            for r in range(stop - start):
+                for g in range(k):
+                    q = 0.0
+                    for a in range(w):
+                        v = p[r, g * w + a] - b[g, lo + a]
+                        q += v * v
+                    out[start + r, g] += q
     return out
 
 
@@ -493,7 +516,7 @@ def _slice_cdf_loops(X, W, b, c, log_w, log_u):
             q[:] = 0.0
             for a in range(d):
                 t[:] = -bt[a]
-                for j in range(d):
+                for j in range(a + 1):
                     xj = X[i, j]
                     for g in range(k):
                         t[g] += Wt[a, j, g] * xj
@@ -507,8 +530,9 @@ def _slice_cdf_loops(X, W, b, c, log_w, log_u):
 def slice_cdf(X, W, b, c, log_w, log_u):
     """The slice step's table: unnormalised cumulative probabilities of
     p(z_i = j) proportional to 1[log pi_j > log u_i] f(x_i | theta_j) over all atoms j
-    (occupied and new, ``log_w`` their log weights), (N, J), in one pass over the
-    rows; atoms at or below the slice add nothing, so :func:`draw_from_cdf` never
+    (occupied and new, ``log_w`` their log weights; log f = c_j - |W_j x - b_j|^2 / 2
+    with W_j lower triangular, as the component draws give), (N, J), in one pass over
+    the rows; atoms at or below the slice add nothing, so :func:`draw_from_cdf` never
     picks them.  Terms below e^-50 of the row's largest are left out of the sums:
     each would change the row's probabilities by less than 1e-21, below float64
     resolution of a sum that holds the largest term, 1.

@@ -104,8 +104,28 @@ def test_component_draws_follow_the_niw_posterior():
     post = fam.posterior(fam.suff_stats_labels(torch.from_numpy(X), torch.from_numpy(grp), 1))
     e_cov = post.psi[0].numpy() / (float(post.nu[0]) - 2 - 1)
     np.testing.assert_allclose(cov.mean(0), e_cov, rtol=0.05, atol=0.02 * np.abs(e_cov).max())
+    # the spread of Sigma too (scipy's inverse-Wishart variances), and W lower triangular
+    want_var = st.invwishart(df=float(post.nu[0]), scale=post.psi[0].numpy()).var()
+    np.testing.assert_allclose(cov.var(0), want_var, rtol=0.12)
+    assert np.all(np.triu(W, 1) == 0.0)
     se = np.sqrt(np.diag(e_cov) / float(post.kappa[0]) / reps)
     assert np.all(np.abs(mean.mean(0) - post.mu[0].numpy()) < 5 * se)
+
+
+def test_component_draws_at_few_degrees_of_freedom():
+    """Two points in 3-d, nu_n = 7.5: each Bartlett diagonal's degrees of freedom
+    matter, and E[Sigma] = Psi_n / (nu_n - d - 1) over 60,000 draws."""
+    fam = _family(d=3)
+    X = np.array([[0.3, -1.0, 2.0], [1.1, 0.4, -0.5]])
+    grp = np.zeros(2, dtype=np.int64)
+    stats = kn.group_stats(X, grp, 1)
+    reps = 60000
+    W, _, _, _ = _steps(fam).sample_components(tuple(np.repeat(a, reps, axis=0)
+                                                     for a in stats))
+    cov = np.linalg.inv(np.einsum("kji,kjl->kil", W, W))
+    post = fam.posterior(fam.suff_stats_labels(torch.from_numpy(X), torch.from_numpy(grp), 1))
+    e_cov = post.psi[0].numpy() / (float(post.nu[0]) - 3 - 1)
+    np.testing.assert_allclose(cov.mean(0), e_cov, rtol=0.04, atol=0.02 * np.abs(e_cov).max())
 
 
 def test_map_components_are_the_niw_mode():
@@ -125,6 +145,7 @@ def test_label_cdf_is_the_softmax_and_draws_invert_it():
     g = np.random.default_rng(2)
     X = g.normal(size=(50, 2))
     W, b, c = g.normal(size=(4, 2, 2)), g.normal(size=(4, 2)), g.normal(size=4)
+    W = np.tril(W)                      # the components' factors are lower triangular
     logits = c[None] - 0.5 * ((np.einsum("kij,nj->nki", W, X) - b[None]) ** 2).sum(-1)
     cdf = kn.label_cdf(X, W, b, c)
     prob = np.diff(cdf / cdf[:, -1:], prepend=0.0, axis=1)
