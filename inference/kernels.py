@@ -1229,18 +1229,12 @@ def _predictive_terms(n, s1, s2, g, mu0, kappa0, nu0, psi0, mu, chol, const, sca
                       psi):
     """The NIW posterior predictive of group g, a multivariate Student-t with
     df = nu_n - d + 1, location mu_n and scale Psi_n (kappa_n + 1) / (kappa_n df)
-    (Murphy 2007, eq. 258), stored as mu_n, the upper Cholesky factor U = L^T of Psi_n
-    (the posterior of :func:`niw_posterior`; upper, so that the rank-one updates and
-    the forward solves run along its contiguous rows), the log normaliser, c df (the
-    divisor of the Psi_n-Mahalanobis distance) and (df + d) / 2; ``psi`` is (d, d)
-    scratch."""
+    (Murphy 2007, eq. 258), stored as mu_n, the Cholesky factor of Psi_n (the
+    posterior of :func:`niw_posterior`), the log normaliser, c df (the divisor of the
+    Psi_n-Mahalanobis distance) and (df + d) / 2; ``psi`` is (d, d) scratch."""
     d = s1.shape[1]
     kap = kappa0 + n[g]
     _posterior_into(n, s1, s2, g, mu0, kappa0, psi0, mu, chol, psi)
-    for a in range(d):                      # L (zero above the diagonal) to U = L^T
-        for b in range(a):
-            chol[g, b, a] = chol[g, a, b]
-            chol[g, a, b] = 0.0
     _student_terms(g, kap, nu0 + n[g] - d + 1.0, chol, const, scale, half)
 
 
@@ -1261,25 +1255,25 @@ def _student_terms(g, kap, df, chol, const, scale, half):
 
 
 @njit(cache=True)
-def _chol_rank1(U, w, sign):
-    """U^T U + sign w w^T into the upper factor U in O(d^2) (the rotation form of the
+def _chol_rank1(L, w, sign):
+    """L L^T + sign w w^T into the lower factor L in O(d^2) (the rotation form of the
     rank-one Cholesky update; Golub & Van Loan, sec. 6.5.4); ``w`` is overwritten.
-    False, with U part-updated, when a pivot would shrink by more than 1e4 (a downdate to a
+    False, with L part-updated, when a pivot would shrink by more than 1e4 (a downdate to a
     nearly singular matrix, where the rotations lose the digits a fresh
     factorisation keeps)."""
     d = w.shape[0]
     for a in range(d):
-        u_aa = U[a, a]
-        r2 = u_aa * u_aa + sign * w[a] * w[a]
-        if not r2 > 1e-8 * u_aa * u_aa:
+        l_aa = L[a, a]
+        r2 = l_aa * l_aa + sign * w[a] * w[a]
+        if not r2 > 1e-8 * l_aa * l_aa:
             return False
         r = math.sqrt(r2)
-        cs = r / u_aa
-        sn = w[a] / u_aa
-        U[a, a] = r
+        cs = r / l_aa
+        sn = w[a] / l_aa
+        L[a, a] = r
         for i in range(a + 1, d):
-            U[a, i] = (U[a, i] + sign * sn * w[i]) / cs
-            w[i] = cs * w[i] - sn * U[a, i]
+            L[i, a] = (L[i, a] + sign * sn * w[i]) / cs
+            w[i] = cs * w[i] - sn * L[i, a]
     return True
 
 
@@ -1314,17 +1308,15 @@ def _predictive_moved(x, g, sign, n, s1, s2, mu0, kappa0, nu0, psi0, mu, chol, c
 
 @njit(cache=True)
 def _log_predictive(x, g, mu, chol, const, scale, half, y):
-    """log t(x | group g) from :func:`_predictive_terms` (``y`` is scratch, (d,)): the
-    forward solve L y = x - mu_n column by column, L's columns being U's rows."""
+    """log t(x | group g) from :func:`_predictive_terms` (``y`` is scratch, (d,))."""
     d = x.shape[0]
-    for a in range(d):
-        y[a] = x[a] - mu[g, a]
     maha = 0.0
     for a in range(d):
-        ya = y[a] / chol[g, a, a]
-        maha += ya * ya
-        for i in range(a + 1, d):
-            y[i] -= chol[g, a, i] * ya
+        v = x[a] - mu[g, a]
+        for b in range(a):
+            v -= chol[g, a, b] * y[b]
+        y[a] = v / chol[g, a, a]
+        maha += y[a] * y[a]
     return const[g] - half[g] * math.log1p(maha / scale[g])
 
 

@@ -260,8 +260,8 @@ class SubclusterSampler(MCMCClusterer):
         for GaussianNIW components with a DP, Pitman-Yor or finite Dirichlet prior on
         the CPU with ``refine_iter=0``; on a few thousand points a torch iteration's
         cost is the dispatch of its small tensor operations, not the arithmetic.
-        "auto": "compiled" where it applies and d <= 16 (beyond, torch's GEMMs win),
-        else "torch"; ``backend_`` after the fit says which ran.  A seed gives other
+        "auto": "compiled" where it applies (its quadratic forms are loops below d = 24
+        and triangular matrix products from there), else "torch"; ``backend_`` after the fit says which ran.  A seed gives other
         draws in each.  The kernels compile once
         into numba's on-disk cache (``make venv`` does it, else the first fit, which
         says so on stderr).
@@ -433,12 +433,12 @@ class SubclusterSampler(MCMCClusterer):
 
     def _backend_for(self, X, model) -> str:
         """"compiled" or "torch": the backend this fit runs (``backend``, and for "auto"
-        the compiled one where it covers the model, up to ``AUTO_MAX_DIM`` features)."""
+        the compiled one where it covers the model)."""
         if self.backend not in ("auto", "torch", "compiled"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'compiled', got {self.backend!r}")
         if self.backend == "torch":
             return "torch"
-        from .subcluster_compiled import AUTO_MAX_DIM, compiled_supported
+        from .subcluster_compiled import compiled_supported
 
         supported = compiled_supported(model, self.refine_iter, X.device)
         if self.backend == "compiled" and not supported:
@@ -447,7 +447,7 @@ class SubclusterSampler(MCMCClusterer):
                 "or finite Dirichlet prior on the CPU with refine_iter=0; got "
                 f"{type(model.family).__name__}, {type(model.weights).__name__}, "
                 f"device {X.device}, refine_iter={self.refine_iter}")
-        if not supported or (self.backend == "auto" and X.shape[1] > AUTO_MAX_DIM):
+        if not supported:
             return "torch"
         return "compiled"
 

@@ -35,13 +35,6 @@ from ..models.families.gaussian_niw import GaussianParams
 from . import kernels as kn
 from .moves import disjoint_pairs, warmup_merge_pairs
 
-# "auto" takes the compiled backend up to this dimension: its quadratic forms are
-# scalar loops (d^2 per point and cluster) where torch's are GEMMs.  At N=20,000,
-# K=10, 40 iterations (2026-11-26, 2-core CPU, best of two) compiled/torch took
-# 0.21/0.70 s at d=2, 0.44/0.78 s at d=8, 1.06/1.16 s at d=16 and 3.31/2.39 s at d=32.
-AUTO_MAX_DIM = 16
-
-
 def compiled_supported(model, refine_iter: int, device) -> bool:
     """Whether the compiled backend covers this model and these settings."""
     return (type(model.family) is GaussianNIW

@@ -363,10 +363,11 @@ def test_local_partners_follow_the_kernel_and_never_pick_the_anchor():
     assert kn.local_partners(X, np.array([0]), 1.0, np.array([1.0]))[0] in (1, 2, 3)
 
 
-def test_auto_backend_leaves_high_dimensions_to_torch():
-    X = np.random.default_rng(0).normal(size=(60, 17))
-    assert SubclusterSampler(max_iter=2).fit(X).backend_ == "torch"
-    assert SubclusterSampler(max_iter=2, backend="compiled").fit(X).backend_ == "compiled"
+@pytest.mark.parametrize("d", [17, kn.GEMM_MIN_D + 9])
+def test_auto_backend_is_compiled_in_high_dimensions(d):
+    X = np.random.default_rng(0).normal(size=(60, d))
+    assert SubclusterSampler(max_iter=2).fit(X).backend_ == "compiled"
+    assert SubclusterSampler(max_iter=2, backend="torch").fit(X).backend_ == "torch"
 
 
 def test_generator_kernels_draw_the_numpy_streams():
