@@ -261,9 +261,9 @@ class SubclusterSampler(MCMCClusterer):
         the CPU with ``refine_iter=0``; on a few thousand points a torch iteration's
         cost is the dispatch of its small tensor operations, not the arithmetic.
         "auto": "compiled" where it applies (its quadratic forms are loops below d = 24
-        and triangular matrix products from there), else "torch"; ``backend_`` after the fit says which ran.  A seed gives other
-        draws in each.  The kernels compile once
-        into numba's on-disk cache (``make venv`` does it, else the first fit, which
+        and triangular matrix products from there), else "torch"; ``backend_`` after
+        the fit says which ran.  A seed gives other draws in each.  The kernels compile
+        once into numba's on-disk cache (``make venv`` does it, else the first fit, which
         says so on stderr).
     progress : bool, default False
         tqdm progress bar on stderr.
