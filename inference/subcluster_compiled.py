@@ -35,6 +35,7 @@ from ..models.families.gaussian_niw import GaussianParams
 from . import kernels as kn
 from .moves import disjoint_pairs, warmup_merge_pairs
 
+
 def compiled_supported(model, refine_iter: int, device) -> bool:
     """Whether the compiled backend covers this model and these settings."""
     return (type(model.family) is GaussianNIW
