@@ -1283,9 +1283,10 @@ def _predictive_moved(x, g, sign, n, s1, s2, mu0, kappa0, nu0, psi0, mu, chol, c
     """:func:`_predictive_terms` of group g after x joined (sign 1) or left (-1) it,
     from its terms before, in O(d^2): with kappa the smaller and kappa' = kappa + 1
     the larger count's kappa_n and mu_n, mu' the larger mean, Psi' = Psi +
-    kappa'/kappa (x - mu')(x - mu')^T (Murphy 2007, eq. 254), a rank-one update of
-    the Cholesky factor; recomputed from the statistics (already updated) when the
-    downdate loses positive definiteness.  ``w`` is (d,) scratch."""
+    kappa'/kappa (x - mu')(x - mu')^T (the NIW posterior update of Murphy 2007 with
+    one observation added or taken out), a rank-one update of the Cholesky factor;
+    recomputed from the statistics (already updated) when the downdate loses
+    positive definiteness.  ``w`` is (d,) scratch."""
     d = x.shape[0]
     kap_new = kappa0 + n[g]
     kap_old = kap_new - sign
