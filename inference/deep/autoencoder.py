@@ -281,7 +281,7 @@ def pretrain(est, X: torch.Tensor, net: nn.Module | None = None, epochs=None,
             optim.zero_grad()
             loss.backward()
             optim.step()
-            total += float(loss) * idx.numel()
+            total += float(loss.detach()) * idx.numel()
         curve.append(total / X.shape[0])
         if not math.isfinite(curve[-1]):
             raise FloatingPointError(
