@@ -612,7 +612,8 @@ def run_deep(seed: int, device="cpu") -> list[dict]:
     """Deep features on raw images (``DEEP_SEEDS`` seeds from ``seed``), every method at
     its defaults: k-means on the pixels and on the pretrained MLP autoencoder's
     embedding, DEC, IDEC and DCN on that embedding's autoencoder (one pretraining
-    shared), DEPICT on its own convolutional denoising autoencoder (all told K),
+    shared), k-means on the embedding of DEPICT's own convolutional denoising
+    autoencoder and DEPICT on it (all told K),
     DeepDPM on the embedding and DeepDPM end to end (K inferred).  ``seconds`` is the
     method's own fit; ``pretrain_s`` the autoencoder it starts from."""
     from bnpdeep.inference.deep import DCN, DEC, DEPICT, IDEC, Autoencoder, DeepDPMAE
@@ -637,6 +638,9 @@ def run_deep(seed: int, device="cpu") -> list[dict]:
             conv = Autoencoder(architecture="conv", image_shape=shape, corruption=0.2,
                                random_state=s, device=device)
             conv, conv_pre = timed_fit(conv, X)
+            t = time.perf_counter()
+            add("k-means, conv AE embedding", SkKMeans(k, n_init=10, random_state=s)
+                .fit_predict(conv.embedding_), time.perf_counter() - t, conv_pre)
             est, secs = timed_fit(DEPICT(k, autoencoder=conv, random_state=s, device=device), X)
             add("DEPICT", est.labels_, secs, conv_pre, epochs=est.n_epochs_)
             est, secs = timed_fit(DeepDPM(random_state=s, device=device), ae.embedding_)

@@ -119,6 +119,25 @@ def test_depict_balanced_targets_are_eq_7_and_raise_the_small_clusters():
     np.testing.assert_allclose(balanced_targets(torch.tensor(p_bal)).numpy(), p_bal)
 
 
+@pytest.mark.parametrize("target", ["sharpened", "balanced"])
+def test_depict_epoch_targets_follow_the_chosen_formula(target):
+    """Every epoch's targets from the clean pathway's p = softmax(head(z)): p^2 / f_k
+    (the authors' code, DEC's target) or p / sqrt(f_k) (the paper's eq. 7), each
+    normalised over k; an unknown name is refused."""
+    rng = np.random.default_rng(6)
+    Z = torch.tensor(rng.normal(size=(15, 3)))
+    est = DEPICT(3, target=target)
+    est.head_ = torch.nn.Linear(3, 3).double()
+    est._epoch_start(Z)
+    with torch.no_grad():
+        p = torch.softmax(est.head_(Z), 1).numpy()
+    f = p.sum(0)
+    w = p ** 2 / f if target == "sharpened" else p / np.sqrt(f)
+    np.testing.assert_allclose(est._target.numpy(), w / w.sum(1, keepdims=True), rtol=1e-12)
+    with pytest.raises(ValueError, match="target must be one of"):
+        DEPICT(3, target="square")._init_head(Z, torch.Generator())
+
+
 def test_depict_head_starts_at_the_nearest_centre():
     rng = np.random.default_rng(4)
     centres = torch.tensor(rng.normal(scale=3, size=(4, 2)))
