@@ -66,6 +66,10 @@ class ValidatedEstimator(BaseEstimator):
     the clustering estimators and the feature transformers."""
 
     method_name = "base"
+    # warn about zero-variance columns and more features than rows at fit: both bear
+    # on covariance estimates from X; estimators of image features set it False
+    # (constant border pixels are the rule there, and no covariance is fitted on them)
+    _data_warnings = True
 
     def _validate_fit_data(self, X) -> np.ndarray:
         model = getattr(self, "model", None)
@@ -75,7 +79,7 @@ class ValidatedEstimator(BaseEstimator):
         else:
             from bnpdeep.data import check_array
 
-            X_checked = check_array(X)
+            X_checked = check_array(X, warn=self._data_warnings)
         self._check_columns(X, reset=True)
         return X_checked
 
@@ -83,7 +87,8 @@ class ValidatedEstimator(BaseEstimator):
         from bnpdeep.data import check_array
 
         self._check_is_fitted()
-        X_checked = check_array(X, min_rows=1)
+        # new rows are not fitted on: a column constant among them warns of nothing
+        X_checked = check_array(X, min_rows=1, warn=False)
         self._check_columns(X, reset=False)
         return X_checked
 

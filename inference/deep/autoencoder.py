@@ -185,6 +185,8 @@ class Autoencoder(TransformerMixin, Checkpointing, ValidatedEstimator):
         Mean reconstruction error per epoch.
     """
 
+    _data_warnings = False
+
     method_name = "autoencoder"
     _CHECKPOINT = "autoencoder_checkpoint.pt"
 

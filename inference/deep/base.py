@@ -60,6 +60,8 @@ def kmeans_start(Z: torch.Tensor, k: int, gen: torch.Generator):
 class DeepClustering(TransformerMixin, CheckpointedEstimator):
     """Base of the estimators that train an autoencoder's encoder for a given K."""
 
+    _data_warnings = False
+
     _CHECKPOINT = "deep_clustering_checkpoint.pt"
 
     def __init__(self, n_clusters: int = 10, autoencoder=None, max_epochs: int = 100,

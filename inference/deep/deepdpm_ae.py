@@ -64,6 +64,8 @@ class DeepDPMAE(TransformerMixin, CheckpointedEstimator):
     (the pretraining resumes on the autoencoder's own checkpoint).
     """
 
+    _data_warnings = False
+
     method_name = "deepdpm-ae"
     _CHECKPOINT = "deepdpm_ae_checkpoint.pt"
 

@@ -300,3 +300,22 @@ def test_given_k_methods_cluster_separated_blobs(cls, quiet):
     if hasattr(est, "predict_proba"):
         proba = est.predict_proba(X)
         np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-5)
+
+
+def test_image_estimators_do_not_warn_of_constant_pixels():
+    """Border pixels constant over the images are the rule: the zero-variance warning
+    (which concerns covariance estimates from X) is not raised by the image estimators,
+    nor by predict on a few new rows; a Gaussian estimator's fit still raises it."""
+    from bnpdeep import KMeans
+    from bnpdeep.data import DataWarning
+
+    X, _ = offset_shapes(n_per=20)
+    X[:, :8] = 0.0                                       # a blank top row of pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        ae = Autoencoder(**TINY_AE, device="cpu").fit(X)
+        DEC(3, autoencoder=ae, max_epochs=1, device="cpu").fit(X)
+        km = KMeans(3).fit(X[:, 8:])
+        km.predict(np.c_[np.ones(3), np.arange(3.0)[:, None] + np.zeros((3, 55))])
+    with pytest.warns(DataWarning, match="zero-variance columns 0, 1"):
+        KMeans(3).fit(X)
