@@ -144,7 +144,8 @@ def check_array(X, *, name: str = "X", min_rows: int = 2, n_features: int | None
         if const.size:
             cols = ", ".join(map(str, const[:10])) + (" ..." if const.size > 10 else "")
             warnings.warn(f"{name} has zero-variance columns {cols}; they carry no "
-                          f"clustering information and are handled with a variance floor",
+                          f"clustering information (a default Gaussian prior, set from the data, "
+                          f"gives them a variance floor)",
                           DataWarning, stacklevel=2)
         if arr.shape[1] > arr.shape[0]:
             warnings.warn(f"{name} has more features ({arr.shape[1]}) than rows "

@@ -39,12 +39,13 @@ def test_mahalanobis_zero_at_the_mean():
     assert float(maha.diagonal().abs().max()) < 1e-6
 
 
-@pytest.mark.parametrize("d, n", [(1, 200), (2, 200), (4, 200), (5, 200), (64, 200),
-                                  (64, 1000)])
+@pytest.mark.parametrize("d, n", [(1, 200), (2, 200), (4, 200), (5, 200), (16, 1000),
+                                  (64, 200), (64, 1000), (24, 70_000)])
 def test_scatter_outer_matches_a_loop(d, n):
     """Weighted outer-product sums per group (feature-major for d <= 4, row chunks
-    above, per-group GEMMs at d = 64 with enough rows per group) against a plain
-    loop over groups; an empty group gives zeros."""
+    above, per-group GEMMs from d = 24 with enough rows per group, over three blocks
+    of rows at N = 70,000) against a plain loop over groups; an empty group gives
+    zeros."""
     from bnpdeep.linalg import scatter_outer
 
     rng = np.random.default_rng(d)
