@@ -100,10 +100,13 @@ class DeepDPM(CheckpointedEstimator):
     burn_in_epochs : int, default 5
         Epochs in which the nets learn the k-means start (no M-step), before
         M-steps begin; moves start ``move_every`` epochs later.
-    move_every : int, default 4
+    move_every : int, default 2
         Epochs between move steps, which alternate split, merge, split, ...
-        A due move waits while the mixture is held (``settle_max``); no moves in
-        the last ``move_every`` epochs.
+        A due move waits while the mixture is held (``settle_epochs``,
+        ``settle_max``), so the nets have learned the last move's clusters before
+        the next move is judged; the interval adds no waiting beyond that, and 2
+        lets a split be followed by a merge step just after its settle epochs.  No
+        moves in the last ``move_every`` epochs.
     tol : float, default 1e-3
         Convergence stop: training ends before ``max_epochs`` at an epoch where the
         last ``patience`` split steps and merge steps all accepted nothing, K has
@@ -168,7 +171,7 @@ class DeepDPM(CheckpointedEstimator):
     def __init__(self, model=None, init_k: int = 1, init_labels=None, max_epochs: int = 100,
                  batch_size="auto", loss: str = "deepdpm",
                  kl_direction: str = "forward", hidden: int = 50, lr: float = 0.005,
-                 sub_lr: float = 0.005, burn_in_epochs: int = 5, move_every: int = 4,
+                 sub_lr: float = 0.005, burn_in_epochs: int = 5, move_every: int = 2,
                  tol: float = 1e-3, patience: int = 2, min_steps: int = 25,
                  checkpoint_every: int = 5,
                  n_samples: int = 100,
