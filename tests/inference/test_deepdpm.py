@@ -174,18 +174,25 @@ def test_guide_surgery_split_then_merge_restores_outputs_and_parameters():
                                torch.zeros((), dtype=torch.float64))
 
 
-def test_move_step_on_a_guide_changes_k_and_only_the_touched_rows():
-    """A split step on a guide whose one cluster holds two blobs: accepted, K 1 -> 2,
-    and the sub-nets of untouched clusters keep their weights."""
+def _guide_before_moves(X, init_k: int, **step_options):
+    """A fitted guide at its k-means start (no moves yet) after one M-step, with the
+    hard labels and statistics of that M-step and a move step on its model."""
     from bnpdeep.inference.guide_moves import GuideSplitMerge
 
-    X, y = _easy(600, 2)
-    X = np.vstack([X, X[:0]])
-    est = DeepDPM(init_k=1, max_epochs=3, burn_in_epochs=100).fit(X)
+    est = DeepDPM(init_k=init_k, max_epochs=3, burn_in_epochs=100).fit(X)
     guide, Xt = est.guide_, torch.as_tensor(X)
     stats, sub, z, zs = guide.soft_stats(Xt)
     guide.m_step(stats, sub, 1.0)
-    step = GuideSplitMerge(est.model_.weights, est.model_.family, carve=False)
+    step = GuideSplitMerge(est.model_.weights, est.model_.family, **step_options)
+    return guide, Xt, stats, z, zs, step
+
+
+def test_move_step_on_a_guide_changes_k_and_only_the_touched_rows():
+    """A split step on a guide whose one cluster holds two blobs: accepted, K 1 -> 2,
+    and the sub-nets of untouched clusters keep their weights."""
+    X, y = _easy(600, 2)
+    X = np.vstack([X, X[:0]])
+    guide, Xt, _, z, zs, step = _guide_before_moves(X, 1, carve=False)
     done = step.split(guide, Xt, z, zs, torch.Generator().manual_seed(0))
     assert [d.kind for d in done] == ["split"] and guide.k == 2
     assert evaluate(y, z.numpy())["ari"] > 0.99
@@ -201,17 +208,11 @@ def test_split_step_finds_a_split_across_a_thin_direction():
     wide direction and the DP posterior rejects them (log H_s about -120); the
     whitened random-axis halving (the sampler's proposal) finds the two groups and
     is accepted.  Carving is off so that it is the proposal tested."""
-    from bnpdeep.inference.guide_moves import GuideSplitMerge
-
     g = np.random.default_rng(0)
     y = np.repeat([0, 1], 200)
     X = np.column_stack([g.normal(size=400) * 30, (2 * y - 1) + g.normal(size=400) * 0.1,
                          g.normal(size=400)])
-    est = DeepDPM(init_k=1, max_epochs=3, burn_in_epochs=100).fit(X)
-    guide, Xt = est.guide_, torch.as_tensor(X)
-    stats, sub, z, zs = guide.soft_stats(Xt)
-    guide.m_step(stats, sub, 1.0)
-    step = GuideSplitMerge(est.model_.weights, est.model_.family, carve=False)
+    guide, Xt, _, z, zs, step = _guide_before_moves(X, 1, carve=False)
     done = step.split(guide, Xt, z, zs, torch.Generator().manual_seed(1))
     assert [d.kind for d in done] == ["split"] and guide.k == 2
     assert evaluate(y, z.numpy())["ari"] > 0.99
@@ -220,15 +221,9 @@ def test_split_step_finds_a_split_across_a_thin_direction():
 def test_merge_step_on_a_guide_joins_the_halves_of_one_gaussian():
     """k-means halves of one Gaussian blob: the DP posterior prefers the union
     (log H_m > 0), the step merges them, K 2 -> 1 and every label becomes 0."""
-    from bnpdeep.inference.guide_moves import GuideSplitMerge
-
     X = np.random.default_rng(0).normal(size=(500, 2))
-    est = DeepDPM(init_k=2, max_epochs=3, burn_in_epochs=100).fit(X)
-    guide, Xt = est.guide_, torch.as_tensor(X)
-    stats, sub, z, zs = guide.soft_stats(Xt)
-    guide.m_step(stats, sub, 1.0)
+    guide, Xt, stats, z, zs, step = _guide_before_moves(X, 2)
     assert guide.k == 2 and set(z.tolist()) == {0, 1}
-    step = GuideSplitMerge(est.model_.weights, est.model_.family)
     done = step.merge(guide, Xt, z, zs, stats, torch.Generator().manual_seed(0))
     assert [(d.kind, d.k_after) for d in done] == [("merge", 1)]
     assert guide.k == guide.cluster_net.k == guide.mixture.k == 1
