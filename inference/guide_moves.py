@@ -17,12 +17,7 @@ Proposal kinds of a split, each judged by the same H_s:
   two-component sub-mixture under the family's own likelihood
   (:func:`.subpartition.refine_subclusters`): the sub-nets' isotropic loss only
   proposes 2-means-like halves, which the posterior rejects where a cluster is a
-  tight core inside a wide halo; and, for a cluster whose refined halves were
-  rejected, the sampler's proposal: 2-means from a random axis in the cluster's
-  whitened coordinates, refined the same way
-  (:func:`.subpartition.refined_two_means_groups`), which finds splits that every
-  halving from the cluster's own axes misses (a cluster with columns nearly
-  constant within it);
+  tight core inside a wide halo;
 * ``carve``: for a cluster whose split was rejected, a local group carved around
   a random member (:func:`.subpartition.carve`), up to ``carves_per_step``
   groups per cluster.
@@ -37,14 +32,7 @@ from __future__ import annotations
 import torch
 
 from . import moves
-from .subpartition import (
-    carve,
-    rank_within_groups,
-    refine_subclusters,
-    refined_two_means_groups,
-    select_groups,
-    two_means,
-)
+from .subpartition import carve, rank_within_groups, refine_subclusters, two_means
 
 
 class GuideSplitMerge:
@@ -57,8 +45,7 @@ class GuideSplitMerge:
     family : ConjugateFamily
         The model's component family (its marginal likelihood enters H_s, H_m).
     refine_iter : int, default 20
-        EM iterations refining the sub-nets' halves before they are proposed, and
-        the whitened random-axis halving proposed where those are rejected; 0
+        EM iterations refining the sub-nets' halves before they are proposed; 0
         proposes the sub-nets' halves as they are (the paper).
     refine_rows : int or None, default 1000
         The EM of a larger cluster runs on this many of its rows, drawn at random
@@ -70,10 +57,7 @@ class GuideSplitMerge:
     carves_per_step, carve_tries : int, default 3, 5
         Carved groups a cluster may shed in one step, and carving attempts per
         cluster (the first rejected attempt after an accepted one does not end
-        the turn; ``carve_tries`` bounds the attempts); ``carve_tries`` also bounds
-        the whitened random-axis halvings proposed per cluster and step (2-means
-        from a random axis stops at the halving along a Gaussian direction as
-        often as at a split between groups).
+        the turn; ``carve_tries`` bounds the attempts).
     neighbours : int, default 3
         Merge candidates: each cluster with its ``neighbours`` nearest clusters
         (distance of their means).
@@ -139,15 +123,6 @@ class GuideSplitMerge:
             # refined halves start from their own MAP, the sub-nets' from their components
             halves = sub[[2 * c, 2 * c + 1]] if self.refine_iter > 0 else None
             done.append(self._apply_split(guide, X, z, zs, c, halves))
-        if self.refine_iter > 0:
-            # clusters 0..k-1 keep their rows when another splits (the new one is K);
-            # each try starts every still rejected cluster from a fresh random axis
-            for _ in range(self.carve_tries):
-                rejected = ~accept & (stats.n >= 4)
-                if not bool(rejected.any()):
-                    break
-                accept = accept | self._whitened_splits(guide, X, z, zs, rejected,
-                                                        generator, done)
         if self.carve:
             for c in (~accept).nonzero().flatten().tolist():
                 carved = 0
@@ -164,42 +139,6 @@ class GuideSplitMerge:
                     done.append(self._apply_split(
                         guide, X, z, zs, c, self._stats(X[rows], 1 - h, 2)))
         return done
-
-    def _whitened_splits(self, guide, X, z, zs, chosen, generator, done) -> torch.Tensor:
-        """Propose the whitened random-axis halving of every cluster flagged in
-        ``chosen`` (K,), each accepted with probability min(1, H_s) and applied
-        (its surgery appended to ``done``); returns the accepted flags (K,)."""
-        accepted = torch.zeros_like(chosen)
-        if not bool(chosen.any()):
-            return accepted
-        ids = chosen.nonzero().flatten()
-        flags = torch.zeros(guide.k, dtype=torch.bool, device=chosen.device)
-        flags[:chosen.numel()] = chosen
-        rows, g, n_groups = select_groups(flags, z)
-        h = self._whitened(X, rows, g, n_groups, generator)
-        sub = self._stats(X[rows], 2 * g + h, 2 * n_groups)
-        log_h = moves.log_split_ratio(self.weights, self.family, float(guide.k),
-                                      sub.pair_sums(), sub[0::2], sub[1::2])
-        ok = (sub.n[0::2] >= 2) & (sub.n[1::2] >= 2)
-        where = rows.nonzero().flatten()
-        for i in (self._accept(log_h, generator) & ok).nonzero().flatten().tolist():
-            c = int(ids[i])
-            mine = g == i
-            zs[where[mine]] = h[mine]
-            done.append(self._apply_split(guide, X, z, zs, c, sub[[2 * i, 2 * i + 1]]))
-            accepted[c] = True
-        return accepted
-
-    def _whitened(self, X, rows, g, n_groups: int, generator) -> torch.Tensor:
-        """Sub-labels of the rows ``rows`` (a mask; their groups g, 0..n_groups-1) from
-        2-means along a random axis in each group's whitened coordinates, refined by
-        ``refine_iter`` EM iterations on at most ``refine_rows`` rows of it drawn at
-        random (:func:`.subpartition.refined_two_means_groups`)."""
-        axes = torch.randn(n_groups, X.shape[1], generator=generator, dtype=X.dtype)
-        keys = torch.rand(g.numel(), generator=generator, dtype=torch.float64)
-        return refined_two_means_groups(self.family, X[rows], g, n_groups,
-                                        axes.to(X.device), n_iter=self.refine_iter,
-                                        keys=keys.to(X.device), max_rows=self.refine_rows)
 
     def _refined(self, X, z, zs, k: int, generator):
         """The sub-labels after the EM refinement (on ``refine_rows`` rows per cluster

@@ -40,7 +40,6 @@ from ..subpartition import (
     assign_to_sub_mixture,
     carve,
     refine_subclusters,
-    refined_two_means_groups,
     select_groups,
     two_means_groups,
 )
@@ -93,27 +92,6 @@ class ShardedGuideSplitMerge(GuideSplitMerge):
         if Xs.shape[0] == comm.n_total:         # every row gathered: its own refined label
             return hs[offset:offset + X.shape[0]]
         return assign_to_sub_mixture(self.family, X, z, k, Xs, z_s, hs)
-
-    def _whitened(self, X, rows, g, n_groups: int, generator):
-        """The whitened random-axis halving fitted on the chosen clusters' rows of all
-        ranks (a sample of ``refine_rows`` per cluster where larger, keyed by the
-        global row index); this rank's rows then each go to the fitted sub-component
-        that explains them better, unless every row was gathered."""
-        comm = self.comm
-        counts = comm.counts(g, n_groups)
-        sampled = self.refine_rows is not None and bool((counts > self.refine_rows).any())
-        n_rows = torch.zeros(X.shape[0], dtype=counts.dtype)
-        n_rows[rows] = counts[g]
-        take = self._sample(rows, n_rows, _key_from(generator) if sampled else None)
-        gl = torch.zeros(X.shape[0], dtype=torch.long)
-        gl[rows] = g
-        (Xs, gs), offset = comm.gather_rows(take, X, gl)
-        axes = torch.randn(n_groups, X.shape[1], generator=generator, dtype=X.dtype)
-        hs = refined_two_means_groups(self.family, Xs, gs, n_groups, axes,
-                                      n_iter=self.refine_iter)
-        if not sampled:                         # every chosen row gathered, in row order
-            return hs[offset:offset + g.numel()]
-        return assign_to_sub_mixture(self.family, X[rows], g, n_groups, Xs, gs, hs)
 
     def _carved(self, X, rows, generator):
         comm = self.comm

@@ -143,13 +143,12 @@ class DeepDPM(CheckpointedEstimator):
         proposal then judged by the same H_s.  The EM of a cluster of more than
         1,000 rows runs on 1,000 of them drawn at random, every row then going to
         the better of the two fitted sub-components (``GuideSplitMerge.refine_rows``).
-        Where the refined halves are rejected, the sampler's proposal follows:
-        2-means from a random axis in the cluster's whitened coordinates, refined
-        the same way, from up to ``carve_tries`` axes (it finds splits across a
-        direction of small spread, which every halving from the cluster's own axes
-        misses).  Not in the paper; 0 proposes the sub-nets' split as it is.
+        Not in the paper; 0 proposes the
+        sub-nets' split as it is.  From K = 1 it takes wine and s3, whose every
+        2-means halving the DP posterior rejects, past K = 1
+        (benchmarks/README.md).
     carve : bool, default True
-        When a cluster's other split proposals are rejected, also propose carving a local
+        When a cluster's sub-net split is rejected, also propose carving a local
         group around a random member out of it (accepted on the same H_s).  Not in
         the paper: without it a start from one cluster stays there on data whose
         coarse 2-way split the DP posterior rejects (s1, r15; benchmarks/README.md).
@@ -157,8 +156,7 @@ class DeepDPM(CheckpointedEstimator):
         Carved groups a cluster may shed in one split step (each accepted on its
         own H_s).
     carve_tries : int, default 5
-        Carving attempts per cluster and split step, and random axes of the
-        whitened halving tried per cluster and split step.
+        Carving attempts per cluster and split step.
     callback : callable, optional
         ``callback(estimator, epoch, X)`` after every epoch (e.g. to log or time);
         ``estimator.current_labels(X)`` gives the labels at that point.
