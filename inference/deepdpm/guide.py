@@ -205,11 +205,16 @@ class DeepDPMGuide(PyroModule):
         """log r~: each row through the sub-clustering net of its cluster z_i, (N, 2)."""
         return self.sub_nets(self.net_input(X), z)
 
+    def log_joint(self, X: torch.Tensor) -> torch.Tensor:
+        """log pi_k + log p(x_i | theta_k) under the point parameters, (N, K); its
+        log-sum-exp over k is the mixture's log-likelihood of x_i."""
+        m = self.mixture
+        return self.family.log_likelihood(X, m.params) + m.log_pi[None]
+
     def log_targets(self, X: torch.Tensor) -> torch.Tensor:
         """log r^E, the E-step responsibilities under the point parameters (paper
-        eq. 2): log pi_k + log p(x_i | theta_k), normalised over k."""
-        m = self.mixture
-        return torch.log_softmax(self.family.log_likelihood(X, m.params) + m.log_pi[None], -1)
+        eq. 2): :meth:`log_joint` normalised over k."""
+        return torch.log_softmax(self.log_joint(X), -1)
 
     def sub_loss(self, X: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The sub-clustering nets' isotropic loss (paper eq. 5), mean over rows:

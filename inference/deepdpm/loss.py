@@ -45,7 +45,9 @@ class DeepDPMLoss:
         self.cluster = cluster
         self.kl_direction = kl_direction
         self._elbo = TraceEnum_ELBO(max_plate_nesting=1)
-        self.last = {}          # the two terms of the last call, as floats
+        # the last call's two terms and the summed mixture log-likelihood
+        # sum_i log sum_k pi_k p(x_i | theta_k) of its rows, as floats
+        self.last = {}
 
     def cluster_term(self, model, guide, X) -> tuple[torch.Tensor, torch.Tensor]:
         """(clustering term, the net's log r of the batch)."""
@@ -53,13 +55,16 @@ class DeepDPMLoss:
             term = self._elbo.differentiable_loss(model, guide, X) / X.shape[0]
             with torch.no_grad():
                 log_r = guide.cluster_net(guide.net_input(X)).to(X.dtype)
+                self.last["log_lik"] = float(torch.logsumexp(guide.log_joint(X), 1).sum())
             return term, log_r
         # z conditioned on a placeholder: the loss needs its distribution, not a draw
         blank = torch.zeros(X.shape[0], dtype=torch.long, device=X.device)
         trace = poutine.trace(poutine.condition(guide, data={"z": blank})).get_trace(X)
         log_r = trace.nodes["z"]["fn"].logits                     # normalised, (B, K)
         with torch.no_grad():
-            log_t = guide.log_targets(X).to(log_r.dtype)
+            joint = guide.log_joint(X)
+            self.last["log_lik"] = float(torch.logsumexp(joint, 1).sum())
+            log_t = torch.log_softmax(joint, 1).to(log_r.dtype)
         if self.kl_direction == "forward":
             kl = (log_t.exp() * (log_t - log_r)).sum(1)
         else:
@@ -69,7 +74,7 @@ class DeepDPMLoss:
     def __call__(self, model, guide, X, *args, **kwargs) -> torch.Tensor:
         term, log_r = self.cluster_term(model, guide, X)
         sub = guide.sub_loss(X, log_r.detach().argmax(1))
-        self.last = {"cluster": float(term.detach()), "sub": float(sub.detach())}
+        self.last.update(cluster=float(term.detach()), sub=float(sub.detach()))
         return term + sub
 
 

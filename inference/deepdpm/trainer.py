@@ -110,8 +110,13 @@ class DeepDPM(CheckpointedEstimator):
     tol : float, default 1e-3
         Convergence stop: training ends before ``max_epochs`` at an epoch where the
         last ``patience`` split steps and merge steps all accepted nothing, K has
-        not changed since, and fewer than this fraction of the points changed
-        their label (argmax of the net) since the previous epoch.  0 runs all
+        not changed since, and the mixture's mean log-likelihood per row,
+        (1/N) sum_i log sum_k pi_k p(x_i | theta_k) at the M-step's point
+        parameters (``history_[e]["log_lik"]``), changed by less than ``tol`` nats
+        over the last epoch -- the rule of scikit-learn's ``GaussianMixture``.  The
+        fraction of labels that changed (``"changed"``) is no such test: where
+        clusters overlap, the minibatch noise of the nets keeps moving the argmax of
+        rows on the boundaries after the mixture has stopped moving.  0 runs all
         ``max_epochs``.
     patience : int, default 2
         Split steps (and merge steps) without an accepted move before the
@@ -378,13 +383,17 @@ class DeepDPM(CheckpointedEstimator):
     # -- training --------------------------------------------------------------
     def _train_epoch(self, X: torch.Tensor) -> float:
         """Minibatch SVI steps over the data (several passes on small data, at least
-        ``min_steps`` steps); returns the mean loss."""
-        total = rows = 0.0
+        ``min_steps`` steps); returns the mean loss.  ``_epoch_log_lik`` is the mean
+        over the epoch's rows of log sum_k pi_k p(x_i | theta_k) under the point
+        parameters the epoch trained against (the last M-step's)."""
+        total = rows = log_lik = 0.0
         for idx in self._epoch_batches(X.shape[0]):
             total += self._svi_step(X[idx])
+            log_lik += self._loss.last["log_lik"]
             rows += idx.numel()
-        tally = self._total(torch.tensor([total, rows], dtype=DTYPE))
-        return float(tally[0] / tally[1])
+        tally = self._total(torch.tensor([total, log_lik, rows], dtype=DTYPE))
+        self._epoch_log_lik = float(tally[1] / tally[2])
+        return float(tally[0] / tally[2])
 
     def _epoch_batches(self, n: int):
         """The minibatches of an epoch: row indices, ``passes`` random permutations
@@ -483,6 +492,7 @@ class DeepDPM(CheckpointedEstimator):
                     self._last_z = None
             k = self.guide_.k
             self.history_.append({"epoch": epoch + 1, "K": k, "loss": loss,
+                                  "log_lik": self._epoch_log_lik,
                                   "splits": splits, "merges": merges, "move": kind,
                                   "changed": changed})
             bar.set_postfix(K=k, loss=f"{loss:.4f}", refresh=False)
@@ -498,11 +508,12 @@ class DeepDPM(CheckpointedEstimator):
 
     def _converged(self) -> bool:
         """The convergence stop (``tol``, ``patience``): the last ``patience`` split
-        steps and merge steps accepted nothing, K has not changed since, and under
-        ``tol`` of the labels changed in the last epoch."""
+        steps and merge steps accepted nothing, K has not changed since, this epoch
+        ended with an M-step, and the mean log-likelihood per row changed by less
+        than ``tol`` over the last epoch."""
         h = self.history_
-        changed = h[-1]["changed"]
-        if not float(self.tol) > 0 or changed is None or changed >= float(self.tol):
+        if (not float(self.tol) > 0 or len(h) < 2 or h[-1]["changed"] is None
+                or abs(h[-1]["log_lik"] - h[-2]["log_lik"]) >= float(self.tol)):
             return False
         rounds = 2 * int(self.patience)
         steps = [i for i, e in enumerate(h) if e["move"]]
