@@ -559,7 +559,8 @@ def run_mixing(seed: int, chains: int, iters: int) -> list[dict]:
     without the collapsed Gibbs updates (``gibbs_points=0``), for contrast, and
     every set under Student-t components (:func:`student_model`)."""
     digits = data.demo_data()[0]
-    cases = [("digits (PCA 10)", digits, {}), ("digits (PCA 10)", digits, {"gibbs_points": 0})]
+    cases = [("digits (PCA 10)", digits, {}), ("digits (PCA 10)", digits,
+                                                    {"options": {"gibbs_points": 0}})]
     cases += [(name, data.load_benchmark(name)[0], {}) for name in MIXING_SETS
               if data.benchmark_root() is not None]
     # the same data under Student-t components (torch backend)

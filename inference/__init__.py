@@ -10,12 +10,14 @@ from .gibbs import CollapsedGibbs
 from .mcmc import MCMCClusterer
 from .movb import MemoizedVB
 from .subcluster import SubclusterSampler
+from .subcluster_settings import SamplerOptions
 from .svi import MeanFieldSVI
 
 __all__ = [
     "ClusterEstimator", "MCMCClusterer",
     "KMeans", "GaussianMixtureEM", "DBSCAN", "BayesianGMM", "CLASSICAL_METHODS",
-    "CollapsedGibbs", "SubclusterSampler", "DistributedSubclusterSampler", "fit_on_ranks",
+    "CollapsedGibbs", "SubclusterSampler", "SamplerOptions", "DistributedSubclusterSampler",
+    "fit_on_ranks",
     "shard_range", "DeepDPM", "DistributedDeepDPM", "MemoizedVB", "MeanFieldSVI",
     "Autoencoder", "DEC", "IDEC", "DCN", "DEPICT", "DeepDPMAE",
     "exact_partition_posterior", "set_partitions", "total_variation",

@@ -75,11 +75,18 @@ from .mcmc import (
     sample_from_cdf,
 )
 from .moves import disjoint_pairs
-from .subcluster import GIBBS_POINTS_TORCH, MOVES_PER_ITER, log_split_proposal
-from .subcluster_settings import KernelSettings, check_count, resolve_common
+from .subcluster import log_split_proposal
+from .subcluster_settings import (
+    GIBBS_POINTS_TORCH,
+    KernelSettings,
+    resolve_common,
+    sampler_options,
+)
 from .subpartition import LocalSums, own_pair_loglik, select_groups, two_means_groups
 
 N_SLOTS = 64
+# SamplerOptions fields the data-parallel kernel does not have
+_UNSUPPORTED = ("refine_iter", "refine_rows", "resplit_prob", "warmup_moves")
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -349,11 +356,13 @@ class DistributedSubclusterSampler(MCMCClusterer):
     docstring).
 
     Parameters are those of :class:`~bnpdeep.inference.subcluster.SubclusterSampler`
-    that apply (``proposal_weights``: two numbers, for the principal-axis and the
-    random-axis 2-means; ``gibbs_points`` default 32, as the torch backend's),
-    plus ``n_slots`` (the reduction layout: at most that many ranks, S L 8 bytes per
-    reduction).  The kernel is the module docstring's: the warm-up runs Chang &
-    Fisher's parallel moves; the kept draws the restricted Gibbs step, a slice step
+    that apply (in ``options``: ``proposal_weights`` two numbers, for the
+    principal-axis and the random-axis 2-means; "auto" ``gibbs_points`` is 32, as
+    the torch backend's; ``refine_iter``, ``refine_rows``, ``resplit_prob`` and
+    ``warmup_moves`` are not options of this sampler), plus ``n_slots`` (the
+    reduction layout: at most that many ranks, S L 8 bytes per reduction).  The
+    kernel is the module docstring's: the warm-up runs Chang & Fisher's parallel
+    moves; the kept draws the restricted Gibbs step, a slice step
     every ``slice_every``-th iteration, ``moves_per_iter`` anchored split/merge
     proposals, the collapsed Gibbs updates and the hyperparameter updates.
     ``fit(X, checkpoint_dir=..., resume=True)`` resumes every rank from its own
@@ -368,11 +377,8 @@ class DistributedSubclusterSampler(MCMCClusterer):
     _chain_attributes = ("label_rejections_",)
 
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 400, burn_in=None,
-                 thin: int = 1, n_chains: int = 1, warmup=None, burnout=None,
-                 moves_per_iter: int = MOVES_PER_ITER, proposal_weights=(1.0, 1.0),
-                 slice_every: int = 2, gibbs_points: int = GIBBS_POINTS_TORCH,
-                 n_slots: int = N_SLOTS, alpha_prior=None,
-                 store_log_likelihood: bool = True, max_label_tries: int = 10,
+                 thin: int = 1, n_chains: int = 1, warmup=None, options=None,
+                 n_slots: int = N_SLOTS, store_log_likelihood: bool = True,
                  random_state=0, device="cpu", progress: bool = False,
                  checkpoint_every: int = 10):
         self.model = model
@@ -382,15 +388,9 @@ class DistributedSubclusterSampler(MCMCClusterer):
         self.thin = thin
         self.n_chains = n_chains
         self.warmup = warmup
-        self.burnout = burnout
-        self.moves_per_iter = moves_per_iter
-        self.proposal_weights = proposal_weights
-        self.slice_every = slice_every
-        self.gibbs_points = gibbs_points
+        self.options = options
         self.n_slots = n_slots
-        self.alpha_prior = alpha_prior
         self.store_log_likelihood = store_log_likelihood
-        self.max_label_tries = max_label_tries
         self.random_state = random_state
         self.device = device
         self.progress = progress
@@ -407,8 +407,7 @@ class DistributedSubclusterSampler(MCMCClusterer):
                              f"device={self.device!r} is not supported")
         if int(self.n_slots) < 1:
             raise ValueError(f"n_slots must be at least 1, got {self.n_slots}")
-        check_count(self.moves_per_iter, "moves_per_iter")
-        check_count(self.gibbs_points, "gibbs_points")
+        sampler_options(self.options).check(_UNSUPPORTED)
         self._comm = ShardComm.for_local_rows(X.shape[0], int(self.n_slots))
         super()._fit(X)
         self.bytes_reduced_ = self._comm.bytes_reduced
@@ -439,15 +438,16 @@ class DistributedSubclusterSampler(MCMCClusterer):
         weights = model.weights
         comm = self._comm
         self.label_rejections_ = 0
-        common = resolve_common(self, weights, self._burn_in(), 2,
-                                "two non-negative numbers, not both zero")
+        opts = sampler_options(self.options)
+        common = resolve_common(self.warmup, opts, weights, self._burn_in(), (1.0, 1.0),
+                                _UNSUPPORTED)
         self.warmup_ = common["warmup"]
         # kernel bandwidth of the local anchor choice: a tenth of the data's scale (the
         # single-process sampler's rule, from all ranks' rows)
         var = comm.moments(model.family.features(X))[1].diagonal().clamp_min(0)
         self._settings = KernelSettings(
-            **common, moves_per_iter=int(self.moves_per_iter),
-            gibbs_points=int(self.gibbs_points), max_label_tries=int(self.max_label_tries),
+            **common, gibbs_points=GIBBS_POINTS_TORCH if opts.gibbs_points == "auto"
+            else int(opts.gibbs_points),
             bandwidth2=max(float(var.mean()) * 0.01, 1e-12))
         k0 = min(int(self.init_k), comm.n_total)
         u = comm.uniforms(self._key(-1, 0))

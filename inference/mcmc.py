@@ -461,13 +461,8 @@ class MCMCClusterer(CheckpointedEstimator):
         """The chain's hyperparameter kernel and the starting values; ``_family`` is
         the family at the current values, which every step uses."""
         self._hyper = HyperparameterStep(model)
-        prior = model.hyperpriors.alpha if model.hyperpriors is not None else None
-        if prior is None and getattr(self, "alpha_prior", None) is not None \
-                and isinstance(model.weights, DirichletProcess):
-            shape, rate = (float(v) for v in self.alpha_prior)
-            prior = torch.distributions.Gamma(torch.tensor(shape, dtype=torch.float64),
-                                              torch.tensor(rate, dtype=torch.float64))
-        self._alpha_hyperprior = prior
+        self._alpha_hyperprior = model.hyperpriors.alpha \
+            if model.hyperpriors is not None else None
         values = self._hyper.initial()
         self._family = self._hyper.family(values)
         return values

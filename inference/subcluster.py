@@ -133,7 +133,14 @@ from .mcmc import (
     update_latent,
 )
 from .moves import disjoint_pairs
-from .subcluster_settings import KernelSettings, check_count, resolve_common
+from .subcluster_settings import (
+    GIBBS_POINTS_COMPILED,
+    GIBBS_POINTS_TORCH,
+    KernelSettings,
+    SamplerOptions,
+    resolve_common,
+    sampler_options,
+)
 from .subpartition import (
     LocalSums,
     carve_groups,
@@ -142,12 +149,6 @@ from .subpartition import (
     select_groups,
     two_means_groups,
 )
-
-# Labels given a collapsed Gibbs update per exact iteration when gibbs_points="auto".
-GIBBS_POINTS_COMPILED = 256
-GIBBS_POINTS_TORCH = 32
-# Anchor pairs drawn per exact iteration when moves_per_iter is None.
-MOVES_PER_ITER = 4
 
 
 @dataclass
@@ -238,12 +239,15 @@ class SubclusterSampler(MCMCClusterer):
         the draws do not depend on ``n_jobs``; each worker takes its share of torch's
         threads and pays a process start (about 2-4 s).  Not with checkpoints or a
         GPU (one process holds those).
-    alpha_prior : (shape, rate), optional
-        Gamma hyperprior on the DP concentration, updated by Escobar & West (1995);
-        the same as ``Hyperpriors(alpha=Gamma(shape, rate))`` in the model, which
-        takes precedence.  The model's hyperparameters are updated after step 4 of
-        every iteration, each from its conditional given the partition
-        (:mod:`.hyperparameters`); their draws are in ``to_inference_data()``.
+    warmup : int, optional
+        Iterations of Chang & Fisher's fast moves at the start of each chain, which
+        find K from a bad start quickly; their draws are discarded (default: half of
+        the burn-in; ``warmup_`` after ``fit``).  Must not exceed the burn-in.
+    options : SamplerOptions or dict, optional
+        The kernels' expert settings (:class:`~.subcluster_settings.SamplerOptions`:
+        moves per iteration, collapsed Gibbs updates, the slice schedule, proposal
+        kinds, the warm-up's moves); a dict gives some of its fields.  None: the
+        defaults.  Each keeps the kept draws exact whatever its value.
     store_log_likelihood : bool, default True
         Keep the N pointwise log-likelihoods of every draw (for LOO): 8 bytes per
         point and kept draw; turn it off on large data.
@@ -258,7 +262,7 @@ class SubclusterSampler(MCMCClusterer):
         included) and device.
         "compiled": the same kernel with its loops in numba (:mod:`.subcluster_compiled`),
         for GaussianNIW components with a DP, Pitman-Yor or finite Dirichlet prior on
-        the CPU with ``refine_iter=0``; on a few thousand points a torch iteration's
+        the CPU without ``options.refine_iter``; on a few thousand points a torch iteration's
         cost is the dispatch of its small tensor operations, not the arithmetic.
         "auto": "compiled" where it applies (its quadratic forms are loops below d = 24
         and triangular matrix products from there), else "torch"; ``backend_`` after
@@ -271,63 +275,10 @@ class SubclusterSampler(MCMCClusterer):
         Iterations between checkpoints when ``fit(X, checkpoint_dir=...)``; resume
         with ``fit(X, checkpoint_dir=..., resume=True)``.
 
-    Expert settings (each keeps the kept draws exact whatever its value; the
-    defaults are measured in benchmarks/README.md):
-
-    moves_per_iter : int, default 4
-        Anchor pairs drawn per exact iteration (:data:`MOVES_PER_ITER`), each proposing
-        a split or a merge.  Fixed for the chain: a number read from the state would
-        make the kernel a state-dependent composition of Metropolis-Hastings steps,
-        which in general does not leave the posterior invariant.
-    gibbs_points : int or "auto", default "auto"
-        Labels given a collapsed Gibbs update (step 4) per exact iteration, drawn
-        uniformly whatever the state (all of them on fewer points); "auto": 256 on
-        the compiled backend, 32 on the torch one, whose update is a Python loop.
-        They let small clusters empty and open, which the restricted step cannot
-        and the split/merge moves rarely do.  0 turns them off.
-    slice_every : int, default 2
-        Every ``slice_every``-th exact iteration follows the restricted Gibbs step
-        with a slice step (Kalli, Griffin & Walker 2011), which can empty and open
-        clusters given the same weights and parameters.  0: never.
-    proposal_weights : four non-negative numbers, default (1, 1, 1, 0.5)
-        Probabilities (normalised) of the sub-partition kinds a split/merge proposal
-        draws, whatever the state: 2-means from the principal axis, 2-means from a
-        random axis, a group carved around the anchor, and 2-means along a random
-        axis in the cluster's whitened coordinates (which finds splits no isotropic
-        halving proposes, e.g. along a nearly constant column).
-    refine_iter : int, default 0
-        EM iterations of the full-covariance sub-mixture after the whitened 2-means
-        of the fourth kind (torch backend only).
-    refine_rows : int, default 1000
-        The whitened sub-partition of a larger cluster is fitted on this many of its
-        rows (those of smallest key; keys are drawn once per chain, independently of
-        the partition), then every row goes to the sub-component that explains it
-        better: the cost of a proposal stays bounded on large clusters.
-    resplit_prob : float, default 0
-        Probability that a batch of anchored moves is a batch of re-splits
-        (:meth:`_resplit_batch`): K-preserving redraws of the boundary between the
-        anchors' two clusters, which a merge-then-split cannot make when the merged
-        state is improbable.
-    max_label_tries : int, default 10
-        Rejection attempts of the K-preserving label step before the labels are
-        kept unchanged for that iteration (counted in ``label_rejections_``).  Given
-        (pi, theta) the chance of success does not depend on the current labels, so
-        the step is a mixture of the exact conditional and staying put.
-
-    Warm-up settings (its draws are discarded, so its moves may depend on the state):
-
-    warmup : int, optional
-        Iterations of Chang & Fisher's fast moves, which find K from a bad start
-        quickly (default: half of the burn-in; ``warmup_`` after ``fit``).  Must not
-        exceed the burn-in.
-    warmup_moves : int, optional
-        Anchored proposals per warm-up iteration (default max(3, K // 2)), on top of
-        the parallel sub-cluster splits and merges.
-    burnout : int, optional
-        Warm-up iterations after a cluster is created by a split or merge before it
-        may merge again (the clusters of the start may merge at once), so that a
-        mildly favoured coarse split is not undone at once.  Default: 15% of the
-        warm-up, at least 5.
+    The model's hyperparameters (``Hyperpriors``; alpha under a Gamma prior by
+    Escobar & West 1995) are updated after step 4 of every iteration, each
+    from its conditional given the partition (:mod:`.hyperparameters`); their draws
+    are in ``to_inference_data()``.
     """
 
     method_name = "subcluster"
@@ -335,16 +286,10 @@ class SubclusterSampler(MCMCClusterer):
     _chain_attributes = ("label_rejections_", "backend_")
 
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 400, burn_in=None,
-                 thin: int = 1, n_chains: int = 1, n_jobs: int = 1, moves_per_iter=None,
-                 warmup_moves=None,
-                 warmup=None,
-                 burnout=None, proposal_weights=(1.0, 1.0, 1.0, 0.5), refine_iter: int = 0,
-                 refine_rows: int = 1000,
-                 slice_every: int = 2, gibbs_points="auto", resplit_prob: float = 0.0,
-                 alpha_prior=None,
-                 store_log_likelihood: bool = True, max_label_tries: int = 10,
-                 random_state=0, device="cpu", backend: str = "auto",
-                 progress: bool = False, checkpoint_every: int = 10):
+                 thin: int = 1, n_chains: int = 1, n_jobs: int = 1, warmup=None,
+                 options=None, store_log_likelihood: bool = True, random_state=0,
+                 device="cpu", backend: str = "auto", progress: bool = False,
+                 checkpoint_every: int = 10):
         self.model = model
         self.init_k = init_k
         self.max_iter = max_iter
@@ -352,19 +297,9 @@ class SubclusterSampler(MCMCClusterer):
         self.thin = thin
         self.n_chains = n_chains
         self.n_jobs = n_jobs
-        self.moves_per_iter = moves_per_iter
-        self.warmup_moves = warmup_moves
         self.warmup = warmup
-        self.burnout = burnout
-        self.proposal_weights = proposal_weights
-        self.refine_iter = refine_iter
-        self.refine_rows = refine_rows
-        self.slice_every = slice_every
-        self.gibbs_points = gibbs_points
-        self.resplit_prob = resplit_prob
-        self.alpha_prior = alpha_prior
+        self.options = options
         self.store_log_likelihood = store_log_likelihood
-        self.max_label_tries = max_label_tries
         self.random_state = random_state
         self.device = device
         self.backend = backend
@@ -381,29 +316,21 @@ class SubclusterSampler(MCMCClusterer):
         n = X.shape[0]
         z, _ = relabel(torch.randint(0, min(int(self.init_k), n), (n,)))
         self.label_rejections_ = 0
-        common = resolve_common(self, weights, self._burn_in(), 4,
-                                "four non-negative numbers, not all zero")
-        # a number of anchored moves fixed for the chain: a count read from the state
-        # (say K // 8) would compose a state-dependent number of MH steps, which does
-        # not in general leave the posterior invariant
-        moves = MOVES_PER_ITER if self.moves_per_iter is None else self.moves_per_iter
-        check_count(moves, "moves_per_iter")
-        check_count(self.gibbs_points, "gibbs_points", allow_auto=True)
-        if not 0.0 <= float(self.resplit_prob) <= 1.0:
-            raise ValueError(f"resplit_prob must lie in [0, 1], got {self.resplit_prob}")
+        opts = sampler_options(self.options)
+        common = resolve_common(self.warmup, opts, weights, self._burn_in(), (1.0, 1.0, 1.0, 0.5))
         # fixed per-row keys (independent of the partition) that pick the rows a refined
         # sub-partition fits on when a cluster has more than refine_rows of them; drawn
         # only when that kind can be proposed
         row_keys = torch.rand(n, dtype=torch.float64).to(X.device) \
             if float(common["kind_weights"][3]) > 0 else None
-        backend = self._backend_for(X, model)
+        backend = self._backend_for(X, model, opts)
         default = GIBBS_POINTS_COMPILED if backend == "compiled" else GIBBS_POINTS_TORCH
         self._settings = KernelSettings(
-            **common, moves_per_iter=int(moves), warmup_moves=self.warmup_moves,
-            gibbs_points=min(n, default if self.gibbs_points == "auto"
-                             else int(self.gibbs_points)),
-            resplit_prob=float(self.resplit_prob), refine_rows=int(self.refine_rows),
-            max_label_tries=int(self.max_label_tries),
+            **common, warmup_moves=opts.warmup_moves,
+            gibbs_points=min(n, default if opts.gibbs_points == "auto"
+                             else int(opts.gibbs_points)),
+            resplit_prob=float(opts.resplit_prob), refine_rows=int(opts.refine_rows),
+            refine_iter=int(opts.refine_iter),
             # kernel bandwidth of the local anchor choice: a tenth of the data's scale
             bandwidth2=max(float(model.family.features(X).var(0).mean()) * 0.01, 1e-12),
             row_keys=row_keys)
@@ -431,7 +358,7 @@ class SubclusterSampler(MCMCClusterer):
         return SubclusterState(X, z, float(getattr(weights, "alpha", 1.0)), zs=zs, born=born,
                                hyper=hyper)
 
-    def _backend_for(self, X, model) -> str:
+    def _backend_for(self, X, model, opts: SamplerOptions) -> str:
         """"compiled" or "torch": the backend this fit runs (``backend``, and for "auto"
         the compiled one where it covers the model)."""
         if self.backend not in ("auto", "torch", "compiled"):
@@ -440,13 +367,13 @@ class SubclusterSampler(MCMCClusterer):
             return "torch"
         from .subcluster_compiled import compiled_supported
 
-        supported = compiled_supported(model, self.refine_iter, X.device)
+        supported = compiled_supported(model, opts.refine_iter, X.device)
         if self.backend == "compiled" and not supported:
             raise ValueError(
                 "backend='compiled' covers GaussianNIW components with a DP, Pitman-Yor "
                 "or finite Dirichlet prior on the CPU with refine_iter=0; got "
                 f"{type(model.family).__name__}, {type(model.weights).__name__}, "
-                f"device {X.device}, refine_iter={self.refine_iter}")
+                f"device {X.device}, refine_iter={opts.refine_iter}")
         if not supported:
             return "torch"
         return "compiled"
@@ -878,9 +805,10 @@ class SubclusterSampler(MCMCClusterer):
         elif kind == 2:
             h = carve_groups(fam, Xr, g, n_groups, anchors)
         else:
-            h = refined_two_means_groups(fam, Xr, g, n_groups, axes, n_iter=self.refine_iter,
-                                         keys=self._settings.row_keys[rows_of_x],
-                                         max_rows=self._settings.refine_rows)
+            cfg = self._settings
+            h = refined_two_means_groups(fam, Xr, g, n_groups, axes, n_iter=cfg.refine_iter,
+                                         keys=cfg.row_keys[rows_of_x],
+                                         max_rows=cfg.refine_rows)
         sub = fam.suff_stats_labels(Xr, 2 * g + h, 2 * n_groups)
         log_w = dirichlet_log(sub.n.reshape(n_groups, 2) + self._settings.sub_alpha / 2)
         ll = own_pair_loglik(fam, Xr, g, n_groups, fam.sample_posterior(sub)) + log_w[g]
@@ -903,7 +831,8 @@ def compile_kernels() -> float:
     X = np.random.default_rng(0).normal(size=(50, 2))
     start = time.perf_counter()
     SubclusterSampler(max_iter=4, backend="compiled").fit(X)
-    SubclusterSampler(max_iter=4, backend="compiled", resplit_prob=1.0).fit(X)
+    SubclusterSampler(max_iter=4, backend="compiled",
+                      options=SamplerOptions(resplit_prob=1.0)).fit(X)
     stats = kn.group_stats(X, np.arange(50) % 2, 2)          # the warm-up's merges
     kn.split_terms(*stats, *stats, np.zeros(2), 1.0, 4.0, np.eye(2), 0.0, 0.0, 0.0)
     return time.perf_counter() - start

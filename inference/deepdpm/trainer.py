@@ -381,19 +381,18 @@ class DeepDPM(CheckpointedEstimator):
         self._svi = SVI(self.model_.model, self.guide_, optim, self._loss)
 
     # -- training --------------------------------------------------------------
-    def _train_epoch(self, X: torch.Tensor) -> float:
+    def _train_epoch(self, X: torch.Tensor) -> tuple[float, float]:
         """Minibatch SVI steps over the data (several passes on small data, at least
-        ``min_steps`` steps); returns the mean loss.  ``_epoch_log_lik`` is the mean
-        over the epoch's rows of log sum_k pi_k p(x_i | theta_k) under the point
-        parameters the epoch trained against (the last M-step's)."""
+        ``min_steps`` steps); returns the mean loss and the mean over the epoch's rows
+        of log sum_k pi_k p(x_i | theta_k) under the point parameters the epoch
+        trained against (the last M-step's)."""
         total = rows = log_lik = 0.0
         for idx in self._epoch_batches(X.shape[0]):
             total += self._svi_step(X[idx])
             log_lik += self._loss.last["log_lik"]
             rows += idx.numel()
         tally = self._total(torch.tensor([total, log_lik, rows], dtype=DTYPE))
-        self._epoch_log_lik = float(tally[1] / tally[2])
-        return float(tally[0] / tally[2])
+        return float(tally[0] / tally[2]), float(tally[1] / tally[2])
 
     def _epoch_batches(self, n: int):
         """The minibatches of an epoch: row indices, ``passes`` random permutations
@@ -462,7 +461,7 @@ class DeepDPM(CheckpointedEstimator):
         bar = tqdm(range(start, int(self.max_epochs)), desc="deepdpm", unit="epoch",
                    file=sys.stderr, disable=not self.progress, leave=False)
         for epoch in bar:
-            loss = self._train_epoch(Xt)
+            loss, log_lik = self._train_epoch(Xt)
             splits = merges = 0
             kind = None
             hold = self._holding(Xt, epoch + 1)
@@ -492,7 +491,7 @@ class DeepDPM(CheckpointedEstimator):
                     self._last_z = None
             k = self.guide_.k
             self.history_.append({"epoch": epoch + 1, "K": k, "loss": loss,
-                                  "log_lik": self._epoch_log_lik,
+                                  "log_lik": log_lik,
                                   "splits": splits, "merges": merges, "move": kind,
                                   "changed": changed})
             bar.set_postfix(K=k, loss=f"{loss:.4f}", refresh=False)
@@ -512,8 +511,11 @@ class DeepDPM(CheckpointedEstimator):
         ended with an M-step, and the mean log-likelihood per row changed by less
         than ``tol`` over the last epoch."""
         h = self.history_
-        if (not float(self.tol) > 0 or len(h) < 2 or h[-1]["changed"] is None
-                or abs(h[-1]["log_lik"] - h[-2]["log_lik"]) >= float(self.tol)):
+        if not float(self.tol) > 0 or len(h) < 2 or h[-1]["changed"] is None:
+            return False
+        # a checkpoint of an older version has epochs without the likelihood
+        last, before = h[-1].get("log_lik"), h[-2].get("log_lik")
+        if last is None or before is None or abs(last - before) >= float(self.tol):
             return False
         rounds = 2 * int(self.patience)
         steps = [i for i, e in enumerate(h) if e["move"]]

@@ -116,7 +116,7 @@ def test_kept_draws_match_the_exact_posterior(model, data, options):
     slice_alone = not options.get("moves_per_iter", 4) and not options.get("gibbs_points", 32)
     est = DistributedSubclusterSampler(model=model, max_iter=20_000 if slice_alone else 6000,
                                        burn_in=200, store_log_likelihood=False,
-                                       random_state=1, **options).fit(X)
+                                       random_state=1, options=options).fit(X)
     tv = total_variation(exact, empirical_partition_distribution(est.label_draws_))
     assert tv < 0.05, f"TV {tv:.3f}"
     assert len(np.unique(est.k_draws_)) >= 4
@@ -188,12 +188,13 @@ def test_a_killed_rank_is_named_and_the_fit_resumes_to_the_uninterrupted_draws(t
 def test_bad_settings_are_named():
     X = _mixture(50)
     with pytest.raises(ValueError, match="moves_per_iter"):
-        DistributedSubclusterSampler(moves_per_iter=-1, max_iter=4).fit(X)
+        DistributedSubclusterSampler(options={"moves_per_iter": -1}, max_iter=4).fit(X)
     with pytest.raises(ValueError, match="proposal_weights"):
-        DistributedSubclusterSampler(proposal_weights=(0, 0), max_iter=4).fit(X)
+        DistributedSubclusterSampler(options={"proposal_weights": (0, 0)},
+                                     max_iter=4).fit(X)
     with pytest.raises(ValueError, match="n_slots"):
         DistributedSubclusterSampler(n_slots=0, max_iter=4).fit(X)
     with pytest.raises(ValueError, match="gibbs_points"):
-        DistributedSubclusterSampler(gibbs_points=-2, max_iter=4).fit(X)
+        DistributedSubclusterSampler(options={"gibbs_points": -2}, max_iter=4).fit(X)
     with pytest.raises(ValueError, match="on the CPU"):
         DistributedSubclusterSampler(device="cuda", max_iter=4).fit(X)

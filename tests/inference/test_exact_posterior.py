@@ -20,6 +20,7 @@ from bnpdeep.inference.exact import (
 )
 from bnpdeep.inference.gibbs import CollapsedGibbs
 from bnpdeep.inference.subcluster import SubclusterSampler
+from bnpdeep.inference.subcluster_settings import SamplerOptions
 from bnpdeep.models import (
     DiagonalGaussian,
     DirichletProcess,
@@ -76,11 +77,10 @@ def _runs():
     for case in CASES:
         yield pytest.param(case, CollapsedGibbs, {}, id=f"{case}-gibbs")
         yield pytest.param(case, SubclusterSampler, {}, id=f"{case}-subcluster")
-        # with the collapsed Gibbs updates (off by default: the default runs check the
-        # split/merge moves without them, which could hide a small error in their
-        # Hastings ratios)
-        yield pytest.param(case, SubclusterSampler, {"gibbs_points": "auto"},
-                           id=f"{case}-subcluster-gibbs")
+        # without the collapsed Gibbs updates (on by default), which could hide a small
+        # error in the split/merge moves' Hastings ratios
+        yield pytest.param(case, SubclusterSampler, {"options": {"gibbs_points": 0}},
+                           id=f"{case}-subcluster-no-gibbs")
         if case in NIW_CASES:
             yield pytest.param(case, SubclusterSampler, {"backend": "torch"},
                                id=f"{case}-subcluster-torch")
@@ -119,9 +119,10 @@ def test_slice_label_step_alone_matches_the_exact_posterior(weights, backend):
     model = DPMixture(GaussianNIW(np.zeros(2), 0.5, 4.0, np.eye(2)), weights)
     X = _points()
     exact = exact_partition_posterior(model, X)
-    est = SubclusterSampler(model=model, max_iter=N_SLICE, burn_in=200, slice_every=1,
-                            moves_per_iter=0, gibbs_points=0, store_log_likelihood=False,
-                            random_state=4, backend=backend).fit(X)
+    est = SubclusterSampler(model=model, max_iter=N_SLICE, burn_in=200,
+                            options=SamplerOptions(slice_every=1, moves_per_iter=0,
+                                                   gibbs_points=0),
+                            store_log_likelihood=False, random_state=4, backend=backend).fit(X)
     assert est.k_draws_.max() <= weights.max_clusters
     tv = total_variation(exact, empirical_partition_distribution(est.label_draws_))
     assert tv < 0.05, f"slice step alone under {weights!r}: TV {tv:.3f}"
@@ -165,7 +166,8 @@ def test_collapsed_gibbs_updates_alone_match_the_exact_posterior(case, backend):
     model, X = make_model(), make_data()
     exact = exact_partition_posterior(model, X)
     est = SubclusterSampler(model=model, max_iter=_n_iter(case, backend), burn_in=200,
-                            warmup=0, moves_per_iter=0, slice_every=0, gibbs_points=3,
+                            warmup=0, options=SamplerOptions(moves_per_iter=0, slice_every=0,
+                                                             gibbs_points=3),
                             store_log_likelihood=False, random_state=7, backend=backend).fit(X)
     assert est.gibbs_points_ == 3 and len(np.unique(est.k_draws_)) >= 4
     tv = total_variation(exact, empirical_partition_distribution(est.label_draws_))
@@ -183,9 +185,9 @@ def test_batches_of_moves_on_disjoint_clusters_match_the_exact_posterior(case, b
     model, X = make_model(), make_data()
     exact = exact_partition_posterior(model, X)
     n_iter = _n_iter(case, backend)
-    est = _CountingSampler(model=model, max_iter=n_iter, burn_in=200, moves_per_iter=8,
-                           gibbs_points=0, store_log_likelihood=False, random_state=2,
-                           backend=backend).fit(X)
+    est = _CountingSampler(model=model, max_iter=n_iter, burn_in=200,
+                           options=SamplerOptions(moves_per_iter=8, gibbs_points=0),
+                           store_log_likelihood=False, random_state=2, backend=backend).fit(X)
     assert est.multi_move_batches_ > n_iter // 3
     tv = total_variation(exact, empirical_partition_distribution(est.label_draws_))
     assert tv < 0.05, f"batched moves on {case}: TV {tv:.3f}"
@@ -206,7 +208,7 @@ def test_split_merge_moves_alone_match_the_exact_posterior(case, backend):
     model, X = make_model(), make_data()
     exact = exact_partition_posterior(model, X)
     est = SubclusterSampler(model=model, max_iter=N_SLICE, burn_in=200,
-                            warmup=0, slice_every=0, gibbs_points=0,
+                            warmup=0, options=SamplerOptions(slice_every=0, gibbs_points=0),
                             store_log_likelihood=False, random_state=8,
                             backend=backend).fit(X)
     stats = est.chains_[0].stats
@@ -238,8 +240,10 @@ def test_refined_subpartitions_match_the_exact_posterior(case, weights, refine_i
     model, X = make_model(), make_data()
     exact = exact_partition_posterior(model, X)
     est = SubclusterSampler(model=model, max_iter=_n_iter(case, backend, refine_iter),
-                            burn_in=200, proposal_weights=weights, refine_iter=refine_iter,
-                            refine_rows=3, backend=backend, gibbs_points=0,
+                            burn_in=200, backend=backend,
+                            options=SamplerOptions(proposal_weights=weights,
+                                                   refine_iter=refine_iter, refine_rows=3,
+                                                   gibbs_points=0),
                             store_log_likelihood=False, random_state=3).fit(X)
     tv = total_variation(exact, empirical_partition_distribution(est.label_draws_))
     assert tv < 0.05, f"refined proposals {weights} on {case}: TV {tv:.3f}"
@@ -261,8 +265,9 @@ def test_resplits_match_the_exact_posterior_given_k(case, backend):
     given_two = {p: v / sum(two.values()) for p, v in two.items()}
     est = SubclusterSampler(model=model, max_iter=_n_iter(case, backend), burn_in=200,
                             warmup=0, init_k=2,
-                            slice_every=0, resplit_prob=1.0, moves_per_iter=4,
-                            gibbs_points=0, store_log_likelihood=False, random_state=5,
+                            options=SamplerOptions(slice_every=0, resplit_prob=1.0,
+                                                   moves_per_iter=4, gibbs_points=0),
+                            store_log_likelihood=False, random_state=5,
                             backend=backend).fit(X)
     assert (est.k_trace_ == 2).all()
     assert np.mean(est.chains_[0].stats["resplit_acceptance"]) > 0.1
@@ -280,7 +285,7 @@ def test_sampler_with_resplits_matches_the_exact_posterior(case, backend):
     model, X = make_model(), make_data()
     exact = exact_partition_posterior(model, X)
     est = SubclusterSampler(model=model, max_iter=_n_iter(case, backend), burn_in=200,
-                            resplit_prob=0.5,
+                            options=SamplerOptions(resplit_prob=0.5),
                             store_log_likelihood=False, random_state=6, backend=backend).fit(X)
     tv = total_variation(exact, empirical_partition_distribution(est.label_draws_))
     assert tv < 0.05, f"sampler with re-splits on {case}: TV {tv:.3f}"
@@ -290,10 +295,10 @@ def test_proposal_weights_are_checked():
     X = _points()
     for bad in [(1.0, 1.0, 1.0), (0.0, 0.0, 0.0, 0.0), (1.0, -1.0, 1.0, 1.0)]:
         with pytest.raises(ValueError, match="proposal_weights"):
-            SubclusterSampler(max_iter=10, proposal_weights=bad).fit(X)
+            SubclusterSampler(max_iter=10, options={"proposal_weights": bad}).fit(X)
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match="resplit_prob"):
-            SubclusterSampler(max_iter=10, resplit_prob=bad).fit(X)
+            SubclusterSampler(max_iter=10, options={"resplit_prob": bad}).fit(X)
 
 
 def test_eight_points_where_carving_engages_match_the_exact_posterior():
@@ -316,7 +321,8 @@ def test_eight_points_where_carving_engages_match_the_exact_posterior():
     # carving alone, then every kind with the collapsed Gibbs updates
     for weights, gibbs_points in [((0.0, 0.0, 1.0, 0.0), 0), ((1.0, 1.0, 1.0, 0.5), "auto")]:
         est = SubclusterSampler(model=model, max_iter=N_SLICE, burn_in=200,
-                                proposal_weights=weights, gibbs_points=gibbs_points,
+                                options=SamplerOptions(proposal_weights=weights,
+                                                       gibbs_points=gibbs_points),
                                 store_log_likelihood=False, random_state=0).fit(X)
         draws = est.label_draws_
         co_hat = np.mean(draws[:, :, None] == draws[:, None, :], 0)

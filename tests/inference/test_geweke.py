@@ -57,7 +57,7 @@ def successive_conditional(backend: str, n_iter: int, seed: int = 0, **options) 
     g = np.random.default_rng(seed)
     model = DPMixture(GaussianNIW(MU0, KAPPA, NU, PSI), DirichletProcess(ALPHA))
     est = SubclusterSampler(model=model, warmup=0, backend=backend, random_state=seed,
-                            **options)
+                            options=options)
     est.model_ = model
     z = np.zeros(N, dtype=np.int64)
     freq: dict = {}

@@ -318,7 +318,8 @@ def test_backend_choice_and_refusals():
     with pytest.raises(ValueError, match="compiled.*Multinomial"):
         SubclusterSampler(model=model, max_iter=4, backend="compiled").fit(counts)
     with pytest.raises(ValueError, match="refine_iter=3"):
-        SubclusterSampler(max_iter=4, backend="compiled", refine_iter=3).fit(X)
+        SubclusterSampler(max_iter=4, backend="compiled",
+                          options={"refine_iter": 3}).fit(X)
 
 
 def test_first_compiled_fit_loads_the_kernels_once_and_says_when_it_compiles(monkeypatch, capsys):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from bnpdeep.inference.gibbs import CollapsedGibbs
 from bnpdeep.inference.subcluster import SubclusterSampler
+from bnpdeep.inference.subcluster_settings import SamplerOptions
 from bnpdeep.models import (
     DiagonalGaussian,
     DirichletProcess,
@@ -54,8 +55,8 @@ def test_subcluster_recovers_k_from_one_and_from_too_many(init_k):
     # a warm-up over all 30 burn-in iterations removes a bad start's clusters; without
     # the collapsed Gibbs updates the split/merge and slice steps alone keep K at 4
     # or 5
-    est = SubclusterSampler(max_iter=60, warmup=30, gibbs_points=0, init_k=init_k,
-                            random_state=0).fit(X)
+    est = SubclusterSampler(max_iter=60, warmup=30, options=SamplerOptions(gibbs_points=0),
+                            init_k=init_k, random_state=0).fit(X)
     assert est.n_clusters_ == 4
     assert adjusted_rand_score(y, est.labels_) > 0.95
     # draws after burn-in: draws x N labels, K per draw.  Under the default DP(1) a
@@ -64,8 +65,8 @@ def test_subcluster_recovers_k_from_one_and_from_too_many(init_k):
     # on either backend.
     assert est.label_draws_.shape == (30, 600)
     assert np.isin(est.k_draws_, [4, 5]).all() and np.mean(est.k_draws_ == 4) > 0.5
-    est = SubclusterSampler(max_iter=60, warmup=30, gibbs_points=0, init_k=init_k,
-                            random_state=0, backend="torch").fit(X)
+    est = SubclusterSampler(max_iter=60, warmup=30, options=SamplerOptions(gibbs_points=0),
+                            init_k=init_k, random_state=0, backend="torch").fit(X)
     assert est.n_clusters_ == 4
     assert np.isin(est.k_draws_, [4, 5]).all() and np.mean(est.k_draws_ == 4) > 0.5
     # Over six chains of 4000 iterations each backend gave K = 4 / 5 / 6 in
@@ -166,7 +167,8 @@ def test_subcluster_multinomial_mixture():
     y = g.integers(0, 3, 300)
     X = np.stack([g.multinomial(40, probs[c]) for c in y]).astype(float)
     model = DPMixture(Multinomial.weak(X))
-    est = SubclusterSampler(model=model, max_iter=40, gibbs_points=0).fit(X)
+    est = SubclusterSampler(model=model, max_iter=40,
+                            options=SamplerOptions(gibbs_points=0)).fit(X)
     assert est.n_clusters_ == 3
     assert adjusted_rand_score(y, est.labels_) > 0.95
     # At the defaults (collapsed Gibbs updates on)
@@ -180,7 +182,10 @@ def test_subcluster_multinomial_mixture():
 
 def test_escobar_west_alpha_moves():
     X, _ = _blobs(n=300, seed=7)
-    est = SubclusterSampler(max_iter=40, alpha_prior=(1.0, 1.0)).fit(X)
+    gamma = torch.distributions.Gamma(torch.tensor(1.0, dtype=torch.float64),
+                                      torch.tensor(1.0, dtype=torch.float64))
+    model = DPMixture(GaussianNIW.weak(X), hyperpriors=Hyperpriors(alpha=gamma))
+    est = SubclusterSampler(model=model, max_iter=40).fit(X)
     alpha = est.to_inference_data().posterior["alpha"].values
     assert np.unique(alpha).size > 5 and np.all(alpha > 0)
 
@@ -201,7 +206,7 @@ def test_estimator_conventions_and_errors():
     with pytest.raises(ValueError, match="burn_in"):
         SubclusterSampler(max_iter=5, burn_in=5).fit(X)
     for kwargs, name in [({"init_k": 0}, "init_k"), ({"warmup": 4}, "warmup"),
-                         ({"burnout": -1}, "burnout")]:
+                         ({"options": {"burnout": -1}}, "burnout")]:
         with pytest.raises(ValueError, match=name):
             SubclusterSampler(max_iter=5, **kwargs).fit(X)
     bad = X.copy()
@@ -230,10 +235,10 @@ def _student():
     (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4), 47),
     (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4), 11),
     (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4, backend="torch"), 47),
-    (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4, gibbs_points="auto"),
-     47),
-    (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4, gibbs_points="auto",
-                             backend="torch"), 47),
+    (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4,
+                             options=SamplerOptions(gibbs_points="auto")), 47),
+    (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4,
+                             options=SamplerOptions(gibbs_points="auto"), backend="torch"), 47),
     (CollapsedGibbs, dict(max_iter=12, checkpoint_every=5), 8),
     (SubclusterSampler, dict(max_iter=30, n_chains=2, checkpoint_every=4,
                              model=_hierarchical()), 47),
@@ -356,14 +361,14 @@ def test_device_argument_is_checked(cls):
 
 def test_gibbs_points_default_and_check():
     X, _ = _blobs(n=100)
-    assert SubclusterSampler(max_iter=4, gibbs_points=0).fit(X).gibbs_points_ == 0
+    assert SubclusterSampler(max_iter=4, options={"gibbs_points": 0}).fit(X).gibbs_points_ == 0
     auto = SubclusterSampler(max_iter=4)                         # "auto" by default
     assert auto.fit(X).gibbs_points_ == 100                                 # min(N, 256)
     assert auto.set_params(backend="torch").fit(X).gibbs_points_ == 32
-    assert SubclusterSampler(max_iter=4, gibbs_points=500).fit(X).gibbs_points_ == 100
+    assert SubclusterSampler(max_iter=4, options={"gibbs_points": 500}).fit(X).gibbs_points_ == 100
     for bad in (-1, 2.5, "all"):
         with pytest.raises(ValueError, match="gibbs_points"):
-            SubclusterSampler(max_iter=4, gibbs_points=bad).fit(X)
+            SubclusterSampler(max_iter=4, options={"gibbs_points": bad}).fit(X)
 
 
 @pytest.mark.parametrize("make", [

@@ -6,7 +6,11 @@ import pytest
 import torch
 from bnpdeep.inference.distributed import DistributedSubclusterSampler
 from bnpdeep.inference.subcluster import SubclusterSampler
-from bnpdeep.inference.subcluster_settings import KernelSettings, resolve_common
+from bnpdeep.inference.subcluster_settings import (
+    KernelSettings,
+    SamplerOptions,
+    resolve_common,
+)
 from bnpdeep.models import DirichletProcess, DPMixture, GaussianNIW, PitmanYor
 
 
@@ -36,25 +40,59 @@ def test_defaults_follow_their_rules():
 
 def test_both_samplers_resolve_the_same_kernel_constants():
     X = np.random.default_rng(1).normal(size=(80, 3))
-    args = {"max_iter": 40, "burn_in": 30, "warmup": 10, "burnout": 7, "slice_every": 3,
-            "moves_per_iter": 2, "gibbs_points": 5, "max_label_tries": 4, "random_state": 0}
-    one = _settings(SubclusterSampler(**args), X)
-    dp = _settings(DistributedSubclusterSampler(**args), X)
+    options = SamplerOptions(burnout=7, slice_every=3, moves_per_iter=2, gibbs_points=5,
+                             max_label_tries=4)
+    args = {"max_iter": 40, "burn_in": 30, "warmup": 10, "random_state": 0}
+    one = _settings(SubclusterSampler(options=options, **args), X)
+    # a dict of the fields is the same options
+    dp = _settings(DistributedSubclusterSampler(options=dict(burnout=7, slice_every=3,
+                                                             moves_per_iter=2, gibbs_points=5,
+                                                             max_label_tries=4), **args), X)
     for name in ("warmup", "burnout", "sub_alpha", "slice_every", "moves_per_iter",
                  "gibbs_points", "max_label_tries"):
         assert getattr(one, name) == getattr(dp, name), name
+    assert (one.burnout, one.slice_every, one.moves_per_iter, one.gibbs_points,
+            one.max_label_tries) == (7, 3, 2, 5, 4)
     assert one.bandwidth2 == pytest.approx(dp.bandwidth2, rel=1e-12)
+    # each sampler's own default proposal kinds
+    torch.testing.assert_close(dp.kind_weights, torch.tensor([0.5, 0.5], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"warmup": 50}, "warmup must lie in"),
-    ({"burnout": -2}, "burnout must be non-negative"),
-    ({"proposal_weights": (1, 1, 1)}, "proposal_weights must be four"),
-    ({"proposal_weights": (0, 0, 0, 0)}, "proposal_weights must be four"),
-    ({"slice_every": -1}, "slice_every must be"),
+@pytest.mark.parametrize("warmup, change, message", [
+    (50, {}, "warmup must lie in"),
+    (None, {"burnout": -2}, "burnout must be non-negative"),
+    (None, {"proposal_weights": (1, 1, 1)}, "proposal_weights must be 4"),
+    (None, {"proposal_weights": (0, 0, 0, 0)}, "proposal_weights must be 4"),
+    (None, {"slice_every": -1}, "slice_every must be"),
+    (None, {"moves_per_iter": 1.5}, "moves_per_iter must be"),
+    (None, {"gibbs_points": "all"}, "gibbs_points must be"),
+    (None, {"refine_rows": 0}, "refine_rows must be"),
+    (None, {"max_label_tries": -1}, "max_label_tries must be"),
+    (None, {"warmup_moves": -3}, "warmup_moves must be"),
+    (None, {"resplit_prob": 1.5}, "resplit_prob must lie"),
 ])
-def test_resolve_common_names_the_bad_argument(change, message):
-    est = SubclusterSampler(**{"warmup": None, "burnout": None, "slice_every": 2,
-                               "proposal_weights": (1.0, 1.0, 1.0, 0.5), **change})
+def test_resolve_common_names_the_bad_argument(warmup, change, message):
     with pytest.raises(ValueError, match=message):
-        resolve_common(est, DirichletProcess(1.0), 40, 4, "four non-negative numbers")
+        resolve_common(warmup, SamplerOptions(**change), DirichletProcess(1.0), 40,
+                       (1.0, 1.0, 1.0, 0.5))
+
+
+def test_options_the_data_parallel_sampler_lacks_are_refused_by_name():
+    X = np.random.default_rng(2).normal(size=(40, 2))
+    for name, value in [("resplit_prob", 0.5), ("refine_iter", 3), ("refine_rows", 50),
+                        ("warmup_moves", 2)]:
+        with pytest.raises(ValueError, match=f"SamplerOptions.{name} is not an option"):
+            DistributedSubclusterSampler(max_iter=4, options={name: value}).fit(X)
+    with pytest.raises(ValueError, match="options: .*unexpected keyword"):
+        SubclusterSampler(max_iter=4, options={"gibbs": 3}).fit(X)
+    with pytest.raises(ValueError, match="options must be a SamplerOptions"):
+        SubclusterSampler(max_iter=4, options=(1, 2)).fit(X)
+
+
+def test_the_constructors_keep_what_a_statistician_sets():
+    """The samplers' own parameters; the kernels' knobs live in SamplerOptions."""
+    kept = {"model", "init_k", "max_iter", "burn_in", "thin", "n_chains", "warmup",
+            "options", "store_log_likelihood", "random_state", "device", "progress",
+            "checkpoint_every"}
+    assert set(SubclusterSampler().get_params()) == kept | {"n_jobs", "backend"}
+    assert set(DistributedSubclusterSampler().get_params()) == kept | {"n_slots"}

@@ -172,7 +172,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.parametrize("sampler, options", [
     (CollapsedGibbs, {}),
-    (SubclusterSampler, {"gibbs_points": 0}),
+    (SubclusterSampler, {"options": {"gibbs_points": 0}}),
     (SubclusterSampler, {}),
 ], ids=["gibbs", "subcluster-moves", "subcluster-default"])
 def test_partition_frequencies_match_the_integrated_posterior(sampler, options):
