@@ -218,11 +218,15 @@ class DeepDPMGuide(PyroModule):
 
     def sub_loss(self, X: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The sub-clustering nets' isotropic loss (paper eq. 5), mean over rows:
-        sum_j r~_ij ||x_i - mu~_{z_i j}||^2."""
+        sum_j r~_ij ||(x_i - mu~_{z_i j}) / s||^2, in the nets' standardised input
+        space (s the per-feature ``input_scale``), so that neither the loss nor its
+        gradients depend on the data's units: on raw values it would scale with
+        their square, and Adam's epsilon would stall the sub-nets on data measured
+        in small units."""
         log_rs = self.sub_log_r(X, z)
         c = self.mixture.sub_centres[z].to(log_rs.dtype)            # (B, 2, d)
-        dist = (X.to(log_rs.dtype)[:, None, :] - c).pow(2).sum(-1)  # (B, 2)
-        return (log_rs.exp() * dist).sum(1).mean()
+        diff = (X.to(log_rs.dtype)[:, None, :] - c) / self.input_scale.to(log_rs.dtype)
+        return (log_rs.exp() * diff.pow(2).sum(-1)).sum(1).mean()
 
     @torch.no_grad()
     def soft_stats(self, X: torch.Tensor):
