@@ -86,6 +86,20 @@ def constant_columns(X) -> np.ndarray:
     return np.flatnonzero(np.ptp(X, axis=0) == 0) if X.shape[0] else np.array([], int)
 
 
+# |mean| / std above which a column's centred sum of squares, computed from raw float64
+# sums (sum x^2 - n mean^2), keeps fewer than half of its 16 digits: the relative error
+# of the difference is about 1e-16 (mean / std)^2
+OFFSET_RATIO = 1e4
+
+
+def offset_columns(X) -> np.ndarray:
+    """Indices of the non-constant columns of X whose |mean| exceeds
+    :data:`OFFSET_RATIO` times their standard deviation."""
+    X = np.asarray(X, dtype=float)
+    mean, std = X.mean(0), X.std(0)
+    return np.flatnonzero((std > 0) & (np.abs(mean) > OFFSET_RATIO * std))
+
+
 def _check_magnitude(arr: np.ndarray, name: str):
     """Refuse values whose squares, summed over the rows, overflow float64: the
     sufficient statistics (sums of x x^T) of such data are infinite."""
@@ -108,8 +122,9 @@ def check_array(X, *, name: str = "X", min_rows: int = 2, n_features: int | None
     the cell; also a ``TypeError``), NaN or infinite values (naming the rows), values
     so large that the sums of their squares overflow float64, 1-D or 3-D input, too
     few rows, no columns, or a number of features other than ``n_features``.  Warns
-    (:class:`DataWarning`) about zero-variance columns and about more features than
-    rows.
+    (:class:`DataWarning`) about zero-variance columns, about more features than
+    rows, and about columns so far from 0 relative to their spread that float64 sums
+    of squares lose most of their digits.
     """
     arr = _to_numpy(X, name)
     if arr.ndim == 1:
@@ -150,6 +165,15 @@ def check_array(X, *, name: str = "X", min_rows: int = 2, n_features: int | None
         if arr.shape[1] > arr.shape[0]:
             warnings.warn(f"{name} has more features ({arr.shape[1]}) than rows "
                           f"({arr.shape[0]}); covariance estimates rest on the prior",
+                          DataWarning, stacklevel=2)
+        far = offset_columns(arr) if arr.shape[0] > 1 else np.array([], int)
+        if far.size:
+            cols = ", ".join(map(str, far[:10])) + (" ..." if far.size > 10 else "")
+            warnings.warn(f"{name} has columns {cols} whose mean is more than "
+                          f"{OFFSET_RATIO:.0e} times their standard deviation; sums of "
+                          f"squares of such values (the Gaussian statistics) lose more than "
+                          f"half of float64's digits to cancellation. Centre them "
+                          f"(X - X.mean(0)), which changes no clustering",
                           DataWarning, stacklevel=2)
     return np.ascontiguousarray(arr, dtype=np.float64)
 

@@ -1,6 +1,7 @@
 """Validation messages, file loading, embedded and synthetic data."""
 
 import gzip
+import warnings
 
 import numpy as np
 import pytest
@@ -60,6 +61,27 @@ def test_constant_column_and_wide_data_warn_and_still_fit():
     assert np.isfinite(est.lp_draws_).all()
     with pytest.warns(DataWarning, match="more features"):
         check_array(g.normal(size=(4, 6)))
+
+
+def test_columns_far_from_zero_relative_to_their_spread_warn():
+    """A column at 1e6 with unit spread: its centred sum of squares from raw float64
+    sums (sum x^2 - n mean^2) keeps about 4 of 16 digits; the warning names it."""
+    g = np.random.default_rng(3)
+    X = g.normal(size=(200, 3))
+    n = X.shape[0]
+    far = X.copy()
+    far[:, 2] += 1e6
+    raw = (far[:, 2] ** 2).sum() - n * far[:, 2].mean() ** 2
+    exact = ((X[:, 2] - X[:, 2].mean()) ** 2).sum()
+    assert abs(raw / exact - 1) > 1e-8                  # the cancellation is real
+    with pytest.warns(DataWarning, match="columns 2 whose mean is more than 1e\\+04"):
+        check_array(far)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_array(X + 1e3)                            # 1e3 spreads: well resolved
+        check_array(np.c_[X, np.full(n, 1e6)])          # constant: warned of as such
+    assert not any("whose mean" in str(w.message) for w in caught)
+    assert any("zero-variance columns 3" in str(w.message) for w in caught)
 
 
 def test_predict_with_other_number_of_features():
