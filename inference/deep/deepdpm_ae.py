@@ -25,7 +25,7 @@ import sys
 import numpy as np
 import torch
 from bnpdeep.inference.base import CheckpointedEstimator, resolve_device
-from bnpdeep.inference.deep.autoencoder import batches, corrupt, embed
+from bnpdeep.inference.deep.autoencoder import Autoencoder, batches, corrupt, embed
 from bnpdeep.inference.deep.dcn import kmeans_term, running_mean_update
 from sklearn.base import TransformerMixin, clone
 from tqdm.auto import tqdm
@@ -84,6 +84,9 @@ class DeepDPMAE(TransformerMixin, CheckpointedEstimator):
         self.device = device
         self.random_state = random_state
         self.progress = progress
+
+    def _default_autoencoder(self) -> Autoencoder:
+        return Autoencoder()
 
     def _check_params(self):
         for name in ("alternations", "finetune_epochs"):

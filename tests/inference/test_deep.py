@@ -168,6 +168,15 @@ def test_end_to_end_alternation_finds_the_bars_that_raw_pixels_hide(quiet):
     np.testing.assert_array_equal(est.predict(X), est.deepdpm_.predict(est.transform(X)))
 
 
+def test_end_to_end_pretrains_the_default_autoencoder_when_given_none(quiet):
+    X, _ = offset_shapes()
+    est = DeepDPMAE(deepdpm=DeepDPM(max_epochs=3), alternations=0, device="cpu",
+                    random_state=3).fit(X[:80])
+    expected = {**Autoencoder().get_params(), "random_state": 3, "device": "cpu"}
+    assert est.autoencoder_.get_params() == expected
+    assert est.autoencoder_.loss_curve_ and len(est.history_) == 1
+
+
 def test_deepdpm_starts_from_init_labels():
     """Within its burn-in (no moves yet) DeepDPM keeps the partition it was started from;
     from k-means with init_k=1 it would hold one cluster."""
