@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ from sklearn.base import TransformerMixin
 from sklearn.exceptions import NotFittedError
 from torch import nn
 from tqdm.auto import tqdm
+
+from bnpdeep.data import DataWarning
 
 
 class MLPAutoencoder(nn.Module):
@@ -219,6 +222,7 @@ class Autoencoder(TransformerMixin, Checkpointing, ValidatedEstimator):
 
     def _fit(self, X):
         self._check_params()
+        _warn_unless_unit_scale(X)
         self._device = resolve_device(self.device)
         with torch.random.fork_rng():
             torch.manual_seed(0 if self.random_state is None else int(self.random_state))
@@ -251,6 +255,23 @@ class Autoencoder(TransformerMixin, Checkpointing, ValidatedEstimator):
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64"]
         return tags
+
+
+# the range of max |x| the nets' defaults (weight initialisation, Adam's learning rate
+# and epsilon) are made for: inputs of order 1, such as images scaled to [0, 1]
+UNIT_RANGE = (1e-2, 1e2)
+
+
+def _warn_unless_unit_scale(X) -> None:
+    """A :class:`~bnpdeep.data.DataWarning` when X's largest absolute value lies
+    outside :data:`UNIT_RANGE`: the reconstruction loss and its gradients scale with
+    the square of the values, so the same learning rate diverges on pixel values of
+    0-255 and stalls below Adam's epsilon on values of 1e-3."""
+    top = float(np.abs(X).max()) if X.size else 0.0
+    if top > 0 and not UNIT_RANGE[0] <= top <= UNIT_RANGE[1]:
+        warnings.warn(f"X's largest absolute value is {top:.3g}; the autoencoders are made "
+                      f"for inputs of order 1 (images in [0, 1]): divide X by {top:.3g}",
+                      DataWarning, stacklevel=5)
 
 
 def pretrain(est, X: torch.Tensor, net: nn.Module | None = None, epochs=None,

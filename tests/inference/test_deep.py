@@ -328,3 +328,20 @@ def test_image_estimators_do_not_warn_of_constant_pixels():
         km.predict(np.c_[np.ones(3), np.arange(3.0)[:, None] + np.zeros((3, 55))])
     with pytest.warns(DataWarning, match="zero-variance columns 0, 1"):
         KMeans(3).fit(X)
+
+
+def test_autoencoders_warn_of_inputs_far_from_unit_scale():
+    """Pixel values of 0-255 or 1e-4: the reconstruction loss and its gradients scale
+    with the square of the values, so the defaults' learning rate is wrong for them;
+    the pretraining says so and names the divisor.  Images in [0, 1] pass quietly."""
+    from bnpdeep.data import DataWarning
+
+    X, _ = offset_shapes(n_per=20)
+    assert 0.5 < np.abs(X).max() <= 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        Autoencoder(**TINY_AE, device="cpu").fit(X)
+    for scale in (255.0, 1e-4):
+        top = np.abs(X).max() * scale
+        with pytest.warns(DataWarning, match=f"largest absolute value is {top:.3g}.*divide"):
+            Autoencoder(**TINY_AE, device="cpu").fit(X * scale)
