@@ -148,3 +148,8 @@ def test_deepdpm_speed_lists_its_paired_rounds_beside_their_medians(report):
     assert "the sampler's: 4.0x" in text
     assert "3 paired rounds" in text and "22.0 s / 6.0 s, 20.0 s / 5.0 s, 19.0 s / 4.0 s" in text
     assert "paired rounds" not in report.deepdpm_text({**res, "rounds": [[20.0, 5.0]]})
+    # the first fit's one-time seconds, excluded from the rounds, are stated when recorded
+    assert "first fit" not in text
+    warmed = report.deepdpm_text({**res, "first_fit_extra_seconds": {"deepdpm": 1.24,
+                                                                     "subcluster": 0.31}})
+    assert "first fit takes 1.2 s longer for DeepDPM and 0.3 s for the sampler" in warmed
