@@ -218,15 +218,17 @@ class DeepDPMGuide(PyroModule):
 
     def sub_loss(self, X: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The sub-clustering nets' isotropic loss (paper eq. 5), mean over rows:
-        sum_j r~_ij ||(x_i - mu~_{z_i j}) / s||^2, in the nets' standardised input
-        space (s the per-feature ``input_scale``), so that neither the loss nor its
-        gradients depend on the data's units: on raw values it would scale with
-        their square, and Adam's epsilon would stall the sub-nets on data measured
-        in small units."""
+        sum_j r~_ij ||x_i - mu~_{z_i j}||^2 / s^2, with s^2 the mean over the features
+        of the nets' input variances (``input_scale`` squared).  Dividing by one
+        number keeps the loss isotropic in the data's own coordinates (the geometry
+        of eq. 5) while making it free of the data's units: on raw values it scales
+        with their square, and Adam's epsilon stalls the sub-nets on data measured in
+        small units."""
         log_rs = self.sub_log_r(X, z)
         c = self.mixture.sub_centres[z].to(log_rs.dtype)            # (B, 2, d)
-        diff = (X.to(log_rs.dtype)[:, None, :] - c) / self.input_scale.to(log_rs.dtype)
-        return (log_rs.exp() * diff.pow(2).sum(-1)).sum(1).mean()
+        dist = (X.to(log_rs.dtype)[:, None, :] - c).pow(2).sum(-1)  # (B, 2)
+        unit = self.input_scale.to(log_rs.dtype).pow(2).mean()
+        return (log_rs.exp() * dist).sum(1).mean() / unit
 
     @torch.no_grad()
     def soft_stats(self, X: torch.Tensor):
