@@ -14,6 +14,15 @@ hand-derived:
 * minibatches: the model's subsampled data plate scales the likelihood by
   N / B, which gives an unbiased ELBO gradient (Hoffman et al. 2013).
 
+Units: Adam's step (``lr``) and the guide's ``init_scale`` are lengths in the
+parameters' own units, so a fit in raw units would depend on them (data in
+micrometres barely move, data in metres per 1e-6 overshoot).  The fit therefore
+runs in standardised coordinates y = (x - mean) / std, per column, under the
+prior the model implies there (:meth:`ConjugateFamily.standardized`: an affine
+map changes the likelihood by a constant Jacobian only, so the posterior is the
+same), and the parameters are mapped back to the data's units.  Families of
+unitless data (counts) fit as given.
+
 Initialisation: the guide's locations start at the MAP parameters of a
 k-means++ partition into T groups, and the sticks at equal weights; the scales
 at ``init_scale``.  Unlike moVB, nothing changes T: components the data do not
@@ -57,15 +66,14 @@ class MeanFieldSVI(ClusterEstimator):
     truncation : int, default 30
         Components T of the stick-breaking program (for FiniteDirichlet: its k).
     max_epochs : int, default 100
-        Passes over the data.  Plain SVI empties surplus components slowly: on
-        three separated clusters with T = 8 it keeps 8 occupied after 40 epochs and
-        5 after 150 (tests/inference/test_svi.py); moVB's merges do this at once.
+        Passes over the data.  Plain SVI empties surplus components slowly, by the
+        gradient of the stick-breaking prior alone; moVB's merges do it at once.
     batch_size : int, default 512
         Rows per minibatch (the whole data when larger than N).
     lr : float, default 0.05
-        Adam learning rate.
+        Adam learning rate, in the standardised coordinates the fit runs in.
     init_scale : float, default 0.05
-        Initial standard deviation of the guide's Normals.
+        Initial standard deviation of the guide's Normals, in those coordinates.
     num_particles : int, default 1
         Samples of the global sites per ELBO estimate.
     n_samples : int, default 100
@@ -78,8 +86,13 @@ class MeanFieldSVI(ClusterEstimator):
     ----------
     labels_, n_clusters_ (components that hold a point), weights_ (pi at the guide's
     median), elbo_history_ (per epoch, the mean minibatch ELBO scaled to the full
-    data), history_ (per epoch: occupied K at the guide's median, ELBO), guide_ (the
-    fitted AutoNormal), n_epochs_.
+    data, in the data's units), history_ (per epoch: occupied K at the guide's
+    median, ELBO), model_ (the fitted model at truncation T, in the data's units),
+    standardized_model_ (the same model for (X - shift_) / scale_), shift_ and
+    scale_ (each column's mean and standard deviation; 0 and 1 for unitless
+    families), guide_ (the fitted AutoNormal, a guide of ``standardized_model_``:
+    ``Predictive(est.standardized_model_.model, guide=est.guide_)`` takes
+    standardised rows), n_epochs_.
     """
 
     method_name = "svi"
@@ -106,10 +119,26 @@ class MeanFieldSVI(ClusterEstimator):
         if not float(self.lr) > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
-    def _init_values(self, X: torch.Tensor, t: int) -> dict:
-        """Guide locations: MAP parameters of a k-means++ partition into T groups (groups
-        beyond the distinct rows get prior-mode parameters), equal-weight sticks."""
+    def _standardize(self, X: np.ndarray) -> torch.Tensor:
+        """The rows in the coordinates the fit runs in; sets shift_, scale_ and the
+        family there."""
+        from bnpdeep.data import standardize
+
         fam = self._family
+        Y, shift, scale = standardize(X)
+        try:
+            self._family_y = fam.standardized(shift, scale)
+        except NotImplementedError:         # unitless data: fit as given
+            self._family_y, Y = fam, X
+            shift, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
+        self.shift_, self.scale_ = shift, scale
+        return as_tensor(Y, device=fam.device)
+
+    def _init_values(self, X: torch.Tensor, t: int) -> dict:
+        """Guide locations: MAP parameters of a k-means++ partition of the standardised
+        rows into T groups (groups beyond the distinct rows get prior-mode parameters),
+        equal-weight sticks."""
+        fam = self._family_y
         seed = 0 if self.random_state is None else int(self.random_state)
         labels = _kmeanspp_labels(X.cpu().numpy(), t, seed)
         stats = fam.suff_stats_labels(X, torch.as_tensor(labels), t)
@@ -141,13 +170,15 @@ class MeanFieldSVI(ClusterEstimator):
         self.model_ = model.with_truncation(t)
         self._family, self._weights = model.family, model.weights
         self._alpha = float(getattr(model.weights, "alpha", 1.0))
+        Y = self._standardize(X)
+        self.standardized_model_ = self.model_.with_family(self._family_y)
         X = as_tensor(X, device=self._family.device)
         self._X = X
         n = X.shape[0]
         batch = min(int(self.batch_size), n)
         torch.manual_seed(0 if self.random_state is None else int(self.random_state))
-        program = config_enumerate(self.model_.model)
-        init = self._init_values(X, t)
+        program = config_enumerate(self.standardized_model_.model)
+        init = self._init_values(Y, t)
         self.guide_ = AutoNormal(poutine.block(program, hide=["z"]),
                                  init_loc_fn=init_to_value(values=init),
                                  init_scale=float(self.init_scale))
@@ -155,19 +186,21 @@ class MeanFieldSVI(ClusterEstimator):
                   TraceEnum_ELBO(max_plate_nesting=1, num_particles=int(self.num_particles),
                                  vectorize_particles=int(self.num_particles) > 1))
         steps = max(1, -(-n // batch))
+        # log p(x) = log p(y) - sum_j log scale_j per row
+        log_jacobian = n * float(np.log(self.scale_).sum())
         self.elbo_history_, self.history_ = [], []
         bar = tqdm(range(int(self.max_epochs)), desc="svi", unit="epoch", file=sys.stderr,
                    disable=not self.progress, leave=False)
         for epoch in bar:
             total = 0.0
             for _ in range(steps):
-                loss = self._step(svi, X, batch if batch < n else None, epoch)
+                loss = self._step(svi, Y, batch if batch < n else None, epoch)
                 if not np.isfinite(loss):
                     raise FloatingPointError(
                         f"the SVI loss became {loss} at epoch {epoch + 1}; lower lr "
                         f"(now {self.lr}) or init_scale (now {self.init_scale})")
                 total += loss
-            self.elbo_history_.append(-total / steps)
+            self.elbo_history_.append(-total / steps - log_jacobian)
             log_pi, params = self._median()
             z = self._log_resp(X, log_pi, params).argmax(1)
             self.history_.append({"epoch": epoch + 1, "K": int(torch.unique(z).numel()),
@@ -203,8 +236,10 @@ class MeanFieldSVI(ClusterEstimator):
             log_pi = torch.log(stick_breaking(values["v"].detach()).clamp_min(1e-300))
         else:
             log_pi = torch.zeros(1, dtype=self._X.dtype)
-        params = self._family.params_from_sites(
+        params = self._family_y.params_from_sites(
             {k: values[k].detach() for k in self._family.param_sites})
+        if self._family_y is not self._family:
+            params = self._family.params_from_standardized(params, self.shift_, self.scale_)
         return log_pi, params
 
     def _fitted_scope(self):
@@ -215,7 +250,7 @@ class MeanFieldSVI(ClusterEstimator):
 
     def _median(self):
         with torch.no_grad(), self._fitted_scope():
-            return self._split_sites(self.guide_.median(self._X))
+            return self._split_sites(self.guide_.median())
 
     def _log_resp(self, X, log_pi, params) -> torch.Tensor:
         with torch.no_grad():
@@ -239,7 +274,7 @@ class MeanFieldSVI(ClusterEstimator):
 
         def sample_log_pi():
             with torch.no_grad(), self._fitted_scope():
-                log_pi, drawn["params"] = self._split_sites(self.guide_(self._X))
+                log_pi, drawn["params"] = self._split_sites(self.guide_())
             return log_pi, None
 
         log_r = self._log_resp(self._X, *self._params)

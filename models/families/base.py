@@ -284,6 +284,29 @@ class ConjugateFamily:
             self._event_dims = tuple(p.dim() - 1 for p in one)
         return self._event_dims
 
+    # ---- change of units --------------------------------------------------------
+    def standardized(self, shift, scale) -> "ConjugateFamily":
+        """The prior this one implies for y = (x - shift) / scale, per column (scale > 0).
+
+        Under the affine map the likelihood changes by the constant Jacobian
+        -sum_j log scale_j, so the posterior over partitions is the same in either
+        coordinates; methods whose optimiser works in the parameters' own units (SVI)
+        fit in y and map the parameters back with :meth:`params_from_standardized`.
+        Families of data that have no units (counts) raise ``NotImplementedError``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no change of units")
+
+    def params_from_standardized(self, params, shift, scale):
+        """Point parameters in x's units from those of y = (x - shift) / scale."""
+        raise NotImplementedError(f"{type(self).__name__} has no change of units")
+
+    def _affine_args(self, shift, scale) -> tuple[torch.Tensor, torch.Tensor]:
+        shift = as_tensor(shift, device=self.device).reshape(self.dim)
+        scale = as_tensor(scale, device=self.device).reshape(self.dim)
+        if not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all()):
+            raise ValueError("every column's scale must be positive and finite")
+        return shift, scale
+
     # ---- conveniences --------------------------------------------------------
     def log_marginal_likelihood(self, X) -> float:
         """Log marginal likelihood of all rows of X as one cluster."""

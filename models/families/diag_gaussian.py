@@ -77,6 +77,19 @@ class DiagonalGaussian(ConjugateFamily):
     def to(self, device) -> "DiagonalGaussian":
         return DiagonalGaussian(self.mu0, self.kappa, self.a, self.b, device=device)
 
+    def standardized(self, shift, scale) -> "DiagonalGaussian":
+        """For y_j = (x_j - shift_j) / scale_j: precision_y = scale^2 precision ~
+        Gamma(a, b / scale^2) and mu_y | precision_y ~ N((mu0 - shift) / scale,
+        1 / (kappa precision_y)), per dimension."""
+        shift, scale = self._affine_args(shift, scale)
+        return DiagonalGaussian((self.mu0 - shift) / scale, self.kappa, self.a,
+                                self.b / scale.square(), device=self._device)
+
+    def params_from_standardized(self, params: DiagGaussianParams, shift, scale
+                                 ) -> DiagGaussianParams:
+        shift, scale = self._affine_args(shift, scale)
+        return DiagGaussianParams(params.mean * scale + shift, params.var * scale.square())
+
     def _row_stats(self, X):
         return {"n": torch.ones(X.shape[0], dtype=X.dtype, device=X.device),
                 "sx": X, "sxx": X * X}

@@ -151,10 +151,30 @@ class GaussianNIW(ConjugateFamily):
             scale = volume_scale(cov, expected_clusters)
         return cls(mean, kappa, d + nu_offset, scale * cov, device=device)
 
+    def _like(self, mu0=None, kappa=None, nu=None, psi=None, device=None) -> "GaussianNIW":
+        """A family of this kind with some of its parameters replaced."""
+        return GaussianNIW(self.mu0 if mu0 is None else mu0,
+                           self.kappa if kappa is None else kappa,
+                           self.nu if nu is None else nu, self.psi if psi is None else psi,
+                           device=self._device if device is None else device)
+
     def to(self, device) -> "GaussianNIW":
-        out = GaussianNIW(self.mu0, self.kappa, self.nu, self.psi, device=device)
+        out = self._like(device=device)
         out.psi_scale, out._psi_base = self.psi_scale, self._psi_base.to(device)
         return out
+
+    def standardized(self, shift, scale) -> "GaussianNIW":
+        """For y = S^-1 (x - shift), S = diag(scale): Sigma_y = S^-1 Sigma S^-1 ~
+        IW(nu, S^-1 Psi S^-1) and mu_y | Sigma_y ~ N(S^-1 (mu0 - shift), Sigma_y / kappa)
+        (kappa, nu and, for Student-t, df unchanged)."""
+        shift, scale = self._affine_args(shift, scale)
+        inv = 1.0 / scale
+        return self._like(mu0=(self.mu0 - shift) * inv,
+                          psi=self.psi * inv[:, None] * inv[None, :])
+
+    def params_from_standardized(self, params: GaussianParams, shift, scale) -> GaussianParams:
+        shift, s = self._affine_args(shift, scale)
+        return GaussianParams(params.mean * s + shift, params.cov * s[:, None] * s[None, :])
 
     # ---- hyperparameters (models/hyperpriors.py) --------------------------------
     hyperparameter_names = ("kappa", "psi_scale", "nu", "mu0")
@@ -169,10 +189,7 @@ class GaussianNIW(ConjugateFamily):
         """This family with some hyperparameters replaced; ``psi_scale`` scales the
         Psi0 this family was built from (not its current psi)."""
         scale = self.psi_scale if psi_scale is None else float(psi_scale)
-        out = GaussianNIW(self.mu0 if mu0 is None else mu0,
-                          self.kappa if kappa is None else kappa,
-                          self.nu if nu is None else nu,
-                          self._psi_base * scale, device=self._device)
+        out = self._like(mu0=mu0, kappa=kappa, nu=nu, psi=self._psi_base * scale)
         out.psi_scale, out._psi_base = scale, self._psi_base
         return out
 

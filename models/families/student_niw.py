@@ -94,11 +94,6 @@ class StudentNIW(GaussianNIW):
                          df=self.df if df is None else df,
                          device=self._device if device is None else device)
 
-    def to(self, device) -> "StudentNIW":
-        out = self._like(device=device)
-        out.psi_scale, out._psi_base = self.psi_scale, self._psi_base.to(device)
-        return out
-
     def hyperparameter_value(self, name: str):
         return self.df if name == "df" else super().hyperparameter_value(name)
 

@@ -301,3 +301,43 @@ def test_log_likelihood_at_picks_the_table_entries(make, d, k, m):
     comps = torch.as_tensor(np.random.default_rng(3).integers(0, high, size=(n, m)))
     got = fam.log_likelihood_at(X, params, comps)
     torch.testing.assert_close(got, fam.log_likelihood(X, params).gather(1, comps))
+
+
+@pytest.mark.parametrize("make", [_gaussian, _diag])
+@pytest.mark.parametrize("d", [1, 3])
+def test_standardized_prior_is_the_same_model_in_other_units(make, d):
+    """y = (x - shift) / scale: the marginal likelihood changes by the Jacobian
+    -N sum log scale only, and parameters mapped back give the same likelihood."""
+    fam = make(d, 7)
+    X = _data(fam, 9, 7)
+    g = np.random.default_rng(3)
+    shift, scale = g.normal(size=d) * 5, np.exp(g.normal(size=d) * 3)
+    fam_y, Y = fam.standardized(shift, scale), (X - shift) / scale
+    jac = X.shape[0] * np.log(scale).sum()
+    assert fam_y.log_marginal_likelihood(Y) == pytest.approx(
+        fam.log_marginal_likelihood(X) + jac, rel=1e-10)
+    # per-row predictive given some rows, in both units
+    py = fam_y.log_predictive(Y[:4], fam_y.suff_stats(Y[4:]))
+    px = fam.log_predictive(X[:4], fam.suff_stats(X[4:]))
+    np.testing.assert_allclose(py.numpy(), px.numpy() + np.log(scale).sum(), rtol=1e-10)
+    torch.manual_seed(0)
+    params_y = fam_y.sample_posterior(fam_y.suff_stats(Y))
+    params_x = fam.params_from_standardized(params_y, shift, scale)
+    np.testing.assert_allclose(fam.log_likelihood(X, params_x).numpy(),
+                               fam_y.log_likelihood(Y, params_y).numpy()
+                               - np.log(scale).sum(), rtol=1e-10)
+    with pytest.raises(ValueError, match="scale"):
+        fam.standardized(shift, np.zeros(d))
+
+
+def test_student_and_count_families_under_a_change_of_units():
+    from bnpdeep.models import StudentNIW
+
+    g = _gaussian(2, 1)
+    t = StudentNIW(g.mu0, g.kappa, g.nu, g.psi, df=3.0).standardized([1.0, -2.0], [2.0, 0.5])
+    ref = g.standardized([1.0, -2.0], [2.0, 0.5])
+    assert isinstance(t, StudentNIW) and t.df == 3.0
+    torch.testing.assert_close(t.psi, ref.psi)
+    torch.testing.assert_close(t.mu0, ref.mu0)
+    with pytest.raises(NotImplementedError, match="Multinomial"):
+        _multinomial(3, 0).standardized(np.zeros(3), np.ones(3))
