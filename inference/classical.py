@@ -97,6 +97,11 @@ class GaussianMixtureEM(ClusterEstimator):
     def _predict(self, X):
         return self.estimator_.predict(X)
 
+    def predict_proba(self, X) -> np.ndarray:
+        """Responsibilities under the fitted mixture, one column per component."""
+        X = self._validate_predict_data(X)
+        return self.estimator_.predict_proba(X)
+
     def score_samples(self, X):
         """Per-point log density under the fitted mixture."""
         return self.estimator_.score_samples(self._validate_predict_data(X))
@@ -189,21 +194,22 @@ class BayesianGMM(ClusterEstimator):
             n_init=self.n_init, random_state=self.random_state).fit(X)
         raw = self.estimator_.predict(X)
         used, self.labels_ = np.unique(raw, return_inverse=True)
-        self._used = used
         self.n_clusters_ = int(used.size)
+        # components as labels: those the training rows use, then the others
+        self._order = np.concatenate([used, np.setdiff1d(np.arange(t), used)])
         self.weights_ = self.estimator_.weights_
         self.converged_ = bool(self.estimator_.converged_)
         self.n_iter_ = int(self.estimator_.n_iter_)
 
+    def predict_proba(self, X) -> np.ndarray:
+        """Responsibilities under the fitted q, one column per component (truncation
+        columns): first the ``n_clusters_`` of ``labels_``, then the components no
+        training row took, which :meth:`predict` labels from ``n_clusters_`` on."""
+        X = self._validate_predict_data(X)
+        return self.estimator_.predict_proba(X)[:, self._order]
+
     def _predict(self, X):
-        raw = self.estimator_.predict(X)
-        lookup = np.full(self.estimator_.n_components, -1)
-        lookup[self._used] = np.arange(self._used.size)
-        # a component unused on the training data gets a fresh label
-        out = lookup[raw]
-        fresh = out < 0
-        out[fresh] = self._used.size + raw[fresh]
-        return out
+        return self.estimator_.predict_proba(X)[:, self._order].argmax(1)
 
 
 CLASSICAL_METHODS = {"kmeans": KMeans, "gmm": GaussianMixtureEM, "dbscan": DBSCAN,

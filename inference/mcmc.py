@@ -532,14 +532,25 @@ class MCMCClusterer(CheckpointedEstimator):
         """The statistics of ``labels_`` that ``predict`` conditions on."""
         return family.suff_stats_labels(X, torch.as_tensor(labels), k)
 
-    def _predict(self, X):
-        """Posterior predictive assignment: argmax_k log N_k + log p(x | X_k), under
-        the hyperparameters of the highest-posterior draw."""
-        fam = self._predict_family
+    def _predictive_scores(self, X) -> torch.Tensor:
+        """log N_k + log p(x | X_k) for the clusters k of ``labels_`` (X_k its rows),
+        under the hyperparameters of the highest-posterior draw: the CRP's predictive
+        assignment of a new row (Neal 2000, eq. 3.7) given that partition, without the
+        new-cluster term alpha p(x)."""
         stats = self._predict_stats
-        scores = torch.log(stats.n)[None] + fam.log_predictive(
+        return torch.log(stats.n)[None] + self._predict_family.log_predictive(
             as_tensor(X, device=stats.n.device), stats)
-        return scores.argmax(1).cpu().numpy()
+
+    def _predict(self, X):
+        """Posterior predictive assignment: argmax_k log N_k + log p(x | X_k)."""
+        return self._predictive_scores(X).argmax(1).cpu().numpy()
+
+    def predict_proba(self, X) -> np.ndarray:
+        """p(z = k | x, labels_) proportional to N_k p(x | X_k), over the clusters of
+        ``labels_`` (columns as its labels; the new-cluster term left out and the rest
+        renormalised): the probabilities whose argmax is :meth:`predict`."""
+        X = self._validate_predict_data(X)
+        return torch.softmax(self._predictive_scores(X), 1).cpu().numpy()
 
     def posterior_arrays(self) -> dict:
         """Draws as chain x draw arrays for :func:`bnpdeep.diagnostics.to_inference_data`."""

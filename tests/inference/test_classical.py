@@ -77,3 +77,22 @@ def test_result_carries_metrics(blobs):
     s = r.summary()
     assert s["method"] == "kmeans" and s["n_clusters"] == 4 and s["nmi"] > 0.95
     assert "ACC=" in r.row()
+
+
+def test_mixture_baselines_predict_proba_columns_are_the_labels(blobs):
+    """Rows sum to 1, argmax is predict, and BGM's columns follow labels_ (the
+    components the training rows took first): on the training rows the mass outside
+    the first n_clusters_ columns is what scikit-learn leaves on unused components."""
+    X, _ = blobs
+    for est in (BayesianGMM(truncation=12, random_state=0), GaussianMixtureEM(4, random_state=0)):
+        est.fit(X)
+        proba = est.predict_proba(X)
+        np.testing.assert_allclose(proba.sum(1), 1.0)
+        np.testing.assert_array_equal(proba.argmax(1), est.predict(X))
+        np.testing.assert_array_equal(proba.argmax(1), est.labels_)
+    bgm = BayesianGMM(truncation=12, random_state=0).fit(X)
+    proba = bgm.predict_proba(X)
+    assert proba.shape == (X.shape[0], 12)
+    np.testing.assert_allclose(np.sort(proba, 1), np.sort(bgm.estimator_.predict_proba(X), 1))
+    far = X[:3] + 100.0
+    np.testing.assert_array_equal(bgm.predict(far), bgm.predict_proba(far).argmax(1))

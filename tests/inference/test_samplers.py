@@ -94,6 +94,38 @@ def test_subcluster_predict_matches_training_labels_and_new_points():
     assert adjusted_rand_score(ynew, est.predict(Xnew)) > 0.95
 
 
+@pytest.mark.parametrize("cls", [SubclusterSampler, CollapsedGibbs])
+def test_predict_proba_is_the_crp_predictive_given_labels(cls):
+    """p(z = k | x, labels_) proportional to N_k t(x | NIW posterior of cluster k)
+    (Murphy 2007, eq. 258), written out with scipy; its argmax is predict."""
+    from scipy.stats import multivariate_t
+
+    X, _ = _blobs(n=200, k=3, seed=4, spread=3.0)
+    fam = GaussianNIW.weak(X)
+    est = cls(model=DPMixture(fam), max_iter=20, random_state=0).fit(X)
+    Xnew = _blobs(n=40, k=3, seed=5, spread=3.0)[0] * 1.3
+    d = X.shape[1]
+    mu0, kappa0, nu0, psi0 = (fam.mu0.numpy(), float(fam.kappa), float(fam.nu),
+                              fam.psi.numpy())
+    logp = []
+    for k in range(est.n_clusters_):
+        Xk = X[est.labels_ == k]
+        n, xbar = len(Xk), Xk.mean(0)
+        S = (Xk - xbar).T @ (Xk - xbar)
+        kn, nun = kappa0 + n, nu0 + n
+        mun = (kappa0 * mu0 + n * xbar) / kn
+        psin = psi0 + S + kappa0 * n / kn * np.outer(xbar - mu0, xbar - mu0)
+        df = nun - d + 1
+        logp.append(np.log(n) + multivariate_t(mun, psin * (kn + 1) / (kn * df), df=df)
+                    .logpdf(Xnew))
+    logp = np.stack(logp, 1)
+    expect = np.exp(logp - logp.max(1, keepdims=True))
+    expect /= expect.sum(1, keepdims=True)
+    proba = est.predict_proba(Xnew)
+    np.testing.assert_allclose(proba, expect, rtol=1e-8, atol=1e-12)
+    np.testing.assert_array_equal(proba.argmax(1), est.predict(Xnew))
+
+
 def test_inference_data_schema_loo_and_multichain_diagnostics():
     X, y = _blobs(n=300, seed=3)
     # K = 4 in every draw below must be what the posterior says: under DP(1) a one-point
