@@ -181,11 +181,15 @@ class DeepDPMAE(TransformerMixin, CheckpointedEstimator):
 
     def transform(self, X) -> np.ndarray:
         """The fine-tuned encoder's embedding of the rows of X."""
-        X = self._validate_predict_data(X)
+        return self._embed(self._validate_predict_data(X))
+
+    def _embed(self, X) -> np.ndarray:
         Xt = torch.as_tensor(X, dtype=torch.float32, device=self._device)
         return embed(self.autoencoder_.net_, Xt).cpu().double().numpy()
 
     def _predict(self, X):
-        Xt = torch.as_tensor(X, dtype=torch.float32, device=self._device)
-        Z = embed(self.autoencoder_.net_, Xt).cpu().double().numpy()
-        return self.deepdpm_.predict(Z)
+        return self.deepdpm_.predict(self._embed(X))
+
+    def predict_proba(self, X) -> np.ndarray:
+        """The fitted DeepDPM's clustering net on the fine-tuned encoder's embedding."""
+        return self.deepdpm_.predict_proba(self._embed(self._validate_predict_data(X)))
