@@ -6,6 +6,7 @@ import arviz as az
 import numpy as np
 import pytest
 import torch
+from bnpdeep.inference.distributed import DistributedSubclusterSampler
 from bnpdeep.inference.gibbs import CollapsedGibbs
 from bnpdeep.inference.subcluster import SubclusterSampler
 from bnpdeep.inference.subcluster_settings import SamplerOptions
@@ -94,7 +95,8 @@ def test_subcluster_predict_matches_training_labels_and_new_points():
     assert adjusted_rand_score(ynew, est.predict(Xnew)) > 0.95
 
 
-@pytest.mark.parametrize("cls", [SubclusterSampler, CollapsedGibbs])
+@pytest.mark.parametrize("cls", [SubclusterSampler, CollapsedGibbs,
+                                 DistributedSubclusterSampler])
 def test_predict_proba_is_the_crp_predictive_given_labels(cls):
     """p(z = k | x, labels_) proportional to N_k t(x | NIW posterior of cluster k)
     (Murphy 2007, eq. 258), written out with scipy; its argmax is predict."""
