@@ -190,6 +190,3 @@ class DeepDPMAE(TransformerMixin, CheckpointedEstimator):
     def _predict(self, X):
         return self.deepdpm_.predict(self._embed(X))
 
-    def predict_proba(self, X) -> np.ndarray:
-        """The fitted DeepDPM's clustering net on the fine-tuned encoder's embedding."""
-        return self.deepdpm_.predict_proba(self._embed(self._validate_predict_data(X)))
