@@ -92,21 +92,18 @@ def constant_columns(X) -> np.ndarray:
 OFFSET_RATIO = 1e4
 
 
-def offset_columns(X) -> np.ndarray:
-    """Indices of the non-constant columns of X whose |mean| exceeds
-    :data:`OFFSET_RATIO` times their standard deviation."""
-    X = np.asarray(X, dtype=float)
-    mean, std = X.mean(0), X.std(0)
+def offset_columns(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Indices of the non-constant columns (given their means and standard deviations)
+    whose |mean| exceeds :data:`OFFSET_RATIO` times their standard deviation."""
     return np.flatnonzero((std > 0) & (np.abs(mean) > OFFSET_RATIO * std))
 
 
 SPREAD_RATIO = 1e2
 
 
-def spread_ratio(X) -> tuple[float, int, int]:
-    """(ratio, i, j): the largest standard deviation among the non-constant columns
-    of X over the smallest, and the columns (i largest, j smallest) that give it."""
-    std = np.asarray(X, dtype=float).std(0)
+def spread_ratio(std: np.ndarray) -> tuple[float, int, int]:
+    """(ratio, i, j): the largest of the columns' standard deviations ``std`` over the
+    smallest nonzero one, and the columns (i largest, j smallest) that give it."""
     live = np.flatnonzero(std > 0)
     if live.size < 2:
         return 1.0, 0, 0
@@ -180,7 +177,8 @@ def check_array(X, *, name: str = "X", min_rows: int = 2, n_features: int | None
             warnings.warn(f"{name} has more features ({arr.shape[1]}) than rows "
                           f"({arr.shape[0]}); covariance estimates rest on the prior",
                           DataWarning, stacklevel=2)
-        far = offset_columns(arr) if arr.shape[0] > 1 else np.array([], int)
+        mean, std = arr.mean(0), arr.std(0)             # one pass for both checks
+        far = offset_columns(mean, std) if arr.shape[0] > 1 else np.array([], int)
         if far.size:
             cols = ", ".join(map(str, far[:10])) + (" ..." if far.size > 10 else "")
             warnings.warn(f"{name} has columns {cols} whose mean is more than "
@@ -189,7 +187,7 @@ def check_array(X, *, name: str = "X", min_rows: int = 2, n_features: int | None
                           f"half of float64's digits to cancellation. Centre them "
                           f"(X - X.mean(0)), which changes no clustering",
                           DataWarning, stacklevel=2)
-        ratio, i, j = spread_ratio(arr) if arr.shape[0] > 1 else (1.0, 0, 0)
+        ratio, i, j = spread_ratio(std) if arr.shape[0] > 1 else (1.0, 0, 0)
         if ratio > SPREAD_RATIO:
             warnings.warn(f"{name}'s columns differ in spread by a factor of {ratio:.3g} "
                           f"(the standard deviation of column {i} over that of column {j}); "
