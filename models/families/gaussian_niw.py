@@ -119,9 +119,11 @@ class GaussianNIW(ConjugateFamily):
         """Weak data-driven prior: mu0 = mean(X), nu = d + ``nu_offset``,
         psi = ``scale`` * cov(X), so E[Sigma] = psi / (nu - d - 1) is a fraction of the
         data covariance, and small ``kappa``.  ``scale=None`` takes the volume rule
-        :func:`~bnpdeep.models.families.base.volume_scale` (0.1 on isotropic 2-d data,
-        larger in higher effective dimension).  Zero-variance columns get a variance
-        floor so that psi stays positive definite.
+        :func:`~bnpdeep.models.families.base.volume_scale` (0.1 on uncorrelated 2-d
+        data, larger in higher effective dimension).  Zero-variance columns get a
+        variance floor so that psi stays positive definite.  Outside such columns the
+        prior is equivariant: for y = (x - m) / s per column, ``weak(Y)`` is
+        ``weak(X).standardized(m, s)``, so no fit depends on the columns' units.
         """
         from bnpdeep.data import check_covariance_memory
 
@@ -143,10 +145,10 @@ class GaussianNIW(ConjugateFamily):
         d = mean.shape[0]
         var = cov.diagonal()
         floor = 1e-6 * (float(var.mean()) if float(var.mean()) > 0 else 1.0)
-        cov = cov + torch.diag(torch.where(var > floor, 0.0, floor))
-        # keep psi well-conditioned when d is large relative to N
-        cov = cov + 1e-6 * float(cov.diagonal().mean()) * torch.eye(d, dtype=DTYPE,
-                                                                      device=cov.device)
+        cov = cov + torch.diag(torch.where(var > 0, 0.0, floor))
+        # keep psi well-conditioned when d is large relative to N: a ridge of 1e-6 of
+        # each column's own variance, so that the prior follows any change of units
+        cov = cov + 1e-6 * torch.diag(cov.diagonal())
         if scale is None:
             scale = volume_scale(cov, expected_clusters)
         return cls(mean, kappa, d + nu_offset, scale * cov, device=device)
