@@ -98,19 +98,6 @@ def offset_columns(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return np.flatnonzero((std > 0) & (np.abs(mean) > OFFSET_RATIO * std))
 
 
-SPREAD_RATIO = 1e2
-
-
-def spread_ratio(std: np.ndarray) -> tuple[float, int, int]:
-    """(ratio, i, j): the largest of the columns' standard deviations ``std`` over the
-    smallest nonzero one, and the columns (i largest, j smallest) that give it."""
-    live = np.flatnonzero(std > 0)
-    if live.size < 2:
-        return 1.0, 0, 0
-    i, j = live[np.argmax(std[live])], live[np.argmin(std[live])]
-    return float(std[i] / std[j]), int(i), int(j)
-
-
 def _check_magnitude(arr: np.ndarray, name: str):
     """Refuse values whose squares, summed over the rows, overflow float64: the
     sufficient statistics (sums of x x^T) of such data are infinite."""
@@ -177,8 +164,8 @@ def check_array(X, *, name: str = "X", min_rows: int = 2, n_features: int | None
             warnings.warn(f"{name} has more features ({arr.shape[1]}) than rows "
                           f"({arr.shape[0]}); covariance estimates rest on the prior",
                           DataWarning, stacklevel=2)
-        mean, std = arr.mean(0), arr.std(0)             # one pass for both checks
-        far = offset_columns(mean, std) if arr.shape[0] > 1 else np.array([], int)
+        far = offset_columns(arr.mean(0), arr.std(0)) if arr.shape[0] > 1 \
+            else np.array([], int)
         if far.size:
             cols = ", ".join(map(str, far[:10])) + (" ..." if far.size > 10 else "")
             warnings.warn(f"{name} has columns {cols} whose mean is more than "
@@ -186,15 +173,6 @@ def check_array(X, *, name: str = "X", min_rows: int = 2, n_features: int | None
                           f"squares of such values (the Gaussian statistics) lose more than "
                           f"half of float64's digits to cancellation. Centre them "
                           f"(X - X.mean(0)), which changes no clustering",
-                          DataWarning, stacklevel=2)
-        ratio, i, j = spread_ratio(std) if arr.shape[0] > 1 else (1.0, 0, 0)
-        if ratio > SPREAD_RATIO:
-            warnings.warn(f"{name}'s columns differ in spread by a factor of {ratio:.3g} "
-                          f"(the standard deviation of column {i} over that of column {j}); "
-                          f"Euclidean distances, the samplers' split proposals and the "
-                          f"default prior (GaussianNIW.weak) depend on each column's units, so "
-                          f"the clustering is not that of standardised columns. Standardise "
-                          f"them (bnpdeep.standardize) unless their units are commensurable",
                           DataWarning, stacklevel=2)
     return np.ascontiguousarray(arr, dtype=np.float64)
 

@@ -280,6 +280,15 @@ class ShardComm:
         cov = (s[1 + d:].reshape(d, d) - n * torch.outer(mean, mean)) / max(float(n) - 1, 1)
         return mean, cov
 
+    def column_moments(self, X) -> tuple[np.ndarray, np.ndarray, int]:
+        """All ranks' columns' mean and standard deviation (divisor N; 1 for a constant
+        column), slot-exact, and N: :func:`~bnpdeep.inference.units.column_moments`
+        of the whole data."""
+        mean, cov = self.moments(torch.as_tensor(np.asarray(X), dtype=torch.float64))
+        n = self.n_total
+        std = (cov.diagonal().clamp_min(0) * (max(n - 1, 1) / n)).sqrt().cpu().numpy()
+        return mean.cpu().numpy(), np.where(std > 0, std, 1.0), n
+
     def agree(self, *tensors):
         """Rank 0's values of tensors every rank computed alike, in place."""
         for t in tensors:
@@ -421,6 +430,9 @@ class DistributedSubclusterSampler(MCMCClusterer):
         # GaussianNIW.weak from the moments of all ranks' rows
         mean, cov = self._comm.moments(torch.as_tensor(np.asarray(X), dtype=torch.float64))
         return DPMixture(GaussianNIW.weak_from_moments(mean, cov), DirichletProcess(1.0))
+
+    def _column_moments(self, X: np.ndarray):
+        return self._comm.column_moments(X)
 
     # -- kernel --------------------------------------------------------------------------
     def _key(self, it: int, stream: int, extra: int = 0) -> int:

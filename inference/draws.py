@@ -21,14 +21,18 @@ from .mcmc import pointwise_log_likelihood, relabel
 
 def approximate_posterior_arrays(family, weight_prior, X: torch.Tensor, log_r: torch.Tensor,
                                  sample_log_pi: Callable, sample_params: Callable,
-                                 n_samples: int, seed, alpha: float) -> dict:
+                                 n_samples: int, seed, alpha: float, units=None,
+                                 observed=None) -> dict:
     """Arrays for :func:`bnpdeep.diagnostics.to_inference_data` from an approximate
     posterior.
 
     ``log_r`` (N, K) are the log assignment probabilities q(z_i = k);
     ``sample_log_pi()`` returns one draw of (log pi (K,), log pi_rest) where pi_rest
     is the mass left to components no point uses (None when there is none);
-    ``sample_params()`` one draw of the K components' parameters.  The torch random
+    ``sample_params()`` one draw of the K components' parameters.  With ``units``
+    (:class:`~bnpdeep.inference.units.FitUnits`), X, the family and the parameters are
+    in the fit's standardised coordinates, and the densities are reported in the
+    units of ``observed``, the data as given.  The torch random
     state is restored afterwards, so drawing does not disturb the caller's seeded stream.
     """
     gen_state = torch.get_rng_state()
@@ -52,11 +56,14 @@ def approximate_posterior_arrays(family, weight_prior, X: torch.Tensor, log_r: t
     finally:
         torch.set_rng_state(gen_state)
     s = len(ks)
+    jac = 0.0 if units is None else units.log_jacobian       # per row
+    n = X.shape[0]
     return {"posterior": {"K": np.array(ks)[None], "alpha": np.full((1, s), float(alpha)),
-                          "log_joint": np.array(lj)[None], "weights": np.stack(wts)[None]},
-            "sample_stats": {"lp": np.array(lps)[None]},
-            "log_likelihood": np.stack(ll)[None],
-            "observed_data": X.cpu().numpy(),
+                          "log_joint": np.array(lj)[None] + n * jac,
+                          "weights": np.stack(wts)[None]},
+            "sample_stats": {"lp": np.array(lps)[None] + n * jac},
+            "log_likelihood": np.stack(ll)[None] + jac,
+            "observed_data": X.cpu().numpy() if observed is None else np.asarray(observed),
             "dims": {"weights": ["component"]},
             "draw_kind": "sample"}
 

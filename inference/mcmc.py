@@ -38,6 +38,7 @@ from ..models import DirichletProcess, DPMixture, GaussianNIW
 from ..models.hyperpriors import log_prob
 from .base import CheckpointedEstimator, resolve_device
 from .hyperparameters import HyperparameterStep, update_alpha
+from .units import column_moments, fit_coordinates
 
 
 def _chain_in_worker(est, X, model, chain: int, burn: int, seed: int, threads: int):
@@ -217,13 +218,16 @@ class MCMCClusterer(CheckpointedEstimator):
         if model.family.device != device:
             model = model.with_family(model.family.to(device))
         self.model_ = model
-        Xt = as_tensor(X, device=device)
-        self._X_train = Xt
+        self._X_train = as_tensor(X, device=device)
+        # the chains run in standardised coordinates (fit_coordinates)
+        X = np.asarray(X)
+        model, Y, self._units = fit_coordinates(model, X, self._column_moments(X))
+        Xt = as_tensor(Y, device=device)
         every = int(getattr(self, "checkpoint_every", 10))
         if self._checkpointing and every < 1:
             raise ValueError(f"checkpoint_every must be at least 1, got {every}")
         # what a checkpoint must match (a pass over the data: only when checkpointing)
-        fingerprint = self._fingerprint(Xt) if self._checkpointing else None
+        fingerprint = self._fingerprint(self._X_train) if self._checkpointing else None
         saved = self._saved_state()
         if saved is not None:
             self._check_fingerprint(saved["fingerprint"], fingerprint)
@@ -255,8 +259,12 @@ class MCMCClusterer(CheckpointedEstimator):
                 if self._checkpointing:
                     self._save_state({"fingerprint": fingerprint, "running": None,
                                       "chains": self._stored_chains()})
-        self._collect()
+        self._collect(Xt)
         return self
+
+    def _column_moments(self, X: np.ndarray):
+        """The columns' (mean, std) that set the chains' coordinates, and N."""
+        return column_moments(X)
 
     def _workers(self, n_left: int, on_gpu: bool) -> int:
         """Worker processes for the chains left: ``n_jobs`` (-1: one per CPU core),
@@ -282,6 +290,7 @@ class MCMCClusterer(CheckpointedEstimator):
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             unfitted, data = clone(self), X.cpu().numpy()
+            unfitted._units = self._units
             jobs = [pool.submit(_chain_in_worker, unfitted, data, model, chain, burn, seed,
                                 threads) for chain in range(self.n_chains)]
             results = [job.result() for job in jobs]
@@ -424,26 +433,28 @@ class MCMCClusterer(CheckpointedEstimator):
                     "hyperparameter") from err
             rec.seconds_trace.append(time.perf_counter() - tic)
             rec.k_trace.append(int(info["k"]))
-            rec.lp_trace.append(float(info["lp"]))
+            lp = float(info["lp"]) + self._units.lp_offset       # log p(x, ...)
+            rec.lp_trace.append(lp)
             for name in self._stat_names:
                 rec.stats.setdefault(name, []).append(float(info[name]))
             if it >= burn and (it - burn) % self.thin == 0:
                 draw = self._draw(state)
                 rec.k.append(int(info["k"]))
-                rec.lp.append(float(info["lp"]))
+                rec.lp.append(lp)
                 rec.alpha.append(float(draw["alpha"]))
                 for name, value in (getattr(state, "hyper", None) or {}).items():
-                    rec.hyper.setdefault(name, []).append(np.asarray(
-                        value.cpu() if torch.is_tensor(value) else value, dtype=np.float64))
+                    rec.hyper.setdefault(name, []).append(self._units.hyper_value(
+                        name, np.asarray(value.cpu() if torch.is_tensor(value) else value,
+                                         dtype=np.float64)))
                 w = torch.exp(draw["log_pi"]).cpu().numpy()
                 rec.weights.append(np.sort(w)[::-1])
                 rec.labels.append(draw["labels"].cpu().numpy().astype(np.int32))
                 if self.store_log_likelihood:
                     rec.log_lik.append(pointwise_log_likelihood(
                         self._family, X, draw["log_pi"], draw["params"],
-                        draw["log_pi_rest"]).cpu().numpy())
+                        draw["log_pi_rest"]).cpu().numpy() + self._units.log_jacobian)
             if self.progress:
-                bar.set_postfix(K=int(info["k"]), lp=f"{float(info['lp']):.1f}")
+                bar.set_postfix(K=int(info["k"]), lp=f"{lp:.1f}")
             if self._checkpointing and (it + 1) % every == 0 and it + 1 < self.max_iter:
                 self._checkpoint(fingerprint, chain, it, state, rec)
         return rec
@@ -500,7 +511,9 @@ class MCMCClusterer(CheckpointedEstimator):
         return {"labels": state.z, "log_pi": log_w[:-1], "log_pi_rest": log_w[-1],
                 "params": fam.sample_posterior(stats), "alpha": state.alpha}
 
-    def _collect(self):
+    def _collect(self, rows: torch.Tensor):
+        """The fit's attributes from the chains' records; ``rows`` are the rows the
+        chains ran on."""
         recs = self.chains_
         lp = np.array([r.lp for r in recs])
         c, d = np.unravel_index(np.argmax(lp), lp.shape)
@@ -516,8 +529,11 @@ class MCMCClusterer(CheckpointedEstimator):
         self.hyper_ = {name: (float(v[d]) if v[d].ndim == 0 else v[d])
                        for name, v in ((n, np.asarray(vals)) for n, vals in recs[c].hyper.items())}
         fam = HyperparameterStep(self.model_).family(self.hyper_)
+        units = self._units
+        if units.scale is not None:      # predict in the chains' coordinates
+            fam = fam.standardized(units.shift, units.scale)
         self._predict_family = fam
-        Xt = self._X_train
+        Xt = rows
         if fam.latent_columns:
             # predict conditions on the scales' conditional means given labels_
             Xt = fam.plugin_latent(Xt, torch.as_tensor(self.labels_))
@@ -536,10 +552,11 @@ class MCMCClusterer(CheckpointedEstimator):
         """log N_k + log p(x | X_k) for the clusters k of ``labels_`` (X_k its rows),
         under the hyperparameters of the highest-posterior draw: the CRP's predictive
         assignment of a new row (Neal 2000, eq. 3.7) given that partition, without the
-        new-cluster term alpha p(x)."""
+        new-cluster term alpha p(x).  Evaluated in the chains' coordinates, which
+        shifts every score of a row by the same Jacobian."""
         stats = self._predict_stats
         return torch.log(stats.n)[None] + self._predict_family.log_predictive(
-            as_tensor(X, device=stats.n.device), stats)
+            as_tensor(self._units.rows(X), device=stats.n.device), stats)
 
     def _predict(self, X):
         """Posterior predictive assignment: argmax_k log N_k + log p(x | X_k)."""

@@ -79,6 +79,7 @@ from .hyperparameters import (
 )
 from .mcmc import default_model, require_no_latent
 from .subpartition import carve, two_means
+from .units import fit_coordinates
 
 _MIN_MASS = 1e-8     # rows whose responsibility for a birth target is below this stay put
 _EMPTY = 1e-8        # components with less mass are pruned when the ELBO does not drop
@@ -164,7 +165,8 @@ class MemoizedVB(CheckpointedEstimator):
     Attributes
     ----------
     labels_, n_clusters_, elbo_history_ (L after each lap's moves and hyperparameter
-    updates, plus log p(hyperparameters) when the model has hyperpriors), history_
+    updates, plus log p(hyperparameters) when the model has hyperpriors, in X's units:
+    the fit runs in standardised coordinates, :mod:`~bnpdeep.inference.units`), history_
     (per lap: K, that objective, accepted births / merges / deletes, the
     hyperparameters), moves_ (every accepted move with L before and after), resp_
     (N, K) final responsibilities, hyperparameters_ (the point estimates, alpha
@@ -214,7 +216,9 @@ class MemoizedVB(CheckpointedEstimator):
         return elbo_from_stats(self._family, self._weights, stats, entropy)
 
     def elbo(self) -> float:
-        """L at the current memoized statistics, with q at its optimum given them."""
+        """L at the current memoized statistics, with q at its optimum given them, for
+        the rows the fit runs on (standardised: ``elbo_history_`` and ``moves_`` add
+        the Jacobian N log |dy/dx| that puts L in X's units)."""
         if self._elbo_value is None:
             self._log_z = self._family.log_marginal(self._stats)
             elog, _, kl = self._stick_terms(self._stats.n)
@@ -269,6 +273,9 @@ class MemoizedVB(CheckpointedEstimator):
 
     def _setup(self, X):
         self.model_ = model = self._check_model(X)
+        self._observed = X
+        # the fit runs in standardised coordinates and reports in X's units (units.py)
+        model, X, self._units = fit_coordinates(model, X)
         self._weights = model.weights
         self._alpha = float(getattr(model.weights, "alpha", 1.0))
         self._hyper = HyperparameterStep(model)
@@ -376,7 +383,7 @@ class MemoizedVB(CheckpointedEstimator):
         self._elog = self._stick_terms(self._stats.n)[0]
 
     def _hyperparameter_record(self) -> dict:
-        out = dict(self._hyper_values)
+        out = {n: self._units.hyper_value(n, v) for n, v in self._hyper_values.items()}
         if self._alpha_prior is not None:
             out["alpha"] = self._alpha
         return plain_values(out)
@@ -384,8 +391,9 @@ class MemoizedVB(CheckpointedEstimator):
     # ------------------------------------------------------------------ moves
     def _record(self, kind: str, before: float):
         after = self.elbo()
-        self.moves_.append({"lap": self._lap, "move": kind, "elbo_before": before,
-                            "elbo_after": after, "K": self._stats.k})
+        rows = self._X.shape[0] * self._units.log_jacobian      # L in X's units
+        self.moves_.append({"lap": self._lap, "move": kind, "elbo_before": before + rows,
+                            "elbo_after": after + rows, "K": self._stats.k})
         return after
 
     def _replace_columns(self, resp: torch.Tensor, cols: list[int], ids: list[int]):
@@ -667,8 +675,9 @@ class MemoizedVB(CheckpointedEstimator):
                 self._reorder()
             self._update_hyperparameters()
             value = self.objective()
-            self.elbo_history_.append(value)
-            self.history_.append({"lap": lap, "K": self._stats.k, "elbo": value,
+            self.elbo_history_.append(value + self._units.lp_offset)
+            self.history_.append({"lap": lap, "K": self._stats.k,
+                                  "elbo": self.elbo_history_[-1],
                                   "births": births, "merges": merges, "deletes": deletes,
                                   "hyperparameters": self._hyperparameter_record()})
             bar.set_postfix(K=self._stats.k, L=f"{value:.6g}", refresh=False)
@@ -728,11 +737,11 @@ class MemoizedVB(CheckpointedEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """q(z = k | x) under the fitted q: softmax of E[log pi_k] + E[log p(x | theta_k)]."""
         X = self._validate_predict_data(X)
-        X = as_tensor(X, device=self._X.device)
+        X = as_tensor(self._units.rows(X), device=self._X.device)
         return self._log_resp(X, self._stats, self._elog).exp().cpu().numpy()
 
     def _predict(self, X):
-        X = as_tensor(X, device=self._X.device)
+        X = as_tensor(self._units.rows(X), device=self._X.device)
         return self._log_resp(X, self._stats, self._elog).argmax(1).cpu().numpy()
 
     def posterior_arrays(self) -> dict:
@@ -753,7 +762,7 @@ class MemoizedVB(CheckpointedEstimator):
         return approximate_posterior_arrays(
             self._family, self._weights, self._X, log_r, sample_log_pi,
             lambda: self._family.sample_posterior(self._stats), self.n_samples,
-            self.random_state, self._alpha)
+            self.random_state, self._alpha, self._units, self._observed)
 
     def to_inference_data(self):
         from bnpdeep.diagnostics import to_inference_data

@@ -94,6 +94,15 @@ class DPMixture:
     def with_truncation(self, truncation: int) -> "DPMixture":
         return DPMixture(self.family, self.weights, truncation, self.hyperpriors)
 
+    def standardized(self, shift, scale) -> "DPMixture":
+        """The same model for y = (x - shift) / scale per column (the family's and the
+        hyperpriors' ``standardized``; the weights have no units).  Its posterior over
+        partitions is this model's, and log p(y, z) = log p(x, z) + N sum_j log scale_j.
+        Raises ``NotImplementedError`` where a part has no change of units."""
+        hp = None if self.hyperpriors is None else self.hyperpriors.standardized(shift, scale)
+        return DPMixture(self.family.standardized(shift, scale), self.weights,
+                         self.truncation, hp)
+
     def with_family(self, family: ConjugateFamily) -> "DPMixture":
         """The same model with another family (e.g. moved to another device)."""
         return DPMixture(family, self.weights, self.truncation, self.hyperpriors)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pyro
 import pyro.distributions as pdist
 import torch
@@ -104,6 +105,37 @@ class Hyperpriors:
     def family_at(self, family, values: dict):
         """``family`` with its hyperparameters set to ``values``."""
         return family.with_hyperparameters(**values) if values else family
+
+    def standardized(self, shift, scale) -> "Hyperpriors":
+        """The priors these imply for y = (x - shift) / scale per column: only ``mu0``
+        has units, and its prior maps as the points do (a ``MultivariateNormal`` to
+        N((m - shift) / scale, S^-1 C S^-1), a grid value by value); kappa, psi_scale,
+        nu, df and alpha are free of units.  Another prior on ``mu0`` raises
+        ``NotImplementedError``."""
+        prior = self.priors.get("mu0")
+        if prior is None:
+            return self
+        shift, scale = as_tensor(shift), as_tensor(scale)
+        if is_grid(prior):
+            values, logw = grid_values(prior)
+            mapped = pdist.Empirical((values - shift) / scale, logw)
+        elif isinstance(prior, torch.distributions.MultivariateNormal):
+            loc, tril = prior.loc.to(DTYPE), prior.scale_tril.to(DTYPE)
+            mapped = pdist.MultivariateNormal((loc - shift) / scale,
+                                              scale_tril=tril / scale[:, None])
+        else:
+            raise NotImplementedError(f"no change of units for a {type(prior).__name__} "
+                                      "prior on mu0")
+        return Hyperpriors(**{**self.priors, "mu0": mapped})
+
+    @staticmethod
+    def value_from_standardized(name: str, value, shift, scale):
+        """A hyperparameter's value in x's units from its value for y = (x - shift) /
+        scale (only ``mu0`` changes)."""
+        if name != "mu0":
+            return value
+        value = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
+        return value * np.asarray(scale) + np.asarray(shift)
 
     def pyro_sample(self, family, weights):
         """Sample every hyperparameter as a Pyro site; returns (family, weights) at the

@@ -184,6 +184,9 @@ class DistributedDeepDPM(DeepDPM):
                                       self.split_refine, self.carve, self.carves_per_step,
                                       self.carve_tries)
 
+    def _column_moments(self, X):
+        return self._comm.column_moments(X)
+
     def _input_moments(self, X):
         mean, cov = self._comm.moments(X)
         std = cov.diagonal().sqrt() if self._comm.n_total > 1 else torch.ones_like(mean)

@@ -192,8 +192,10 @@ class DeepDPMGuide(PyroModule):
 
     # -- the nets' outputs ---------------------------------------------------------
     def net_input(self, X: torch.Tensor) -> torch.Tensor:
-        """Standardised float32 rows, what both nets take."""
-        return (X.float() - self.input_shift) / self.input_scale
+        """Standardised float32 rows, what both nets take (standardised in the
+        moments' precision: float32 while training, float64 once the guide takes
+        rows in the data's units, :meth:`in_units`)."""
+        return ((X.to(self.input_shift.dtype) - self.input_shift) / self.input_scale).float()
 
     @torch.no_grad()
     def log_r(self, X: torch.Tensor) -> torch.Tensor:
@@ -347,6 +349,27 @@ class DeepDPMGuide(PyroModule):
         where = {int(old): new for new, old in enumerate(keep.tolist())}
         index = tuple(where.get(i, -1) for i in range(m.k))
         return Surgery("remove", m.k, int(keep.numel()), index, ())
+
+    # -- units -----------------------------------------------------------------------
+    @torch.no_grad()
+    def in_units(self, shift, scale, family, hyperparameters: dict) -> None:
+        """Turn this guide of y = (x - shift) / scale into the same guide of x: the nets
+        see the same input ((x - shift') / scale' with the composed moments), the point
+        parameters and sub-cluster centres map as the points do
+        (``family.params_from_standardized``), and ``family`` and ``hyperparameters``
+        are x's."""
+        shift = torch.as_tensor(shift, dtype=DTYPE, device=self.input_shift.device)
+        scale = torch.as_tensor(scale, dtype=DTYPE, device=self.input_shift.device)
+        # in float64: x's columns may sit far from 0 relative to their spread, where
+        # float32 rows would lose the digits that the standardised input keeps
+        self.input_shift = shift + scale * self.input_shift.to(DTYPE)
+        self.input_scale = scale * self.input_scale.to(DTYPE)
+        m = self.mixture
+        self.mixture = Mixture(m.log_pi, family.params_from_standardized(m.params, shift, scale),
+                               m.sub_log_pi,
+                               family.params_from_standardized(m.sub_params, shift, scale),
+                               m.sub_centres * scale + shift)
+        self.set_hyperparameters(hyperparameters, family)
 
     # -- state -----------------------------------------------------------------------
     def guide_state(self) -> dict:

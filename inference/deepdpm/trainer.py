@@ -58,6 +58,7 @@ from ..hyperparameters import (
 )
 from ..mcmc import default_model, relabel, require_no_latent
 from ..subpartition import two_means
+from ..units import column_moments, fit_coordinates
 from .guide import CHUNK, DeepDPMGuide
 from .loss import DeepDPMLoss, JointAdam, NetRates
 
@@ -259,6 +260,10 @@ class DeepDPM(CheckpointedEstimator):
         if not isinstance(model, DPMixture):
             raise TypeError(f"model must be a DPMixture, got {type(model).__name__}")
         require_no_latent(model, "DeepDPM")
+        self._data_model = model
+        # the fit runs in standardised coordinates; _finish turns the guide into X's
+        X = np.asarray(X)
+        model, X, self._units = fit_coordinates(model, X, self._column_moments(X))
         self._family = model.family.to(self._device) if hasattr(model.family, "to") \
             else model.family
         self._model = model.with_family(self._family)
@@ -275,6 +280,10 @@ class DeepDPM(CheckpointedEstimator):
 
     def _resolved_device(self) -> torch.device:
         return resolve_device(self.device)
+
+    def _column_moments(self, X: np.ndarray):
+        """The columns' (mean, std) that set the fit's coordinates, and N."""
+        return column_moments(X)
 
     def _default_model(self, X) -> DPMixture:
         return default_model(X)
@@ -491,7 +500,8 @@ class DeepDPM(CheckpointedEstimator):
                     self._last_z = None
             k = self.guide_.k
             self.history_.append({"epoch": epoch + 1, "K": k, "loss": loss,
-                                  "log_lik": log_lik,
+                                  # mean per row, in X's units
+                                  "log_lik": log_lik + self._units.log_jacobian,
                                   "splits": splits, "merges": merges, "move": kind,
                                   "changed": changed})
             bar.set_postfix(K=k, loss=f"{loss:.4f}", refresh=False)
@@ -573,10 +583,23 @@ class DeepDPM(CheckpointedEstimator):
         if not bool(used.all()):
             guide.remove(used.nonzero().flatten())
             log_r = guide.log_r(X)
-        self.model_ = self._model.with_truncation(guide.k)
         self.labels_ = log_r.argmax(1).cpu().numpy()
         self.n_clusters_ = guide.k          # every cluster is some row's argmax
-        self.hyperparameters_ = plain_values(self._hyperparameter_record())
+        units = self._units
+        record = {n: units.hyper_value(n, v) for n, v in self._hyperparameter_record().items()}
+        if units.scale is not None:          # the guide, the model and the rows of X
+            model = self._data_model
+            model = model.with_family(model.family.to(self._device)) \
+                if hasattr(model.family, "to") else model
+            self._hyper = HyperparameterStep(model)
+            self._model = model
+            self._set_hyperparameters({n: record[n] for n in self._hyper_values},
+                                      self._alpha)
+            guide.in_units(units.shift, units.scale, self._family, guide.hyperparameters)
+            X = X * torch.as_tensor(units.scale, dtype=X.dtype, device=X.device) \
+                + torch.as_tensor(units.shift, dtype=X.dtype, device=X.device)
+        self.model_ = self._model.with_truncation(guide.k)
+        self.hyperparameters_ = plain_values(record)
         self._X = X
 
     def current_labels(self, X) -> np.ndarray:

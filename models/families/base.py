@@ -20,14 +20,19 @@ def volume_scale(cov: torch.Tensor, expected_clusters: float = 10.0) -> float:
 
     If ``expected_clusters`` = K0 clusters share the data's volume, each one's linear
     extent is K0**(-1/d) of the data's, so its variance is K0**(-2/d) of the data's.
-    ``d`` is the covariance's effective dimension, the participation ratio
-    (sum lambda)**2 / sum lambda**2 of its eigenvalues, so that many correlated
-    features do not count as many independent directions.  Gives 0.1 for isotropic
-    2-d data and grows towards 1 as the effective dimension grows, which keeps the
-    per-cluster Occam penalty of the marginal likelihood (it grows with nu * d)
-    from forbidding every split in higher dimensions.
+    ``d`` is the effective dimension, the participation ratio
+    (sum lambda)**2 / sum lambda**2 of the eigenvalues of the correlation matrix, so
+    that many correlated features do not count as many independent directions, and
+    a column's units (one feature in grams among others in tonnes) do not decide it.
+    Gives 0.1 for uncorrelated 2-d data and grows towards 1 as the effective
+    dimension grows, which keeps the per-cluster Occam penalty of the marginal
+    likelihood (it grows with nu * d) from forbidding every split in higher
+    dimensions.
     """
-    lam = torch.linalg.eigvalsh(cov.double()).clamp_min(0.0)
+    cov = cov.double()
+    sd = cov.diagonal().clamp_min(0.0).sqrt()
+    sd = torch.where(sd > 0, sd, torch.ones_like(sd))
+    lam = torch.linalg.eigvalsh(cov / sd[:, None] / sd[None, :]).clamp_min(0.0)
     total = float(lam.sum())
     if total <= 0.0:
         return 1.0 / expected_clusters

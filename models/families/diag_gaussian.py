@@ -65,11 +65,12 @@ class DiagonalGaussian(ConjugateFamily):
         kappa.  In one dimension this is GaussianNIW.weak's prior: IW(3, psi) on a
         variance is InvGamma(3/2, psi/2).  ``scale=None`` takes the volume rule of
         :func:`~bnpdeep.models.families.base.volume_scale` on the diagonal covariance
-        (independent dimensions: the effective dimension is that of the variances)."""
+        (independent dimensions: the effective dimension is d).  Zero-variance columns
+        get a variance floor."""
         X = as_tensor(X, device=device)
         var = X.var(0) if X.shape[0] > 1 else torch.ones(X.shape[1], dtype=X.dtype)
         floor = 1e-6 * (float(var.mean()) if float(var.mean()) > 0 else 1.0)
-        var = var.clamp_min(floor)
+        var = torch.where(var > 0, var, floor)
         if scale is None:
             scale = volume_scale(torch.diag(var), expected_clusters)
         return cls(X.mean(0), kappa, a, 0.5 * scale * var, device=device)

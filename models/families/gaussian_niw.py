@@ -119,9 +119,11 @@ class GaussianNIW(ConjugateFamily):
         """Weak data-driven prior: mu0 = mean(X), nu = d + ``nu_offset``,
         psi = ``scale`` * cov(X), so E[Sigma] = psi / (nu - d - 1) is a fraction of the
         data covariance, and small ``kappa``.  ``scale=None`` takes the volume rule
-        :func:`~bnpdeep.models.families.base.volume_scale` (0.1 on isotropic 2-d data,
-        larger in higher effective dimension).  Zero-variance columns get a variance
-        floor so that psi stays positive definite.
+        :func:`~bnpdeep.models.families.base.volume_scale` (0.1 on uncorrelated 2-d
+        data, larger in higher effective dimension).  Zero-variance columns get a
+        variance floor so that psi stays positive definite.  Outside such columns the
+        prior is equivariant: for y = (x - m) / s per column, ``weak(Y)`` is
+        ``weak(X).standardized(m, s)``, so no fit depends on the columns' units.
         """
         from bnpdeep.data import check_covariance_memory
 
@@ -143,10 +145,10 @@ class GaussianNIW(ConjugateFamily):
         d = mean.shape[0]
         var = cov.diagonal()
         floor = 1e-6 * (float(var.mean()) if float(var.mean()) > 0 else 1.0)
-        cov = cov + torch.diag(torch.where(var > floor, 0.0, floor))
-        # keep psi well-conditioned when d is large relative to N
-        cov = cov + 1e-6 * float(cov.diagonal().mean()) * torch.eye(d, dtype=DTYPE,
-                                                                      device=cov.device)
+        cov = cov + torch.diag(torch.where(var > 0, 0.0, floor))
+        # keep psi well-conditioned when d is large relative to N: a ridge of 1e-6 of
+        # each column's own variance, so that the prior follows any change of units
+        cov = cov + 1e-6 * torch.diag(cov.diagonal())
         if scale is None:
             scale = volume_scale(cov, expected_clusters)
         return cls(mean, kappa, d + nu_offset, scale * cov, device=device)
@@ -168,9 +170,12 @@ class GaussianNIW(ConjugateFamily):
         IW(nu, S^-1 Psi S^-1) and mu_y | Sigma_y ~ N(S^-1 (mu0 - shift), Sigma_y / kappa)
         (kappa, nu and, for Student-t, df unchanged)."""
         shift, scale = self._affine_args(shift, scale)
-        inv = 1.0 / scale
-        return self._like(mu0=(self.mu0 - shift) * inv,
-                          psi=self.psi * inv[:, None] * inv[None, :])
+        outer = (1.0 / scale)[:, None] / scale[None, :]
+        out = self._like(mu0=(self.mu0 - shift) / scale, psi=self.psi * outer)
+        # psi = psi_scale * Psi0 in either coordinates (the hyperprior on psi_scale
+        # is free of units)
+        out.psi_scale, out._psi_base = self.psi_scale, self._psi_base * outer
+        return out
 
     def params_from_standardized(self, params: GaussianParams, shift, scale) -> GaussianParams:
         shift, s = self._affine_args(shift, scale)

@@ -280,16 +280,31 @@ def test_hyperpriors_are_checked():
         DPMixture(fam, PitmanYor(0.2, 1.0), hyperpriors=Hyperpriors(alpha=gamma(1.0, 1.0)))
 
 
-def test_a_collapsing_hyperparameter_is_named_by_the_sampler():
+def test_a_collapsing_hyperparameter_is_named_by_the_sampler(monkeypatch):
     """A column constant within each cluster, with kappa and psi_scale free: their
     conditional is improper (it grows without bound towards 0), the chain's draws
-    fall towards 0, the sampler warns once naming the hyperparameter, and when the
-    linear algebra finally fails the error gives the iteration and the values."""
+    fall towards 0 and the sampler warns once naming the hyperparameter.  Where a
+    step's linear algebra then fails, the error gives the iteration and the values."""
     rng = np.random.default_rng(0)
     X = np.concatenate([np.c_[rng.normal(0, 1, (300, 2)), np.zeros(300)],
                         np.c_[rng.normal(8, 1, (300, 2)), np.ones(300)]])
     model = DPMixture(GaussianNIW.weak(X), DirichletProcess(1.0),
                       hyperpriors=Hyperpriors(kappa=gamma(1.0, 1.0), psi_scale=gamma(1.0, 1.0)))
-    with pytest.warns(RuntimeWarning, match="conditional is probably improper"), \
-            pytest.raises(ValueError, match=r"iteration \d+: .* hyperparameters at kappa="):
+    with pytest.warns(RuntimeWarning, match="psi_scale was drawn at .* probably improper"):
+        est = SubclusterSampler(model, max_iter=100, random_state=0).fit(X)
+    assert est.to_inference_data().posterior["psi_scale"].values.max() < 1e-8
+    step = SubclusterSampler._step
+
+    def failing(self, state):
+        if self._iteration == 30:
+            raise torch.linalg.LinAlgError("linalg.cholesky: The factorization could not "
+                                           "be completed")
+        self._iteration += 1
+        return step(self, state)
+
+    monkeypatch.setattr(SubclusterSampler, "_step", failing)
+    monkeypatch.setattr(SubclusterSampler, "_iteration", 0, raising=False)
+    with pytest.warns(RuntimeWarning), \
+            pytest.raises(ValueError, match=r"iteration 31: .*cholesky.* hyperparameters at "
+                                            r"kappa=.*, psi_scale="):
         SubclusterSampler(model, max_iter=100, random_state=0).fit(X)

@@ -248,11 +248,14 @@ def test_hyperparameter_updates_maximise_the_objective():
     est = MemoizedVB(DPMixture(GaussianNIW.weak(X), DirichletProcess(1.0), hyperpriors=hp),
                      random_state=0).fit(X)
     values = {n: est.hyperparameters_[n] for n in ("kappa", "psi_scale")}
-    base = GaussianNIW.weak(X)
+    # the fit's statistics are of its standardised rows: the prior there, and the
+    # Jacobian that puts the objective in X's units
+    units = est._units
+    base = GaussianNIW.weak(X).standardized(units.shift, units.scale)
 
     def objective(v):
         fam = base.with_hyperparameters(**v)
-        return float(fam.log_marginal(est._stats).sum()) + hp.log_prob(v)
+        return float(fam.log_marginal(est._stats).sum()) + units.lp_offset + hp.log_prob(v)
 
     best = objective(values)
     for name in values:

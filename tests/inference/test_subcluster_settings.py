@@ -27,7 +27,9 @@ def test_defaults_follow_their_rules():
     torch.testing.assert_close(cfg.kind_weights, torch.tensor([1, 1, 1, 0.5],
                                                               dtype=torch.float64) / 3.5)
     assert cfg.gibbs_points == 60              # min(N, the compiled default)
-    assert cfg.bandwidth2 == pytest.approx(0.01 * X.var(0, ddof=1).mean())
+    # a tenth of the spread of the rows the chains run on: X standardised
+    Y = (X - X.mean(0)) / X.std(0)
+    assert cfg.bandwidth2 == pytest.approx(0.01 * Y.var(0, ddof=1).mean())
     # the slice step closes every slice_every-th exact iteration, counted from the warm-up
     assert [it for it in range(60, 68) if cfg.slice_due(it)] == [61, 63, 65, 67]
     assert not any(KernelSettings(0, 5, 1.0, cfg.kind_weights, slice_every=0).slice_due(i)

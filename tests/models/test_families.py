@@ -341,3 +341,16 @@ def test_student_and_count_families_under_a_change_of_units():
     torch.testing.assert_close(t.mu0, ref.mu0)
     with pytest.raises(NotImplementedError, match="Multinomial"):
         _multinomial(3, 0).standardized(np.zeros(3), np.ones(3))
+
+
+@pytest.mark.parametrize("cls", [GaussianNIW, DiagonalGaussian])
+def test_weak_prior_follows_a_change_of_each_columns_units(cls):
+    """weak((X - m) / s) is weak(X) mapped to the new units: the default model, and so
+    every fit under it, does not depend on the columns' units (here 1e-4 to 1e5)."""
+    g = np.random.default_rng(8)
+    X = g.normal(size=(60, 4)) @ g.normal(size=(4, 4)) * [1e5, 1.0, 1e-4, 30.0] + [3e5, 0, 1, -7]
+    m, s = X.mean(0) + 1.0, X.std(0) * [2.0, 1.0, 0.5, 3.0]
+    ref, fam = cls.weak(X).standardized(m, s), cls.weak((X - m) / s)
+    for name in ("mu0", "psi") if cls is GaussianNIW else ("mu0", "b"):
+        np.testing.assert_allclose(getattr(fam, name).numpy(), getattr(ref, name).numpy(),
+                                   rtol=1e-9, atol=1e-12)
