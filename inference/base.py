@@ -145,6 +145,19 @@ class ClusterEstimator(ClusterMixin, ValidatedEstimator):
     def _predict(self, X):
         raise NotImplementedError
 
+    def _column_moments(self, X: np.ndarray):
+        """The columns' (mean, std) that set the fit's coordinates, and N (a data-parallel
+        estimator reduces them over its ranks)."""
+        from .units import column_moments
+
+        return column_moments(X)
+
+    def _fit_coordinates(self, model, X: np.ndarray):
+        """``(model, rows, units)`` the fit runs with (:func:`.units.fit_coordinates`)."""
+        from .units import fit_coordinates
+
+        return fit_coordinates(model, X, self._column_moments(X))
+
 
 class Checkpointing:
     """Mixin for an estimator whose long fits save their state and can resume.

@@ -38,7 +38,6 @@ from ..models import DirichletProcess, DPMixture, GaussianNIW
 from ..models.hyperpriors import log_prob
 from .base import CheckpointedEstimator, resolve_device
 from .hyperparameters import HyperparameterStep, update_alpha
-from .units import column_moments, fit_coordinates
 
 
 def _chain_in_worker(est, X, model, chain: int, burn: int, seed: int, threads: int):
@@ -221,7 +220,7 @@ class MCMCClusterer(CheckpointedEstimator):
         self._X_train = as_tensor(X, device=device)
         # the chains run in standardised coordinates (fit_coordinates)
         X = np.asarray(X)
-        model, Y, self._units = fit_coordinates(model, X, self._column_moments(X))
+        model, Y, self._units = self._fit_coordinates(model, X)
         Xt = as_tensor(Y, device=device)
         every = int(getattr(self, "checkpoint_every", 10))
         if self._checkpointing and every < 1:
@@ -261,10 +260,6 @@ class MCMCClusterer(CheckpointedEstimator):
                                       "chains": self._stored_chains()})
         self._collect(Xt)
         return self
-
-    def _column_moments(self, X: np.ndarray):
-        """The columns' (mean, std) that set the chains' coordinates, and N."""
-        return column_moments(X)
 
     def _workers(self, n_left: int, on_gpu: bool) -> int:
         """Worker processes for the chains left: ``n_jobs`` (-1: one per CPU core),

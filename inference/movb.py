@@ -79,7 +79,6 @@ from .hyperparameters import (
 )
 from .mcmc import default_model, require_no_latent
 from .subpartition import carve, two_means
-from .units import fit_coordinates
 
 _MIN_MASS = 1e-8     # rows whose responsibility for a birth target is below this stay put
 _EMPTY = 1e-8        # components with less mass are pruned when the ELBO does not drop
@@ -275,7 +274,7 @@ class MemoizedVB(CheckpointedEstimator):
         self.model_ = model = self._check_model(X)
         self._observed = X
         # the fit runs in standardised coordinates and reports in X's units (units.py)
-        model, X, self._units = fit_coordinates(model, X)
+        model, X, self._units = self._fit_coordinates(model, X)
         self._weights = model.weights
         self._alpha = float(getattr(model.weights, "alpha", 1.0))
         self._hyper = HyperparameterStep(model)

@@ -20,8 +20,10 @@ micrometres barely move, data in metres per 1e-6 overshoot).  The fit therefore
 runs in standardised coordinates y = (x - mean) / std, per column, under the
 prior the model implies there (:meth:`ConjugateFamily.standardized`: an affine
 map changes the likelihood by a constant Jacobian only, so the posterior is the
-same), and the parameters are mapped back to the data's units.  Families of
-unitless data (counts) fit as given.
+same), and the parameters are mapped back to the data's units
+(:func:`~bnpdeep.inference.units.fit_coordinates`, which every Bayesian estimator
+shares).  Families of unitless data (counts) and data already standardised fit as
+given.
 
 Initialisation: the guide's locations start at the MAP parameters of a
 k-means++ partition into T groups, and the sticks at equal weights; the scales
@@ -119,21 +121,6 @@ class MeanFieldSVI(ClusterEstimator):
         if not float(self.lr) > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
-    def _standardize(self, X: np.ndarray) -> torch.Tensor:
-        """The rows in the coordinates the fit runs in; sets shift_, scale_ and the
-        family there."""
-        from bnpdeep.data import standardize
-
-        fam = self._family
-        Y, shift, scale = standardize(X)
-        try:
-            self._family_y = fam.standardized(shift, scale)
-        except NotImplementedError:         # unitless data: fit as given
-            self._family_y, Y = fam, X
-            shift, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
-        self.shift_, self.scale_ = shift, scale
-        return as_tensor(Y, device=fam.device)
-
     def _init_values(self, X: torch.Tensor, t: int) -> dict:
         """Guide locations: MAP parameters of a k-means++ partition of the standardised
         rows into T groups (groups beyond the distinct rows get prior-mode parameters),
@@ -170,8 +157,14 @@ class MeanFieldSVI(ClusterEstimator):
         self.model_ = model.with_truncation(t)
         self._family, self._weights = model.family, model.weights
         self._alpha = float(getattr(model.weights, "alpha", 1.0))
-        Y = self._standardize(X)
-        self.standardized_model_ = self.model_.with_family(self._family_y)
+        # the fit runs in standardised coordinates and reports in X's units (units.py)
+        mapped, Y, units = self._fit_coordinates(self.model_, np.asarray(X))
+        self.standardized_model_, self._units = mapped, units
+        self._family_y = mapped.family
+        d = X.shape[1]
+        self.shift_ = np.zeros(d) if units.shift is None else units.shift
+        self.scale_ = np.ones(d) if units.scale is None else units.scale
+        Y = as_tensor(Y, device=self._family.device)
         X = as_tensor(X, device=self._family.device)
         self._X = X
         n = X.shape[0]
@@ -186,8 +179,6 @@ class MeanFieldSVI(ClusterEstimator):
                   TraceEnum_ELBO(max_plate_nesting=1, num_particles=int(self.num_particles),
                                  vectorize_particles=int(self.num_particles) > 1))
         steps = max(1, -(-n // batch))
-        # log p(x) = log p(y) - sum_j log scale_j per row
-        log_jacobian = n * float(np.log(self.scale_).sum())
         self.elbo_history_, self.history_ = [], []
         bar = tqdm(range(int(self.max_epochs)), desc="svi", unit="epoch", file=sys.stderr,
                    disable=not self.progress, leave=False)
@@ -200,7 +191,7 @@ class MeanFieldSVI(ClusterEstimator):
                         f"the SVI loss became {loss} at epoch {epoch + 1}; lower lr "
                         f"(now {self.lr}) or init_scale (now {self.init_scale})")
                 total += loss
-            self.elbo_history_.append(-total / steps - log_jacobian)
+            self.elbo_history_.append(-total / steps + units.lp_offset)   # in X's units
             log_pi, params = self._median()
             z = self._log_resp(X, log_pi, params).argmax(1)
             self.history_.append({"epoch": epoch + 1, "K": int(torch.unique(z).numel()),
@@ -238,7 +229,7 @@ class MeanFieldSVI(ClusterEstimator):
             log_pi = torch.zeros(1, dtype=self._X.dtype)
         params = self._family_y.params_from_sites(
             {k: values[k].detach() for k in self._family.param_sites})
-        if self._family_y is not self._family:
+        if self._units.scale is not None:
             params = self._family.params_from_standardized(params, self.shift_, self.scale_)
         return log_pi, params
 

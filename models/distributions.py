@@ -31,9 +31,14 @@ covariance_matrix = _CovarianceMatrix()
 class UnconstrainedToCovariance(torch.distributions.Transform):
     """Bijection from R^{d(d+1)/2} to d x d positive-definite matrices.
 
-    The vector fills a lower-triangular L row by row, the diagonal through exp,
-    and S = L L^T.  log|dS/du| = d log 2 + sum_i (d - i + 2) log L_ii (i = 1..d):
-    the Jacobian of L -> L L^T is 2^d prod_i L_ii^{d-i+1}, and exp adds L_ii.
+    The vector fills, row by row, a unit lower-triangular U (below the diagonal) and
+    log-scales u_jj (on it): L = U diag(exp(u_jj)) and S = L L^T, the LDL^T
+    factorisation S = U D^2 U^T.  An off-diagonal coordinate is a regression
+    coefficient, free of column j's scale, so a fixed step in u changes S relatively
+    even where S is nearly singular (a step on L_ij itself would swamp a small L_jj).
+    log|dS/du| = d log 2 + sum_j 2 (d - j + 1) u_jj (j = 1..d): u -> L has Jacobian
+    prod_j exp(u_jj)^(d - j + 1) (column j of L is column j of U times exp(u_jj)), and
+    L -> L L^T has 2^d prod_j L_jj^(d - j + 1).
     """
 
     domain = constraints.independent(constraints.real, 1)
@@ -55,13 +60,15 @@ class UnconstrainedToCovariance(torch.distributions.Transform):
         rows, cols = torch.tril_indices(d, d, device=u.device)
         low = u.new_zeros(u.shape[:-1] + (d, d))
         low[..., rows, cols] = u
-        low = low.tril(-1) + torch.diag_embed(low.diagonal(dim1=-2, dim2=-1).exp())
+        scale = low.diagonal(dim1=-2, dim2=-1).exp()
+        low = (low.tril(-1) + torch.eye(d, dtype=u.dtype, device=u.device)) * scale[..., None, :]
         return low @ low.transpose(-1, -2)
 
     def _inverse(self, s):
         d = s.shape[-1]
         low = cholesky(s)
-        low = low.tril(-1) + torch.diag_embed(low.diagonal(dim1=-2, dim2=-1).log())
+        diag = low.diagonal(dim1=-2, dim2=-1)
+        low = (low / diag[..., None, :]).tril(-1) + torch.diag_embed(diag.log())
         rows, cols = torch.tril_indices(d, d, device=s.device)
         return low[..., rows, cols]
 
@@ -69,7 +76,7 @@ class UnconstrainedToCovariance(torch.distributions.Transform):
         d = s.shape[-1]
         rows, cols = torch.tril_indices(d, d, device=u.device)
         log_diag = u[..., rows == cols]
-        power = torch.arange(d + 1, 1, -1, dtype=u.dtype, device=u.device)
+        power = 2.0 * torch.arange(d, 0, -1, dtype=u.dtype, device=u.device)
         return d * math.log(2.0) + (power * log_diag).sum(-1)
 
     def forward_shape(self, shape):

@@ -58,7 +58,6 @@ from ..hyperparameters import (
 )
 from ..mcmc import default_model, relabel, require_no_latent
 from ..subpartition import two_means
-from ..units import column_moments, fit_coordinates
 from .guide import CHUNK, DeepDPMGuide
 from .loss import DeepDPMLoss, JointAdam, NetRates
 
@@ -263,7 +262,7 @@ class DeepDPM(CheckpointedEstimator):
         self._data_model = model
         # the fit runs in standardised coordinates; _finish turns the guide into X's
         X = np.asarray(X)
-        model, X, self._units = fit_coordinates(model, X, self._column_moments(X))
+        model, X, self._units = self._fit_coordinates(model, X)
         self._family = model.family.to(self._device) if hasattr(model.family, "to") \
             else model.family
         self._model = model.with_family(self._family)
@@ -280,10 +279,6 @@ class DeepDPM(CheckpointedEstimator):
 
     def _resolved_device(self) -> torch.device:
         return resolve_device(self.device)
-
-    def _column_moments(self, X: np.ndarray):
-        """The columns' (mean, std) that set the fit's coordinates, and N."""
-        return column_moments(X)
 
     def _default_model(self, X) -> DPMixture:
         return default_model(X)

@@ -116,3 +116,18 @@ def test_the_fit_does_not_depend_on_the_datas_units():
         np.testing.assert_allclose(params.cov, ref_params.cov * u * u, rtol=1e-6)
         np.testing.assert_array_equal(est.predict(X[:20] * u + 3 * u), ref.labels_[:20])
         np.testing.assert_allclose(est.scale_, ref.scale_ * u, rtol=1e-10)
+
+
+def test_strongly_correlated_columns_fit():
+    """Columns with correlations near 1 (wdbc's radius, perimeter and area): the guide's
+    covariance coordinates are scale-free (LDL^T), so its draws stay positive definite
+    in floating point; a step on the Cholesky factor's entries themselves made
+    L L^T numerically singular at the first step."""
+    rng = np.random.default_rng(0)
+    X, y = make_mixture(400, 3, 2, separation=8.0, seed=1)
+    mix = rng.normal(size=(3, 24))
+    Xc = X @ mix + 1e-3 * rng.normal(size=(400, 24))     # rank 3 plus noise of 1e-3
+    est = MeanFieldSVI(truncation=6, max_epochs=100, random_state=0).fit(Xc)
+    h = np.asarray(est.elbo_history_)
+    assert np.all(np.isfinite(h)) and h[-5:].mean() > h[:5].mean()
+    assert est.n_clusters_ == 2 and nmi(y, est.labels_) > 0.99
