@@ -49,7 +49,14 @@ from bnpdeep.inference.base import resolve_device
 from bnpdeep.inference.deepdpm import DistributedDeepDPM
 from bnpdeep.inference.distributed import DistributedSubclusterSampler, fit_on_ranks
 from bnpdeep.inference.subcluster import compile_kernels
-from bnpdeep.models import DirichletProcess, DPMixture, GaussianNIW, Hyperpriors, StudentNIW
+from bnpdeep.models import (
+    DiagonalGaussian,
+    DirichletProcess,
+    DPMixture,
+    GaussianNIW,
+    Hyperpriors,
+    StudentNIW,
+)
 from report import SPEED_SAMPLERS
 
 from bnpdeep import data
@@ -507,14 +514,18 @@ def run_distributed_deepdpm(seed: int, repeats: int = 3, n: int = 100_000, d: in
     return rows
 
 
-# high dimensions: (N, d, K, rank of each cluster's covariance above the noise)
-HIGHDIM_CASES = [(2500, 64, 5, 5), (10_000, 128, 10, 8), (2500, 64, 5, None)]
+# high dimensions: (N, d, K, rank of each cluster's covariance above the noise); the
+# last two have fewer rows per cluster than a full covariance has parameters
+HIGHDIM_CASES = [(2500, 64, 5, 5), (10_000, 128, 10, 8), (2500, 64, 5, None),
+                 (150, 60, 3, None), (600, 60, 3, None)]
 
 
 def run_highdim(seed: int, iters: int | None = None) -> list[dict]:
     """The sampler (both backends; ``backend="auto"`` is the default's choice) against
     BGM on high-dimensional mixtures: clusters of low intrinsic dimension (``rank``,
-    as embeddings have) and, for contrast, full-rank ones."""
+    as embeddings have) and, for contrast, full-rank ones; and the sampler with
+    diagonal-covariance components (``DiagonalGaussian.weak``), d parameters of scale
+    per cluster instead of d (d + 1) / 2."""
     rows = []
     for n, d, k, rank in HIGHDIM_CASES:
         X, y = data.make_mixture(n, d, k, rank=rank, separation=6.0, seed=seed)
@@ -522,6 +533,10 @@ def run_highdim(seed: int, iters: int | None = None) -> list[dict]:
         methods = {f"subcluster {b}": SubclusterSampler(
             **({} if iters is None else {"max_iter": iters}), backend=b,
             random_state=seed, store_log_likelihood=False) for b in ("compiled", "torch")}
+        methods["subcluster diagonal"] = SubclusterSampler(
+            DPMixture(DiagonalGaussian.weak(X), DirichletProcess(1.0)),
+            **({} if iters is None else {"max_iter": iters}), random_state=seed,
+            store_log_likelihood=False)
         methods["bgm"] = BayesianGMM(truncation=max(2 * k, 30), random_state=seed)
         for method, est in methods.items():
             est, secs = timed_fit(est, X)
