@@ -449,7 +449,7 @@ class MCMCClusterer(CheckpointedEstimator):
                         self._family, X, draw["log_pi"], draw["params"],
                         draw["log_pi_rest"]).cpu().numpy() + self._units.log_jacobian)
             if self.progress:
-                bar.set_postfix(K=int(info["k"]), lp=f"{lp:.1f}")
+                bar.set_postfix(K=int(info["k"]), lp=f"{lp:.1f}", refresh=False)
             if self._checkpointing and (it + 1) % every == 0 and it + 1 < self.max_iter:
                 self._checkpoint(fingerprint, chain, it, state, rec)
         return rec

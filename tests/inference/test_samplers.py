@@ -24,7 +24,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import adjusted_rand_score
 
-from bnpdeep.data import DataError
+from bnpdeep.data import DataError, make_mixture
 from bnpdeep.diagnostics import k_summary, to_inference_data
 
 
@@ -432,3 +432,13 @@ def test_worker_processes_do_not_checkpoint(tmp_path):
         SubclusterSampler(max_iter=10, n_chains=2, n_jobs=2).fit(X, checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="n_jobs must be"):
         SubclusterSampler(max_iter=10, n_chains=2, n_jobs=0).fit(X)
+
+
+def test_progress_bar_redraws_at_its_own_rate_not_every_iteration(capsys):
+    """The bar's K and lp follow the chain, but it redraws at tqdm's interval (0.1 s):
+    a log of stderr gets a few lines a second, not one per iteration."""
+    X, _ = make_mixture(300, 2, 3, separation=8.0, seed=0)
+    est = SubclusterSampler(max_iter=400, progress=True, random_state=0).fit(X)
+    err = capsys.readouterr().err
+    redraws = err.count("lp=")
+    assert est.n_clusters_ == 3 and 1 <= redraws < est.max_iter // 2
