@@ -273,12 +273,15 @@ class ShardComm:
         return _from_flat(stats, self.sum(_flat_fields(stats)))
 
     def moments(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and covariance (divisor N - 1) of all ranks' rows, slot-exact."""
+        """Mean and covariance (divisor N - 1) of all ranks' rows, slot-exact, in two
+        passes: the mean, then the sums of centred outer products.  One pass's
+        sum x x^T - N mean mean^T would cancel the digits of a column whose mean is
+        far larger than its spread."""
         d = X.shape[1]
-        s = self.slot_sum(_moments, X)
-        n, mean = s[0], s[1:1 + d] / s[0]
-        cov = (s[1 + d:].reshape(d, d) - n * torch.outer(mean, mean)) / max(float(n) - 1, 1)
-        return mean, cov
+        s = self.slot_sum(_row_sums, X)
+        n, mean = s[0], s[1:] / s[0]
+        scatter = self.slot_sum(lambda xs: _centred_outer(xs, mean), X).reshape(d, d)
+        return mean, scatter / max(float(n) - 1, 1)
 
     def column_moments(self, X) -> tuple[np.ndarray, np.ndarray, int]:
         """All ranks' columns' mean and standard deviation (divisor N; 1 for a constant
@@ -835,10 +838,15 @@ def _from_flat(template, flat: torch.Tensor):
     return type(template)(**out)
 
 
-def _moments(xs: torch.Tensor) -> torch.Tensor:
-    """(n, sum x, sum x x^T) of the rows xs, flattened."""
-    return torch.cat([torch.tensor([float(xs.shape[0])], dtype=xs.dtype), xs.sum(0),
-                      (xs.T @ xs).reshape(-1)])
+def _row_sums(xs: torch.Tensor) -> torch.Tensor:
+    """(n, sum x) of the rows xs."""
+    return torch.cat([torch.tensor([float(xs.shape[0])], dtype=xs.dtype), xs.sum(0)])
+
+
+def _centred_outer(xs: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """sum (x - mean)(x - mean)^T of the rows xs, flattened."""
+    c = xs - mean
+    return (c.T @ c).reshape(-1)
 
 
 __all__ = ["DistributedSubclusterSampler", "fit_on_ranks", "ShardComm", "ShardState", "RankFailure",

@@ -198,3 +198,19 @@ def test_bad_settings_are_named():
         DistributedSubclusterSampler(options={"gibbs_points": -2}, max_iter=4).fit(X)
     with pytest.raises(ValueError, match="on the CPU"):
         DistributedSubclusterSampler(device="cuda", max_iter=4).fit(X)
+
+
+def test_moments_keep_the_digits_of_columns_far_from_zero():
+    """The ranks' mean and covariance (they set the fit's coordinates and the default
+    prior) in two passes: columns at 1e8 with spread 1e-2 keep their variance, which a
+    one-pass sum of squares minus N mean^2 cancels to rounding noise."""
+    g = np.random.default_rng(0)
+    X = g.normal(size=(1000, 3)) @ np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0, 0, 1]])
+    X = X * 1e-2 + np.array([1e8, -3e7, 5.0])
+    comm = ShardComm(1000, 0, 1000, 64)
+    mean, cov = comm.moments(torch.from_numpy(X))
+    np.testing.assert_allclose(mean.numpy(), X.mean(0), rtol=1e-13)
+    np.testing.assert_allclose(cov.numpy(), np.cov(X.T), rtol=1e-9, atol=1e-12)
+    m, std, n = comm.column_moments(X)
+    np.testing.assert_allclose(std, X.std(0), rtol=1e-9)
+    assert n == 1000
