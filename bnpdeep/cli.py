@@ -52,17 +52,20 @@ def _load_input(spec: str, labels: str | None, standardize: bool, delimiter=None
 
 
 def fit_one(name: str, X, y=None, *, k=None, seed: int = 0, iters=None, progress=False,
-            return_estimator: bool = False, checkpoint_dir=None, resume: bool = False):
+            return_estimator: bool = False, checkpoint_dir=None, resume: bool = False,
+            family: str = "full"):
     """Fit method ``name`` on X and return its :class:`ClusteringResult` (and the
-    fitted estimator if ``return_estimator``).  With ``checkpoint_dir``, methods that
+    fitted estimator if ``return_estimator``).  ``family``: a Bayesian method's
+    components (:func:`bnpdeep.methods.family_model`).  With ``checkpoint_dir``, methods that
     checkpoint (the samplers, DeepDPM, moVB) save their state there as they go, and
     ``resume`` continues from it."""
     from bnpdeep.inference.base import CheckpointedEstimator
-    from bnpdeep.methods import METHODS, make_estimator
+    from bnpdeep.methods import METHODS, family_model, make_estimator
 
     if k is None and y is not None and METHODS[name].needs_k:
         k = int(np.unique(y).size)
-    est = make_estimator(name, k=k, seed=seed, iters=iters, progress=progress)
+    est = make_estimator(name, k=k, seed=seed, iters=iters, progress=progress,
+                         model=family_model(family, X))
     checkpointed = isinstance(est, CheckpointedEstimator) and checkpoint_dir is not None
     if resume and not checkpointed:
         raise ValueError(f"'{name}' keeps no checkpoints to resume from")
@@ -120,6 +123,9 @@ def _cmd_fit_ranks(args) -> int:
                              "must be a file or a folder of shard files")
     dist.init_process_group("gloo")         # the sampler's ranks run on the CPU
     try:
+        if args.family != "full":
+            raise ValueError("--family: the data-parallel fit takes the default family "
+                             "(full-covariance Gaussians) only")
         rank, world = dist.get_rank(), dist.get_world_size()
         total = sum(data.count_rows(path, args.delimiter))
         start, stop = shard_range(total, world, rank)
@@ -167,7 +173,7 @@ def _cmd_fit(args) -> int:
         raise ValueError(f"--draws needs a sampler; '{args.method}' has no posterior draws")
     result, est = fit_one(args.method, X, y, k=args.k, seed=args.seed, iters=args.iters,
                           progress=not args.quiet, return_estimator=True,
-                          checkpoint_dir=args.out, resume=args.resume)
+                          checkpoint_dir=args.out, resume=args.resume, family=args.family)
     folder = RunFolder(args.out).save(result, extra={"data": str(args.data)})
     if args.draws:
         np.save(folder / "label_draws.npy", est.label_draws_)
@@ -201,13 +207,14 @@ DEMO_METHODS = ("deepdpm", "subcluster", "movb", "bgm", "kmeans", "gmm", "dbscan
 
 
 def run_compare(X, y, methods, *, chains: int, seed: int, out, iters=None, quiet=False,
-                data_name="data", stream=None, jobs: int = 1):
+                data_name="data", stream=None, jobs: int = 1, family: str = "full"):
     """Run :func:`bnpdeep.compare.compare`, print its table and where the report lies."""
     from bnpdeep.compare import compare, format_table
 
     stream = sys.stdout if stream is None else stream
     result = compare(X, methods=methods, y=y, chains=chains, seed=seed, out=out,
-                     iters=iters, progress=not quiet, data_name=data_name, jobs=jobs)
+                     iters=iters, progress=not quiet, data_name=data_name, jobs=jobs,
+                     family=family)
     print(format_table(result.table), file=stream)
     for note in result.notes:
         print(f"- {note}", file=stream)
@@ -255,12 +262,13 @@ def _cmd_compare(args) -> int:
     X, y = _load_input(args.data, args.labels, args.standardize, args.delimiter)
     methods = _method_list(args.methods) if args.methods else list(DEMO_METHODS)
     run_compare(X, y, methods, chains=args.chains, seed=args.seed, out=args.out,
-                quiet=args.quiet, data_name=str(args.data), jobs=args.jobs)
+                quiet=args.quiet, data_name=str(args.data), jobs=args.jobs,
+                family=args.family)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bnpdeep.methods import METHODS
+    from bnpdeep.methods import FAMILIES, METHODS
 
     p = argparse.ArgumentParser(prog="bnpdeep", description="Clustering with an unknown "
                                 "number of clusters: Dirichlet-process mixtures and baselines.")
@@ -290,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--images", action="store_true",
                    help="DATA is a file of images (IDX as MNIST ships it, or .npy/.npz of "
                    "shape (n, h, w) or (n, c, h, w)), read as rows of pixels in [0, 1]")
+    family_help = ("components of the Bayesian methods' mixture: full (full-covariance "
+                   "Gaussians, the default), diagonal (diagonal-covariance Gaussians: many "
+                   "columns, few rows per cluster) or student-t (4 degrees of freedom, "
+                   "heavy-tailed clusters; subcluster and gibbs only); each under its weak "
+                   "prior set from the data")
+    f.add_argument("--family", choices=FAMILIES, default="full", help=family_help)
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the checkpoint in --out (the "
@@ -314,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--standardize", action="store_true", help="zero mean, unit variance")
     c.add_argument("--delimiter", help=delim_help)
+    c.add_argument("--family", choices=FAMILIES, default="full", help=family_help)
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.set_defaults(run=_cmd_compare)
 

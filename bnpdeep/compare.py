@@ -86,7 +86,7 @@ def _trace(est):
 
 def compare(X, methods=DEFAULT_METHODS, y=None, *, chains: int = 4, seed: int = 0,
             iters: dict | None = None, out=None, progress: bool = True,
-            data_name: str = "data", jobs: int = 1) -> Comparison:
+            data_name: str = "data", jobs: int = 1, family: str = "full") -> Comparison:
     """Fit ``methods`` (names from :data:`bnpdeep.METHODS`) on X and compare them.
 
     Methods that need K (k-means, EM-GMM) are told the true K when labels ``y`` are
@@ -94,7 +94,8 @@ def compare(X, methods=DEFAULT_METHODS, y=None, *, chains: int = 4, seed: int = 
     MCMC methods run ``chains`` chains, in ``jobs`` worker processes (their
     ``n_jobs``; -1: one per core; the draws do not depend on it).  A method that
     fails gets a row with its error; the others still run.  ``iters``: method ->
-    iterations / epochs / laps.
+    iterations / epochs / laps.  ``family`` (:data:`bnpdeep.methods.FAMILIES`): the
+    components of the Bayesian methods' model (:func:`bnpdeep.methods.family_model`).
     Returns a :class:`Comparison` (unpacks as ``table, idata``); with ``out`` writes the
     report there.
     """
@@ -102,10 +103,11 @@ def compare(X, methods=DEFAULT_METHODS, y=None, *, chains: int = 4, seed: int = 
     from tqdm.auto import tqdm
 
     from bnpdeep.data import check_array
-    from bnpdeep.methods import METHODS, make_estimator
+    from bnpdeep.methods import METHODS, family_model, make_estimator
     from bnpdeep.metrics import evaluate
 
     X = check_array(X)
+    model = family_model(family, X)
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -119,6 +121,9 @@ def compare(X, methods=DEFAULT_METHODS, y=None, *, chains: int = 4, seed: int = 
     order = [m for m in methods if not METHODS[m].needs_k] + \
         [m for m in methods if METHODS[m].needs_k]
     result = Comparison(table=None)
+    if model is not None:
+        result.notes.append(f"the Bayesian methods' components: {family} "
+                            f"({type(model.family).__name__}.weak(X))")
     rows, loos, k_found = {}, {}, None
     bar = tqdm(order, desc="compare", file=sys.stderr, disable=not progress)
     for name in bar:
@@ -136,7 +141,7 @@ def compare(X, methods=DEFAULT_METHODS, y=None, *, chains: int = 4, seed: int = 
                 continue
         try:
             est = make_estimator(name, k=k, seed=seed, iters=iters.get(name),
-                                 progress=progress)
+                                 progress=progress, model=model if method.bayesian else None)
             if method.mcmc and "n_chains" in est.get_params():
                 est.set_params(n_chains=int(chains))
             if method.mcmc and "n_jobs" in est.get_params():

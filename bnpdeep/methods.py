@@ -111,14 +111,44 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 ]}
 
 
+#: component families the command line offers (``--family``), each with its weak
+#: data-driven prior; "full" is the Bayesian estimators' own default
+FAMILIES = ("full", "diagonal", "student-t")
+
+
+def family_model(family: str, X):
+    """The DP(alpha = 1) mixture of ``family`` components under the family's weak prior
+    set from X: full-covariance Gaussians (``GaussianNIW.weak``; None, the estimators'
+    default model), diagonal-covariance Gaussians (``DiagonalGaussian.weak``: d
+    variances per cluster instead of d (d + 1) / 2 covariances, for many columns and
+    few rows per cluster) or multivariate Student-t with 4 degrees of freedom
+    (``StudentNIW.weak(X, df=4)``: heavy-tailed clusters; the samplers only)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family '{family}'; choose from {', '.join(FAMILIES)}")
+    if family == "full":
+        return None
+    from bnpdeep.models import DiagonalGaussian, DirichletProcess, DPMixture, StudentNIW
+
+    comp = DiagonalGaussian.weak(X) if family == "diagonal" else StudentNIW.weak(X, df=4.0)
+    return DPMixture(comp, DirichletProcess(1.0))
+
+
 def make_estimator(name: str, *, k: int | None = None, seed: int = 0, iters: int | None = None,
-                   progress: bool = False):
-    """An unfitted estimator for method ``name``; raises ValueError for unknown names or
-    a missing K."""
+                   progress: bool = False, model=None):
+    """An unfitted estimator for method ``name`` (with ``model``, a Bayesian method's
+    model); raises ValueError for unknown names, a missing K or a model given to a
+    method without one."""
     if name not in METHODS:
         raise ValueError(f"unknown method '{name}'; choose from {', '.join(METHODS)}")
     method = METHODS[name]
     if method.needs_k and k is None:
         raise ValueError(f"method '{name}' needs the number of clusters: pass --k "
                          f"(or true labels with --labels to use their K)")
-    return method.build(k=k, seed=seed, iters=iters, progress=progress)
+    est = method.build(k=k, seed=seed, iters=iters, progress=progress)
+    if model is not None:
+        if not method.bayesian:
+            bayesian = ", ".join(m.name for m in METHODS.values() if m.bayesian)
+            raise ValueError(f"method '{name}' takes no mixture model (a component family "
+                             f"applies to {bayesian})")
+        est.set_params(model=model)
+    return est

@@ -92,9 +92,9 @@ class MeanFieldSVI(ClusterEstimator):
     median, ELBO), model_ (the fitted model at truncation T, in the data's units),
     standardized_model_ (the same model for (X - shift_) / scale_), shift_ and
     scale_ (each column's mean and standard deviation; 0 and 1 for unitless
-    families and for data already standardised), guide_ (the fitted AutoNormal, a guide of ``standardized_model_``:
-    ``Predictive(est.standardized_model_.model, guide=est.guide_)`` takes
-    standardised rows), n_epochs_.
+    families and for data already standardised), guide_ (the fitted AutoNormal, a
+    guide of ``standardized_model_``: ``Predictive(est.standardized_model_.model,
+    guide=est.guide_)`` takes standardised rows), n_epochs_.
     """
 
     method_name = "svi"

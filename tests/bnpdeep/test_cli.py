@@ -337,3 +337,41 @@ def test_torchrun_fits_data_parallel_deepdpm(tmp_path):
     one = DistributedDeepDPM(random_state=1).fit(X)
     assert summary["n_clusters"] == one.n_clusters_ == 4
     assert abs(nmi(y, labels) - nmi(y, one.labels_)) <= 0.01
+
+
+def test_family_diagonal_from_the_command_line(tmp_path, capsys):
+    """--family diagonal fits DiagonalGaussian components: on 150 rows of 60 full-rank
+    columns in 3 separated clusters it finds them (the full-covariance default's
+    posterior prefers about 120 clusters there: benchmarks/README.md, High dimensions)."""
+    from bnpdeep.cli import fit_one
+    from bnpdeep.data import make_mixture
+
+    X, y = make_mixture(150, 60, 3, separation=6.0, seed=0)
+    np.save(tmp_path / "x.npy", X)
+    np.savetxt(tmp_path / "y.txt", y, fmt="%d")
+    rc = main(["fit", str(tmp_path / "x.npy"), "--method", "subcluster", "--family",
+               "diagonal", "--labels", str(tmp_path / "y.txt"), "--iters", "100",
+               "--out", str(tmp_path / "run"), "--quiet"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["n_clusters"] == 3 and summary["nmi"] == 1.0
+    for family, kind in (("diagonal", "DiagonalGaussian"), ("student-t", "StudentNIW")):
+        _, est = fit_one("subcluster", X[:40, :3], iters=4, family=family,
+                         return_estimator=True)
+        assert type(est.model_.family).__name__ == kind
+    _, est = fit_one("movb", X[:40, :3], iters=2, return_estimator=True)
+    assert type(est.model_.family).__name__ == "GaussianNIW"      # "full": the default
+
+
+@pytest.mark.parametrize("method, family, message", [
+    ("bgm", "diagonal", "takes no mixture model"),
+    ("movb", "student-t", "does not take StudentNIW")])
+def test_a_family_a_method_cannot_take_is_one_line_and_exit_2(tmp_path, capsys, method,
+                                                                family, message):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(50, 2)))
+    rc = main(["fit", str(tmp_path / "x.npy"), "--method", method, "--family", family,
+               "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("bnpdeep fit: error:") and message in last
