@@ -76,9 +76,25 @@ class GuideSplitMerge:
         self.neighbours = int(neighbours)
 
     def _stats(self, X, labels, n_groups: int):
-        """The family's statistics of the groups 0..n_groups-1 of the rows (a
-        data-parallel step sums them over its ranks)."""
-        return self.family.suff_stats_labels(X, labels, n_groups)
+        """The family's statistics of the groups 0..n_groups-1 of the rows, a family's
+        per-row latent variables at each group's own fitted values
+        (``family.plugin_latent``: the t's EM scales; a data-parallel step, Gaussian
+        only, sums the statistics over its ranks)."""
+        fam = self.family
+        return fam.suff_stats_labels(fam.plugin_latent(X, labels, n_groups), labels, n_groups)
+
+    def _log_f(self, stats) -> torch.Tensor:
+        """log f(X_g) of groups: ``family.log_evidence`` (the log marginal likelihood
+        of the rows, latent variables integrated out)."""
+        return self.family.log_evidence(stats)
+
+    def _union(self, X, labels, groups: int, sub):
+        """Statistics of each group's rows as one group: the pair sums of ``sub`` (2
+        groups per union), or, for a family with latent variables (fitted to each
+        grouping), the rows' statistics recomputed as one group."""
+        if not self.family.latent_columns:
+            return sub.pair_sums()
+        return self._stats(X, labels, groups)
 
     def _accept(self, log_h, generator) -> torch.Tensor:
         """Metropolis-Hastings decisions: u < exp(log_h), one per proposal."""
@@ -88,7 +104,7 @@ class GuideSplitMerge:
         """Statistics of the hard partition: the K clusters of z and their 2K
         sub-clusters 2 z + zs, as (cluster stats, sub-cluster stats)."""
         sub = self._stats(X, 2 * z + zs, 2 * k)
-        return sub.pair_sums(), sub
+        return self._union(X, z, k, sub), sub
 
     def children(self, X, z, zs, clusters):
         """Sub-clusters of the given clusters from 2-means of their rows (zs is
@@ -108,14 +124,25 @@ class GuideSplitMerge:
         z[rows[zs[rows] == 1]] = new
         return guide.split(c, halves=halves, children=self.children(X, z, zs, (c, new)))
 
+    def log_split_ratios(self, X, z, zs, k: int):
+        """(log H_s of splitting each cluster k into its halves 2k and 2k + 1 of
+        2 z + zs, the sub-clusters' statistics): paper eq. 7 with f the marginal
+        likelihood of the rows (``family.log_evidence``: latent variables integrated
+        out, each grouping with its own fitted ones)."""
+        stats, sub = self.hard_stats(X, z, zs, k)
+        return moves.log_split_ratio(self.weights, self.family, float(k), stats, sub[0::2],
+                                     sub[1::2], log_f=self._log_f), sub
+
     def split(self, guide, X, z, zs, generator=None) -> list:
         """One split step over every cluster; z and zs (the nets' hard labels) are
         updated in place.  Returns the guide's :class:`Surgery` records."""
         fam, k = self.family, guide.k
+        # the rows the geometric proposals read: X with a family's latent variables
+        # at their expectation under each row's cluster
+        rows_in = fam.expected_rows(X, guide.mixture.params, z)
         if self.refine_iter > 0:
-            zs = self._refined(X, z, zs, k, generator)
-        stats, sub = self.hard_stats(X, z, zs, k)
-        log_h = moves.log_split_ratio(self.weights, fam, float(k), stats, sub[0::2], sub[1::2])
+            zs = self._refined(rows_in, z, zs, k, generator)
+        log_h, sub = self.log_split_ratios(X, z, zs, k)
         ok = (sub.n[0::2] >= 2) & (sub.n[1::2] >= 2)
         accept = self._accept(log_h, generator) & ok
         done = []
@@ -129,7 +156,7 @@ class GuideSplitMerge:
                 for _ in range(self.carve_tries):
                     if carved >= self.carves_per_step:
                         break
-                    h = self._carve_proposal(guide, X, z, c, generator)
+                    h = self._carve_proposal(guide, X, rows_in, z, c, generator)
                     if h is None:
                         continue
                     carved += 1
@@ -149,18 +176,20 @@ class GuideSplitMerge:
             sample = rank_within_groups(keys.to(X.device), z, k) < self.refine_rows
         return refine_subclusters(self.family, X, z, zs, k, self.refine_iter, sample=sample)
 
-    def _carve_proposal(self, guide, X, z, c: int, generator):
-        """A carved sub-partition of cluster c around a random member, accepted with
-        probability min(1, H_s); None when rejected or too small."""
+    def _carve_proposal(self, guide, X, rows_in, z, c: int, generator):
+        """A carved sub-partition of cluster c around a random member (carved on
+        ``rows_in``), accepted with probability min(1, H_s); None when rejected or
+        too small."""
         rows = (z == c).nonzero().flatten()
-        h = self._carved(X, rows, generator)
+        h = self._carved(rows_in, rows, generator)
         if h is None:
             return None
         sub = self._stats(X[rows], h, 2)
         if bool((sub.n < 2).any()):
             return None
+        whole = self._union(X[rows], torch.zeros_like(h), 1, sub)
         log_h = moves.log_split_ratio(self.weights, self.family, float(guide.k),
-                                      sub[[0]] + sub[[1]], sub[[0]], sub[[1]])
+                                      whole, sub[[0]], sub[[1]], log_f=self._log_f)
         return h if bool(self._accept(log_h, generator)[0]) else None
 
     def _carved(self, X, rows, generator):
@@ -170,6 +199,18 @@ class GuideSplitMerge:
             return None
         anchor = int(torch.randint(rows.numel(), (1,), generator=generator))
         return carve(self.family, X[rows], anchor).to(rows.device)
+
+    def _pair_unions(self, X, z, stats, a_idx, b_idx):
+        """Statistics of the union of clusters a and b for each candidate pair (the
+        sums, or for a family with latent variables each union's rows fitted as one
+        group)."""
+        if not self.family.latent_columns:
+            return stats[a_idx] + stats[b_idx]
+        out = []
+        for a, b in zip(a_idx.tolist(), b_idx.tolist(), strict=True):
+            rows = ((z == a) | (z == b)).nonzero().flatten()
+            out.append(self._stats(X[rows], torch.zeros_like(rows), 1))
+        return type(stats).cat(out)
 
     def merge(self, guide, X, z, zs, soft, generator=None) -> list:
         """One merge step: candidate pairs among each cluster's nearest neighbours,
@@ -188,7 +229,8 @@ class GuideSplitMerge:
         pairs = torch.unique(pairs.sort(0).values, dim=1)          # (2, P), a < b
         a_idx, b_idx = pairs[0].to(z.device), pairs[1].to(z.device)
         log_h = moves.log_merge_ratio(self.weights, self.family, float(k),
-                                      stats[a_idx], stats[b_idx])
+                                      stats[a_idx], stats[b_idx], log_f=self._log_f,
+                                      merged=self._pair_unions(X, z, stats, a_idx, b_idx))
         accept = self._accept(log_h, generator).tolist()
         order = torch.randperm(pairs.shape[1], generator=generator).tolist()
         used: set[int] = set()

@@ -27,9 +27,11 @@ from bnpdeep.linalg import DTYPE
 
 
 def group_means(stats) -> torch.Tensor:
-    """Weighted mean of the rows of each group of a SuffStats, (K, d)."""
+    """Weighted mean of the rows of each group of a SuffStats, (K, d) (a scale
+    mixture's rows weighted by their scales w_i: s / W)."""
     total = stats.fields["sx"] if "sx" in stats.fields else stats.fields["counts"]
-    return total / stats.n.clamp_min(1e-12)[:, None]
+    mass = stats.fields.get("w", stats.n)
+    return total / mass.clamp_min(1e-12)[:, None]
 
 
 def log_eppf_split_ratio(weights, k_blocks, n1, n2) -> torch.Tensor:
@@ -42,31 +44,39 @@ def log_eppf_split_ratio(weights, k_blocks, n1, n2) -> torch.Tensor:
             - weights.log_block_weight(n1 + n2))
 
 
-def log_split_terms(weights, family, stats, stats_1, stats_2) -> torch.Tensor:
+def log_split_terms(weights, family, stats, stats_1, stats_2, log_f=None) -> torch.Tensor:
     """log H_split without the factor log V(N, K+1) - log V(N, K), the only part that
     depends on the number of blocks: log W(n1) + log W(n2) - log W(n) + log f(X_1)
-    + log f(X_2) - log f(X), batched over candidate splits."""
+    + log f(X_2) - log f(X), batched over candidate splits.  ``log_f`` (default
+    ``family.log_marginal``) maps statistics to log f."""
     b = stats.k
-    lm = family.log_marginal(type(stats).cat([stats, stats_1, stats_2]))
+    log_f = family.log_marginal if log_f is None else log_f
+    lm = log_f(type(stats).cat([stats, stats_1, stats_2]))
     lm = lm[b:2 * b] + lm[2 * b:] - lm[:b]
     return (weights.log_block_weight(stats_1.n) + weights.log_block_weight(stats_2.n)
             - weights.log_block_weight(stats.n) + lm)
 
 
-def log_split_ratio(weights, family, k_blocks, stats, stats_1, stats_2) -> torch.Tensor:
+def log_split_ratio(weights, family, k_blocks, stats, stats_1, stats_2, log_f=None
+                    ) -> torch.Tensor:
     """log H_split for splitting clusters with statistics ``stats`` into ``stats_1`` and
     ``stats_2`` (batched over candidates), in a partition of ``k_blocks`` blocks."""
     return (weights.log_new_block_ratio(torch.as_tensor(k_blocks, dtype=DTYPE))
-            + log_split_terms(weights, family, stats, stats_1, stats_2))
+            + log_split_terms(weights, family, stats, stats_1, stats_2, log_f))
 
 
-def log_merge_ratio(weights, family, k_blocks, stats_1, stats_2) -> torch.Tensor:
+def log_merge_ratio(weights, family, k_blocks, stats_1, stats_2, log_f=None, merged=None
+                    ) -> torch.Tensor:
     """log H_merge for merging clusters 1 and 2 of a partition of ``k_blocks`` blocks
     into one (batched over candidate pairs), from the merged and the current state:
     log V(N, K-1) - log V(N, K) + log W(n1 + n2) - log W(n1) - log W(n2)
-    + log f(X_1 u X_2) - log f(X_1) - log f(X_2)."""
+    + log f(X_1 u X_2) - log f(X_1) - log f(X_2).  ``merged``: the unions'
+    statistics (default ``stats_1 + stats_2``); ``log_f`` as in
+    :func:`log_split_terms`."""
     b = stats_1.k
-    lm = family.log_marginal(type(stats_1).cat([stats_1 + stats_2, stats_1, stats_2]))
+    log_f = family.log_marginal if log_f is None else log_f
+    merged = stats_1 + stats_2 if merged is None else merged
+    lm = log_f(type(stats_1).cat([merged, stats_1, stats_2]))
     k_after = torch.as_tensor(k_blocks, dtype=DTYPE) - 1
     return (-weights.log_new_block_ratio(k_after)
             + weights.log_block_weight(stats_1.n + stats_2.n)

@@ -36,6 +36,7 @@ from bnpdeep.linalg import DTYPE
 from ...models import DirichletProcess, DPMixture, GaussianNIW
 from ..distributed import N_SLOTS, ShardComm, rank_checkpoint_name, stream_key
 from ..guide_moves import GuideSplitMerge
+from ..mcmc import require_no_latent
 from ..subpartition import (
     assign_to_sub_mixture,
     carve,
@@ -166,6 +167,9 @@ class DistributedDeepDPM(DeepDPM):
         return self
 
     # -- the hooks of DeepDPM: sums over ranks ---------------------------------------
+    def _check_family(self, model) -> None:
+        require_no_latent(model, "DistributedDeepDPM")
+
     def _resolved_device(self) -> torch.device:
         if str(self.device) not in ("cpu", "auto"):
             raise ValueError(f"the data-parallel DeepDPM runs its ranks on the CPU (gloo); "

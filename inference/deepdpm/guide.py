@@ -235,20 +235,25 @@ class DeepDPMGuide(PyroModule):
     @torch.no_grad()
     def soft_stats(self, X: torch.Tensor):
         """The M-step's statistics over all rows, in chunks: cluster statistics
-        weighted by r, sub-cluster statistics weighted by 1[z_i = k] r~_ij; also the
-        hard labels z = argmax r and zs = argmax r~."""
-        fam, k = self.family, self.k
+        weighted by r, sub-cluster statistics weighted by 1[z_i = k] r~_ij, a
+        family's per-row latent variables at their expectation under the current
+        (sub-)components (``expected_suff_stats``, ``expected_rows``: the t's
+        scales); also the hard labels z = argmax r and zs = argmax r~."""
+        fam, k, m = self.family, self.k, self.mixture
         stats = sub = None
         z_all, zs_all = [], []
         for c in torch.split(X, CHUNK):
             log_r = self.cluster_net(self.net_input(c))
             z = log_r.argmax(1)
             rs = self.sub_log_r(c, z).exp().to(DTYPE)
-            s = fam.suff_stats(c, weights=log_r.exp().to(DTYPE))
+            s = fam.expected_suff_stats(c, log_r.exp().to(DTYPE), m.params)
             # row i has weight only in sub-clusters 2 z_i and 2 z_i + 1: two labelled
             # passes, not a dense (N, 2K) weighting
-            ss = (fam.suff_stats_labels(c, 2 * z, 2 * k, weights=rs[:, 0])
-                  + fam.suff_stats_labels(c, 2 * z + 1, 2 * k, weights=rs[:, 1]))
+            zj = [2 * z, 2 * z + 1]
+            ss = (fam.suff_stats_labels(fam.expected_rows(c, m.sub_params, zj[0]), zj[0],
+                                        2 * k, weights=rs[:, 0])
+                  + fam.suff_stats_labels(fam.expected_rows(c, m.sub_params, zj[1]), zj[1],
+                                          2 * k, weights=rs[:, 1]))
             stats = s if stats is None else stats + s
             sub = ss if sub is None else sub + ss
             z_all.append(z)

@@ -206,6 +206,33 @@ class ConjugateFamily:
             out[name] = acc.index_add_(0, z, v)
         return SuffStats(**out)
 
+    def expected_suff_stats(self, X, weights, params) -> SuffStats:
+        """An EM E-step's statistics of plain rows for K components: those of
+        :meth:`suff_stats` with responsibilities ``weights`` (N, K), the family's
+        per-row latent variables (if any) at their conditional expectation under
+        each component's ``params``.  A family without latent variables ignores
+        ``params``."""
+        return self.suff_stats(X, weights=weights)
+
+    def plugin_latent(self, X, labels, k: int | None = None, iterations: int = 20
+                      ) -> torch.Tensor:
+        """Rows completed with the family's per-row latent variables fitted to the
+        groups ``labels`` (0..k-1); X itself for a family without latent variables."""
+        return self._as_data(X)
+
+    def log_evidence(self, stats: SuffStats) -> torch.Tensor:
+        """log p(X_k) of each group, the family's latent variables integrated out, from
+        the statistics of :meth:`plugin_latent`'s rows: :meth:`log_marginal` for a
+        family without latent variables."""
+        return self.log_marginal(stats)
+
+    def expected_rows(self, X, params, comps) -> torch.Tensor:
+        """Plain rows completed with the family's per-row latent variables at their
+        conditional expectation under the component ``comps[i]`` of ``params``
+        (the rows whose statistics :meth:`expected_suff_stats` sums); X itself for
+        a family without latent variables."""
+        return self._as_data(X)
+
     def empty_stats(self, k: int = 1) -> SuffStats:
         """Statistics of K empty clusters (the prior)."""
         X = torch.zeros((1, self.dim), dtype=DTYPE, device=self.device)

@@ -140,20 +140,51 @@ class StudentNIW(GaussianNIW):
         w = torch.distributions.Gamma(a, 0.5 * (self.df + delta)).sample()
         return torch.cat([x, w.clamp_min(1e-300)[:, None]], 1)
 
-    def plugin_latent(self, X, labels, iterations: int = 20) -> torch.Tensor:
+    def plugin_latent(self, X, labels, k: int | None = None, iterations: int = 20
+                      ) -> torch.Tensor:
         """Augmented rows with w_i at its conditional mean (df + d) / (df + delta_i)
         under each cluster's posterior-mean parameters, iterated to a fixed point
-        (the EM scales of Peel & McLachlan): the scales ``predict`` conditions on."""
+        (the EM scales of Peel & McLachlan): the scales ``predict`` conditions on,
+        and those :meth:`log_evidence` is evaluated at."""
         x, _ = self.split_rows(X)
         z = torch.as_tensor(labels, dtype=torch.long, device=x.device)
-        k = int(z.max()) + 1
+        k = int(z.max()) + 1 if k is None else int(k)
         Xa = self.augment(x)
         for _ in range(iterations):
-            params = self.posterior_mean(self.suff_stats_labels(Xa, z, k))
-            delta = mahalanobis_points(cholesky(params.cov), x, params.mean
-                                       ).gather(1, z[:, None])[:, 0]
-            Xa = self.augment(x, (self.df + self.dim) / (self.df + delta))
+            Xa = self.expected_rows(x, self.posterior_mean(self.suff_stats_labels(Xa, z, k)), z)
         return Xa
+
+    def expected_scales(self, X, params: GaussianParams) -> torch.Tensor:
+        """u_ik = E[w_i | x_i, mu_k, Sigma_k] = (df + d) / (df + delta_ik), (N, K): the
+        E-step of the t's EM (Peel & McLachlan 2000, eq. 30)."""
+        x, _ = self.split_rows(X)
+        chol = cholesky(as_tensor(params.cov, device=x.device))
+        delta = mahalanobis_points(chol, x, as_tensor(params.mean, device=x.device))
+        return (self.df + self.dim) / (self.df + delta)
+
+    def expected_rows(self, X, params, comps) -> torch.Tensor:
+        """Rows (x_i, u_i) with u_i = E[w_i | x_i, theta_{comps[i]}]."""
+        x, _ = self.split_rows(X)
+        comps = torch.as_tensor(comps, dtype=torch.long, device=x.device)
+        return self.augment(x, self.expected_scales(x, params).gather(1, comps[:, None]))
+
+    def expected_suff_stats(self, X, weights, params) -> SuffStats:
+        """Responsibilities r (N, K), scales u_ik under each component: n_k = sum_i
+        r_ik, W_k = sum_i r_ik u_ik, s_k = sum_i r_ik u_ik x_i, S_k likewise, and
+        l_k = sum_i r_ik log u_ik.  The MAP of these (``map_estimate``) is the
+        conditional M-step of the t mixture's ECM (Peel & McLachlan 2000, eqs.
+        31-32) under the NIW prior: mu_k = (kappa mu0 + s_k) / (kappa + W_k),
+        Sigma_k = Psi_k' / (nu + n_k + d + 2)."""
+        x, _ = self.split_rows(X)
+        return self._weighted_stats(x, self.expected_scales(x, params),
+                                    as_tensor(weights, device=x.device))
+
+    def _weighted_stats(self, x, w, r) -> SuffStats:
+        """Statistics of rows x with scales w (N, K) or (N, 1), each row counted
+        r_ik times in component k (r (N, K))."""
+        g = GaussianNIW.suff_stats(self, x, weights=r * w)
+        return SuffStats(n=r.sum(0), w=g.n, sx=g.sx, sxx=g.sxx,
+                         slw=(r * torch.log(w)).sum(0))
 
     # ---- statistics ---------------------------------------------------------
     def _scaled_rows(self, X):
@@ -171,26 +202,35 @@ class StudentNIW(GaussianNIW):
         return {"n": torch.ones_like(w), "w": w, "sx": wx, "sxx": wx[:, :, None] * x[:, None, :],
                 "slw": torch.log(w)}
 
-    def _no_soft_weights(self, weights):
-        if weights is not None:
-            raise TypeError("StudentNIW keeps its scales as latent variables of a sampler "
-                            "(SubclusterSampler, CollapsedGibbs); soft-weighted statistics "
-                            "(variational methods) are not defined for it")
+    def _no_soft_weights(self, X, weights):
+        if weights is not None and self.split_rows(X)[1] is None:
+            raise TypeError("StudentNIW's soft-weighted statistics need each row's scale "
+                            "w_i (augment(X, w) rows, or expected_suff_stats for an EM "
+                            "step); the variational methods' statistics of plain rows "
+                            "(MemoizedVB, MeanFieldSVI) are not defined for it")
 
     def suff_stats(self, X, weights=None) -> SuffStats:
-        self._no_soft_weights(weights)
-        return ConjugateFamily.suff_stats(self, X)
+        """Weights (N,) or (N, K) count row i weights[i, k] times in component k (the
+        rows must be augmented)."""
+        self._no_soft_weights(X, weights)
+        if weights is None:
+            return ConjugateFamily.suff_stats(self, X)
+        x, w = self._scaled_rows(X)
+        r = as_tensor(weights, device=x.device)
+        return self._weighted_stats(x, w[:, None], r[:, None] if r.dim() == 1 else r)
 
     def suff_stats_labels(self, X, labels, k=None, weights=None) -> SuffStats:
-        self._no_soft_weights(weights)
+        self._no_soft_weights(X, weights)
         x, w = self._scaled_rows(X)
         z = torch.as_tensor(labels, device=x.device, dtype=torch.long)
         k = int(z.max()) + 1 if k is None else k
-        # GaussianNIW's statistics of the rows weighted by w: n = W, sx, sxx
-        g = super().suff_stats_labels(x, z, k, weights=w)
-        slw = torch.zeros(k, dtype=x.dtype, device=x.device).index_add_(0, z, torch.log(w))
-        return SuffStats(n=torch.bincount(z, minlength=k).to(x.dtype), w=g.n, sx=g.sx,
-                         sxx=g.sxx, slw=slw)
+        r = torch.ones_like(w) if weights is None \
+            else as_tensor(weights, device=x.device).reshape(-1)
+        # GaussianNIW's statistics of the rows weighted by r w: n = W, sx, sxx
+        g = super().suff_stats_labels(x, z, k, weights=r * w)
+        zeros = torch.zeros(k, dtype=x.dtype, device=x.device)
+        return SuffStats(n=zeros.index_add(0, z, r), w=g.n, sx=g.sx, sxx=g.sxx,
+                         slw=zeros.index_add(0, z, r * torch.log(w)))
 
     def empty_stats(self, k: int = 1) -> SuffStats:
         z = torch.zeros(k, dtype=DTYPE, device=self.device)
@@ -209,6 +249,22 @@ class StudentNIW(GaussianNIW):
         a = 0.5 * self.df
         return (super().log_marginal(stats) + 0.5 * self.dim * stats.slw
                 + self._w_const * stats.n + (a - 1.0) * stats.slw - a * stats.w)
+
+    def log_evidence(self, stats: SuffStats) -> torch.Tensor:
+        """log p(X_k) with the scales integrated out, by Chib's (1995) identity
+        log p(X) = log p(X, w*) - log p(w* | X) at the scales w*_i = u_i of
+        :meth:`plugin_latent`, with p(w | X) approximated by the conditional
+        prod_i Gamma(w_i; a, a / u_i), a = (df + d) / 2, at the fitted (mu, Sigma):
+        log Gamma(u_i; a, a / u_i) = a log a - lgamma(a) - a - log u_i, so
+
+            log p(X_k) ~ log_marginal(stats) - n (a log a - lgamma(a) - a) + l.
+
+        The (mu, Sigma) left out of p(w | X) cost O(d^2 / n) nats per row: on 400
+        t(3) rows in 2-d it agrees with the Laplace approximation of log p(X_k)
+        within 1 nat (tests)."""
+        a = 0.5 * (self.df + self.dim)
+        c = a * math.log(a) - math.lgamma(a) - a
+        return self.log_marginal(stats) - c * stats.n + stats.slw
 
     def log_predictive(self, X, stats: SuffStats) -> torch.Tensor:
         """Augmented rows: log p(x_i, w_i | X_k, w_k), the t of a point with precision

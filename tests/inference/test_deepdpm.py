@@ -9,7 +9,14 @@ import pytest
 import torch
 from bnpdeep.inference import DeepDPM
 from bnpdeep.inference.deepdpm import ClusterNet, DeepDPMLoss, SubclusterNets, stick_fractions
-from bnpdeep.models import DirichletProcess, DPMixture, GaussianNIW, Hyperpriors, stick_breaking
+from bnpdeep.models import (
+    DirichletProcess,
+    DPMixture,
+    GaussianNIW,
+    Hyperpriors,
+    StudentNIW,
+    stick_breaking,
+)
 from pyro.infer import SVI, Predictive, TraceEnum_ELBO
 
 from bnpdeep.data import make_mixture
@@ -234,6 +241,36 @@ def test_predictive_with_the_fitted_guide_gives_amortized_z_for_new_data():
     # the draws' frequencies are the net's r
     freq = (draws[:, :, None] == torch.arange(est.guide_.k)).double().mean(0).numpy()
     assert np.abs(freq - proba).max() < 0.15
+
+
+def _heavy_tailed(seed, k=4, n=400):
+    """k clusters of t(3) rows (Gaussian rows over Gamma(1.5, 1.5) precision scales)."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(scale=6.0, size=(k, 2))
+    w = rng.gamma(1.5, 1 / 1.5, size=(k, n, 1))
+    X = (means[:, None, :] + rng.normal(size=(k, n, 2)) / np.sqrt(w)).reshape(-1, 2)
+    return X, np.repeat(np.arange(k), n)
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_student_t_components_keep_heavy_tails_in_their_cluster(seed):
+    """Four t(3) clusters: with Gaussian components DeepDPM spends extra clusters on
+    the tails; with StudentNIW (the E-step's scales in the M-step, the scales
+    integrated out of H_s) it finds the four, and the Pyro guide's amortized z draws
+    follow the net."""
+    X, y = _heavy_tailed(seed)
+    est = {fam.__name__: DeepDPM(model=DPMixture(fam.weak(X), DirichletProcess(1.0)),
+                                 random_state=0).fit(X)
+           for fam in (GaussianNIW, StudentNIW)}
+    assert est["GaussianNIW"].n_clusters_ > 4
+    t = est["StudentNIW"]
+    assert t.n_clusters_ == 4 and evaluate(y, t.labels_)["nmi"] > 0.9
+    assert type(t.model_.family).__name__ == "StudentNIW"
+    with pyro.get_param_store().scope():
+        draws = Predictive(t.model_.model, guide=t.guide_, num_samples=100,
+                           return_sites=["z"])(torch.as_tensor(X[::8]))["z"]
+    np.testing.assert_array_equal(torch.mode(draws, 0).values.numpy()[t.predict_proba(
+        X[::8]).max(1) > 0.9], t.predict(X[::8])[t.predict_proba(X[::8]).max(1) > 0.9])
 
 
 def test_fit_leaves_pyros_param_store_and_torchs_generator_alone():
