@@ -55,17 +55,16 @@ from bnpdeep.models import (
     DPMixture,
     GaussianNIW,
     Hyperpriors,
-    StudentNIW,
 )
 from report import SPEED_SAMPLERS
 
 from bnpdeep import data
 from bnpdeep.diagnostics import k_summary
+from bnpdeep.methods import STUDENT_DF, family_model
 from bnpdeep.metrics import evaluate
 
 HERE = Path(__file__).resolve().parent
 GIBBS_MAX_ND = 5000        # collapsed Gibbs sweeps point by point: small N x d only
-STUDENT_DF = 4.0           # Lange, Little & Taylor's (1989) robust default
 
 
 def machine() -> str:
@@ -90,12 +89,6 @@ def timed_fit(est, X):
     return est, time.perf_counter() - start
 
 
-def student_model(X, df: float = STUDENT_DF) -> DPMixture:
-    """The default model with Student-t components of ``df`` degrees of freedom
-    (``StudentNIW.weak``: the same NIW prior on their location and scale)."""
-    return DPMixture(StudentNIW.weak(X, df=df), DirichletProcess(1.0))
-
-
 def accuracy_methods(X, k_true: int, seed: int, iters: int | None,
                      backend: str = "auto", device: str = "cpu"):
     n, d = X.shape
@@ -108,12 +101,14 @@ def accuracy_methods(X, k_true: int, seed: int, iters: int | None,
                                         random_state=seed,
                                         store_log_likelihood=False, backend=backend),
         # Student-t components: the torch backend (the compiled one is Gaussian only)
-        "subcluster-t": SubclusterSampler(model=student_model(X),
+        "subcluster-t": SubclusterSampler(model=family_model("student-t", X),
                                           **({} if iters is None else {"max_iter": iters}),
                                           random_state=seed, store_log_likelihood=False),
     }
     methods["deepdpm"] = DeepDPM(random_state=seed, device=device)
     methods["deepdpm (init 3K)"] = DeepDPM(init_k=3 * k_true, random_state=seed, device=device)
+    methods["deepdpm-t"] = DeepDPM(model=family_model("student-t", X), random_state=seed,
+                                   device=device)
     methods["movb"] = MemoizedVB(random_state=seed)
     methods["svi"] = MeanFieldSVI(random_state=seed)
     if n * d <= GIBBS_MAX_ND:
@@ -585,14 +580,14 @@ def run_mixing(seed: int, chains: int, iters: int) -> list[dict]:
     worker process per core (``n_jobs=-1``), and the seconds are wall-clock, worker
     start-up included.  The demo data also run
     without the collapsed Gibbs updates (``gibbs_points=0``), for contrast, and
-    every set under Student-t components (:func:`student_model`)."""
+    every set under Student-t components (``family_model("student-t", X)``)."""
     digits = data.demo_data()[0]
     cases = [("digits (PCA 10)", digits, {}), ("digits (PCA 10)", digits,
                                                     {"options": {"gibbs_points": 0}})]
     cases += [(name, data.load_benchmark(name)[0], {}) for name in MIXING_SETS
               if data.benchmark_root() is not None]
     # the same data under Student-t components (torch backend)
-    cases += [(f"{name}, t {STUDENT_DF:g} df", X, {"model": student_model(X)})
+    cases += [(f"{name}, t {STUDENT_DF:g} df", X, {"model": family_model("student-t", X)})
               for name, X, options in cases if not options]
     rows = []
     for name, X, options in cases:
@@ -703,7 +698,8 @@ def run_fresh(seed: int) -> list[dict]:
             for name, est in [("subcluster", SubclusterSampler(
                     random_state=seed, store_log_likelihood=False)),
                     ("subcluster-t", SubclusterSampler(
-                        model=student_model(X), random_state=seed, store_log_likelihood=False)),
+                        model=family_model("student-t", X), random_state=seed,
+                        store_log_likelihood=False)),
                     ("bgm", BayesianGMM(truncation=max(2 * k, 30), random_state=seed))]:
                 est, secs = timed_fit(est, X)
                 row[name] = {"k": int(est.n_clusters_), "nmi": evaluate(y, est.labels_)["nmi"],

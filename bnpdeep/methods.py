@@ -114,6 +114,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 #: component families the command line offers (``--family``), each with its weak
 #: data-driven prior; "full" is the Bayesian estimators' own default
 FAMILIES = ("full", "diagonal", "student-t")
+#: degrees of freedom of the "student-t" family: Lange, Little & Taylor's (1989)
+#: robust default
+STUDENT_DF = 4.0
 
 
 def family_model(family: str, X):
@@ -122,14 +125,15 @@ def family_model(family: str, X):
     default model), diagonal-covariance Gaussians (``DiagonalGaussian.weak``: d
     variances per cluster instead of d (d + 1) / 2 covariances, for many columns and
     few rows per cluster) or multivariate Student-t with 4 degrees of freedom
-    (``StudentNIW.weak(X, df=4)``: heavy-tailed clusters; the samplers only)."""
+    (``StudentNIW.weak(X, df=4)``: heavy-tailed clusters; the samplers and
+    DeepDPM)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family '{family}'; choose from {', '.join(FAMILIES)}")
     if family == "full":
         return None
     from bnpdeep.models import DiagonalGaussian, DirichletProcess, DPMixture, StudentNIW
 
-    comp = DiagonalGaussian.weak(X) if family == "diagonal" else StudentNIW.weak(X, df=4.0)
+    comp = DiagonalGaussian.weak(X) if family == "diagonal" else StudentNIW.weak(X, df=STUDENT_DF)
     return DPMixture(comp, DirichletProcess(1.0))
 
 

@@ -60,12 +60,14 @@ def default_model(X) -> DPMixture:
 
 
 def require_no_latent(model, method: str) -> None:
-    """A clear error where ``method`` (a variational or amortized method) is given a
-    family whose rows carry latent variables, which only the samplers draw."""
+    """A clear error where ``method`` (a variational or data-parallel method) is given
+    a family whose rows carry latent variables, which the samplers draw and DeepDPM
+    fits by EM."""
     family = getattr(model, "family", None)
     if getattr(family, "latent_columns", 0):
         raise TypeError(f"{method} does not take {type(family).__name__}: its per-point "
-                        "latent variables are drawn by SubclusterSampler and CollapsedGibbs")
+                        "latent variables are drawn by SubclusterSampler and CollapsedGibbs and "
+                        "fitted by DeepDPM")
 
 
 def chain_rows(family, X, latent=None) -> torch.Tensor:

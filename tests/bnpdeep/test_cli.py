@@ -359,6 +359,8 @@ def test_family_diagonal_from_the_command_line(tmp_path, capsys):
         _, est = fit_one("subcluster", X[:40, :3], iters=4, family=family,
                          return_estimator=True)
         assert type(est.model_.family).__name__ == kind
+    _, est = fit_one("deepdpm", X[:60, :3], iters=3, family="student-t", return_estimator=True)
+    assert type(est.model_.family).__name__ == "StudentNIW"
     _, est = fit_one("movb", X[:40, :3], iters=2, return_estimator=True)
     assert type(est.model_.family).__name__ == "GaussianNIW"      # "full": the default
 

@@ -152,7 +152,8 @@ def _niw_t_log_posterior(fam, X, mu, chol):
     log_mu = torch.distributions.MultivariateNormal(fam.mu0, S / kappa).log_prob(mu)
     log_iw = (nu / 2 * torch.logdet(fam.psi) - nu * d / 2 * math.log(2)
               - torch.mvlgamma(torch.tensor(nu / 2, dtype=X.dtype), d)
-              - (nu + d + 1) * half_logdet - 0.5 * torch.trace(fam.psi @ torch.cholesky_inverse(chol)))
+              - (nu + d + 1) * half_logdet
+              - 0.5 * torch.trace(fam.psi @ torch.cholesky_inverse(chol)))
     return loglik + log_mu + log_iw
 
 
