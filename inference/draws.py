@@ -5,7 +5,8 @@ approximate posterior q -- moVB, mean-field SVI, DeepDPM -- instead draw
 ``n_samples`` times from it after the fit: weights pi, component parameters
 theta and labels z.  Each draw records what :mod:`bnpdeep.diagnostics` stores
 for every method: K (occupied components of z), the collapsed log joint
-log p(X, z), weights sorted by size, and the pointwise log-likelihood
+log p(X, z) (a family's latent variables integrated out: ``family.log_evidence``),
+weights sorted by size, and the pointwise log-likelihood
 log p(x_i | pi, theta) with z summed out (what ``az.loo`` needs).
 """
 
@@ -51,8 +52,9 @@ def approximate_posterior_arrays(family, weight_prior, X: torch.Tensor, log_r: t
             ll.append(point.cpu().numpy())
             lps.append(float(point.sum()))
             wts.append(np.sort(log_pi.exp().cpu().numpy())[::-1])
-            zstats = family.suff_stats_labels(X, zz, int(zz.max()) + 1)
-            lj.append(float(weight_prior.log_eppf(zstats.n) + family.log_marginal(zstats).sum()))
+            kz = int(zz.max()) + 1
+            zstats = family.suff_stats_labels(family.plugin_latent(X, zz, kz), zz, kz)
+            lj.append(float(weight_prior.log_eppf(zstats.n) + family.log_evidence(zstats).sum()))
     finally:
         torch.set_rng_state(gen_state)
     s = len(ks)
