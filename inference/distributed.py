@@ -283,11 +283,13 @@ class ShardComm:
         scatter = self.slot_sum(lambda xs: _centred_outer(xs, mean), X).reshape(d, d)
         return mean, scatter / max(float(n) - 1, 1)
 
-    def column_moments(self, X) -> tuple[np.ndarray, np.ndarray, int]:
+    def column_moments(self, X, moments=None) -> tuple[np.ndarray, np.ndarray, int]:
         """All ranks' columns' mean and standard deviation (divisor N; 1 for a constant
         column), slot-exact, and N: :func:`~bnpdeep.inference.units.column_moments`
-        of the whole data."""
-        mean, cov = self.moments(torch.as_tensor(np.asarray(X), dtype=torch.float64))
+        of the whole data.  ``moments``: X's (mean, cov) from :meth:`moments`, if
+        already reduced."""
+        mean, cov = self.moments(torch.as_tensor(np.asarray(X), dtype=torch.float64)) \
+            if moments is None else moments
         n = self.n_total
         std = (cov.diagonal().clamp_min(0) * (max(n - 1, 1) / n)).sqrt().cpu().numpy()
         return mean.cpu().numpy(), np.where(std > 0, std, 1.0), n
@@ -421,6 +423,10 @@ class DistributedSubclusterSampler(MCMCClusterer):
             raise ValueError(f"n_slots must be at least 1, got {self.n_slots}")
         sampler_options(self.options).check(_UNSUPPORTED)
         self._comm = ShardComm.for_local_rows(X.shape[0], int(self.n_slots))
+        # all ranks' moments of the data, reduced once: the default prior and the fit's
+        # coordinates read them
+        self._data_moments = self._comm.moments(torch.as_tensor(np.asarray(X),
+                                                                 dtype=torch.float64))
         super()._fit(X)
         self.bytes_reduced_ = self._comm.bytes_reduced
         self.collectives_ = self._comm.collectives
@@ -431,11 +437,11 @@ class DistributedSubclusterSampler(MCMCClusterer):
         if self.model is not None:
             return super()._resolve_model(X)
         # GaussianNIW.weak from the moments of all ranks' rows
-        mean, cov = self._comm.moments(torch.as_tensor(np.asarray(X), dtype=torch.float64))
-        return DPMixture(GaussianNIW.weak_from_moments(mean, cov), DirichletProcess(1.0))
+        return DPMixture(GaussianNIW.weak_from_moments(*self._data_moments),
+                         DirichletProcess(1.0))
 
     def _column_moments(self, X: np.ndarray):
-        return self._comm.column_moments(X)
+        return self._comm.column_moments(X, self._data_moments)
 
     # -- kernel --------------------------------------------------------------------------
     def _key(self, it: int, stream: int, extra: int = 0) -> int:

@@ -157,6 +157,8 @@ class DistributedDeepDPM(DeepDPM):
 
     def _fit(self, X):
         self._comm = ShardComm.for_local_rows(X.shape[0], int(self.n_slots))
+        # all ranks' moments of the data, reduced once (default prior, fit coordinates)
+        self._data_moments = self._comm.moments(torch.as_tensor(X, dtype=DTYPE))
         seed = 0 if self.random_state is None else int(self.random_state)
         self._order_gen = torch.Generator().manual_seed(stream_key(seed, self._comm.rank)
                                                         % 2 ** 63)
@@ -180,8 +182,8 @@ class DistributedDeepDPM(DeepDPM):
         return self._comm.sum(t)
 
     def _default_model(self, X) -> DPMixture:
-        mean, cov = self._comm.moments(torch.as_tensor(X, dtype=DTYPE))
-        return DPMixture(GaussianNIW.weak_from_moments(mean, cov), DirichletProcess(1.0))
+        return DPMixture(GaussianNIW.weak_from_moments(*self._data_moments),
+                         DirichletProcess(1.0))
 
     def _make_moves(self) -> GuideSplitMerge:
         return ShardedGuideSplitMerge(self._comm, self._weights, self._family,
@@ -189,7 +191,7 @@ class DistributedDeepDPM(DeepDPM):
                                       self.carve_tries)
 
     def _column_moments(self, X):
-        return self._comm.column_moments(X)
+        return self._comm.column_moments(X, self._data_moments)
 
     def _input_moments(self, X):
         mean, cov = self._comm.moments(X)

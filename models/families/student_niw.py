@@ -37,7 +37,7 @@ import math
 import numpy as np
 import pyro.distributions as pdist
 import torch
-from scipy.special import roots_genlaguerre
+from scipy.special import digamma, roots_genlaguerre
 
 from bnpdeep.linalg import (
     DTYPE,
@@ -171,13 +171,21 @@ class StudentNIW(GaussianNIW):
     def expected_suff_stats(self, X, weights, params) -> SuffStats:
         """Responsibilities r (N, K), scales u_ik under each component: n_k = sum_i
         r_ik, W_k = sum_i r_ik u_ik, s_k = sum_i r_ik u_ik x_i, S_k likewise, and
-        l_k = sum_i r_ik log u_ik.  The MAP of these (``map_estimate``) is the
-        conditional M-step of the t mixture's ECM (Peel & McLachlan 2000, eqs.
-        31-32) under the NIW prior: mu_k = (kappa mu0 + s_k) / (kappa + W_k),
-        Sigma_k = Psi_k' / (nu + n_k + d + 2)."""
+        l_k = sum_i r_ik E[log w_i] with E[log w_i] = log u_ik + psi(a) - log a,
+        a = (df + d) / 2 (the conditional Gamma's mean log).  The MAP of these
+        (``map_estimate``) is the conditional M-step of the t mixture's ECM (Peel &
+        McLachlan 2000, eqs. 31-32) under the NIW prior: mu_k = (kappa mu0 + s_k) /
+        (kappa + W_k), Sigma_k = Psi_k' / (nu + n_k + d + 2); and the df-dependent
+        part of ``log_marginal`` at them, n_k (df/2 log df/2 - lgamma(df/2)) + (df/2
+        - 1) l_k - df/2 W_k, is the expected complete-data log-likelihood that the
+        ECM maximises in df (their eq. 33; a hyperparameter step maximising
+        ``log_marginal`` in df is that step)."""
         x, _ = self.split_rows(X)
-        return self._weighted_stats(x, self.expected_scales(x, params),
-                                    as_tensor(weights, device=x.device))
+        r = as_tensor(weights, device=x.device)
+        stats = self._weighted_stats(x, self.expected_scales(x, params), r)
+        a = 0.5 * (self.df + self.dim)
+        stats.fields["slw"] = stats.slw + r.sum(0) * (float(digamma(a)) - math.log(a))
+        return stats
 
     def _weighted_stats(self, x, w, r) -> SuffStats:
         """Statistics of rows x with scales w (N, K) or (N, 1), each row counted

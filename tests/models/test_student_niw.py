@@ -118,8 +118,8 @@ def test_weighted_statistics_of_scaled_rows_count_each_row_r_times():
 def test_expected_statistics_weight_rows_by_their_conditional_mean_scales():
     """The t mixture's E-step (Peel & McLachlan 2000): u_ik = (df + d) / (df + delta_ik)
     with delta the Mahalanobis distance under component k; expected_suff_stats are the
-    statistics of the rows (x_i, u_ik) weighted by r_ik, expected_rows the rows
-    (x_i, u_{i, comps[i]})."""
+    statistics of the rows (x_i, u_ik) weighted by r_ik, with E[log w_i] in place of
+    log u_ik; expected_rows the rows (x_i, u_{i, comps[i]})."""
     fam, (X, _) = _family(df=3.0), _scaled_data(n=8)
     params = fam.sample_prior(2)
     r = torch.distributions.Dirichlet(torch.ones(2)).sample((8,)).double()
@@ -131,7 +131,10 @@ def test_expected_statistics_weight_rows_by_their_conditional_mean_scales():
     np.testing.assert_allclose(got.n.numpy(), r.numpy().sum(0), rtol=1e-12)
     np.testing.assert_allclose(got.w.numpy(), ru.sum(0), rtol=1e-12)
     np.testing.assert_allclose(got.sx.numpy(), ru.T @ x, rtol=1e-12)
-    np.testing.assert_allclose(got.slw.numpy(), (r.numpy() * np.log(u)).sum(0), rtol=1e-12)
+    # E[log w] under w ~ Gamma((df + d) / 2, rate (df + delta) / 2), from scipy
+    mean_log = np.stack([st.gamma(2.5, scale=2 * ui / 5.0).expect(np.log) for ui in u.ravel()]
+                        ).reshape(u.shape)
+    np.testing.assert_allclose(got.slw.numpy(), (r.numpy() * mean_log).sum(0), rtol=1e-7)
     comps = torch.tensor([0, 1, 1, 0, 0, 1, 0, 1])
     rows = fam.expected_rows(X, params, comps)
     np.testing.assert_allclose(rows[:, 2].numpy(), u[np.arange(8), comps.numpy()], rtol=1e-12)
