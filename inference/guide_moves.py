@@ -22,6 +22,12 @@ Proposal kinds of a split, each judged by the same H_s:
   a random member (:func:`.subpartition.carve`), up to ``carves_per_step``
   groups per cluster.
 
+For a family with per-row latent variables (``StudentNIW``'s scales) f is the
+marginal likelihood of the rows with them integrated out
+(``family.log_evidence``), each block of either partition at its own fitted
+scales; the geometric proposals read the rows completed at their cluster's
+expected scales.
+
 As in the paper these are deterministic-proposal heuristics judged by the DP
 posterior ratio, not a reversible MCMC kernel: DeepDPM is a point-estimate
 method, and the exact sampler is :class:`~bnpdeep.inference.SubclusterSampler`.

@@ -32,6 +32,13 @@ one cluster otherwise stalls on the benchmark data (benchmarks/README.md):
   around random members, judged by the same H_s.
 * ``settle_max``: after an accepted move the mixture is held (no M-step, moves
   wait) until the net's argmax has picked up the new clusters.
+
+Student-t components (``StudentNIW``, a Gaussian scale mixture) fit as the t
+mixture's ECM (Peel & McLachlan 2000): the M-step's statistics weight row i in
+component k by r_ik u_ik, u_ik = E[w_i | x_i, theta_k] = (df + d) / (df + delta_ik)
+(``family.expected_suff_stats``), and H_s / H_m compare the marginal likelihoods of
+the rows with the scales integrated out, each grouping with its own fitted scales
+(``family.log_evidence``, Chib's identity).
 """
 
 from __future__ import annotations
@@ -70,7 +77,8 @@ class DeepDPM(CheckpointedEstimator):
     ----------
     model : DPMixture, optional
         Default: DP(alpha=1) mixture of full Gaussians with ``GaussianNIW.weak(X)``.
-        Its hyperpriors, if any, get point estimates in every M-step (as moVB's:
+        Any conjugate family: Gaussian (full or diagonal) or ``StudentNIW`` (module
+        docstring).  Its hyperpriors, if any, get point estimates in every M-step (as moVB's:
         each family hyperparameter maximises log p(h) + sum_k log Z(S_k; h) at the
         nets' soft statistics, alpha its conditional given the labels); they are
         Delta sites of ``guide_`` and ``hyperparameters_`` after the fit.
