@@ -127,8 +127,14 @@ def _hierarchical(X):
         kappa=_gamma(1, 1), psi_scale=_gamma(1, 1), alpha=_gamma(1, 1)))
 
 
-@pytest.mark.parametrize("hierarchical", [False, True])
-def test_e_step_targets_are_the_models_conditional_of_z(hierarchical):
+def _model(kind, X):
+    """None (the default), the hierarchical model, or Student-t components."""
+    return {"default": lambda: None, "hierarchical": lambda: _hierarchical(X),
+            "student-t": lambda: DPMixture(StudentNIW.weak(X), DirichletProcess(1.0))}[kind]()
+
+
+@pytest.mark.parametrize("kind", ["default", "hierarchical", "student-t"])
+def test_e_step_targets_are_the_models_conditional_of_z(kind):
     """log r^E from the guide's point parameters equals Pyro's enumeration of z in the
     model replayed at the guide's values of the global sites -- with hyperpriors,
     their point estimates are the guide's Delta sites, so the replayed model's
@@ -137,8 +143,8 @@ def test_e_step_targets_are_the_models_conditional_of_z(hierarchical):
     from pyro.infer import config_enumerate
 
     X, _ = _easy(200, 3)
-    model = _hierarchical(X) if hierarchical else None
-    est = DeepDPM(model, init_k=3, max_epochs=1, burn_in_epochs=1).fit(X)
+    hierarchical = kind == "hierarchical"
+    est = DeepDPM(_model(kind, X), init_k=3, max_epochs=1, burn_in_epochs=1).fit(X)
     if hierarchical:
         assert set(est.hyperparameters_) == {"kappa", "psi_scale", "alpha"}
         assert est.hyperparameters_["psi_scale"] != 1.0
@@ -318,12 +324,10 @@ def test_predict_on_training_data_matches_labels_and_new_data():
     assert evaluate(y_new, est.predict(X_new))["nmi"] > 0.9
 
 
-@pytest.mark.parametrize("hierarchical", [False, True])
-def test_checkpoint_resume_ends_where_an_uninterrupted_fit_does(tmp_path, kill_at,
-                                                                 hierarchical):
+@pytest.mark.parametrize("kind", ["default", "hierarchical", "student-t"])
+def test_checkpoint_resume_ends_where_an_uninterrupted_fit_does(tmp_path, kill_at, kind):
     X, _ = _easy(600, 3)
-    kw = dict(max_epochs=16, checkpoint_every=5, random_state=3,
-              model=_hierarchical(X) if hierarchical else None)
+    kw = dict(max_epochs=16, checkpoint_every=5, random_state=3, model=_model(kind, X))
     full = DeepDPM(**kw).fit(X, checkpoint_dir=tmp_path / "full")
 
     undo = kill_at(DeepDPM, "_train_epoch", 12)
