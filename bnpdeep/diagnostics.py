@@ -4,7 +4,10 @@ Schema (shared by every Bayesian method):
 
 * ``posterior``: label-invariant draws -- ``K`` (number of occupied clusters),
   ``alpha`` (the concentration), ``log_joint`` (log p(X, z) with weights and
-  parameters integrated out), ``weights`` (component weights sorted by size,
+  parameters integrated out; for a family with per-row latent variables, such as
+  ``StudentNIW``'s scales w, a sampler records its state's log p(X, w, z) and
+  DeepDPM its draws' log p(X, z) with w integrated out, Chib's estimate
+  ``family.log_evidence``), ``weights`` (component weights sorted by size,
   padded with zeros, dim ``component``);
 * ``sample_stats``: ``lp`` and the algorithm's own statistics (e.g.
   ``split_acceptance``, ``merge_acceptance``, ``resplit_acceptance``);
