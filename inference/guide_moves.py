@@ -201,7 +201,7 @@ class GuideSplitMerge:
     def _carved(self, X, rows, generator):
         """The carving of the rows ``rows`` (one cluster) around a random one of them;
         None for a cluster too small to carve."""
-        if rows.numel() < 4 * (X.shape[1] + 2):
+        if rows.numel() < 4 * (self.family.dim + 2):
             return None
         anchor = int(torch.randint(rows.numel(), (1,), generator=generator))
         return carve(self.family, X[rows], anchor).to(rows.device)

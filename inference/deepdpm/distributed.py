@@ -36,7 +36,6 @@ from bnpdeep.linalg import DTYPE
 from ...models import DirichletProcess, DPMixture, GaussianNIW
 from ..distributed import N_SLOTS, ShardComm, rank_checkpoint_name, stream_key
 from ..guide_moves import GuideSplitMerge
-from ..mcmc import require_no_latent
 from ..subpartition import (
     assign_to_sub_mixture,
     carve,
@@ -65,7 +64,9 @@ class ShardedGuideSplitMerge(GuideSplitMerge):
         self.comm = comm
 
     def _stats(self, X, labels, n_groups: int):
-        return self.comm.sum_stats(self.family.suff_stats_labels(X, labels, n_groups))
+        fam, total = self.family, self.comm.sum_stats
+        rows = fam.plugin_latent(X, labels, n_groups, reduce=total)
+        return total(fam.suff_stats_labels(rows, labels, n_groups))
 
     def _accept(self, log_h, generator) -> torch.Tensor:
         """The decisions every rank drew alike (same ratios, same generator), rank 0's
@@ -97,7 +98,7 @@ class ShardedGuideSplitMerge(GuideSplitMerge):
     def _carved(self, X, rows, generator):
         comm = self.comm
         n_c = int(comm.sum(torch.tensor([rows.numel()]))[0])
-        if n_c < 4 * (X.shape[1] + 2):
+        if n_c < 4 * (self.family.dim + 2):
             return None
         mask = torch.zeros(X.shape[0], dtype=torch.bool)
         mask[rows] = True
@@ -105,7 +106,7 @@ class ShardedGuideSplitMerge(GuideSplitMerge):
         take = self._sample(mask, torch.full((X.shape[0],), n_c),
                             _key_from(generator) if sampled else None)
         (Xs,), offset = comm.gather_rows(take, X)
-        if Xs.shape[0] < 4 * (X.shape[1] + 2):
+        if Xs.shape[0] < 4 * (self.family.dim + 2):
             return None
         anchor = int(torch.randint(Xs.shape[0], (1,), generator=generator))
         hs = carve(self.family, Xs, anchor)
@@ -169,9 +170,6 @@ class DistributedDeepDPM(DeepDPM):
         return self
 
     # -- the hooks of DeepDPM: sums over ranks ---------------------------------------
-    def _check_family(self, model) -> None:
-        require_no_latent(model, "DistributedDeepDPM")
-
     def _resolved_device(self) -> torch.device:
         if str(self.device) not in ("cpu", "auto"):
             raise ValueError(f"the data-parallel DeepDPM runs its ranks on the CPU (gloo); "

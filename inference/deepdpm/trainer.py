@@ -63,7 +63,7 @@ from ..hyperparameters import (
     maximize_alpha,
     plain_values,
 )
-from ..mcmc import chain_rows, default_model, relabel
+from ..mcmc import default_model, relabel
 from ..subpartition import two_means
 from .guide import CHUNK, DeepDPMGuide
 from .loss import DeepDPMLoss, JointAdam, NetRates
@@ -266,7 +266,6 @@ class DeepDPM(CheckpointedEstimator):
         model = self.model if self.model is not None else self._default_model(X)
         if not isinstance(model, DPMixture):
             raise TypeError(f"model must be a DPMixture, got {type(model).__name__}")
-        self._check_family(model)
         self._data_model = model
         # the fit runs in standardised coordinates; _finish turns the guide into X's
         X = np.asarray(X)
@@ -284,9 +283,6 @@ class DeepDPM(CheckpointedEstimator):
         self._set_hyperparameters(self._hyper.initial(),
                                   float(getattr(self._weights, "alpha", 1.0)))
         return as_tensor(X, device=self._device)
-
-    def _check_family(self, model) -> None:
-        """Hook: refuse a model this trainer cannot fit (every family here)."""
 
     def _resolved_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -344,14 +340,8 @@ class DeepDPM(CheckpointedEstimator):
         self.guide_ = DeepDPMGuide(self._family, X.shape[1], k, self.hidden,
                                    shift=shift, scale=scale).to(self._device)
         self.guide_.set_hyperparameters(self._hyperparameter_record(), self._family)
-        stats, sub = self._moves.hard_stats(chain_rows(self._family, X), z, zs, k)
+        stats, sub = self._moves.hard_stats(X, z, zs, k)
         self.guide_.m_step(stats, sub, self._alpha)
-
-    def _move_rows(self, X: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """The rows the moves score: X with the family's per-row latent variables at
-        their expectation under each row's cluster (the t's scales, held fixed across
-        a proposal as a sampler holds its drawn ones); X for a Gaussian family."""
-        return self._family.expected_rows(X, self.guide_.mixture.params, z)
 
     def _initial_partition(self, X: torch.Tensor):
         """(z, zs, K): ``init_labels``, else k-means with ``init_k`` clusters (one
@@ -501,13 +491,11 @@ class DeepDPM(CheckpointedEstimator):
             if move:
                 done = [h["move"] for h in self.history_ if h.get("move")]
                 kind = "merge" if done and done[-1] == "split" else "split"
-                rows = self._move_rows(Xt, z)
                 if kind == "split":
-                    surgery = self._moves.split(self.guide_, rows, z, zs, self._gen)
+                    surgery = self._moves.split(self.guide_, Xt, z, zs, self._gen)
                     splits = len(surgery)
                 else:
-                    surgery = self._moves.merge(self.guide_, rows, z, zs, self._soft,
-                                                self._gen)
+                    surgery = self._moves.merge(self.guide_, Xt, z, zs, self._soft, self._gen)
                     merges = len(surgery)
                 if surgery:
                     self._make_svi()

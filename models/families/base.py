@@ -214,10 +214,12 @@ class ConjugateFamily:
         ``params``."""
         return self.suff_stats(X, weights=weights)
 
-    def plugin_latent(self, X, labels, k: int | None = None, iterations: int = 20
-                      ) -> torch.Tensor:
+    def plugin_latent(self, X, labels, k: int | None = None, iterations: int = 20,
+                      reduce=None) -> torch.Tensor:
         """Rows completed with the family's per-row latent variables fitted to the
-        groups ``labels`` (0..k-1); X itself for a family without latent variables."""
+        groups ``labels`` (0..k-1); X itself for a family without latent variables.
+        ``reduce`` maps the groups' statistics of these rows to those of all the
+        data's rows (a data-parallel fit's sum over ranks)."""
         return self._as_data(X)
 
     def log_evidence(self, stats: SuffStats) -> torch.Tensor:

@@ -140,8 +140,8 @@ class StudentNIW(GaussianNIW):
         w = torch.distributions.Gamma(a, 0.5 * (self.df + delta)).sample()
         return torch.cat([x, w.clamp_min(1e-300)[:, None]], 1)
 
-    def plugin_latent(self, X, labels, k: int | None = None, iterations: int = 20
-                      ) -> torch.Tensor:
+    def plugin_latent(self, X, labels, k: int | None = None, iterations: int = 20,
+                      reduce=None) -> torch.Tensor:
         """Augmented rows with w_i at its conditional mean (df + d) / (df + delta_i)
         under each cluster's posterior-mean parameters, iterated to a fixed point
         (the EM scales of Peel & McLachlan): the scales ``predict`` conditions on,
@@ -151,7 +151,9 @@ class StudentNIW(GaussianNIW):
         k = int(z.max()) + 1 if k is None else int(k)
         Xa = self.augment(x)
         for _ in range(iterations):
-            Xa = self.expected_rows(x, self.posterior_mean(self.suff_stats_labels(Xa, z, k)), z)
+            stats = self.suff_stats_labels(Xa, z, k)
+            stats = stats if reduce is None else reduce(stats)
+            Xa = self.expected_rows(x, self.posterior_mean(stats), z)
         return Xa
 
     def expected_scales(self, X, params: GaussianParams) -> torch.Tensor:

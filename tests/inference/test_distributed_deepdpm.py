@@ -77,12 +77,18 @@ def test_averaged_gradients_are_the_gradient_of_the_union_batch():
         assert torch.equal(a, b)
 
 
-def test_one_rank_sharded_moves_make_the_single_process_decisions():
+@pytest.mark.parametrize("student", [False, True])
+def test_one_rank_sharded_moves_make_the_single_process_decisions(student):
     """ShardedGuideSplitMerge on a one-rank communicator, with every row read
-    (refine_rows=None), accepts exactly the splits GuideSplitMerge accepts."""
+    (refine_rows=None), accepts exactly the splits GuideSplitMerge accepts (with
+    Student-t components, each grouping's scales fitted over the reduced
+    statistics)."""
+    from bnpdeep import DirichletProcess, DPMixture, StudentNIW
+
     X, _ = make_mixture(600, 2, 4, seed=3)
     Xt = torch.as_tensor(X)
-    est = DeepDPM(max_epochs=2, random_state=0).fit(X)         # K = 1, no move yet
+    model = DPMixture(StudentNIW.weak(X), DirichletProcess(1.0)) if student else None
+    est = DeepDPM(model, max_epochs=2, random_state=0).fit(X)         # K = 1, no move yet
     _, _, z, zs = est.guide_.soft_stats(Xt)
     fam, w = est._family, est._weights
     results = []
@@ -146,6 +152,73 @@ def test_bad_settings_are_named():
     X, _ = _mixture(100, seed=0)
     with pytest.raises(ValueError, match="on the CPU"):
         DistributedDeepDPM(device="cuda", max_epochs=2).fit(X)
+
+
+def _heavy_tailed(seed=3):
+    rng = np.random.default_rng(seed)
+    means = rng.normal(scale=6.0, size=(4, 2))
+    w = rng.gamma(1.5, 1 / 1.5, size=(4, 400, 1))
+    X = (means[:, None, :] + rng.normal(size=(4, 400, 2)) / np.sqrt(w)).reshape(-1, 2)
+    return X, np.repeat(np.arange(4), 400)
+
+
+def _t_moves(comm=None):
+    from bnpdeep import DirichletProcess, StudentNIW
+
+    X, _ = _heavy_tailed()
+    fam, dp = StudentNIW.weak(X), DirichletProcess(1.0)
+    return (GuideSplitMerge(dp, fam) if comm is None
+            else ShardedGuideSplitMerge(comm, dp, fam))
+
+
+def _t_stats_rank(rank: int, world: int, init: str, out: str):
+    """Rank r's hard statistics of its shard (each rank holding rows of every
+    cluster), from the moves' reduced fit of the scales."""
+    from bnpdeep.inference.distributed import shard_range
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        X, y = _heavy_tailed()
+        start, stop = shard_range(X.shape[0], world, rank)
+        order = np.random.default_rng(0).permutation(X.shape[0])[start:stop]
+        comm = ShardComm.for_local_rows(stop - start)
+        z = torch.as_tensor(y[order] // 2)
+        zs = torch.as_tensor(y[order] % 2)
+        stats, sub = _t_moves(comm).hard_stats(torch.as_tensor(X[order]), z, zs, 2)
+        torch.save([dict(stats.fields), dict(sub.fields)], f"{out}/stats{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_fit_the_scales_of_student_t_groups_over_all_rows():
+    """A t family's move statistics on 2 ranks (each with part of every group) are
+    those of one process on all rows: the scales are fitted to the reduced
+    statistics, not to each rank's own rows."""
+    X, y = _heavy_tailed()
+    ref = _t_moves().hard_stats(torch.as_tensor(X), torch.as_tensor(y // 2),
+                                torch.as_tensor(y % 2), 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_t_stats_rank, args=(2, f"file://{tmp}/rendezvous", tmp), nprocs=2)
+        got = [torch.load(f"{tmp}/stats{r}.pt") for r in range(2)]
+    for ranks in got:
+        for mine, theirs in zip(ranks, ref, strict=True):
+            for name, value in theirs.fields.items():
+                torch.testing.assert_close(mine[name], value, rtol=1e-9, atol=1e-9)
+
+
+def test_two_ranks_fit_student_t_components_as_one_process_does():
+    """Heavy-tailed clusters (t with 3 df) under StudentNIW: the ranks' E-step
+    statistics and the moves' fitted scales are reduced over the ranks, so 2 ranks
+    find the clusters one process finds."""
+    from bnpdeep import DirichletProcess, DPMixture, StudentNIW
+
+    X, y = _heavy_tailed()
+    model = DPMixture(StudentNIW.weak(X), DirichletProcess(1.0))
+    one = DeepDPM(model=model, random_state=0).fit(X)
+    two = fit_on_ranks(DistributedDeepDPM(model=model, random_state=0), X, 2, threads=1)
+    assert type(two.model_.family).__name__ == "StudentNIW"
+    assert two.n_clusters_ == one.n_clusters_ == 4
+    assert nmi(y, two.labels_) > 0.9 and abs(nmi(y, two.labels_) - nmi(y, one.labels_)) <= 0.01
 
 
 def test_two_ranks_estimate_the_hyperparameters_of_one():

@@ -377,7 +377,7 @@ def test_exact_set_partitions_helper_counts_bell_numbers():
     assert all(sorted(itertools.chain(*p)) == list(range(4)) for p in _set_partitions(4))
 
 
-@pytest.mark.parametrize("name", ["MemoizedVB", "MeanFieldSVI", "DistributedDeepDPM"])
+@pytest.mark.parametrize("name", ["MemoizedVB", "MeanFieldSVI"])
 def test_methods_without_latent_draws_refuse_it_by_name(name):
     import bnpdeep
 
