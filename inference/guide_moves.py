@@ -84,8 +84,8 @@ class GuideSplitMerge:
     def _stats(self, X, labels, n_groups: int):
         """The family's statistics of the groups 0..n_groups-1 of the rows, a family's
         per-row latent variables at each group's own fitted values
-        (``family.plugin_latent``: the t's EM scales; a data-parallel step, Gaussian
-        only, sums the statistics over its ranks)."""
+        (``family.plugin_latent``: the t's EM scales; a data-parallel step sums the
+        statistics over its ranks)."""
         fam = self.family
         return fam.suff_stats_labels(fam.plugin_latent(X, labels, n_groups), labels, n_groups)
 
@@ -212,11 +212,10 @@ class GuideSplitMerge:
         group)."""
         if not self.family.latent_columns:
             return stats[a_idx] + stats[b_idx]
-        out = []
-        for a, b in zip(a_idx.tolist(), b_idx.tolist(), strict=True):
-            rows = ((z == a) | (z == b)).nonzero().flatten()
-            out.append(self._stats(X[rows], torch.zeros_like(rows), 1))
-        return type(stats).cat(out)
+        # every pair's rows as one group of a stacked table, all fitted at once
+        in_pair = (z[None, :] == a_idx[:, None]) | (z[None, :] == b_idx[:, None])  # (P, N)
+        pair, row = in_pair.nonzero(as_tuple=True)
+        return self._stats(X[row], pair, a_idx.numel())
 
     def merge(self, guide, X, z, zs, soft, generator=None) -> list:
         """One merge step: candidate pairs among each cluster's nearest neighbours,
