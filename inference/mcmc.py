@@ -66,8 +66,8 @@ def require_no_latent(model, method: str) -> None:
     family = getattr(model, "family", None)
     if getattr(family, "latent_columns", 0):
         raise TypeError(f"{method} does not take {type(family).__name__}: its per-point "
-                        "latent variables are drawn by SubclusterSampler and CollapsedGibbs and "
-                        "fitted by DeepDPM")
+                        "latent variables are drawn by SubclusterSampler and CollapsedGibbs, "
+                        "fitted by DeepDPM and given variational factors by MemoizedVB")
 
 
 def chain_rows(family, X, latent=None) -> torch.Tensor:

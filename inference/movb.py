@@ -77,7 +77,7 @@ from .hyperparameters import (
     maximize_alpha,
     plain_values,
 )
-from .mcmc import default_model, require_no_latent
+from .mcmc import default_model
 from .subpartition import carve, two_means
 
 _MIN_MASS = 1e-8     # rows whose responsibility for a birth target is below this stay put
@@ -243,14 +243,30 @@ class MemoizedVB(CheckpointedEstimator):
         log_z = self._log_z.sum() - self._log_z[k] + self._family.log_marginal(children).sum()
         return self._elbo_with(n, log_z, entropy)
 
+    def _local(self, X: torch.Tensor, stats: SuffStats, elog: torch.Tensor):
+        """Local step: log r_ik = E[log pi_k] + ell_ik - normaliser, with ell_ik =
+        E[log p(x_i | theta_k)] (a family with per-row latent variables: the bound of
+        ``variational_local`` at their optimal factors, returned as ``local``)."""
+        ell, local = self._family.variational_local(X, stats)
+        return torch.log_softmax(ell + elog[None], 1), local
+
     def _log_resp(self, X: torch.Tensor, stats: SuffStats, elog: torch.Tensor) -> torch.Tensor:
-        """Local step: log r_ik = E[log pi_k] + E[log p(x_i | theta_k)] - normaliser."""
-        return torch.log_softmax(self._family.expected_log_likelihood(X, stats) + elog[None], 1)
+        return self._local(X, stats, elog)[0]
+
+    def _batch_terms(self, X: torch.Tensor, r: torch.Tensor, local, log_r=None):
+        """Statistics and entropy share (H[r] plus the latent factors' entropies) of
+        rows X with responsibilities r and latent factors ``local``."""
+        h = _entropy(r) if log_r is None else -(r * log_r).sum()
+        return (self._family.variational_stats(X, r, local),
+                h + self._family.variational_entropy(r, local).sum())
+
+    def _local_cols(self, rows, cols):
+        """The latent factors of ``rows`` x ``cols`` (None without latent variables)."""
+        return None if self._latent is None else self._latent[rows][:, cols]
 
     # ------------------------------------------------------------------ set-up
     def _check_model(self, X):
         model = default_model(X) if self.model is None else self.model
-        require_no_latent(model, "MemoizedVB")
         if isinstance(model.weights, FiniteDirichlet):
             raise ValueError("MemoizedVB needs a DirichletProcess or PitmanYor weight prior "
                              "(its truncation grows through birth moves); for a finite "
@@ -298,6 +314,10 @@ class MemoizedVB(CheckpointedEstimator):
             labels = np.unique(labels, return_inverse=True)[1]
         self._resp = torch.nn.functional.one_hot(
             torch.as_tensor(labels, device=X.device), int(labels.max()) + 1).to(DTYPE)
+        # a family's per-row latent factors (N, K): the optimal ones given q(theta) of
+        # the starting partition with each row's latent variable at its prior mean
+        self._latent = self._family.variational_local(
+            X, self._family.variational_stats(X, self._resp))[1]
         self._ids = list(range(self._resp.shape[1]))
         self._next_id = len(self._ids)
         self._cooldown: dict[int, int] = {}
@@ -307,12 +327,12 @@ class MemoizedVB(CheckpointedEstimator):
 
     def _rebuild_memos(self):
         """Per-batch statistics and entropies from the stored responsibilities."""
-        fam = self._family
         self._memo_stats, self._memo_entropy = [], []
         for idx in self._batches:
-            r = self._resp[idx]
-            self._memo_stats.append(fam.suff_stats(self._X[idx], weights=r))
-            self._memo_entropy.append(_entropy(r))
+            stats, h = self._batch_terms(self._X[idx], self._resp[idx],
+                                         self._local_cols(idx, slice(None)))
+            self._memo_stats.append(stats)
+            self._memo_entropy.append(h)
         self._resync()
 
     def _resync(self):
@@ -328,21 +348,22 @@ class MemoizedVB(CheckpointedEstimator):
     def fresh_statistics(self) -> tuple[SuffStats, float]:
         """Statistics and entropy recomputed from scratch over all batches with the
         stored responsibilities (the memoized totals must equal these)."""
-        stats = self._family.suff_stats(self._X, weights=self._resp)
-        return stats, float(_entropy(self._resp))
+        stats, h = self._batch_terms(self._X, self._resp, self._latent)
+        return stats, float(h)
 
     # ------------------------------------------------------------------ the lap
     def _visit(self, b: int):
         """Local step on batch b, memo replacement, global step."""
         idx = self._batches[b]
-        log_r = self._log_resp(self._X[idx], self._stats, self._elog)
+        log_r, local = self._local(self._X[idx], self._stats, self._elog)
         r = log_r.exp()
-        new_stats = self._family.suff_stats(self._X[idx], weights=r)
-        new_h = -(r * log_r).sum()
+        new_stats, new_h = self._batch_terms(self._X[idx], r, local, log_r)
         self._stats = self._stats - self._memo_stats[b] + new_stats
         self._entropy = self._entropy - self._memo_entropy[b] + new_h
         self._memo_stats[b], self._memo_entropy[b] = new_stats, new_h
         self._resp[idx] = r
+        if local is not None:
+            self._latent[idx] = local
         self._elog = self._stick_terms(self._stats.n)[0]       # global step (sticks)
         self._elbo_value = None
 
@@ -395,14 +416,18 @@ class MemoizedVB(CheckpointedEstimator):
                             "elbo_after": after + rows, "K": self._stats.k})
         return after
 
-    def _replace_columns(self, resp: torch.Tensor, cols: list[int], ids: list[int]):
-        """Adopt responsibilities that differ from the current ones only in ``cols``
-        (and possibly in K); memos of the other columns are kept."""
+    def _replace_columns(self, resp: torch.Tensor, cols: list[int], ids: list[int],
+                         latent=None):
+        """Adopt responsibilities (and, for a family with latent variables, their
+        factors ``latent``) that differ from the current ones only in ``cols`` (and
+        possibly in K); memos of the other columns are kept."""
         fam = self._family
         keep = [c for c in range(resp.shape[1]) if c not in cols]
         for b, idx in enumerate(self._batches):
             r = resp[idx]
-            new = fam.suff_stats(self._X[idx], weights=r[:, cols])
+            local = None if latent is None else latent[idx]
+            new = fam.variational_stats(self._X[idx], r[:, cols],
+                                        None if local is None else local[:, cols])
             fields = {}
             for name, v in self._memo_stats[b].fields.items():
                 out = torch.empty((resp.shape[1],) + v.shape[1:], dtype=v.dtype, device=v.device)
@@ -410,21 +435,39 @@ class MemoizedVB(CheckpointedEstimator):
                 out[cols] = new.fields[name]
                 fields[name] = out
             self._memo_stats[b] = SuffStats(**fields)
-            self._memo_entropy[b] = _entropy(r)
+            self._memo_entropy[b] = _entropy(r) + fam.variational_entropy(r, local).sum()
         self._resp = resp
+        self._latent = latent
         self._ids = ids
         self._resync()
 
     def _children(self, k: int, X: torch.Tensor, w: torch.Tensor, s: torch.Tensor,
-                  exact: bool = True) -> SuffStats:
+                  exact: bool = True, local=None, rows=None) -> SuffStats:
         """Statistics of the m children that divide component k's mass by shares s
-        (rows X, mass w).  ``exact``: child 0 keeps the rest of k's statistics (rows
-        outside X included); otherwise every child comes from the rows X alone (a
-        subsample)."""
+        (rows X, mass w; ``local``: the children's latent factors of these rows, (n,
+        m)).  ``exact``: child 0 keeps the rest of k's statistics (rows outside X
+        included; X = self._X[rows]); otherwise every child comes from the rows X
+        alone (a subsample)."""
+        fam = self._family
         if not exact:
-            return self._family.suff_stats(X, weights=w[:, None] * s)
-        born = self._family.suff_stats(X, weights=w[:, None] * s[:, 1:])
-        return SuffStats.cat([self._stats[k] - born.total(), born])
+            return fam.variational_stats(X, w[:, None] * s, local)
+        if self._latent is None:
+            born = fam.suff_stats(X, weights=w[:, None] * s[:, 1:])
+            return SuffStats.cat([self._stats[k] - born.total(), born])
+        # the rows' mass leaves k with k's own factors and enters each child with its own
+        own = fam.variational_stats(X, w[:, None], self._latent[rows, k:k + 1])
+        born = fam.variational_stats(X, w[:, None] * s, local)
+        return SuffStats.cat([self._stats[k] - own + born[0], born[1:]])
+
+    def _children_entropy(self, k: int, w: torch.Tensor, s: torch.Tensor, local, rows):
+        """The entropy share of a birth: H[r] of k's mass divided by s, and the
+        children's latent factors in place of k's own for the rows ``rows``."""
+        entropy = self._entropy + (w * _entropy_rows(s)).sum()
+        if self._latent is None:
+            return entropy
+        fam = self._family
+        return (entropy + fam.variational_entropy(w[:, None] * s, local).sum()
+                - fam.variational_entropy(w[:, None], self._latent[rows, k:k + 1]).sum())
 
     def _with_children(self, k: int, children: SuffStats) -> SuffStats:
         """The model's statistics with child 0 in place of k and the others appended."""
@@ -434,21 +477,26 @@ class MemoizedVB(CheckpointedEstimator):
         return stats
 
     def _refine(self, k: int, X: torch.Tensor, w: torch.Tensor, s: torch.Tensor,
-                iters: int, exact: bool = True) -> torch.Tensor:
+                iters: int, exact: bool = True, local=None, rows=None):
         """Restricted VB on a birth's children: the local step restricted to them, then
-        their global step, until no share moves by 1e-3."""
+        their global step, until no share moves by 1e-3.  Returns the shares and the
+        children's latent factors of the rows (None without latent variables;
+        ``local`` None at the start: k's own factors for every child)."""
         m = s.shape[1]
         pos = torch.tensor([k] + list(range(self._stats.k, self._stats.k + m - 1)))
         n = torch.cat([self._stats.n, self._stats.n.new_zeros(m - 1)])
+        if local is None and self._latent is not None:
+            local = self._latent[rows, k:k + 1].expand(-1, m)
         for _ in range(iters):
-            children = self._children(k, X, w, s, exact)
+            children = self._children(k, X, w, s, exact, local, rows)
             n[pos] = children.n
-            s_new = self._log_resp(X, children, self._elog_of(n)[pos]).exp()
+            log_s, local = self._local(X, children, self._elog_of(n)[pos])
+            s_new = log_s.exp()
             done = torch.allclose(s_new, s, atol=1e-3, rtol=0)
             s = s_new
             if done:
                 break
-        return s
+        return s, local
 
     def _birth_split(self, k: int, labels: torch.Tensor, sel: torch.Tensor,
                      sub: torch.Tensor | None):
@@ -458,24 +506,25 @@ class MemoizedVB(CheckpointedEstimator):
         they are those of the subsample ``sel[sub]``, refinement runs there (its mass
         scaled up to the target's), and a few restricted iterations on all rows
         finish.  Rows outside ``sel`` stay with the first child.  Returns (children's
-        statistics, entropy, s) of the proposal, s the shares of the rows ``sel``
-        (n_sel, m)."""
+        statistics, entropy, s, local) of the proposal, s the shares of the rows
+        ``sel`` (n_sel, m) and local their latent factors (None without)."""
         X, w = self._X[sel], self._resp[sel, k]
         s = torch.nn.functional.one_hot(labels, int(labels.max()) + 1).to(DTYPE)
         if sub is None:
-            s = self._refine(k, X, w, s, int(self.birth_iters))
+            s, local = self._refine(k, X, w, s, int(self.birth_iters), rows=sel)
         else:
             ws = w[sub] * (w.sum() / w[sub].sum())
-            s = self._refine(k, X[sub], ws, s, int(self.birth_iters), exact=False)
-            children = self._children(k, X[sub], ws, s, exact=False)
+            s, local = self._refine(k, X[sub], ws, s, int(self.birth_iters), exact=False,
+                                    rows=sel[sub])
+            children = self._children(k, X[sub], ws, s, exact=False, local=local)
             stats = self._with_children(k, children)
             m = s.shape[1]
             pos = torch.tensor([k] + list(range(self._stats.k, self._stats.k + m - 1)))
-            s = self._log_resp(X, children, self._elog_of(stats.n)[pos]).exp()
-            s = self._refine(k, X, w, s, 3)
-        children = self._children(k, X, w, s)
-        entropy = self._entropy + (w * _entropy_rows(s)).sum()
-        return children, entropy, s
+            log_s, local = self._local(X, children, self._elog_of(stats.n)[pos])
+            s, local = self._refine(k, X, w, log_s.exp(), 3, local=local, rows=sel)
+        children = self._children(k, X, w, s, local=local, rows=sel)
+        entropy = self._children_entropy(k, w, s, local, sel)
+        return children, entropy, s, local
 
     def _birth_labels(self, Xs: torch.Tensor, w: torch.Tensor, attempt: int) -> torch.Tensor:
         """Initial hard split of a birth target's rows, by attempt: 2-means along the
@@ -517,7 +566,7 @@ class MemoizedVB(CheckpointedEstimator):
         labels = self._birth_labels(self._X[rows], rk[rows], attempt)
         if int(labels.max()) < 1:
             return False
-        children, entropy, s = self._birth_split(k, labels, sel, sub)
+        children, entropy, s, local = self._birth_split(k, labels, sel, sub)
         before = self.elbo()
         if not self._birth_elbo(k, children, entropy) > before:
             return False
@@ -525,12 +574,19 @@ class MemoizedVB(CheckpointedEstimator):
         resp = torch.cat([self._resp, rk.new_zeros(rk.shape[0], m - 1)], 1)
         resp[sel, k] = rk[sel] * s[:, 0]
         resp[sel, -(m - 1):] = rk[sel, None] * s[:, 1:]
+        latent = None
+        if self._latent is not None:
+            # the new columns' factors of rows without mass in them: the optimal ones
+            latent = torch.cat([self._latent, self._family.variational_local(
+                self._X, children[1:])[1]], 1)
+            latent[sel, k] = local[:, 0]
+            latent[sel, -(m - 1):] = local[:, 1:]
         k_old = self._stats.k
         ids = list(self._ids)
         ids[k] = self._next_id
         ids.extend(range(self._next_id + 1, self._next_id + m))
         self._next_id += m
-        self._replace_columns(resp, [k] + list(range(k_old, k_old + m - 1)), ids)
+        self._replace_columns(resp, [k] + list(range(k_old, k_old + m - 1)), ids, latent)
         self._born.update([ids[k]] + ids[k_old:])
         self._record("birth", before)
         return True
@@ -583,6 +639,11 @@ class MemoizedVB(CheckpointedEstimator):
             # change of each row's entropy term when r_a and r_b are pooled
             d_rows = (torch.special.xlogy(ra, ra) + torch.special.xlogy(rb, rb)
                       - torch.special.xlogy(ra + rb, ra + rb))
+            merged = None if self._latent is None else self._merged_latent(a, b)
+            if merged is not None:
+                memo_ab, total, local, d_local = merged
+                g = self._family.log_marginal(total)[0] - self._log_z[a] - self._log_z[b]
+                d_rows = d_rows + d_local
             keep = [c for c in range(k) if c != b]
             n = self._stats.n.clone()
             n[a] += n[b]
@@ -593,10 +654,17 @@ class MemoizedVB(CheckpointedEstimator):
                 continue
             self._resp[:, a] += rb
             self._resp = self._resp[:, keep]
+            if merged is not None:
+                self._latent[:, a] = local
+                self._latent = self._latent[:, keep]
             self._ids = [self._ids[c] for c in keep]
             self._ids[keep.index(a)] = self._next_id
             self._next_id += 1
             self._memo_stats = [s.merge(a, b) for s in self._memo_stats]
+            if merged is not None:      # the pooled mass under the merged factors
+                for memo, m_ab in zip(self._memo_stats, memo_ab, strict=True):
+                    for name, v in memo.fields.items():
+                        v[a] = m_ab.fields[name][0]
             self._memo_entropy = [h + d_rows[idx].sum()
                                   for h, idx in zip(self._memo_entropy, self._batches,
                                                     strict=True)]
@@ -606,6 +674,24 @@ class MemoizedVB(CheckpointedEstimator):
             accepted += 1
             k -= 1
         return accepted
+
+    def _merged_latent(self, a: int, b: int):
+        """A merge's latent factors: each row's factor of the merged component, optimal
+        under q(theta) of S_a + S_b (any factor gives a valid bound, and L is then
+        evaluated exactly).  Returns the merged column's statistics per batch and in
+        total, the factors (N,) and each row's change of the factors' entropy term."""
+        fam = self._family
+        r = self._resp[:, a] + self._resp[:, b]
+        pooled = self._stats[a] + self._stats[b]
+        local = fam.variational_local(self._X, pooled)[1][:, 0]
+        memo = [fam.variational_stats(self._X[idx], r[idx, None], local[idx, None])
+                for idx in self._batches]
+        total = memo[0]
+        for m in memo[1:]:
+            total = total + m
+        h_new = fam.variational_entropy(r[:, None], local[:, None])
+        h_old = fam.variational_entropy(self._resp[:, [a, b]], self._latent[:, [a, b]])
+        return memo, total, local, h_new - h_old
 
     def _delete_step(self) -> int:
         accepted = 0
@@ -620,18 +706,29 @@ class MemoizedVB(CheckpointedEstimator):
             rest = self._stats[keep]
             rc = self._resp[:, c]
             rows = (rc > 0).nonzero().squeeze(1)
-            p = self._log_resp(self._X[rows], rest, self._stick_terms(rest.n)[0]).exp()
-            moved = rc[rows, None] * p
-            stats = rest + self._family.suff_stats(self._X[rows], weights=moved)
+            log_p, local = self._local(self._X[rows], rest, self._stick_terms(rest.n)[0])
+            moved = rc[rows, None] * log_p.exp()
             resp = self._resp[:, keep].clone()
             resp[rows] += moved
-            entropy = _entropy(resp)
+            latent = None
+            if self._latent is None:
+                stats = rest + self._family.suff_stats(self._X[rows], weights=moved)
+                entropy = _entropy(resp)
+            else:       # the rows' factors of every remaining column: the optimal ones
+                fam = self._family
+                stats = (rest - fam.variational_stats(self._X[rows], self._resp[rows][:, keep],
+                                                      self._latent[rows][:, keep])
+                         + fam.variational_stats(self._X[rows], resp[rows], local))
+                latent = self._latent[:, keep].clone()
+                latent[rows] = local
+                entropy = _entropy(resp) + fam.variational_entropy(resp, latent).sum()
             before = self.elbo()
             after = float(self._elbo_parts(stats, entropy))
             empty = float(self._stats.n[c]) < _EMPTY
             if not (after > before or (empty and after >= before - _EMPTY * abs(before))):
                 continue
-            self._replace_columns(resp, list(range(k - 1)), [self._ids[x] for x in keep])
+            self._replace_columns(resp, list(range(k - 1)), [self._ids[x] for x in keep],
+                                  latent)
             self._record("prune" if empty else "delete", before)
             accepted += 1
         return accepted
@@ -645,6 +742,8 @@ class MemoizedVB(CheckpointedEstimator):
             return
         self._memo_stats = [s[perm] for s in self._memo_stats]
         self._resp = self._resp[:, perm]
+        if self._latent is not None:
+            self._latent = self._latent[:, perm]
         self._ids = [self._ids[int(p)] for p in perm]
         self._resync()
         self._record("reorder", before)
@@ -693,7 +792,8 @@ class MemoizedVB(CheckpointedEstimator):
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, laps: int, quiet: int, prev: float):
         state = {"laps": laps, "quiet": quiet, "prev": prev, "converged": self.converged_,
-                 "resp": self._resp, "ids": self._ids, "next_id": self._next_id,
+                 "resp": self._resp, "latent": self._latent, "ids": self._ids,
+                 "next_id": self._next_id,
                  "cooldown": self._cooldown, "failures": self._failures,
                  "memo_stats": [dict(m.fields) for m in self._memo_stats],
                  "memo_entropy": self._memo_entropy,
@@ -707,7 +807,7 @@ class MemoizedVB(CheckpointedEstimator):
         if state["resp"].shape[0] != self._X.shape[0]:
             raise ValueError(f"the checkpoint in {self._checkpoint_dir} is of data with "
                              f"{state['resp'].shape[0]} rows, not {self._X.shape[0]}")
-        self._resp = state["resp"]
+        self._resp, self._latent = state["resp"], state.get("latent")
         self._ids, self._next_id = list(state["ids"]), int(state["next_id"])
         self._cooldown, self._failures = dict(state["cooldown"]), dict(state["failures"])
         self._memo_stats = [SuffStats(**f) for f in state["memo_stats"]]

@@ -271,6 +271,30 @@ class ConjugateFamily:
         """KL(p(theta | X_k) || p(theta)) per cluster, (K,)."""
         raise NotImplementedError
 
+    # ---- mean-field VB of the per-row latent variables (MemoizedVB) ---------------
+    # A family whose rows carry latent variables u_i (StudentNIW's scales) factorises
+    # q(z_i, u_i) = q(z_i) q(u_i | z_i) and keeps one factor q(u_i | z_i = k) per row and
+    # component, described by a (N, K) table ``local``.  Without latent variables these
+    # are the plain conjugate updates and ``local`` is None.
+    def variational_local(self, X, stats: SuffStats):
+        """The local step's terms given q(theta_k) = p(theta | S_k): (ell, local) with
+        ell_ik = max over q(u_i | k) of E_q[log p(x_i, u_i | theta_k)] + H[q(u_i | k)]
+        (N, K) -- E_q[log p(x_i | theta_k)] without latent variables -- and the
+        maximising factors (None without latent variables)."""
+        return self.expected_log_likelihood(X, stats), None
+
+    def variational_stats(self, X, weights, local=None) -> SuffStats:
+        """Soft statistics with responsibilities ``weights`` (N, K) and the latent
+        factors ``local`` (N, K): the statistics whose :meth:`log_marginal` is
+        log Z(S_k) = max over q(theta_k) of sum_i r_ik E_q[log p(x_i, u_i | theta_k)]
+        - KL(q(theta_k) || p(theta))."""
+        return self.suff_stats(X, weights=weights)
+
+    def variational_entropy(self, weights, local=None) -> torch.Tensor:
+        """sum_k r_ik H[q(u_i | z_i = k)] of each row (N,): the latent factors' share
+        of the ELBO's entropy (0 without latent variables)."""
+        return torch.zeros(weights.shape[0], dtype=DTYPE, device=self.device)
+
     def log_likelihood(self, X, params) -> torch.Tensor:
         """log p(x_i | theta_k) under point parameters, (N, K)."""
         raise NotImplementedError

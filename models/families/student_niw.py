@@ -181,13 +181,11 @@ class StudentNIW(GaussianNIW):
         part of ``log_marginal`` at them, n_k (df/2 log df/2 - lgamma(df/2)) + (df/2
         - 1) l_k - df/2 W_k, is the expected complete-data log-likelihood that the
         ECM maximises in df (their eq. 33; a hyperparameter step maximising
-        ``log_marginal`` in df is that step)."""
+        ``log_marginal`` in df is that step).  These are :meth:`variational_stats`
+        with each w_i's factor its conditional Gamma(a, rate (df + delta_ik) / 2)."""
         x, _ = self.split_rows(X)
-        r = as_tensor(weights, device=x.device)
-        stats = self._weighted_stats(x, self.expected_scales(x, params), r)
-        a = 0.5 * (self.df + self.dim)
-        stats.fields["slw"] = stats.slw + r.sum(0) * (float(digamma(a)) - math.log(a))
-        return stats
+        rate = self._gamma_shape() / self.expected_scales(x, params)    # (df + delta) / 2
+        return self.variational_stats(x, weights, rate)
 
     def _weighted_stats(self, x, w, r) -> SuffStats:
         """Statistics of rows x with scales w (N, K) or (N, 1), each row counted
@@ -317,11 +315,59 @@ class StudentNIW(GaussianNIW):
         # path evaluates the Gaussian density, not this row's)
         return ConjugateFamily.log_likelihood_at(self, X, params, comps)
 
-    def expected_log_likelihood(self, X, stats):
-        raise TypeError("StudentNIW has no variational updates; use a sampler")
+    # ---- mean-field VB (MemoizedVB) ---------------------------------------------
+    def _gamma_shape(self) -> float:
+        """a = (df + d) / 2, the shape of w_i's conditional and of its VB factor."""
+        return 0.5 * (self.df + self.dim)
 
-    def kl_to_prior(self, stats):
-        raise TypeError("StudentNIW has no variational updates; use a sampler")
+    def variational_local(self, X, stats: SuffStats):
+        """The VB local step of the t as a scale mixture (Svensen & Bishop 2005;
+        Archambeau & Verleysen 2007): given q(mu_k, Sigma_k) = NIW(stats), the optimal
+        q(w_i | z_i = k) is Gamma(a, rate b_ik), a = (df + d) / 2, b_ik = (df +
+        E[delta_ik]) / 2 with E[delta_ik] = nu_k (x_i - mu_k)^T Psi_k^{-1} (x_i - mu_k)
+        + d / kappa_k, and integrating w_i against it gives
+
+            ell_ik = -d/2 log 2 pi - E[log|Sigma_k|] / 2 + df/2 log(df/2)
+                     - lgamma(df/2) + lgamma(a) - a log b_ik,
+
+        the t's log density with delta and log|Sigma| replaced by their expectations
+        (a lower bound on E_q[log t(x_i | theta_k)]).  Returns (ell, b)."""
+        x, _ = self.split_rows(X)
+        post = self.posterior(stats)
+        e_delta = post.nu * mahalanobis_points(post.chol, x, post.mu) + self.dim / post.kappa
+        a = self._gamma_shape()
+        rate = 0.5 * (self.df + e_delta)
+        ell = (-0.5 * self.dim * log_2pi() - 0.5 * self._expected_logdet(post)
+               + self._w_const + math.lgamma(a) - a * torch.log(rate))
+        return ell, rate
+
+    def variational_stats(self, X, weights, local=None) -> SuffStats:
+        """Statistics under w_i's factors Gamma(a, rate b_ik) (``local``; None: rate a,
+        E[w] = 1): W_k = sum_i r_ik E[w_ik], s_k, S_k weighted likewise, n_k = sum_i
+        r_ik and l_k = sum_i r_ik E[log w_ik], E[w] = a / b, E[log w] = psi(a) - log b.
+        ``log_marginal`` of them is the bound log Z(S_k) of the module's scale mixture:
+        every term of log p(x, w | mu, Sigma) + log Gamma(w) is linear in w and log w."""
+        x, _ = self.split_rows(X)
+        r = as_tensor(weights, device=x.device)
+        a = self._gamma_shape()
+        rate = torch.full_like(r, a) if local is None else as_tensor(local, device=x.device)
+        g = GaussianNIW.suff_stats(self, x, weights=r * (a / rate))
+        return SuffStats(n=r.sum(0), w=g.n, sx=g.sx, sxx=g.sxx,
+                         slw=(r * (float(digamma(a)) - torch.log(rate))).sum(0))
+
+    def variational_entropy(self, weights, local=None) -> torch.Tensor:
+        """sum_k r_ik H[Gamma(a, b_ik)] of each row (N,), with H = a - log b + lgamma(a)
+        + (1 - a) psi(a)."""
+        r = as_tensor(weights, device=self.device)
+        a = self._gamma_shape()
+        rate = torch.full_like(r, a) if local is None else as_tensor(local, device=r.device)
+        const = a + math.lgamma(a) + (1.0 - a) * float(digamma(a))
+        return (r * (const - torch.log(rate))).sum(1)
+
+    def expected_log_likelihood(self, X, stats):
+        """The local step's ell of :meth:`variational_local` (the bound on
+        E_q[log t(x_i | theta_k)] that the VB responsibilities use)."""
+        return self.variational_local(X, stats)[0]
 
     # ---- Pyro ---------------------------------------------------------------
     def likelihood(self, params: GaussianParams) -> pdist.MultivariateStudentT:
