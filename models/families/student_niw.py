@@ -213,9 +213,8 @@ class StudentNIW(GaussianNIW):
     def _no_soft_weights(self, X, weights):
         if weights is not None and self.split_rows(X)[1] is None:
             raise TypeError("StudentNIW's soft-weighted statistics need each row's scale "
-                            "w_i (augment(X, w) rows, or expected_suff_stats for an EM "
-                            "step); the variational methods' statistics of plain rows "
-                            "(MemoizedVB, MeanFieldSVI) are not defined for it")
+                            "w_i (augment(X, w) rows, expected_suff_stats for an EM step "
+                            "or variational_stats for VB factors of the scales)")
 
     def suff_stats(self, X, weights=None) -> SuffStats:
         """Weights (N,) or (N, K) count row i weights[i, k] times in component k (the

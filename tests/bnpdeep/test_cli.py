@@ -363,11 +363,13 @@ def test_family_diagonal_from_the_command_line(tmp_path, capsys):
     assert type(est.model_.family).__name__ == "StudentNIW"
     _, est = fit_one("movb", X[:40, :3], iters=2, return_estimator=True)
     assert type(est.model_.family).__name__ == "GaussianNIW"      # "full": the default
+    _, est = fit_one("movb", X[:60, :3], iters=3, family="student-t", return_estimator=True)
+    assert type(est.model_.family).__name__ == "StudentNIW"
 
 
 @pytest.mark.parametrize("method, family, message", [
     ("bgm", "diagonal", "takes no mixture model"),
-    ("movb", "student-t", "does not take StudentNIW")])
+    ("svi", "student-t", "does not take StudentNIW")])
 def test_a_family_a_method_cannot_take_is_one_line_and_exit_2(tmp_path, capsys, method,
                                                                 family, message):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(50, 2)))
