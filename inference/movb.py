@@ -567,6 +567,8 @@ class MemoizedVB(CheckpointedEstimator):
         if int(labels.max()) < 1:
             return False
         children, entropy, s, local = self._birth_split(k, labels, sel, sub)
+        if float(children.n.min()) < _EMPTY:
+            return False        # an empty child: L changes by round-off only (a prune undoes it)
         before = self.elbo()
         if not self._birth_elbo(k, children, entropy) > before:
             return False
