@@ -59,6 +59,8 @@ REPORT_RUNS = (
     *(["accuracy", "--sets", "mnist_umap", "fashion_umap", "--methods", "subcluster-t",
        "--seed", str(s)] for s in range(1, 3)),
     ["accuracy", "--methods", "movb", "svi"],
+    ["accuracy", "--methods", "movb", "movb-t"],
+    *(["accuracy", "--methods", "movb", "movb-t", "--seed", str(s)] for s in range(1, 5)),
     ["movb-speed", "--repeats", "5"],
     ["speed", "--repeats", "5"],
     ["mixing"],
@@ -230,6 +232,23 @@ def fresh_table(rows) -> str:
                f"{np.mean([r['subcluster-t']['nmi'] for r in rs]):.3f} | "
                f"{np.median([r['subcluster-t']['seconds'] for r in rs]):.2f} |"
                if student else ""))
+    return "\n".join(out) + _fresh_extra(rows, groups)
+
+
+def _fresh_extra(rows, groups) -> str:
+    """moVB's columns (Gaussian and Student-t components), where the record has them."""
+    names = [m for m in ("movb", "movb-t") if all(m in r for r in rows)]
+    if not names:
+        return ""
+    out = ["", "", "| clusters | d | N | true K | " + " | ".join(
+        f"{m} K (3 seeds) | {m} NMI | {m} median s" for m in names) + " |",
+           "|---|---|---|---|" + "---|---|---|" * len(names)]
+    for (d, k, n, _, df), rs in groups.items():
+        kind = "Gaussian" if df is None else f"Student-t, {df:g} df"
+        cells = [f"{'/'.join(str(r[m]['k']) for r in rs)} | "
+                 f"{np.mean([r[m]['nmi'] for r in rs]):.3f} | "
+                 f"{np.median([r[m]['seconds'] for r in rs]):.2f}" for m in names]
+        out.append(f"| {kind} | {d} | {n} | {k} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 

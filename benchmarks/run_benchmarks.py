@@ -689,7 +689,8 @@ def fresh_data(d, k, n, separation, df, seed):
 
 
 def run_fresh(seed: int) -> list[dict]:
-    """The sampler and BGM at their defaults on :data:`FRESH_CASES`, three data seeds."""
+    """The sampler, moVB and BGM at their defaults on :data:`FRESH_CASES`, three data
+    seeds; the sampler and moVB also with Student-t components."""
     rows = []
     for d, k, n, sep, df in FRESH_CASES:
         for data_seed in FRESH_SEEDS:
@@ -701,6 +702,9 @@ def run_fresh(seed: int) -> list[dict]:
                     ("subcluster-t", SubclusterSampler(
                         model=family_model("student-t", X), random_state=seed,
                         store_log_likelihood=False)),
+                    ("movb", MemoizedVB(random_state=seed)),
+                    ("movb-t", MemoizedVB(model=family_model("student-t", X),
+                                          random_state=seed)),
                     ("bgm", BayesianGMM(truncation=max(2 * k, 30), random_state=seed))]:
                 est, secs = timed_fit(est, X)
                 row[name] = {"k": int(est.n_clusters_), "nmi": evaluate(y, est.labels_)["nmi"],
