@@ -112,6 +112,7 @@ def accuracy_methods(X, k_true: int, seed: int, iters: int | None,
     methods["movb"] = MemoizedVB(random_state=seed)
     methods["movb-t"] = MemoizedVB(model=family_model("student-t", X), random_state=seed)
     methods["svi"] = MeanFieldSVI(random_state=seed)
+    methods["svi-t"] = MeanFieldSVI(model=family_model("student-t", X), random_state=seed)
     if n * d <= GIBBS_MAX_ND:
         methods["gibbs"] = CollapsedGibbs(max_iter=60, random_state=seed,
                                           store_log_likelihood=False)

@@ -301,8 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     family_help = ("components of the Bayesian methods' mixture: full (full-covariance "
                    "Gaussians, the default), diagonal (diagonal-covariance Gaussians: many "
                    "columns, few rows per cluster) or student-t (4 degrees of freedom, "
-                   "heavy-tailed clusters; subcluster, gibbs, deepdpm and movb); each under "
-                   "its weak prior set from the data")
+                   "heavy-tailed clusters); each under its weak prior set from the data")
     f.add_argument("--family", choices=FAMILIES, default="full", help=family_help)
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.add_argument("--resume", action="store_true",

@@ -125,8 +125,7 @@ def family_model(family: str, X):
     default model), diagonal-covariance Gaussians (``DiagonalGaussian.weak``: d
     variances per cluster instead of d (d + 1) / 2 covariances, for many columns and
     few rows per cluster) or multivariate Student-t with 4 degrees of freedom
-    (``StudentNIW.weak(X, df=4)``: heavy-tailed clusters; the samplers,
-    DeepDPM and MemoizedVB)."""
+    (``StudentNIW.weak(X, df=4)``: heavy-tailed clusters)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family '{family}'; choose from {', '.join(FAMILIES)}")
     if family == "full":

@@ -59,17 +59,6 @@ def default_model(X) -> DPMixture:
     return DPMixture(GaussianNIW.weak(X), DirichletProcess(1.0))
 
 
-def require_no_latent(model, method: str) -> None:
-    """A clear error where ``method`` (a variational or data-parallel method) is given
-    a family whose rows carry latent variables, which the samplers draw and DeepDPM
-    fits by EM."""
-    family = getattr(model, "family", None)
-    if getattr(family, "latent_columns", 0):
-        raise TypeError(f"{method} does not take {type(family).__name__}: its per-point "
-                        "latent variables are drawn by SubclusterSampler and CollapsedGibbs, "
-                        "fitted by DeepDPM and given variational factors by MemoizedVB")
-
-
 def chain_rows(family, X, latent=None) -> torch.Tensor:
     """The rows a chain works on: X, with the family's per-row latent variables
     appended when it has some (``StudentNIW``'s scales; ``latent`` restores saved ones)."""
@@ -602,7 +591,6 @@ class MCMCClusterer(CheckpointedEstimator):
 
 
 __all__ = ["MCMCClusterer", "ChainRecord", "default_model", "relabel", "chain_rows",
-           "require_no_latent",
            "latent_columns", "update_latent",
            "pointwise_log_likelihood", "sample_categorical", "categorical_cdf_",
            "sample_from_cdf", "dirichlet_log", "conditional_log_weights"]

@@ -48,7 +48,7 @@ from bnpdeep.linalg import as_tensor
 from ..models import FiniteDirichlet, stick_breaking
 from .base import ClusterEstimator, own_pyro_state
 from .draws import approximate_posterior_arrays
-from .mcmc import default_model, require_no_latent
+from .mcmc import default_model
 
 
 def _kmeanspp_labels(X: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -65,6 +65,8 @@ class MeanFieldSVI(ClusterEstimator):
     ----------
     model : DPMixture, optional
         Default: DP(alpha=1) mixture of full Gaussians with ``GaussianNIW.weak(X)``.
+        Student-t components (``StudentNIW``) too: the program observes each row
+        under the t density itself, so their scales need no variational factor.
     truncation : int, default 30
         Components T of the stick-breaking program (for FiniteDirichlet: its k).
     max_epochs : int, default 100
@@ -123,12 +125,13 @@ class MeanFieldSVI(ClusterEstimator):
 
     def _init_values(self, X: torch.Tensor, t: int) -> dict:
         """Guide locations: MAP parameters of a k-means++ partition of the standardised
-        rows into T groups (groups beyond the distinct rows get prior-mode parameters),
-        equal-weight sticks."""
+        rows into T groups (groups beyond the distinct rows get prior-mode parameters;
+        a family with per-row latent variables, StudentNIW, at its EM fit of them to
+        the groups), equal-weight sticks."""
         fam = self._family_y
         seed = 0 if self.random_state is None else int(self.random_state)
-        labels = _kmeanspp_labels(X.cpu().numpy(), t, seed)
-        stats = fam.suff_stats_labels(X, torch.as_tensor(labels), t)
+        labels = torch.as_tensor(_kmeanspp_labels(X.cpu().numpy(), t, seed), device=X.device)
+        stats = fam.suff_stats_labels(fam.plugin_latent(X, labels, t), labels, t)
         values = dict(fam.sites_from_params(fam.map_estimate(stats)))
         if t > 1:
             j = torch.arange(1, t, dtype=X.dtype)
@@ -145,7 +148,6 @@ class MeanFieldSVI(ClusterEstimator):
     def _fit_scoped(self, X):
         self._check_options()
         model = default_model(X) if self.model is None else self.model
-        require_no_latent(model, "MeanFieldSVI")
         if model.hyperpriors is not None:
             # the program builds the family from floats of the hyperparameter sites, so
             # no gradient of the likelihood would reach their variational factors

@@ -369,7 +369,7 @@ def test_family_diagonal_from_the_command_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("method, family, message", [
     ("bgm", "diagonal", "takes no mixture model"),
-    ("svi", "student-t", "does not take StudentNIW")])
+    ("dbscan", "student-t", "takes no mixture model")])
 def test_a_family_a_method_cannot_take_is_one_line_and_exit_2(tmp_path, capsys, method,
                                                                 family, message):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(50, 2)))

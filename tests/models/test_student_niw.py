@@ -377,15 +377,6 @@ def test_exact_set_partitions_helper_counts_bell_numbers():
     assert all(sorted(itertools.chain(*p)) == list(range(4)) for p in _set_partitions(4))
 
 
-def test_svi_refuses_it_by_name():
-    from bnpdeep import MeanFieldSVI
-
-    X = np.random.default_rng(0).normal(size=(40, 2))
-    est = MeanFieldSVI(model=DPMixture(StudentNIW.weak(X), DirichletProcess(1.0)))
-    with pytest.raises(TypeError, match="MeanFieldSVI does not take StudentNIW"):
-        est.fit(X)
-
-
 def _vb_case(n=30, k=2, seed=0):
     """A family, plain rows, responsibilities and Gamma rates of w's VB factors."""
     fam = _family(df=3.0)
