@@ -60,6 +60,7 @@ REPORT_RUNS = (
        "--seed", str(s)] for s in range(1, 3)),
     ["accuracy", "--methods", "movb", "svi"],
     ["accuracy", "--methods", "movb", "movb-t"],
+    ["accuracy", "--methods", "svi", "svi-t"],
     ["accuracy", "--sets", "mnist_umap", "fashion_umap", "--methods", "movb", "movb-t"],
     *(["accuracy", "--sets", "mnist_umap", "fashion_umap", "--methods", "movb", "movb-t",
        "--seed", str(s)] for s in range(1, 3)),
