@@ -260,10 +260,6 @@ class MemoizedVB(CheckpointedEstimator):
         return (self._family.variational_stats(X, r, local),
                 h + self._family.variational_entropy(r, local).sum())
 
-    def _local_cols(self, rows, cols):
-        """The latent factors of ``rows`` x ``cols`` (None without latent variables)."""
-        return None if self._latent is None else self._latent[rows][:, cols]
-
     # ------------------------------------------------------------------ set-up
     def _check_model(self, X):
         model = default_model(X) if self.model is None else self.model
@@ -316,8 +312,9 @@ class MemoizedVB(CheckpointedEstimator):
             torch.as_tensor(labels, device=X.device), int(labels.max()) + 1).to(DTYPE)
         # a family's per-row latent factors (N, K): the optimal ones given q(theta) of
         # the starting partition with each row's latent variable at its prior mean
-        self._latent = self._family.variational_local(
-            X, self._family.variational_stats(X, self._resp))[1]
+        fam = self._family
+        self._latent = fam.variational_local(X, fam.variational_stats(X, self._resp))[1] \
+            if fam.latent_columns else None
         self._ids = list(range(self._resp.shape[1]))
         self._next_id = len(self._ids)
         self._cooldown: dict[int, int] = {}
@@ -330,7 +327,7 @@ class MemoizedVB(CheckpointedEstimator):
         self._memo_stats, self._memo_entropy = [], []
         for idx in self._batches:
             stats, h = self._batch_terms(self._X[idx], self._resp[idx],
-                                         self._local_cols(idx, slice(None)))
+                                         None if self._latent is None else self._latent[idx])
             self._memo_stats.append(stats)
             self._memo_entropy.append(h)
         self._resync()
