@@ -257,8 +257,9 @@ class MemoizedVB(CheckpointedEstimator):
         """Statistics and entropy share (H[r] plus the latent factors' entropies) of
         rows X with responsibilities r and latent factors ``local``."""
         h = _entropy(r) if log_r is None else -(r * log_r).sum()
-        return (self._family.variational_stats(X, r, local),
-                h + self._family.variational_entropy(r, local).sum())
+        if local is not None:
+            h = h + self._family.variational_entropy(r, local).sum()
+        return self._family.variational_stats(X, r, local), h
 
     # ------------------------------------------------------------------ set-up
     def _check_model(self, X):
@@ -432,7 +433,8 @@ class MemoizedVB(CheckpointedEstimator):
                 out[cols] = new.fields[name]
                 fields[name] = out
             self._memo_stats[b] = SuffStats(**fields)
-            self._memo_entropy[b] = _entropy(r) + fam.variational_entropy(r, local).sum()
+            self._memo_entropy[b] = _entropy(r) if local is None \
+                else _entropy(r) + fam.variational_entropy(r, local).sum()
         self._resp = resp
         self._latent = latent
         self._ids = ids
