@@ -153,6 +153,10 @@ def _cmd_fit_ranks(args) -> int:
                 np.save(folder / "label_draws.npy", np.concatenate([p[1] for p in parts], 1))
             print(result.row())
             _log(f"wrote {folder}")
+        # every rank leaves together: a rank that tears the group down while its peer
+        # still waits on it can abort the peer ("terminate called without an active
+        # exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
     return 0

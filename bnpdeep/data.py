@@ -98,6 +98,43 @@ def offset_columns(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return np.flatnonzero((std > 0) & (np.abs(mean) > OFFSET_RATIO * std))
 
 
+# The default Gaussian prior's ridge: 1e-6 of each column's variance
+# (:meth:`~bnpdeep.models.GaussianNIW.weak_from_moments`)
+PRIOR_RIDGE = 1e-6
+
+
+def near_collinear(X, chunk: int = 65536):
+    """The direction along which X's non-constant columns, each scaled to unit
+    variance, vary least, when that variance is below ``PRIOR_RIDGE / N``; else None.
+
+    Returns (variance, {column: loading}) with the loadings of the unit eigenvector
+    of the correlation matrix for its smallest eigenvalue (columns with loading
+    above 0.1 in absolute value).  Along such a direction a cluster of n_k rows has
+    scatter n_k * variance, below the prior's ridge, so a full-covariance component's
+    posterior variance there is set by the prior and shrinks as the cluster grows:
+    every point then scores higher in one large cluster than in several small ones.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    cols = np.flatnonzero(np.ptp(X, axis=0) > 0)
+    if cols.size < 2 or cols.size >= n:
+        return None
+    mean = X[:, cols].mean(0)
+    gram = np.zeros((cols.size, cols.size))
+    for start in range(0, n, chunk):          # no centred copy of X
+        block = X[start:start + chunk, cols] - mean
+        gram += block.T @ block
+    sd = np.sqrt(np.diag(gram))
+    corr = gram / sd[:, None] / sd[None, :]
+    values, vectors = np.linalg.eigh(corr)
+    low = max(float(values[0]), 0.0)
+    if low >= PRIOR_RIDGE / n:
+        return None
+    v = vectors[:, 0] / np.abs(vectors[:, 0]).max()
+    v = v * np.sign(v[np.flatnonzero(np.abs(v) > 0.1)[0]])     # first loading positive
+    return low, {int(cols[j]): float(v[j]) for j in np.flatnonzero(np.abs(v) > 0.1)}
+
+
 def _check_magnitude(arr: np.ndarray, name: str):
     """Refuse values whose squares, summed over the rows, overflow float64: the
     sufficient statistics (sums of x x^T) of such data are infinite."""
@@ -113,15 +150,17 @@ def _check_magnitude(arr: np.ndarray, name: str):
 
 
 def check_array(X, *, name: str = "X", min_rows: int = 2, n_features: int | None = None,
-                warn: bool = True) -> np.ndarray:
+                warn: bool = True, collinear: bool = False) -> np.ndarray:
     """Validate a data matrix and return it as a float64, C-contiguous 2-D array.
 
     Raises :class:`DataError` for sparse or complex input, non-numeric values (naming
     the cell; also a ``TypeError``), NaN or infinite values (naming the rows), values
     so large that the sums of their squares overflow float64, 1-D or 3-D input, too
     few rows, no columns, or a number of features other than ``n_features``.  Warns
-    (:class:`DataWarning`) about zero-variance columns, about more features than
-    rows, and about columns so far from 0 relative to their spread that float64 sums
+    (:class:`DataWarning`) about zero-variance columns, with ``collinear`` (data
+    for full-covariance Gaussian components) about columns that are collinear to
+    within the default prior's ridge (:func:`near_collinear`), about more features
+    than rows, and about columns so far from 0 relative to their spread that float64 sums
     of squares lose most of their digits.
     """
     arr = _to_numpy(X, name)
@@ -160,6 +199,19 @@ def check_array(X, *, name: str = "X", min_rows: int = 2, n_features: int | None
                           f"clustering information (a default Gaussian prior, set from the data, "
                           f"gives them a variance floor)",
                           DataWarning, stacklevel=2)
+        flat = near_collinear(arr) if collinear and arr.shape[0] > 1 else None
+        if flat is not None:
+            low, load = flat
+            terms = [f"{'-' if w < 0 else '+'} {abs(w):.3g} z{j}" for j, w in load.items()]
+            combo = " ".join(terms[:8]).lstrip("+ ")
+            warnings.warn(f"{name} is numerically rank-deficient: with z_j column j "
+                          f"scaled to unit variance, {combo}{' + ...' if len(load) > 8 else ''} "
+                          f"has variance {low:.2g}, under the default prior's ridge "
+                          f"({PRIOR_RIDGE:g} of a column's variance) over the {arr.shape[0]} rows. "
+                          f"Along it full-covariance Gaussian components favour few large "
+                          f"clusters; drop one of columns "
+                          f"{', '.join(map(str, list(load)[:8]))} or project the direction out "
+                          f"(PCA)", DataWarning, stacklevel=2)
         if arr.shape[1] > arr.shape[0]:
             warnings.warn(f"{name} has more features ({arr.shape[1]}) than rows "
                           f"({arr.shape[0]}); covariance estimates rest on the prior",

@@ -71,6 +71,13 @@ class ValidatedEstimator(BaseEstimator):
     # (constant border pixels are the rule there, and no covariance is fitted on them)
     _data_warnings = True
 
+    def _full_covariance(self) -> bool:
+        """Whether the fit estimates full covariance matrices from X (its data are then
+        checked for collinear columns): an estimator of a model without one fits
+        :func:`~bnpdeep.inference.mcmc.default_model`'s Gaussian-NIW components; one
+        with a model asks its family (:meth:`ConjugateFamily.validate`)."""
+        return hasattr(self, "model")
+
     def _validate_fit_data(self, X) -> np.ndarray:
         model = getattr(self, "model", None)
         family = getattr(model, "family", None)
@@ -79,7 +86,8 @@ class ValidatedEstimator(BaseEstimator):
         else:
             from bnpdeep.data import check_array
 
-            X_checked = check_array(X, warn=self._data_warnings)
+            X_checked = check_array(X, warn=self._data_warnings,
+                                    collinear=self._full_covariance())
         self._check_columns(X, reset=True)
         return X_checked
 

@@ -71,6 +71,9 @@ class GaussianMixtureEM(ClusterEstimator):
 
     method_name = "gmm"
 
+    def _full_covariance(self) -> bool:
+        return self.covariance_type in ("full", "tied")
+
     def __init__(self, n_clusters: int = 8, covariance_type: str = "full", n_init: int = 1,
                  max_iter: int = 200, reg_covar: float = 1e-6, random_state=None):
         self.n_clusters = n_clusters

@@ -790,6 +790,7 @@ def _fit_rank(rank: int, world: int, init: str, est, X: np.ndarray, n_slots: int
         est.fit(X[a:b], **fit_kw)
         est._comm = None
         torch.save(est, f"{out}/rank{rank}.pt")
+        dist.barrier()          # no rank tears the group down while a peer still uses it
     finally:
         dist.destroy_process_group()
 

@@ -138,6 +138,9 @@ class ConjugateFamily:
     #: columns of per-row latent variables a sampler's chain carries after the data
     #: (``StudentNIW``'s scales; its ``augment``, ``update_latent``), 0 for none
     latent_columns = 0
+    #: whether each component has a full covariance matrix (``validate`` then warns of
+    #: collinear columns, :func:`bnpdeep.data.near_collinear`)
+    full_covariance = False
 
     dim: int
 
@@ -146,7 +149,8 @@ class ConjugateFamily:
         """Check data for this family; returns a float64 numpy array."""
         from bnpdeep.data import check_array
 
-        X = check_array(X, name=name, min_rows=min_rows, warn=warn)
+        X = check_array(X, name=name, min_rows=min_rows, warn=warn,
+                        collinear=self.full_covariance)
         if X.shape[1] != self.dim:
             from bnpdeep.data import DataError
 

@@ -83,6 +83,7 @@ class GaussianNIW(ConjugateFamily):
     """
 
     param_sites = ("cov", "loc")
+    full_covariance = True
 
     def __init__(self, mu0, kappa, nu, psi, device=None):
         self.mu0 = as_tensor(mu0, device=device).reshape(-1)

@@ -84,6 +84,53 @@ def test_columns_far_from_zero_relative_to_their_spread_warn():
     assert any("zero-variance columns 3" in str(w.message) for w in caught)
 
 
+def _collinear_mixture(eps: float, seed: int = 0):
+    """Four separated 2-d clusters and a third column 2 x0 + 3 + eps * noise."""
+    g = np.random.default_rng(seed)
+    y = np.repeat(np.arange(4), 150)
+    X = np.array([[-6.0, 0.0], [6.0, 0.0], [0.0, 6.0], [0.0, -6.0]])[y] + g.normal(size=(600, 2))
+    return np.c_[X, 2 * X[:, 0] + 3 + eps * g.normal(size=600)], X, y
+
+
+def test_collinear_columns_warn_where_the_prior_ridge_outweighs_the_data():
+    """A column equal to 2 x0 + 3 up to 1e-9 noise: the direction z0 - z2 (unit
+    columns) has variance at float64's round-off, under the prior's ridge / N; the warning names
+    columns 0 and 2.  With noise 1e-2 (variance about 1e-5) nothing is said.  The
+    warning's claim holds: the default model's collapsed log joint of the four
+    clusters over two merged pairs falls by 200 nats with the collinear column (27
+    with the 1e-2 one)."""
+    from bnpdeep.inference import GaussianMixtureEM, MemoizedVB
+    from bnpdeep.models import DiagonalGaussian, DPMixture, GaussianNIW
+
+    Z, X, y = _collinear_mixture(1e-9)
+    with pytest.warns(DataWarning, match=r"rank-deficient.*1 z0 - 1 z2 .*columns 0, 2"):
+        check_array(Z, collinear=True)
+    one_hot = np.eye(3)[np.arange(30) % 3]
+    with pytest.warns(DataWarning, match=r"rank-deficient.*columns 1, 2, 3"):
+        check_array(np.c_[np.linspace(0, 1, 30), one_hot], collinear=True)  # rows sum to 1
+    # the estimators that fit full covariances say so; k-means and diagonal ones do not
+    for est in (MemoizedVB(max_laps=1), MemoizedVB(DPMixture(GaussianNIW.weak(Z)), max_laps=1),
+                GaussianMixtureEM(4, random_state=0)):
+        with pytest.warns(DataWarning, match="rank-deficient"):
+            est.fit(Z)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_array(_collinear_mixture(1e-2)[0], collinear=True)
+        check_array(X, collinear=True)
+        check_array(Z)
+        KMeans(4, random_state=0).fit(Z)
+        MemoizedVB(DPMixture(DiagonalGaussian.weak(Z)), max_laps=1).fit(Z)
+    assert not caught
+
+    def margin(D):              # log p(D, four clusters) - log p(D, two merged pairs)
+        D = standardize(D)[0]
+        model = DPMixture(GaussianNIW.weak(D))
+        return model.log_joint_collapsed(D, y) - model.log_joint_collapsed(D, y // 2)
+
+    assert margin(Z) < margin(X) - 150
+    assert margin(_collinear_mixture(1e-2)[0]) > margin(X) - 50
+
+
 def test_predict_with_other_number_of_features():
     X = np.random.default_rng(1).normal(size=(40, 3))
     est = KMeans(n_clusters=2, random_state=0).fit(X)
