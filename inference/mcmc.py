@@ -87,11 +87,21 @@ def relabel(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.cumsum(present, 0) - 1)[z], present.nonzero().flatten()
 
 
-def pointwise_log_likelihood(family, X, log_pi, params, log_pi_rest=None) -> torch.Tensor:
-    """log p(x_i | pi, theta) = log [sum_k pi_k f(x_i | theta_k) + pi_rest p0(x_i)], (N,)."""
+def prior_predictive(family, X) -> torch.Tensor:
+    """log p0(x_i) = log integral f(x_i | theta) dG0(theta), (N,): the prior predictive
+    of a new cluster, the same for every draw under one family."""
+    return family.log_predictive(X, family.empty_stats(1))[:, 0]
+
+
+def pointwise_log_likelihood(family, X, log_pi, params, log_pi_rest=None,
+                             prior_pred=None) -> torch.Tensor:
+    """log p(x_i | pi, theta) = log [sum_k pi_k f(x_i | theta_k) + pi_rest p0(x_i)], (N,);
+    ``prior_pred``: :func:`prior_predictive` of ``family`` and X, when the caller
+    keeps it between draws."""
     terms = family.log_likelihood(X, params) + log_pi[None]
     if log_pi_rest is not None and math.isfinite(float(log_pi_rest)):
-        prior_pred = family.log_predictive(X, family.empty_stats(1))[:, 0]
+        if prior_pred is None:
+            prior_pred = prior_predictive(family, X)
         terms = torch.cat([terms, (prior_pred + log_pi_rest)[:, None]], 1)
     return torch.logsumexp(terms, 1)
 
@@ -402,6 +412,7 @@ class MCMCClusterer(CheckpointedEstimator):
         desc = f"{self.method_name} chain {chain + 1}/{self.n_chains}"
         bar = tqdm(range(start, self.max_iter), desc=desc, disable=not self.progress,
                    leave=False, initial=start, total=self.max_iter)
+        p0 = (None, None)           # the current family's prior predictive of the rows
         for it in bar:
             tic = time.perf_counter()
             try:
@@ -436,9 +447,11 @@ class MCMCClusterer(CheckpointedEstimator):
                 rec.weights.append(np.sort(w)[::-1])
                 rec.labels.append(draw["labels"].cpu().numpy().astype(np.int32))
                 if self.store_log_likelihood:
+                    if p0[0] is not self._family:     # a new family (hyperparameters)
+                        p0 = (self._family, prior_predictive(self._family, X))
                     rec.log_lik.append(pointwise_log_likelihood(
                         self._family, X, draw["log_pi"], draw["params"],
-                        draw["log_pi_rest"]).cpu().numpy() + self._units.log_jacobian)
+                        draw["log_pi_rest"], p0[1]).cpu().numpy() + self._units.log_jacobian)
             if self.progress:
                 bar.set_postfix(K=int(info["k"]), lp=f"{lp:.1f}", refresh=False)
             if self._checkpointing and (it + 1) % every == 0 and it + 1 < self.max_iter:
