@@ -64,7 +64,6 @@ from bnpdeep.methods import STUDENT_DF, family_model
 from bnpdeep.metrics import evaluate
 
 HERE = Path(__file__).resolve().parent
-GIBBS_MAX_ND = 5000        # collapsed Gibbs sweeps point by point: small N x d only
 
 
 def machine() -> str:
@@ -113,9 +112,8 @@ def accuracy_methods(X, k_true: int, seed: int, iters: int | None,
     methods["movb-t"] = MemoizedVB(model=family_model("student-t", X), random_state=seed)
     methods["svi"] = MeanFieldSVI(random_state=seed)
     methods["svi-t"] = MeanFieldSVI(model=family_model("student-t", X), random_state=seed)
-    if n * d <= GIBBS_MAX_ND:
-        methods["gibbs"] = CollapsedGibbs(max_iter=60, random_state=seed,
-                                          store_log_likelihood=False)
+    methods["gibbs"] = CollapsedGibbs(max_iter=60, random_state=seed,
+                                      store_log_likelihood=False)
     return methods
 
 

@@ -8,8 +8,11 @@ removed from its cluster and reassigned with probability
 
 where w are the weight prior's predictive-rule weights (n_k and alpha for the
 DP, n_k - d and alpha + K d for Pitman-Yor) and p(x_i | X_k) the family's
-posterior predictive.  It is slow -- a Python loop over points -- and simple,
-which makes it the exact reference the other samplers are checked against.
+posterior predictive.  The generic implementation (``backend="torch"``,
+:func:`collapsed_updates`) is a Python loop over points, simple enough to be the
+reference the other samplers are checked against; for Gaussian-NIW components on
+the CPU the same sweep runs in numba (:func:`.kernels.collapsed_labels`, the
+sub-cluster sampler's compiled Gibbs step), tens of times faster.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..models import SuffStats
 from .mcmc import MCMCClusterer, relabel, update_latent
 
 
@@ -29,6 +33,7 @@ class GibbsState:
     k: int
     alpha: float
     hyper: dict | None = None
+    rng: object | None = None         # compiled backend: the chain's numpy Generator
 
 
 class CollapsedGibbs(MCMCClusterer):
@@ -37,15 +42,19 @@ class CollapsedGibbs(MCMCClusterer):
     Parameters are those of :class:`SubclusterSampler` (``model``, ``init_k``,
     ``max_iter``, ``burn_in``, ``thin``, ``n_chains``, ``n_jobs``, ``store_log_likelihood``,
     ``random_state``, ``progress``, ``checkpoint_every``); one iteration is one sweep
-    over all points.
+    over all points.  ``backend`` ("auto", "torch" or "compiled") as the sampler's:
+    "compiled" runs each sweep in one numba kernel (GaussianNIW components, a weight
+    prior of Gibbs type, the CPU), "auto" takes it where it applies; ``backend_``
+    after the fit says which ran.  A seed gives other draws in each.
     """
 
     method_name = "gibbs"
+    _chain_attributes = ("backend_",)
 
     def __init__(self, model=None, init_k: int = 1, max_iter: int = 100, burn_in=None,
                  thin: int = 1, n_chains: int = 1, n_jobs: int = 1,
                  store_log_likelihood: bool = True,
-                 random_state=0, device="cpu", progress: bool = False,
+                 random_state=0, device="cpu", backend: str = "auto", progress: bool = False,
                  checkpoint_every: int = 10):
         self.model = model
         self.init_k = init_k
@@ -57,6 +66,7 @@ class CollapsedGibbs(MCMCClusterer):
         self.store_log_likelihood = store_log_likelihood
         self.random_state = random_state
         self.device = device
+        self.backend = backend
         self.progress = progress
         self.checkpoint_every = checkpoint_every
 
@@ -67,8 +77,30 @@ class CollapsedGibbs(MCMCClusterer):
         hyper = self._setup_hyperparameters(model)
         n = X.shape[0]
         z, _ = relabel(torch.randint(0, min(int(self.init_k), n), (n,)))
-        return GibbsState(X, z, int(z.max()) + 1, float(getattr(model.weights, "alpha", 1.0)),
-                          hyper)
+        state = GibbsState(X, z, int(z.max()) + 1, float(getattr(model.weights, "alpha", 1.0)),
+                           hyper)
+        self.backend_ = self._backend_for(X, model)
+        if self.backend_ == "compiled":
+            from .subcluster import compile_kernels
+            from .subcluster_compiled import ensure_kernels
+
+            ensure_kernels(compile_kernels)
+            self._X_np = np.ascontiguousarray(X.cpu().numpy(), dtype=np.float64)
+            state.rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,))))
+        return state
+
+    def _backend_for(self, X, model) -> str:
+        from .subcluster_compiled import compiled_supported
+
+        if self.backend not in ("auto", "torch", "compiled"):
+            raise ValueError(f"backend must be 'auto', 'torch' or 'compiled', got "
+                             f"{self.backend!r}")
+        supported = compiled_supported(model, 0, X.device)
+        if self.backend == "compiled" and not supported:
+            raise ValueError("backend='compiled' covers GaussianNIW components with a DP, "
+                             "Pitman-Yor or finite Dirichlet prior on the CPU; use "
+                             "backend='torch' (or 'auto') for this model")
+        return "compiled" if self.backend != "torch" and supported else "torch"
 
     def _step(self, state: GibbsState):
         """A sweep of algorithm 3 over every point, the family's latent variables given
@@ -77,12 +109,29 @@ class CollapsedGibbs(MCMCClusterer):
         self._family = fam = self._hyper.family(state.hyper or {})
         weights = self._weights_for(state.alpha)
         X = state.X
-        stats = fam.suff_stats_labels(X, state.z, state.k)
-        z, stats = collapsed_updates(fam, weights, X, state.z, stats, range(X.shape[0]))
+        if state.rng is not None:
+            z, stats = self._compiled_sweep(state, fam, weights)
+        else:
+            stats = fam.suff_stats_labels(X, state.z, state.k)
+            z, stats = collapsed_updates(fam, weights, X, state.z, stats, range(X.shape[0]))
         X, stats = update_latent(fam, X, z, stats)
         hyper, alpha, lp = self._update_hyperparameters(state.hyper, state.alpha, stats)
-        state = GibbsState(X, z, stats.k, alpha, hyper)
+        state = GibbsState(X, z, stats.k, alpha, hyper, state.rng)
         return state, {"k": state.k, "lp": lp}
+
+    def _compiled_sweep(self, state: GibbsState, fam, weights):
+        """The sweep over rows 0..N-1 in order by :func:`.kernels.collapsed_labels`."""
+        from . import kernels as kn
+        from .subcluster_compiled import eppf_kernel_args, niw_arrays
+
+        X = self._X_np
+        z = state.z.numpy()
+        stats = kn.group_stats(X, z.astype(np.int64), int(state.k))
+        z, n, s1, s2 = kn.collapsed_labels(state.rng, X, z, int(state.k),
+                                           np.arange(X.shape[0]), *stats, *niw_arrays(fam),
+                                           *eppf_kernel_args(weights)[:3])
+        return torch.from_numpy(z), SuffStats(n=torch.from_numpy(n), sx=torch.from_numpy(s1),
+                                              sxx=torch.from_numpy(s2))
 
 
 def collapsed_updates(fam, weights, X, z, stats, idx, return_ids: bool = False):

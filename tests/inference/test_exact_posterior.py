@@ -1,8 +1,9 @@
 """Samplers against the exact posterior over partitions, by enumeration.
 
-The sub-cluster sampler runs each Gaussian-NIW case on both backends: "auto" picks
-the compiled one there (:mod:`bnpdeep.inference.subcluster_compiled`), and
-"torch" the generic one (the only one for the other families).
+The sub-cluster sampler and collapsed Gibbs run each Gaussian-NIW case on both
+backends: "auto" picks the compiled one there
+(:mod:`bnpdeep.inference.subcluster_compiled`, :func:`.kernels.collapsed_labels`),
+and "torch" the generic one (the only one for the other families).
 
 On five points every set partition (52 of them) can be scored exactly:
 p(z | X) is proportional to EPPF(n_1..n_K) prod_k p(X_k).  A sampler whose
@@ -76,6 +77,9 @@ BACKENDS = ["auto", "torch"]
 def _runs():
     for case in CASES:
         yield pytest.param(case, CollapsedGibbs, {}, id=f"{case}-gibbs")
+        if case in NIW_CASES:       # the default above is the compiled sweep there
+            yield pytest.param(case, CollapsedGibbs, {"backend": "torch"},
+                               id=f"{case}-gibbs-torch")
         yield pytest.param(case, SubclusterSampler, {}, id=f"{case}-subcluster")
         # without the collapsed Gibbs updates (on by default), which could hide a small
         # error in the split/merge moves' Hastings ratios
@@ -92,12 +96,12 @@ def test_partition_frequencies_match_the_exact_posterior(case, sampler, options)
     model, X = make_model(), make_data()
     exact = exact_partition_posterior(model, X)
     assert max(exact.values()) < 0.5          # a posterior worth testing: spread out
-    n_iter = _n_iter(case, options.get("backend", "auto")) if sampler is SubclusterSampler \
-        else N_ITER
+    n_iter = _n_iter(case, options.get("backend", "auto"))
     est = sampler(model=model, max_iter=n_iter, burn_in=200, store_log_likelihood=False,
                   random_state=1, **options).fit(X)
-    if case in NIW_CASES and sampler is SubclusterSampler:
-        assert (est._compiled is not None) == (options.get("backend", "auto") == "auto")
+    if case in NIW_CASES:
+        assert est.backend_ == ("compiled" if options.get("backend", "auto") == "auto"
+                                else "torch")
     tv = total_variation(exact, empirical_partition_distribution(est.label_draws_))
     assert tv < 0.05, f"{sampler.__name__} {options} on {case}: TV {tv:.3f}"
 
