@@ -632,7 +632,8 @@ class MemoizedVB(CheckpointedEstimator):
         candidates = [(self._ids[int(i[o])], self._ids[int(j[o])], gain[o]) for o in order]
         used: set[int] = set()
         accepted = 0
-        for ci, cj, g in candidates:
+        latents: dict = {}       # the candidates' merged factors, computed in chunks
+        for c, (ci, cj, g) in enumerate(candidates):
             if ci in used or cj in used:
                 continue
             a, b = self._ids.index(ci), self._ids.index(cj)
@@ -640,7 +641,13 @@ class MemoizedVB(CheckpointedEstimator):
             # change of each row's entropy term when r_a and r_b are pooled
             d_rows = (torch.special.xlogy(ra, ra) + torch.special.xlogy(rb, rb)
                       - torch.special.xlogy(ra + rb, ra + rb))
-            merged = None if self._latent is None else self._merged_latent(a, b)
+            merged = None
+            if self._latent is not None:
+                if (ci, cj) not in latents:
+                    latents = self._merged_latents([
+                        (x, y) for x, y, _ in candidates[c:]
+                        if x not in used and y not in used][:self._merge_chunk()])
+                merged = latents[ci, cj]
             if merged is not None:
                 memo_ab, total, local, d_local = merged
                 g = self._family.log_marginal(total)[0] - self._log_z[a] - self._log_z[b]
@@ -676,23 +683,39 @@ class MemoizedVB(CheckpointedEstimator):
             k -= 1
         return accepted
 
-    def _merged_latent(self, a: int, b: int):
-        """A merge's latent factors: each row's factor of the merged component, optimal
-        under q(theta) of S_a + S_b (any factor gives a valid bound, and L is then
-        evaluated exactly).  Returns the merged column's statistics per batch and in
-        total, the factors (N,) and each row's change of the factors' entropy term."""
+    def _merge_chunk(self) -> int:
+        """Merge candidates whose latent factors are computed together: (N, P) tables
+        of at most 2^23 entries."""
+        return max(1, (1 << 23) // max(1, self._X.shape[0]))
+
+    def _merged_latents(self, pairs: list[tuple[int, int]]) -> dict:
+        """Merges' latent factors, for candidate pairs of component ids, all at once:
+        each row's factor of the merged component, optimal under q(theta) of S_a + S_b
+        (any factor gives a valid bound, and L is then evaluated exactly).  Returns,
+        by pair, the merged column's statistics per batch and in total, the factors
+        (N,) and each row's change of the factors' entropy term.  A merge leaves the
+        columns and statistics of the other components as they were, so the result
+        of a pair stays valid while neither of its components has been merged."""
         fam = self._family
-        r = self._resp[:, a] + self._resp[:, b]
-        pooled = self._stats[a] + self._stats[b]
-        local = fam.variational_local(self._X, pooled)[1][:, 0]
-        memo = [fam.variational_stats(self._X[idx], r[idx, None], local[idx, None])
+        a = torch.tensor([self._ids.index(ci) for ci, _ in pairs])
+        b = torch.tensor([self._ids.index(cj) for _, cj in pairs])
+        r = self._resp[:, a] + self._resp[:, b]                          # (N, P)
+        local = fam.variational_local(self._X, self._stats[a] + self._stats[b])[1]
+        memo = [fam.variational_stats(self._X[idx], r[idx], local[idx])
                 for idx in self._batches]
         total = memo[0]
         for m in memo[1:]:
             total = total + m
-        h_new = fam.variational_entropy(r[:, None], local[:, None])
-        h_old = fam.variational_entropy(self._resp[:, [a, b]], self._latent[:, [a, b]])
-        return memo, total, local, h_new - h_old
+        n, m_pairs = r.shape
+
+        def entropy(weights, factors):      # each row's term, column by column
+            return fam.variational_entropy(weights.reshape(-1, 1),
+                                           factors.reshape(-1, 1)).reshape(n, -1)
+
+        d_local = (entropy(r, local) - entropy(self._resp[:, a], self._latent[:, a])
+                   - entropy(self._resp[:, b], self._latent[:, b]))
+        return {pair: ([mb[p] for mb in memo], total[p], local[:, p], d_local[:, p])
+                for p, pair in enumerate(pairs)}
 
     def _delete_step(self) -> int:
         accepted = 0
