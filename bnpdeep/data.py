@@ -101,11 +101,14 @@ def offset_columns(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
 # The default Gaussian prior's ridge: 1e-6 of each column's variance
 # (:meth:`~bnpdeep.models.GaussianNIW.weak_from_moments`)
 PRIOR_RIDGE = 1e-6
+# wider data is not checked: the eigendecomposition costs O(d^3)
+MAX_COLLINEAR_COLUMNS = 1024
 
 
 def near_collinear(X, chunk: int = 65536):
     """The direction along which X's non-constant columns, each scaled to unit
-    variance, vary least, when that variance is below ``PRIOR_RIDGE / N``; else None.
+    variance, vary least, when that variance is below ``PRIOR_RIDGE / N``; else None
+    (also with as many such columns as rows, or more than ``MAX_COLLINEAR_COLUMNS``).
 
     Returns (variance, {column: loading}) with the loadings of the unit eigenvector
     of the correlation matrix for its smallest eigenvalue (columns with loading
@@ -117,7 +120,7 @@ def near_collinear(X, chunk: int = 65536):
     X = np.asarray(X, dtype=np.float64)
     n = X.shape[0]
     cols = np.flatnonzero(np.ptp(X, axis=0) > 0)
-    if cols.size < 2 or cols.size >= n:
+    if cols.size < 2 or cols.size >= n or cols.size > MAX_COLLINEAR_COLUMNS:
         return None
     mean = X[:, cols].mean(0)
     gram = np.zeros((cols.size, cols.size))
