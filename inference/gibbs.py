@@ -79,28 +79,15 @@ class CollapsedGibbs(MCMCClusterer):
         z, _ = relabel(torch.randint(0, min(int(self.init_k), n), (n,)))
         state = GibbsState(X, z, int(z.max()) + 1, float(getattr(model.weights, "alpha", 1.0)),
                            hyper)
-        self.backend_ = self._backend_for(X, model)
-        if self.backend_ == "compiled":
-            from .subcluster import compile_kernels
-            from .subcluster_compiled import ensure_kernels
+        from .subcluster import compile_kernels
+        from .subcluster_compiled import choose_backend, ensure_kernels
 
+        self.backend_ = choose_backend(self.backend, model, X.device)
+        if self.backend_ == "compiled":
             ensure_kernels(compile_kernels)
             self._X_np = np.ascontiguousarray(X.cpu().numpy(), dtype=np.float64)
             state.rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,))))
         return state
-
-    def _backend_for(self, X, model) -> str:
-        from .subcluster_compiled import compiled_supported
-
-        if self.backend not in ("auto", "torch", "compiled"):
-            raise ValueError(f"backend must be 'auto', 'torch' or 'compiled', got "
-                             f"{self.backend!r}")
-        supported = compiled_supported(model, 0, X.device)
-        if self.backend == "compiled" and not supported:
-            raise ValueError("backend='compiled' covers GaussianNIW components with a DP, "
-                             "Pitman-Yor or finite Dirichlet prior on the CPU; use "
-                             "backend='torch' (or 'auto') for this model")
-        return "compiled" if self.backend != "torch" and supported else "torch"
 
     def _step(self, state: GibbsState):
         """A sweep of algorithm 3 over every point, the family's latent variables given

@@ -361,22 +361,9 @@ class SubclusterSampler(MCMCClusterer):
     def _backend_for(self, X, model, opts: SamplerOptions) -> str:
         """"compiled" or "torch": the backend this fit runs (``backend``, and for "auto"
         the compiled one where it covers the model)."""
-        if self.backend not in ("auto", "torch", "compiled"):
-            raise ValueError(f"backend must be 'auto', 'torch' or 'compiled', got {self.backend!r}")
-        if self.backend == "torch":
-            return "torch"
-        from .subcluster_compiled import compiled_supported
+        from .subcluster_compiled import choose_backend
 
-        supported = compiled_supported(model, opts.refine_iter, X.device)
-        if self.backend == "compiled" and not supported:
-            raise ValueError(
-                "backend='compiled' covers GaussianNIW components with a DP, Pitman-Yor "
-                "or finite Dirichlet prior on the CPU with refine_iter=0; got "
-                f"{type(model.family).__name__}, {type(model.weights).__name__}, "
-                f"device {X.device}, refine_iter={opts.refine_iter}")
-        if not supported:
-            return "torch"
-        return "compiled"
+        return choose_backend(self.backend, model, X.device, opts.refine_iter)
 
     def _step(self, state: SubclusterState):
         self._family = self._hyper.family(state.hyper or {})

@@ -43,6 +43,23 @@ def compiled_supported(model, refine_iter: int, device) -> bool:
             and int(refine_iter) == 0 and torch.device(device).type == "cpu")
 
 
+def choose_backend(backend: str, model, device, refine_iter: int = 0) -> str:
+    """"compiled" or "torch": the backend a fit runs for its ``backend`` argument
+    ("auto": the compiled one where :func:`compiled_supported` covers the model)."""
+    if backend not in ("auto", "torch", "compiled"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'compiled', got {backend!r}")
+    if backend == "torch":
+        return "torch"
+    supported = compiled_supported(model, refine_iter, device)
+    if backend == "compiled" and not supported:
+        raise ValueError(
+            "backend='compiled' covers GaussianNIW components with a DP, Pitman-Yor "
+            "or finite Dirichlet prior on the CPU with refine_iter=0; got "
+            f"{type(model.family).__name__}, {type(model.weights).__name__}, "
+            f"device {torch.device(device)}, refine_iter={refine_iter}")
+    return "compiled" if supported else "torch"
+
+
 def eppf_kernel_args(weights) -> tuple[float, float, float, float]:
     """What the kernels take of a weight prior of Gibbs type
     (:meth:`~bnpdeep.models.weights.WeightPrior.gibbs_parameters`): (alpha, sigma,
@@ -448,5 +465,5 @@ def ensure_kernels(load_kernels) -> None:
         notice.cancel()
 
 
-__all__ = ["CompiledGaussianSteps", "compiled_supported", "eppf_kernel_args", "ensure_kernels",
-           "mark_kernels_ready", "weight_concentration"]
+__all__ = ["CompiledGaussianSteps", "choose_backend", "compiled_supported", "eppf_kernel_args",
+           "ensure_kernels", "mark_kernels_ready", "weight_concentration"]

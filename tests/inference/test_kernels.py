@@ -9,6 +9,7 @@ import pytest
 import torch
 from bnpdeep.inference import kernels as kn
 from bnpdeep.inference import moves
+from bnpdeep.inference.gibbs import CollapsedGibbs
 from bnpdeep.inference.subcluster import SubclusterSampler, log_split_proposal
 from bnpdeep.inference.subcluster_compiled import (
     CompiledGaussianSteps,
@@ -302,21 +303,26 @@ def test_dirichlet_log_draws_are_normalised_and_zero_concentration_is_minus_inf(
     assert np.exp(out[:, 0]).mean() == pytest.approx(0.4, abs=0.01)
 
 
-def test_backend_choice_and_refusals():
+@pytest.mark.parametrize("sampler", [SubclusterSampler, CollapsedGibbs])
+def test_backend_choice_and_refusals(sampler):
+    """The sub-cluster sampler and collapsed Gibbs choose and refuse a backend alike."""
     X = np.random.default_rng(0).normal(size=(40, 2))
-    auto = SubclusterSampler(max_iter=4, random_state=0).fit(X)
-    assert auto.backend_ == "compiled"
-    assert SubclusterSampler(max_iter=4, backend="torch").fit(X).backend_ == "torch"
+    assert sampler(max_iter=4, random_state=0).fit(X).backend_ == "compiled"
+    assert sampler(max_iter=4, backend="torch").fit(X).backend_ == "torch"
+    with pytest.raises(ValueError, match="backend"):
+        sampler(max_iter=4, backend="numpy").fit(X)
+    counts = np.random.default_rng(0).integers(0, 5, size=(30, 3)).astype(float)
+    model = DPMixture(Multinomial(np.ones(3)), DirichletProcess(1.0))
+    assert sampler(model=model, max_iter=4).fit(counts).backend_ == "torch"
+    with pytest.raises(ValueError, match="compiled.*Multinomial"):
+        sampler(model=model, max_iter=4, backend="compiled").fit(counts)
+
+
+def test_sampler_backend_with_workers_and_refinement():
+    X = np.random.default_rng(0).normal(size=(40, 2))
     # chains in worker processes report it too
     assert SubclusterSampler(max_iter=4, n_chains=2, n_jobs=2, backend="torch").fit(
         X).backend_ == "torch"
-    with pytest.raises(ValueError, match="backend"):
-        SubclusterSampler(max_iter=4, backend="numpy").fit(X)
-    counts = np.random.default_rng(0).integers(0, 5, size=(30, 3)).astype(float)
-    model = DPMixture(Multinomial(np.ones(3)), DirichletProcess(1.0))
-    assert SubclusterSampler(model=model, max_iter=4).fit(counts).backend_ == "torch"
-    with pytest.raises(ValueError, match="compiled.*Multinomial"):
-        SubclusterSampler(model=model, max_iter=4, backend="compiled").fit(counts)
     with pytest.raises(ValueError, match="refine_iter=3"):
         SubclusterSampler(max_iter=4, backend="compiled",
                           options={"refine_iter": 3}).fit(X)
