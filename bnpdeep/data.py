@@ -119,7 +119,7 @@ def near_collinear(X, chunk: int = 65536):
     """
     X = np.asarray(X, dtype=np.float64)
     n = X.shape[0]
-    cols = np.flatnonzero(np.ptp(X, axis=0) > 0)
+    cols = np.setdiff1d(np.arange(X.shape[1]), constant_columns(X))
     if cols.size < 2 or cols.size >= n or cols.size > MAX_COLLINEAR_COLUMNS:
         return None
     mean = X[:, cols].mean(0)

@@ -34,6 +34,7 @@ class GibbsState:
     alpha: float
     hyper: dict | None = None
     rng: object | None = None         # compiled backend: the chain's numpy Generator
+    stats: object | None = None       # compiled backend: the statistics of z
 
 
 class CollapsedGibbs(MCMCClusterer):
@@ -103,17 +104,21 @@ class CollapsedGibbs(MCMCClusterer):
             z, stats = collapsed_updates(fam, weights, X, state.z, stats, range(X.shape[0]))
         X, stats = update_latent(fam, X, z, stats)
         hyper, alpha, lp = self._update_hyperparameters(state.hyper, state.alpha, stats)
-        state = GibbsState(X, z, stats.k, alpha, hyper, state.rng)
+        state = GibbsState(X, z, stats.k, alpha, hyper, state.rng,
+                           stats if state.rng is not None else None)
         return state, {"k": state.k, "lp": lp}
 
     def _compiled_sweep(self, state: GibbsState, fam, weights):
-        """The sweep over rows 0..N-1 in order by :func:`.kernels.collapsed_labels`."""
+        """The sweep over rows 0..N-1 in order by :func:`.kernels.collapsed_labels`,
+        from the statistics the previous sweep returned."""
         from . import kernels as kn
         from .subcluster_compiled import eppf_kernel_args, niw_arrays
 
         X = self._X_np
         z = state.z.numpy()
-        stats = kn.group_stats(X, z.astype(np.int64), int(state.k))
+        stats = (kn.group_stats(X, z.astype(np.int64), int(state.k)) if state.stats is None
+                 else tuple(v.numpy() for v in (state.stats.n, state.stats.sx,
+                                                state.stats.sxx)))
         z, n, s1, s2 = kn.collapsed_labels(state.rng, X, z, int(state.k),
                                            np.arange(X.shape[0]), *stats, *niw_arrays(fam),
                                            *eppf_kernel_args(weights)[:3])
