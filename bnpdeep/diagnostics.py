@@ -29,6 +29,8 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
+from bnpdeep.inference.mcmc import chain_diagnostics
+
 
 def _dataset(variables: dict, dims: dict, n_chains: int, n_draws: int) -> xr.Dataset:
     coords = {"chain": np.arange(n_chains), "draw": np.arange(n_draws)}
@@ -66,30 +68,15 @@ def to_inference_data(estimator) -> az.InferenceData:
 
 def k_summary(idata: az.InferenceData, hdi_prob: float = 0.9) -> dict:
     """Posterior mean of K, its central interval, and (for >1 chain) R-hat and bulk ESS
-    of K and lp.  When every draw of every chain holds the same value (to round-off:
-    1e-12 relative), the values ArviZ gives an exactly constant array are reported --
-    R-hat NaN (undefined), ESS the number of draws -- rather than the infinite R-hat
-    that round-off differences between chains would produce.  When each chain holds
-    one value but the chains disagree (no within-chain variance, W = 0), R-hat is
-    infinite, as Gelman & Rubin's sqrt(((n-1)/n W + B/n) / W) gives: ArviZ's
-    rank-normalised R-hat returns NaN there, which would read as "no variation"."""
+    of K and lp (:func:`~bnpdeep.inference.mcmc.chain_diagnostics`: NaN R-hat and the
+    number of draws as ESS when every draw holds one value, infinite R-hat when each
+    chain holds its own)."""
     k = idata.posterior["K"].values
     lo, hi = np.quantile(k, [(1 - hdi_prob) / 2, 1 - (1 - hdi_prob) / 2])
     out = {"k_mean": float(k.mean()), "k_low": float(lo), "k_high": float(hi)}
     if k.shape[0] > 1:
         for name, da in (("K", idata.posterior["K"]), ("lp", idata.sample_stats["lp"])):
-            values = da.values
-            if np.ptp(values) <= 1e-12 * max(1.0, float(np.abs(values).max())):
-                out[f"rhat_{name}"], out[f"ess_{name}"] = float("nan"), float(values.size)
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                rhat = float(az.rhat(da.to_dataset(name=name))[name])
-                if np.isnan(rhat) and np.ptp(values, axis=1).max() == 0:
-                    rhat = np.inf              # chains each stuck at their own value
-                out[f"rhat_{name}"] = rhat
-                out[f"ess_{name}"] = float(az.ess(da.to_dataset(name=name),
-                                                  method="bulk")[name])
+            out[f"rhat_{name}"], out[f"ess_{name}"] = chain_diagnostics(da.values)
     return out
 
 

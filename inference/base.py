@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 
 def resolve_device(spec):
@@ -41,6 +42,14 @@ def resolve_device(spec):
         raise ValueError(f"device={spec!r}, but torch sees no CUDA device "
                          "(torch.cuda.is_available() is False); use 'cpu' or 'auto'")
     return device
+
+
+def warn_not_converged(estimator, limit: str, rule: str) -> None:
+    """A ``ConvergenceWarning`` (scikit-learn's) for an iterative fit that ran out of
+    iterations before its convergence stop: its result is the last iterate."""
+    warnings.warn(f"{type(estimator).__name__} reached {limit}={getattr(estimator, limit)} "
+                  f"before its convergence stop ({rule}); the result is the last iterate, "
+                  f"not a converged fit: raise {limit}.", ConvergenceWarning, stacklevel=4)
 
 
 @contextlib.contextmanager

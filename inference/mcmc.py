@@ -24,12 +24,15 @@ import math
 import multiprocessing
 import os
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+import arviz as az
 import numpy as np
 import torch
 from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
 from bnpdeep.linalg import as_tensor
@@ -52,6 +55,59 @@ def _chain_in_worker(est, X, model, chain: int, burn: int, seed: int, threads: i
         torch.manual_seed(seed * 1000 + chain)
         rec = est._run_chain(Xt, model, chain, burn)
     return rec, {a: getattr(est, a) for a in est._chain_attributes}
+
+
+# Vehtari, Gelman, Simpson, Carpenter & Buerkner (2021, Bayesian Analysis 16(2)),
+# section 4: use the draws when the rank-normalised split R-hat is below 1.01 and the
+# bulk ESS above 100 per chain
+RHAT_LIMIT = 1.01
+ESS_PER_CHAIN = 100
+MIN_DRAWS = 4           # ArviZ's least number of draws per chain for R-hat and ESS
+TIE_TOLERANCE = 1e-9    # relative: draws closer than this are equal (round-off)
+
+
+def chain_diagnostics(draws) -> tuple[float, float]:
+    """Rank-normalised split R-hat and bulk ESS (Vehtari et al. 2021; ArviZ's
+    ``rhat`` and ``ess``) of a scalar's draws, shape (chains, draws).  R-hat needs
+    two chains and is NaN for one; both are NaN below 4 draws a chain.  Draws within
+    1e-9 relative of each other count as ties: the log joints of one partition differ
+    in their last bits, and rank normalisation would otherwise turn that round-off
+    into spurious between-chain differences.  When every draw holds the same value
+    R-hat is NaN (undefined) and the ESS the number of draws.  When each chain holds
+    one value but the chains disagree (within-chain variance W = 0), R-hat is
+    infinite, as Gelman & Rubin's sqrt(((n-1)/n W + B/n) / W) gives: ArviZ returns
+    NaN there, which would read as "no variation"."""
+    values = np.asarray(draws, dtype=float)
+    if values.ndim != 2:
+        raise ValueError(f"draws must have shape (chains, draws), got {values.shape}")
+    if values.shape[1] < MIN_DRAWS:
+        return float("nan"), float("nan")
+    tol = TIE_TOLERANCE * max(1.0, float(np.abs(values).max()))
+    values = np.round(values / tol) * tol
+    if np.ptp(values) == 0:
+        return float("nan"), float(values.size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rhat = float("nan")
+        if values.shape[0] > 1:
+            rhat = float(az.rhat(values))
+            if np.isnan(rhat) and np.ptp(values, axis=1).max() == 0:
+                rhat = math.inf                # chains each stuck at their own value
+        ess = float(az.ess(values, method="bulk"))
+    return rhat, ess
+
+
+def convergence_problems(diagnostics: dict, n_chains: int) -> list[str]:
+    """What fails Vehtari et al.'s (2021) thresholds among ``rhat_<name>`` and
+    ``ess_<name>`` entries (R-hat above 1.01, bulk ESS below 100 per chain)."""
+    out = []
+    for key, value in diagnostics.items():
+        kind, name = key.split("_", 1)
+        if kind == "rhat" and value > RHAT_LIMIT:          # NaN compares False
+            out.append(f"R-hat of {name} {value:.3g} > {RHAT_LIMIT}")
+        elif kind == "ess" and value < ESS_PER_CHAIN * n_chains:
+            out.append(f"bulk ESS of {name} {value:.0f} < {ESS_PER_CHAIN * n_chains}")
+    return out
 
 
 def default_model(X) -> DPMixture:
@@ -524,6 +580,7 @@ class MCMCClusterer(CheckpointedEstimator):
         self.k_trace_ = np.array([r.k_trace for r in recs])
         self.lp_trace_ = np.array([r.lp_trace for r in recs])
         self.seconds_trace_ = np.array([r.seconds_trace for r in recs])
+        self._check_convergence()
         # the hyperparameters of the highest-posterior draw
         self.hyper_ = {name: (float(v[d]) if v[d].ndim == 0 else v[d])
                        for name, v in ((n, np.asarray(vals)) for n, vals in recs[c].hyper.items())}
@@ -537,6 +594,29 @@ class MCMCClusterer(CheckpointedEstimator):
             # predict conditions on the scales' conditional means given labels_
             Xt = fam.plugin_latent(Xt, torch.as_tensor(self.labels_))
         self._predict_stats = self._label_stats(fam, Xt, self.labels_, self.n_clusters_)
+
+    def _check_convergence(self):
+        """``convergence_``: R-hat and bulk ESS of K and lp over the kept draws
+        (:func:`chain_diagnostics`); a ``ConvergenceWarning`` when they fail Vehtari et
+        al.'s (2021) thresholds, since the draws are then not yet a sample of the
+        posterior, and neither are the summaries built on them."""
+        diag = {}
+        for name, draws in (("K", self.k_draws_), ("lp", self.lp_draws_)):
+            diag[f"rhat_{name}"], diag[f"ess_{name}"] = chain_diagnostics(draws)
+        self.convergence_ = diag
+        problems = convergence_problems(diag, self.k_draws_.shape[0])
+        if self.k_draws_.shape[1] < MIN_DRAWS:
+            problems.append(f"fewer than {MIN_DRAWS} kept draws per chain to diagnose")
+        if problems:
+            chains = self.k_draws_.shape[0]
+            advice = ("compare several chains (n_chains) and run them longer (max_iter, "
+                      "burn_in)" if chains == 1 else "run the chains longer (max_iter, burn_in)")
+            warnings.warn(
+                f"{type(self).__name__}: the kept draws ({chains} chain"
+                f"{'s' if chains > 1 else ''} of {self.k_draws_.shape[1]}) fail the "
+                f"convergence checks of Vehtari et al. (2021): {'; '.join(problems)}. They "
+                f"are not yet a sample of the posterior; {advice}.",
+                ConvergenceWarning, stacklevel=4)
 
     def _best_labels(self, labels: np.ndarray, k: int) -> tuple[np.ndarray, int]:
         """``labels_`` and ``n_clusters_`` from the highest-posterior draw's labels."""

@@ -70,7 +70,7 @@ from bnpdeep.linalg import DTYPE, as_tensor
 
 from ..models import ConjugateFamily, DirichletProcess, FiniteDirichlet, SuffStats, WeightPrior
 from ..models.hyperpriors import log_prob
-from .base import CheckpointedEstimator
+from .base import CheckpointedEstimator, warn_not_converged
 from .draws import approximate_posterior_arrays
 from .hyperparameters import (
     HyperparameterStep,
@@ -811,6 +811,9 @@ class MemoizedVB(CheckpointedEstimator):
             if self._checkpointing and (lap + 1) % int(self.checkpoint_every) == 0:
                 self._save_checkpoint(lap + 1, quiet, prev)
         self.n_laps_ = len(self.elbo_history_)
+        if not self.converged_ and float(self.tol) > 0:
+            warn_not_converged(self, "max_laps", f"relative change of the objective at most "
+                               f"tol={self.tol} with no move for patience={self.patience} laps")
         self._finish()
 
     # ------------------------------------------------------------------ checkpoints

@@ -55,7 +55,12 @@ from tqdm.auto import tqdm
 
 from bnpdeep.linalg import DTYPE, as_tensor
 
-from ..base import CheckpointedEstimator, own_pyro_state, resolve_device
+from ..base import (
+    CheckpointedEstimator,
+    own_pyro_state,
+    resolve_device,
+    warn_not_converged,
+)
 from ..draws import approximate_posterior_arrays
 from ..guide_moves import GuideSplitMerge
 from ..hyperparameters import (
@@ -515,6 +520,10 @@ class DeepDPM(CheckpointedEstimator):
                 self.converged_ = True
                 break
         self.n_epochs_ = len(self.history_)
+        if not self.converged_ and float(self.tol) > 0:
+            warn_not_converged(self, "max_epochs", f"no accepted move and a change of the "
+                               f"mean log-likelihood per row below tol={self.tol} over "
+                               f"patience={self.patience} split and merge steps")
         self._finish(Xt)
 
     def _converged(self) -> bool:

@@ -75,14 +75,16 @@ def test_html_is_one_file_with_its_figures_inline(report):
 
 def test_rhat_flags_chains_that_disagree(three_blobs):
     """Overlapping clusters and short chains from different seeds: lp varies, R-hat is
-    finite and matches ArviZ on the same draws."""
+    finite and matches ArviZ on the same draws, with values within 1e-9 relative of
+    each other taken as ties (round-off in one partition's log joint)."""
     X, y = make_mixture(400, 2, 6, separation=2.0, seed=5)
     result = compare(X, methods=["subcluster"], chains=3, iters={"subcluster": 30},
                      progress=False)
     row = result.table.loc["subcluster"]
-    lp = result.idata["subcluster"].sample_stats["lp"]
+    lp = result.idata["subcluster"].sample_stats["lp"].values
+    tol = 1e-9 * np.abs(lp).max()
     assert np.isfinite(row["rhat_lp"])
-    assert row["rhat_lp"] == pytest.approx(float(az.rhat(lp.to_dataset(name="lp"))["lp"]))
+    assert row["rhat_lp"] == pytest.approx(float(az.rhat(np.round(lp / tol) * tol)))
     assert bool(row["rhat_flag"]) == bool(row["rhat_lp"] > 1.01 or row["rhat_K"] > 1.01)
 
 
