@@ -49,7 +49,7 @@ def warn_not_converged(estimator, limit: str, rule: str) -> None:
     iterations before its convergence stop: its result is the last iterate."""
     warnings.warn(f"{type(estimator).__name__} reached {limit}={getattr(estimator, limit)} "
                   f"before its convergence stop ({rule}); the result is the last iterate, "
-                  f"not a converged fit: raise {limit}.", ConvergenceWarning, stacklevel=4)
+                  f"not a converged fit: raise {limit}.", ConvergenceWarning, stacklevel=5)
 
 
 @contextlib.contextmanager

@@ -616,7 +616,7 @@ class MCMCClusterer(CheckpointedEstimator):
                 f"{'s' if chains > 1 else ''} of {self.k_draws_.shape[1]}) fail the "
                 f"convergence checks of Vehtari et al. (2021): {'; '.join(problems)}. They "
                 f"are not yet a sample of the posterior; {advice}.",
-                ConvergenceWarning, stacklevel=4)
+                ConvergenceWarning, stacklevel=6)
 
     def _best_labels(self, labels: np.ndarray, k: int) -> tuple[np.ndarray, int]:
         """``labels_`` and ``n_clusters_`` from the highest-posterior draw's labels."""

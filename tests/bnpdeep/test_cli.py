@@ -241,7 +241,10 @@ def test_each_data_warning_prints_once(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "x.npy"), "--method", "subcluster", "--iters", "10",
                  "--out", str(tmp_path / "o"), "--quiet"]) == 0
     warned = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
-    assert len(warned) == 1 and "zero-variance columns 2" in warned[0]
+    data = [ln for ln in warned if ln.startswith("warning: X has")]
+    assert len(data) == 1 and "zero-variance columns 2" in data[0]
+    # besides it only the 5 kept draws' convergence warning, once
+    assert len(warned) == 2 and "SubclusterSampler: the kept draws" in warned[1]
 
 
 def test_methods_take_spaces_or_commas_in_compare_and_demo(tmp_path, capsys):

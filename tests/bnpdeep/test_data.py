@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from bnpdeep.inference import KMeans, SubclusterSampler
 from bnpdeep.models import Multinomial
+from sklearn.exceptions import ConvergenceWarning
 
 from bnpdeep.data import (
     DataError,
@@ -120,7 +121,8 @@ def test_collinear_columns_warn_where_the_prior_ridge_outweighs_the_data():
         check_array(Z)
         KMeans(4, random_state=0).fit(Z)
         MemoizedVB(DPMixture(DiagonalGaussian.weak(Z)), max_laps=1).fit(Z)
-    assert not caught
+    # one lap of moVB is not converged and says so; nothing else may warn
+    assert not [w for w in caught if not issubclass(w.category, ConvergenceWarning)]
 
     def margin(D):              # log p(D, four clusters) - log p(D, two merged pairs)
         D = standardize(D)[0]
