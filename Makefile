@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/bnpdeep demo
 
+# one test process per core (pytest-xdist), each on one thread (tests/conftest.py)
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n auto --dist worksteal --durations=25
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bnpdeep models inference tests benchmarks

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-RHAT_LIMIT = 1.01
 DEFAULT_METHODS = ("deepdpm", "subcluster", "movb", "bgm", "kmeans")
 
 
@@ -176,6 +175,8 @@ def compare(X, methods=DEFAULT_METHODS, y=None, *, chains: int = 4, seed: int = 
         table.loc[ranking.index, "loo_rank"] = ranking["rank"].astype(int) + 1
         table.loc[ranking.index, "elpd_diff"] = ranking["elpd_diff"]
     if "rhat_K" in table:
+        from bnpdeep.inference.mcmc import RHAT_LIMIT
+
         table["rhat_flag"] = (table[["rhat_K", "rhat_lp"]] > RHAT_LIMIT).any(axis=1)
         for name in table.index[table["rhat_flag"].fillna(False).astype(bool)]:
             result.notes.append(f"{name}: R-hat above {RHAT_LIMIT} (K or lp): the chains "

@@ -425,6 +425,11 @@ def _draw_row(cdf, i, u):
 
 
 ROW_CHUNK = 256      # rows per task of the parallel tables
+# Serial work (multiply-adds, about a millisecond) below which a table is computed on
+# the calling thread: entering a parallel region costs microseconds on idle cores but
+# up to a scheduler time slice per call when the cores are busy (other chains, other
+# processes), which made small fits ten times slower.
+PARALLEL_MIN_WORK = 1_000_000
 # From this dimension the tables' quadratic forms are matrix products (BLAS): the
 # loops below cost N K d^2 scalar multiply-adds, a GEMM does the same at several
 # times the rate once d is past a few dozen.
@@ -493,37 +498,45 @@ def quad_table(X, W, b):
     return out
 
 
+@njit(cache=True)
+def _cdf_rows_from_quad(out, q, c, log_w, log_u, start, stop):
+    for i in range(start, stop):
+        _cdf_row(out, i, q[i], c, log_w, log_u)
+
+
 @njit(cache=True, parallel=True)
-def _cdf_from_quad(q, c, log_w, log_u):
-    n_rows, k = q.shape
-    out = np.empty((n_rows, k))
+def _cdf_from_quad_threads(out, q, c, log_w, log_u):
+    n_rows = q.shape[0]
     for chunk in prange((n_rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        for i in range(chunk * ROW_CHUNK, min(n_rows, (chunk + 1) * ROW_CHUNK)):
-            _cdf_row(out, i, q[i], c, log_w, log_u)
-    return out
+        _cdf_rows_from_quad(out, q, c, log_w, log_u, chunk * ROW_CHUNK,
+                            min(n_rows, (chunk + 1) * ROW_CHUNK))
 
 
-@njit(cache=True, parallel=True)
-def _slice_cdf_loops(X, W, b, c, log_w, log_u):
-    n_rows, d = X.shape
+@njit(cache=True)
+def _slice_rows(out, X, Wt, bt, c, log_w, log_u, start, stop):
+    """Rows [start, stop) of :func:`slice_cdf`'s table by loops (W, b transposed)."""
+    d = X.shape[1]
     k = c.shape[0]
-    Wt = np.ascontiguousarray(W.transpose(1, 2, 0))          # (d, d, K)
-    bt = np.ascontiguousarray(b.T)                           # (d, K)
-    out = np.empty((n_rows, k))
-    for chunk in prange((n_rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        q, t = np.empty(k), np.empty(k)
-        for i in range(chunk * ROW_CHUNK, min(n_rows, (chunk + 1) * ROW_CHUNK)):
-            q[:] = 0.0
-            for a in range(d):
-                t[:] = -bt[a]
-                for j in range(a + 1):
-                    xj = X[i, j]
-                    for g in range(k):
-                        t[g] += Wt[a, j, g] * xj
+    q, t = np.empty(k), np.empty(k)
+    for i in range(start, stop):
+        q[:] = 0.0
+        for a in range(d):
+            t[:] = -bt[a]
+            for j in range(a + 1):
+                xj = X[i, j]
                 for g in range(k):
-                    q[g] += t[g] * t[g]
-            _cdf_row(out, i, q, c, log_w, log_u)
-    return out
+                    t[g] += Wt[a, j, g] * xj
+            for g in range(k):
+                q[g] += t[g] * t[g]
+        _cdf_row(out, i, q, c, log_w, log_u)
+
+
+@njit(cache=True, parallel=True)
+def _slice_rows_threads(out, X, Wt, bt, c, log_w, log_u):
+    n_rows = X.shape[0]
+    for chunk in prange((n_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+        _slice_rows(out, X, Wt, bt, c, log_w, log_u, chunk * ROW_CHUNK,
+                    min(n_rows, (chunk + 1) * ROW_CHUNK))
 
 
 @njit(cache=True)
@@ -539,11 +552,28 @@ def slice_cdf(X, W, b, c, log_w, log_u):
 
     Below :data:`GEMM_MIN_D` the quadratic forms |W_j x_i - b_j|^2 are summed in
     :func:`_quad`'s order, with the atoms innermost (W and b transposed so that the
-    loop over j is contiguous and vectorises), rows in chunks of ``ROW_CHUNK`` to
-    the threads; from it they come from :func:`quad_table`'s matrix products."""
-    if X.shape[1] >= GEMM_MIN_D:
-        return _cdf_from_quad(quad_table(X, W, b), c, log_w, log_u)
-    return _slice_cdf_loops(X, W, b, c, log_w, log_u)
+    loop over j is contiguous and vectorises); from it they come from
+    :func:`quad_table`'s matrix products.  Rows go to numba's threads in chunks of
+    :data:`ROW_CHUNK` only when the table's work reaches :data:`PARALLEL_MIN_WORK`
+    multiply-adds; below it the rows run on the calling thread (the same numbers)."""
+    n_rows, d = X.shape
+    k = c.shape[0]
+    out = np.empty((n_rows, k))
+    threads = n_rows * k * (d * (d + 1) // 2 + 8) >= PARALLEL_MIN_WORK
+    if d >= GEMM_MIN_D:
+        q = quad_table(X, W, b)
+        if threads:
+            _cdf_from_quad_threads(out, q, c, log_w, log_u)
+        else:
+            _cdf_rows_from_quad(out, q, c, log_w, log_u, 0, n_rows)
+        return out
+    Wt = np.ascontiguousarray(W.transpose(1, 2, 0))          # (d, d, K)
+    bt = np.ascontiguousarray(b.T)                           # (d, K)
+    if threads:
+        _slice_rows_threads(out, X, Wt, bt, c, log_w, log_u)
+    else:
+        _slice_rows(out, X, Wt, bt, c, log_w, log_u, 0, n_rows)
+    return out
 
 
 @njit(cache=True)

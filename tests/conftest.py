@@ -1,7 +1,20 @@
 """Fixtures shared by the test packages."""
 
+import os
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test``: one process per core) each process computes
+    on one thread, so that torch's and numba's thread pools do not contend for the
+    cores the other processes use."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import numba
+
+        torch.set_num_threads(1)
+        numba.set_num_threads(1)
 
 
 @pytest.fixture

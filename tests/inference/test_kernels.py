@@ -158,13 +158,18 @@ def test_label_cdf_is_the_softmax_and_draws_invert_it():
         np.testing.assert_array_equal(z, np.searchsorted(cdf[i] / cdf[i, -1], u, side="right"))
 
 
+@pytest.mark.parametrize("threads", [False, True], ids=["serial", "threads"])
 @pytest.mark.parametrize("d", [3, kn.GEMM_MIN_D, 40])
-def test_label_table_matches_the_log_densities_on_both_paths(d):
+def test_label_table_matches_the_log_densities_on_both_paths(d, threads):
     """Below GEMM_MIN_D the table's quadratic forms are loops, from it matrix
-    products: both give the softmax of log N(x_i | theta_k) + log pi_k, with atoms
-    at or below a row's slice left out."""
+    products; each on the calling thread or, from PARALLEL_MIN_WORK, in row chunks
+    on numba's threads: all give the softmax of log N(x_i | theta_k) + log pi_k, with
+    atoms at or below a row's slice left out."""
     g = np.random.default_rng(d)
-    n, k = 700, 5               # more rows than one product block at d = 40
+    k = 5
+    work = k * (d * (d + 1) // 2 + 8)           # slice_cdf's rule
+    n = kn.PARALLEL_MIN_WORK // work + 300 if threads else min(700, kn.PARALLEL_MIN_WORK // work)
+    assert (n * work >= kn.PARALLEL_MIN_WORK) == threads
     X = g.normal(size=(n, d))
     W = np.tril(g.normal(size=(k, d, d))) + 3 * np.eye(d)
     b, c = g.normal(size=(k, d)), g.normal(size=k)
