@@ -1,5 +1,6 @@
 """The notebooks run top to bottom at smoke size (BNPDEEP_SMOKE=1), outputs discarded."""
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -17,6 +18,8 @@ def test_there_are_five_notebooks():
 def test_notebook_runs(path, monkeypatch, tmp_path):
     monkeypatch.setenv("BNPDEEP_SMOKE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    if os.environ.get("PYTEST_XDIST_WORKER"):   # the kernel too: torch on one thread
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
     book = nbformat.read(path, as_version=4)
     assert all(not c.get("outputs") for c in book.cells if c.cell_type == "code"), \
         "commit notebooks with their outputs stripped"
